@@ -1,0 +1,77 @@
+// Shared plumbing for `kvstrata bench` suites.
+//
+// Method (DESIGN.md "Performance"): every figure is printed beside a limit measured in the
+// same run on the same machine, with the ratio. A suite collects rows in a BenchReport:
+//
+//   kv::bench::BenchReport r("codec");
+//   double limit = kv::bench::MeasureMemcpyGBps(256 << 20);
+//   r.Add({.name = "quantize f32->656", .value = gbps, .unit = "GB/s",
+//          .limit_name = "memcpy", .limit = limit});
+//   r.Print();                       // aligned table on stdout
+//   RETURN_IF_ERROR(r.WriteJson(json_path));  // if --json was given
+//
+// A row's ratio is value / limit (or limit / value when lower_is_better). Extra key/values
+// (sizes, iterations, settings) go in `params`. Not thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace kv::bench {
+
+struct Row {
+  std::string name;
+  double value = 0;
+  std::string unit;
+  std::string limit_name;  // empty when the row has no limit (then no ratio)
+  double limit = 0;
+  bool lower_is_better = false;
+  std::map<std::string, std::string> params;
+  double ratio() const;
+};
+
+class BenchReport {
+ public:
+  explicit BenchReport(std::string suite) : suite_(std::move(suite)) {}
+  void Add(Row row) { rows_.push_back(std::move(row)); }
+  void Note(std::string key, std::string value) { notes_[std::move(key)] = std::move(value); }
+  const std::vector<Row>& rows() const { return rows_; }
+  void Print() const;
+  // Writes {"suite":..,"machine":{..},"notes":{..},"rows":[..]}. Empty path: no-op.
+  absl::Status WriteJson(const std::string& path) const;
+
+ private:
+  std::string suite_;
+  std::vector<Row> rows_;
+  std::map<std::string, std::string> notes_;
+};
+
+// Single-thread memcpy bandwidth in GB/s (bytes copied / s; 1 GB = 1e9 B) over a buffer of
+// `bytes`, median of `reps` copies after a warm-up. Buffers are touched first, never zero.
+double MeasureMemcpyGBps(size_t bytes, int reps = 9);
+
+// Seconds since an arbitrary epoch, monotonic.
+inline double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median of `v` (copied); 0 for an empty vector.
+double Median(std::vector<double> v);
+// Percentile p in [0,100] by nearest rank; 0 for an empty vector.
+double Percentile(std::vector<double> v, double p);
+
+// A line plot as a self-contained SVG. Each series is (label, points).
+struct Series {
+  std::string label;
+  std::vector<std::pair<double, double>> points;
+};
+absl::Status WriteSvgPlot(const std::string& path, const std::string& title,
+                          const std::string& x_label, const std::string& y_label,
+                          const std::vector<Series>& series, bool log_x = false);
+
+}  // namespace kv::bench

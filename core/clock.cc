@@ -1,0 +1,49 @@
+#include "core/clock.h"
+
+namespace kv {
+namespace {
+class RealClock : public Clock {
+ public:
+  absl::Time Now() override { return absl::Now(); }
+  void SleepFor(absl::Duration d) override { absl::SleepFor(d); }
+};
+}  // namespace
+
+Clock* Clock::Real() {
+  static Clock* clock = new RealClock();
+  return clock;
+}
+
+FakeClock::FakeClock(absl::Time start) : now_(start) {}
+
+absl::Time FakeClock::Now() {
+  absl::MutexLock l(&mu_);
+  return now_;
+}
+
+void FakeClock::SleepFor(absl::Duration d) {
+  absl::Time wake;
+  {
+    absl::MutexLock l(&mu_);
+    wake = now_ + d;
+  }
+  SleepUntil(wake);
+}
+
+void FakeClock::SleepUntil(absl::Time wake) {
+  absl::MutexLock l(&mu_);
+  auto reached = [this, wake]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return now_ >= wake; };
+  mu_.Await(absl::Condition(&reached));
+}
+
+void FakeClock::Advance(absl::Duration d) {
+  absl::MutexLock l(&mu_);
+  now_ += d;
+}
+
+void FakeClock::SetTime(absl::Time t) {
+  absl::MutexLock l(&mu_);
+  now_ = t;
+}
+
+}  // namespace kv
