@@ -46,8 +46,9 @@ if(NOT KVSTRATA_WITH_CUDA STREQUAL "OFF" AND NOT KVSTRATA_FUZZ_ONLY)
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 20)
-    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    # CMake 3.25 (Debian 12) has no CUDA_STANDARD 20 mapping for nvcc 13, so the language
+    # level is passed to nvcc directly; nvcc 12+ accepts -std=c++20.
+    string(APPEND CMAKE_CUDA_FLAGS " -std=c++20")
     find_package(CUDAToolkit REQUIRED)
     set(KVSTRATA_CUDA_ENABLED ON)
   elseif(KVSTRATA_WITH_CUDA STREQUAL "ON")
