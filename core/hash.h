@@ -6,8 +6,9 @@
 //   (tens of GB/s) and catches corruption, not adversaries; identity never rests on it.
 //
 // Sha256 is a streaming hasher. It is not safe for concurrent use; copy it to fork a
-// midstate (copying is cheap and is how block keys reuse the constant prefix of a chain).
-// The free functions are thread-safe.
+// midstate (copying costs an allocation).
+// The free functions are thread-safe. (Block-key derivation, the hottest SHA-256 user, forks
+// OpenSSL's SHA256_CTX directly: copying an EVP context allocates on every copy.)
 #pragma once
 
 #include <array>

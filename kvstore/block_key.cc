@@ -1,0 +1,210 @@
+#include "kvstore/block_key.h"
+
+// Block keys hash with OpenSSL's low-level SHA256_CTX rather than kv::Sha256 (an EVP
+// context). Forking the chain's midstate once per block is the hot operation: with EVP,
+// OpenSSL 3.0's EVP_MD_CTX_copy_ex allocates a provider context per copy, which cost about a
+// third of the derivation time of a 1M-token prompt; SHA256_CTX is a plain struct, so the
+// fork is a 112-byte copy. The low-level API is deprecated but present in OpenSSL 3.x; the
+// block-key vectors (testdata/) pin the output either way.
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
+
+#include <bit>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "core/strings.h"
+
+namespace kv {
+namespace {
+
+constexpr std::string_view kDomain = "kvstrata/block/v1";
+
+void PutU64Le(uint64_t v, uint8_t* out) {
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+void PutU32Le(uint32_t v, uint8_t* out) {
+  for (int i = 0; i < 4; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+// F(x) = u64 LE length ‖ x.
+void AppendField(std::string* out, const void* data, size_t len) {
+  uint8_t n[8];
+  PutU64Le(len, n);
+  out->append(reinterpret_cast<const char*>(n), 8);
+  out->append(static_cast<const char*>(data), len);
+}
+
+absl::Status ValidateParams(const KeyParams& p) {
+  if (!p.ns.is_set()) return absl::InvalidArgumentError("block key: namespace is not set");
+  if (p.layout_id.empty() || p.layout_id.size() > kMaxLayoutIdBytes) {
+    return absl::InvalidArgumentError(kv::StrCat(
+        "block key: layout id must be 1..", kMaxLayoutIdBytes, " bytes, got ", p.layout_id.size()));
+  }
+  if (p.page_tokens == 0 || p.page_tokens > kMaxKeyPageTokens) {
+    return absl::InvalidArgumentError(kv::StrCat("block key: page_tokens must be 1..",
+                                                 kMaxKeyPageTokens, ", got ", p.page_tokens));
+  }
+  return absl::OkStatus();
+}
+
+// The framed fields shared by every block of a chain: domain, fingerprint, layout, page
+// tokens, namespace.
+std::string ChainPrefix(const KeyParams& p) {
+  std::string out;
+  out.reserve(128);
+  AppendField(&out, kDomain.data(), kDomain.size());
+  AppendField(&out, p.model_fingerprint.data(), p.model_fingerprint.size());
+  AppendField(&out, p.layout_id.data(), p.layout_id.size());
+  uint8_t pt[4];
+  PutU32Le(p.page_tokens, pt);
+  AppendField(&out, pt, 4);
+  const std::string ns = p.ns.Encoded();
+  AppendField(&out, ns.data(), ns.size());
+  return out;
+}
+
+// The framed parent field followed by the length word of the token field: 8 + 32 + 8 bytes,
+// hashed in one Update call per block.
+void BlockHead(const BlockKey& parent, size_t block_tokens, uint8_t out[48]) {
+  PutU64Le(32, out);
+  std::memcpy(out + 8, parent.bytes.data(), 32);
+  PutU64Le(uint64_t{4} * block_tokens, out + 40);
+}
+
+void HashTokens(SHA256_CTX* h, std::span<const uint32_t> block) {
+  if constexpr (std::endian::native == std::endian::little) {
+    SHA256_Update(h, block.data(), block.size() * sizeof(uint32_t));
+  } else {
+    std::vector<uint8_t> le(block.size() * 4);
+    for (size_t i = 0; i < block.size(); ++i) PutU32Le(block[i], &le[4 * i]);
+    SHA256_Update(h, le.data(), le.size());
+  }
+}
+
+}  // namespace
+
+bool BlockKey::IsZero() const {
+  for (uint8_t b : bytes) {
+    if (b != 0) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<BlockKey> BlockKey::FromHex(std::string_view hex) {
+  if (hex.size() != 64) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("block key: expected 64 hex characters, got ", hex.size()));
+  }
+  std::string raw;
+  if (!kv::FromHex(hex, &raw)) {
+    return absl::InvalidArgumentError(kv::StrCat("block key: not hex: '", hex, "'"));
+  }
+  BlockKey k;
+  std::memcpy(k.bytes.data(), raw.data(), 32);
+  return k;
+}
+
+absl::StatusOr<KeyNamespace> KeyNamespace::Tenant(std::string_view name) {
+  if (name.empty()) return absl::InvalidArgumentError("namespace: tenant name is empty");
+  if (name.size() > kMaxTenantBytes) {
+    return absl::InvalidArgumentError(kv::StrCat("namespace: tenant name is ", name.size(),
+                                                 " bytes, the limit is ", kMaxTenantBytes));
+  }
+  return KeyNamespace(Kind::kTenant, std::string(name));
+}
+
+std::string KeyNamespace::Encoded() const {
+  switch (kind_) {
+    case Kind::kTenant:
+      return "t:" + tenant_;
+    case Kind::kShared:
+      return "s:";
+    case Kind::kUnset:
+      break;
+  }
+  return "";
+}
+
+std::string KeyNamespace::ToString() const {
+  switch (kind_) {
+    case Kind::kTenant:
+      return "tenant:" + tenant_;
+    case Kind::kShared:
+      return "shared";
+    case Kind::kUnset:
+      break;
+  }
+  return "unset";
+}
+
+absl::StatusOr<KeyNamespace> KeyNamespace::Parse(std::string_view spec) {
+  if (spec == "shared") return Shared();
+  constexpr std::string_view kTenantPrefix = "tenant:";
+  if (spec.substr(0, kTenantPrefix.size()) == kTenantPrefix) {
+    return Tenant(spec.substr(kTenantPrefix.size()));
+  }
+  return Tenant(spec);
+}
+
+absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeys(const KeyParams& params,
+                                                      std::span<const uint32_t> tokens,
+                                                      std::optional<BlockKey> parent) {
+  if (absl::Status s = ValidateParams(params); !s.ok()) return s;
+  const size_t n = params.page_tokens;
+  const size_t blocks = tokens.size() / n;
+  std::vector<BlockKey> keys;
+  keys.reserve(blocks);
+  if (blocks == 0) return keys;
+
+  // The chain's constant prefix is hashed once; each block starts from a copy of that
+  // midstate and hashes only its parent and token fields.
+  SHA256_CTX prefix;
+  SHA256_Init(&prefix);
+  const std::string framed = ChainPrefix(params);
+  SHA256_Update(&prefix, framed.data(), framed.size());
+  BlockKey prev = parent.value_or(BlockKey::Zero());
+  uint8_t head[48];
+  for (size_t b = 0; b < blocks; ++b) {
+    SHA256_CTX h = prefix;
+    BlockHead(prev, n, head);
+    SHA256_Update(&h, head, sizeof(head));
+    HashTokens(&h, tokens.subspan(b * n, n));
+    SHA256_Final(prev.bytes.data(), &h);
+    keys.push_back(prev);
+  }
+  return keys;
+}
+
+absl::StatusOr<std::vector<uint32_t>> ToTokenIds(std::span<const int64_t> ids) {
+  std::vector<uint32_t> out;
+  out.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] > int64_t{UINT32_MAX}) {
+      return absl::InvalidArgumentError(kv::StrCat("token id at index ", i, " is ", ids[i],
+                                                   "; token ids must fit in u32 (0..", UINT32_MAX,
+                                                   ")"));
+    }
+    out.push_back(static_cast<uint32_t>(ids[i]));
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> BlockKeyPreimage(const KeyParams& params, const BlockKey& parent,
+                                             std::span<const uint32_t> block) {
+  if (absl::Status s = ValidateParams(params); !s.ok()) return s;
+  if (block.empty()) return absl::InvalidArgumentError("block key: empty block");
+  std::string out = ChainPrefix(params);
+  uint8_t head[48];
+  BlockHead(parent, block.size(), head);
+  out.append(reinterpret_cast<const char*>(head), sizeof(head));
+  for (uint32_t t : block) {
+    uint8_t le[4];
+    PutU32Le(t, le);
+    out.append(reinterpret_cast<const char*>(le), 4);
+  }
+  return out;
+}
+
+}  // namespace kv

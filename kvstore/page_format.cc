@@ -1,0 +1,377 @@
+#include "kvstore/page_format.h"
+
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "core/hash.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+
+namespace kv {
+namespace {
+
+// Field offsets of the fixed header part (see page_format.h).
+constexpr size_t kOffVersion = 8;
+constexpr size_t kOffLayout = 10;
+constexpr size_t kOffSectionCount = 12;
+constexpr size_t kOffPageBytes = 16;
+constexpr size_t kOffTokenCount = 24;
+constexpr size_t kOffFirstLayer = 28;
+constexpr size_t kOffLayerCount = 32;
+constexpr size_t kOffFlags = 36;
+constexpr size_t kOffKey = 40;
+constexpr size_t kOffParent = 72;
+constexpr size_t kOffReserved = 104;
+// Enough bytes to read magic, version, layout, section count and page size.
+constexpr size_t kMinPrefixBytes = 24;
+
+constexpr LayoutInfo kLayouts[] = {
+    {LayoutId::kMlaFp8_656, "mla-fp8-656", 656, 64, true},
+    {LayoutId::kMlaBf16_1152, "mla-bf16-1152", 1152, 64, true},
+    {LayoutId::kV4Fp8_584, "v4-fp8-584", 584, 256, false},
+};
+
+uint16_t GetU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+uint32_t GetU32(const uint8_t* p) {
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+uint64_t GetU64(const uint8_t* p) { return uint64_t{GetU32(p)} | (uint64_t{GetU32(p + 4)} << 32); }
+void PutU16(uint16_t v, uint8_t* p) {
+  p[0] = static_cast<uint8_t>(v);
+  p[1] = static_cast<uint8_t>(v >> 8);
+}
+void PutU32(uint32_t v, uint8_t* p) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+void PutU64(uint64_t v, uint8_t* p) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+
+bool AllZero(std::span<const uint8_t> s) {
+  for (uint8_t b : s) {
+    if (b != 0) return false;
+  }
+  return true;
+}
+
+std::string SectionName(size_t i, uint16_t kind) {
+  return kv::StrCat("section ", i, " (", SectionKindName(kind), ")");
+}
+
+// Checks the layout is known and readable, and the token/layer counts are in range.
+absl::StatusOr<LayoutInfo> CheckLayoutAndCounts(uint16_t layout_code, uint32_t tokens,
+                                                uint32_t first_layer, uint32_t layers) {
+  ASSIGN_OR_RETURN(LayoutInfo layout, LookupLayout(layout_code));
+  if (!layout.supported) {
+    return absl::UnimplementedError(kv::StrCat("layout ", layout.name, " (code ", layout_code,
+                                               ") is reserved/unsupported in this build"));
+  }
+  if (tokens == 0 || tokens > kMaxPageTokens) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("token count ", tokens, " outside 1..", kMaxPageTokens));
+  }
+  if (layers == 0 || uint64_t{first_layer} + layers > kMaxLayers) {
+    return absl::InvalidArgumentError(kv::StrCat("layer range [", first_layer, ", ",
+                                                 uint64_t{first_layer} + layers,
+                                                 ") is empty or not inside [0, ", kMaxLayers, ")"));
+  }
+  return layout;
+}
+
+// Magic, version, section count and the page size against the buffer. Returns the section
+// count. `whole` is true when `buf` must be the entire page.
+absl::StatusOr<uint32_t> CheckPrefix(std::span<const uint8_t> buf, bool whole) {
+  if (buf.size() < kMinPrefixBytes) {
+    return absl::InvalidArgumentError(kv::StrCat(
+        "truncated: have ", buf.size(), " bytes, a page header is at least ", PageHeaderBytes(1)));
+  }
+  const uint8_t* p = buf.data();
+  if (std::memcmp(p, kPageMagic, sizeof(kPageMagic)) != 0) {
+    return absl::InvalidArgumentError("header: bad magic (not a kvstrata page)");
+  }
+  const uint16_t version = GetU16(p + kOffVersion);
+  if (version != kPageFormatVersion) {
+    return absl::InvalidArgumentError(kv::StrCat("header: unsupported page format version ",
+                                                 version, " (this build reads version ",
+                                                 kPageFormatVersion, ")"));
+  }
+  const uint32_t n = GetU32(p + kOffSectionCount);
+  if (n == 0 || n > kMaxSections) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("header: section count ", n, " outside 1..", kMaxSections));
+  }
+  const uint64_t hb = PageHeaderBytes(n);
+  const uint64_t page_bytes = GetU64(p + kOffPageBytes);
+  if (page_bytes < hb) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("header: page size ", page_bytes, " is smaller than its ", hb, "-byte header"));
+  }
+  if (whole && buf.size() != page_bytes) {
+    return absl::InvalidArgumentError(
+        kv::StrCat(buf.size() < page_bytes ? "truncated: " : "trailing bytes: ", "header says ",
+                   page_bytes, " bytes, have ", buf.size()));
+  }
+  if (!whole && buf.size() < hb) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("truncated: header says the header is ", hb, " bytes, have ", buf.size()));
+  }
+  return n;
+}
+
+absl::Status CheckHeaderChecksum(std::span<const uint8_t> buf, uint32_t n) {
+  const size_t hb = PageHeaderBytes(n);
+  const uint64_t stored = GetU64(buf.data() + hb - 8);
+  const uint64_t computed = Xxh3_64(buf.data(), hb - 8);
+  if (stored != computed) {
+    return absl::DataLossError(absl::StrFormat(
+        "header checksum mismatch (stored %016x, computed %016x)", stored, computed));
+  }
+  const size_t table_end = kPageFixedHeaderBytes + kSectionEntryBytes * n;
+  if (GetU32(buf.data() + kOffFlags) != 0) {
+    return absl::InvalidArgumentError("header: flags set; version 1 defines none");
+  }
+  if (!AllZero(buf.subspan(kOffReserved, kPageFixedHeaderBytes - kOffReserved)) ||
+      !AllZero(buf.subspan(table_end, hb - 8 - table_end))) {
+    return absl::InvalidArgumentError("header: reserved or padding bytes are not zero");
+  }
+  return absl::OkStatus();
+}
+
+// Validates one section table entry's kind, placement and size. `end` is where the previous
+// section ended (the header size for section 0).
+absl::StatusOr<SectionInfo> CheckSection(const uint8_t* e, size_t i, uint64_t end,
+                                         const PageHeader& h, bool have_kv) {
+  const uint16_t kind = GetU16(e);
+  const std::string name = SectionName(i, kind);
+  if (kind == static_cast<uint16_t>(SectionKind::kIndexerKeys) ||
+      kind == static_cast<uint16_t>(SectionKind::kV4Resume)) {
+    return absl::UnimplementedError(
+        kv::StrCat(name, " is a reserved section kind this build does not read"));
+  }
+  if (kind != static_cast<uint16_t>(SectionKind::kKv)) {
+    return absl::InvalidArgumentError(kv::StrCat("section ", i, ": unknown kind ", kind));
+  }
+  if (have_kv) return absl::InvalidArgumentError(kv::StrCat(name, ": duplicate kv section"));
+  if (GetU16(e + 2) != 0 || GetU32(e + 4) != 0) {
+    return absl::InvalidArgumentError(kv::StrCat(name, ": reserved fields are not zero"));
+  }
+  SectionInfo s{SectionKind::kKv, GetU64(e + 8), GetU64(e + 16), GetU64(e + 24)};
+  const uint64_t expected = i == 0 ? end : RoundUp(end, kSectionAlign);
+  if (s.offset < expected) {
+    return absl::InvalidArgumentError(
+        kv::StrCat(name, " at offset ", s.offset, " overlaps ",
+                   i == 0 ? std::string("the header") : kv::StrCat("section ", i - 1), " (ends at ",
+                   end, ")"));
+  }
+  if (s.offset > expected) {
+    return absl::InvalidArgumentError(kv::StrCat(name, " at offset ", s.offset, ", expected ",
+                                                 expected,
+                                                 " (sections are packed in table order)"));
+  }
+  if (s.offset > h.page_bytes || s.length > h.page_bytes - s.offset) {
+    return absl::InvalidArgumentError(kv::StrCat(name, " [", s.offset, ", +", s.length,
+                                                 ") runs past the page end (", h.page_bytes,
+                                                 " bytes)"));
+  }
+  const uint64_t need = uint64_t{h.token_count} * h.layer_count * h.layout.record_bytes;
+  if (s.length != need) {
+    return absl::InvalidArgumentError(kv::StrCat(
+        name, " is ", s.length, " bytes; layout ", h.layout.name, " needs ", h.token_count,
+        " tokens x ", h.layer_count, " layers x ", h.layout.record_bytes, " B = ", need));
+  }
+  return s;
+}
+
+absl::StatusOr<PageHeader> DecodeHeaderImpl(std::span<const uint8_t> buf, bool whole) {
+  ASSIGN_OR_RETURN(const uint32_t n, CheckPrefix(buf, whole));
+  RETURN_IF_ERROR(CheckHeaderChecksum(buf, n));
+  const uint8_t* p = buf.data();
+  PageHeader h;
+  h.format_version = GetU16(p + kOffVersion);
+  h.page_bytes = GetU64(p + kOffPageBytes);
+  h.token_count = GetU32(p + kOffTokenCount);
+  h.first_layer = GetU32(p + kOffFirstLayer);
+  h.layer_count = GetU32(p + kOffLayerCount);
+  std::memcpy(h.key.bytes.data(), p + kOffKey, 32);
+  std::memcpy(h.parent.bytes.data(), p + kOffParent, 32);
+  auto layout =
+      CheckLayoutAndCounts(GetU16(p + kOffLayout), h.token_count, h.first_layer, h.layer_count);
+  if (!layout.ok()) return Annotate(layout.status(), "header");
+  h.layout = *layout;
+  uint64_t end = PageHeaderBytes(n);
+  bool have_kv = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint8_t* e = p + kPageFixedHeaderBytes + kSectionEntryBytes * i;
+    ASSIGN_OR_RETURN(SectionInfo s, CheckSection(e, i, end, h, have_kv));
+    have_kv = have_kv || s.kind == SectionKind::kKv;
+    end = s.offset + s.length;
+    h.sections.push_back(s);
+  }
+  if (!have_kv) return absl::InvalidArgumentError("header: page has no kv section");
+  if (end != h.page_bytes) {
+    return absl::InvalidArgumentError(kv::StrCat("header: sections end at byte ", end,
+                                                 " but the page is ", h.page_bytes, " bytes"));
+  }
+  return h;
+}
+
+absl::StatusOr<LayoutInfo> CheckSpec(const PageSpec& spec) {
+  auto l = CheckLayoutAndCounts(static_cast<uint16_t>(spec.layout), spec.token_count,
+                                spec.first_layer, spec.layer_count);
+  if (!l.ok()) return Annotate(l.status(), "page spec");
+  return l;
+}
+
+}  // namespace
+
+std::span<const LayoutInfo> KnownLayouts() { return kLayouts; }
+
+absl::StatusOr<LayoutInfo> LookupLayout(uint16_t code) {
+  for (const LayoutInfo& l : kLayouts) {
+    if (static_cast<uint16_t>(l.id) == code) return l;
+  }
+  return absl::InvalidArgumentError(kv::StrCat(
+      "unknown layout code ", code, " (known: 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584)"));
+}
+
+absl::StatusOr<LayoutInfo> LookupLayout(std::string_view name) {
+  std::string names;
+  for (const LayoutInfo& l : kLayouts) {
+    if (l.name == name) return l;
+    names += kv::StrCat(names.empty() ? "" : ", ", l.name);
+  }
+  return absl::InvalidArgumentError(kv::StrCat("unknown layout '", name, "' (known: ", names, ")"));
+}
+
+std::string SectionKindName(uint16_t kind) {
+  switch (kind) {
+    case static_cast<uint16_t>(SectionKind::kKv):
+      return "kv";
+    case static_cast<uint16_t>(SectionKind::kIndexerKeys):
+      return "indexer-keys";
+    case static_cast<uint16_t>(SectionKind::kV4Resume):
+      return "v4-resume";
+    default:
+      return kv::StrCat("kind ", kind);
+  }
+}
+
+uint64_t PageView::layer_bytes() const {
+  return uint64_t{header_.token_count} * header_.layout.record_bytes;
+}
+
+absl::StatusOr<std::span<const uint8_t>> PageView::KvLayers(uint32_t first, uint32_t count) const {
+  const uint64_t lo = header_.first_layer;
+  const uint64_t hi = lo + header_.layer_count;
+  if (count == 0 || first < lo || uint64_t{first} + count > hi) {
+    return absl::OutOfRangeError(kv::StrCat("layers [", first, ", ", uint64_t{first} + count,
+                                            ") are not inside the page's layers [", lo, ", ", hi,
+                                            ")"));
+  }
+  return kv_.subspan((first - lo) * layer_bytes(), count * layer_bytes());
+}
+
+absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec) {
+  ASSIGN_OR_RETURN(const LayoutInfo layout, CheckSpec(spec));
+  return uint64_t{spec.token_count} * spec.layer_count * layout.record_bytes;
+}
+
+absl::StatusOr<uint64_t> EncodedPageBytes(const PageSpec& spec) {
+  ASSIGN_OR_RETURN(uint64_t kv, KvSectionBytes(spec));
+  return PageHeaderBytes(1) + kv;
+}
+
+absl::Status EncodePageInto(const PageSpec& spec, std::span<const uint8_t> kv,
+                            std::span<uint8_t> out) {
+  ASSIGN_OR_RETURN(const uint64_t kv_bytes, KvSectionBytes(spec));
+  const uint64_t hb = PageHeaderBytes(1);
+  if (kv.size() != kv_bytes) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("encode page: kv is ", kv.size(), " bytes, the spec needs ", kv_bytes));
+  }
+  if (out.size() != hb + kv_bytes) {
+    return absl::InvalidArgumentError(kv::StrCat("encode page: output buffer is ", out.size(),
+                                                 " bytes, the page is ", hb + kv_bytes));
+  }
+  uint8_t* p = out.data();
+  std::memset(p, 0, hb);
+  std::memcpy(p, kPageMagic, sizeof(kPageMagic));
+  PutU16(kPageFormatVersion, p + kOffVersion);
+  PutU16(static_cast<uint16_t>(spec.layout), p + kOffLayout);
+  PutU32(1, p + kOffSectionCount);
+  PutU64(hb + kv_bytes, p + kOffPageBytes);
+  PutU32(spec.token_count, p + kOffTokenCount);
+  PutU32(spec.first_layer, p + kOffFirstLayer);
+  PutU32(spec.layer_count, p + kOffLayerCount);
+  std::memcpy(p + kOffKey, spec.key.bytes.data(), 32);
+  std::memcpy(p + kOffParent, spec.parent.bytes.data(), 32);
+  if (kv_bytes > 0) std::memcpy(p + hb, kv.data(), kv_bytes);
+  uint8_t* e = p + kPageFixedHeaderBytes;
+  PutU16(static_cast<uint16_t>(SectionKind::kKv), e);
+  PutU64(hb, e + 8);
+  PutU64(kv_bytes, e + 16);
+  PutU64(Xxh3_64(p + hb, kv_bytes), e + 24);
+  PutU64(Xxh3_64(p, hb - 8), p + hb - 8);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodePage(const PageSpec& spec, std::span<const uint8_t> kv) {
+  ASSIGN_OR_RETURN(const uint64_t size, EncodedPageBytes(spec));
+  std::vector<uint8_t> out(size);
+  RETURN_IF_ERROR(EncodePageInto(spec, kv, out));
+  return out;
+}
+
+absl::StatusOr<PageHeader> DecodePageHeader(std::span<const uint8_t> prefix) {
+  return DecodeHeaderImpl(prefix, /*whole=*/false);
+}
+
+absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page) {
+  ASSIGN_OR_RETURN(PageHeader h, DecodeHeaderImpl(page, /*whole=*/true));
+  uint64_t end = h.header_bytes();
+  PageView view;
+  for (size_t i = 0; i < h.sections.size(); ++i) {
+    const SectionInfo& s = h.sections[i];
+    const std::string name = SectionName(i, static_cast<uint16_t>(s.kind));
+    if (!AllZero(page.subspan(end, s.offset - end))) {
+      return absl::InvalidArgumentError(kv::StrCat(name, ": padding before it is not zero"));
+    }
+    std::span<const uint8_t> bytes = page.subspan(s.offset, s.length);
+    const uint64_t computed = Xxh3_64(bytes.data(), bytes.size());
+    if (computed != s.checksum) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s checksum mismatch (stored %016x, computed %016x)", name, s.checksum, computed));
+    }
+    if (s.kind == SectionKind::kKv) view.kv_ = bytes;
+    end = s.offset + s.length;
+  }
+  view.header_ = std::move(h);
+  view.bytes_ = page;
+  return view;
+}
+
+absl::Status ResealPage(std::span<uint8_t> page) {
+  if (page.size() < kOffSectionCount + 4) {
+    return absl::InvalidArgumentError("reseal: buffer too short to hold a section count");
+  }
+  const uint32_t n = GetU32(page.data() + kOffSectionCount);
+  if (n == 0 || n > kMaxSections || page.size() < PageHeaderBytes(n)) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("reseal: section count ", n, " invalid for a ", page.size(), "-byte buffer"));
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    uint8_t* e = page.data() + kPageFixedHeaderBytes + kSectionEntryBytes * i;
+    const uint64_t off = GetU64(e + 8), len = GetU64(e + 16);
+    if (off <= page.size() && len <= page.size() - off) {
+      PutU64(Xxh3_64(page.data() + off, len), e + 24);
+    }
+  }
+  const size_t hb = PageHeaderBytes(n);
+  PutU64(Xxh3_64(page.data(), hb - 8), page.data() + hb - 8);
+  return absl::OkStatus();
+}
+
+}  // namespace kv

@@ -1,0 +1,199 @@
+// The page format: how one block of cached KV is laid out in bytes (DESIGN.md "Pages",
+// "KV layouts"; docs/formats.md §2 is the byte-for-byte reference).
+//
+// A page holds one block of `token_count` tokens for the layers [first_layer,
+// first_layer + layer_count). It is a header followed by sections:
+//
+//   offset  size  field (all integers little-endian)
+//   0       8     magic "KVSTPAGE"
+//   8       2     format version (u16) = 1
+//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584 (reserved)
+//   12      4     section count n (u32), 1..kMaxSections
+//   16      8     page bytes (u64): header + sections, the exact size of the page
+//   24      4     token count (u32), 1..kMaxPageTokens
+//   28      4     first layer (u32)
+//   32      4     layer count (u32), >= 1, first + count <= kMaxLayers
+//   36      4     flags (u32), must be 0 in version 1
+//   40      32    block key
+//   72      32    parent block key (32 zero bytes for the first block of a chain)
+//   104     24    reserved, must be zero
+//   128     32·n  section table; entry: kind u16, reserved u16 (0), reserved u32 (0),
+//                 offset u64, length u64, XXH3-64 of the section's bytes u64
+//   ...           zero padding up to header_bytes - 8
+//   hb-8    8     header checksum: XXH3-64 (seed 0) of bytes [0, hb-8)
+//
+// where hb = header_bytes = RoundUp(128 + 32·n + 8, 64). Sections follow in table order, each
+// starting at the next 64-byte boundary after the previous one (the first at hb), with zero
+// padding in between; the last section ends exactly at page bytes. A KV section is
+// layer-major: layer L's records for all tokens are one contiguous range, and within it
+// token t's record is at t × record_bytes (FlashMLA layout, record stride 656 for FP8).
+//
+// Decoding verifies everything before returning: sizes, bounds (overflow-safe), the header
+// checksum and every section checksum. It never reads outside the given buffer. Errors are
+// InvalidArgument for malformed pages (DataLoss for checksum mismatches) whose message names
+// the part: "header checksum mismatch", "section 0 (kv) checksum mismatch", "truncated:
+// header says 41984 bytes, have 100". Pages of a reserved layout (v4-fp8-584) or of an
+// unknown layout or version are refused (Unimplemented / InvalidArgument): fail closed.
+//
+// Thread-safety: all functions are pure and safe to call concurrently. A PageView borrows
+// the buffer it was decoded from; the caller keeps that buffer alive and unmodified while
+// the view (or any span taken from it) is in use.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kvstore/block_key.h"
+
+namespace kv {
+
+// ---- layouts ------------------------------------------------------------------------------
+
+enum class LayoutId : uint16_t {
+  kMlaFp8_656 = 1,    // DeepSeek V3.x MLA, FlashMLA FP8: 512 e4m3 + 4 f32 scales + 64 bf16
+  kMlaBf16_1152 = 2,  // the same data uncompressed: 512 + 64 bf16
+  kV4Fp8_584 = 3,     // DeepSeek V4 hybrid; reserved: pages are refused for now
+};
+
+struct LayoutInfo {
+  LayoutId id;
+  std::string_view name;         // "mla-fp8-656"
+  uint32_t record_bytes;         // bytes per token per layer
+  uint32_t default_page_tokens;  // tokens per page the model uses (64 MLA, 256 V4)
+  bool supported;                // false: a reserved id; pages are refused
+};
+
+// Every layout id this build knows, supported or reserved.
+std::span<const LayoutInfo> KnownLayouts();
+// Looks a layout up by code. InvalidArgument for an unknown code; a reserved layout is
+// returned (check `supported`).
+absl::StatusOr<LayoutInfo> LookupLayout(uint16_t code);
+// Looks a layout up by name ("mla-fp8-656"). InvalidArgument naming the known layouts when
+// the name is unknown.
+absl::StatusOr<LayoutInfo> LookupLayout(std::string_view name);
+
+// ---- sections -----------------------------------------------------------------------------
+
+enum class SectionKind : uint16_t {
+  kKv = 1,           // the layer-major KV records of the page's tokens
+  kIndexerKeys = 2,  // reserved: V3.2 / V4 lightning-indexer keys
+  kV4Resume = 3,     // reserved: V4 window KV + compressor state to resume from the page end
+};
+// "kv", "indexer-keys", "v4-resume", or "kind N" for an unknown code.
+std::string SectionKindName(uint16_t kind);
+
+inline constexpr char kPageMagic[8] = {'K', 'V', 'S', 'T', 'P', 'A', 'G', 'E'};
+inline constexpr uint16_t kPageFormatVersion = 1;
+inline constexpr size_t kPageFixedHeaderBytes = 128;
+inline constexpr size_t kSectionEntryBytes = 32;
+inline constexpr size_t kSectionAlign = 64;
+inline constexpr uint32_t kMaxSections = 8;
+inline constexpr uint32_t kMaxPageTokens = 4096;
+inline constexpr uint32_t kMaxLayers = 1024;
+
+// Bytes of the header (fixed part, table, padding, checksum) for `sections` sections.
+constexpr size_t PageHeaderBytes(uint32_t sections) {
+  return (kPageFixedHeaderBytes + kSectionEntryBytes * sections + 8 + kSectionAlign - 1) /
+         kSectionAlign * kSectionAlign;
+}
+
+struct SectionInfo {
+  SectionKind kind;
+  uint64_t offset;  // from the start of the page
+  uint64_t length;
+  uint64_t checksum;  // XXH3-64, seed 0
+};
+
+// The decoded header. Plain value.
+struct PageHeader {
+  uint16_t format_version = kPageFormatVersion;
+  LayoutInfo layout{};
+  uint64_t page_bytes = 0;
+  uint32_t token_count = 0;
+  uint32_t first_layer = 0;
+  uint32_t layer_count = 0;
+  BlockKey key;
+  BlockKey parent;
+  std::vector<SectionInfo> sections;
+  size_t header_bytes() const { return PageHeaderBytes(static_cast<uint32_t>(sections.size())); }
+};
+
+// A verified page: the header plus spans into the caller's buffer (zero-copy).
+class PageView {
+ public:
+  const PageHeader& header() const { return header_; }
+  // The whole page.
+  std::span<const uint8_t> bytes() const { return bytes_; }
+  // The KV section: token_count × layer_count records, layer-major.
+  std::span<const uint8_t> kv() const { return kv_; }
+  // The contiguous KV bytes of model layers [first, first + count). OutOfRange naming the
+  // page's layer range when the requested range is empty or not inside it.
+  absl::StatusOr<std::span<const uint8_t>> KvLayers(uint32_t first, uint32_t count) const;
+  // One model layer: KvLayers(layer, 1).
+  absl::StatusOr<std::span<const uint8_t>> KvLayer(uint32_t layer) const {
+    return KvLayers(layer, 1);
+  }
+  // Bytes of one layer's records (token_count × record_bytes).
+  uint64_t layer_bytes() const;
+
+ private:
+  friend absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
+  PageHeader header_;
+  std::span<const uint8_t> bytes_;
+  std::span<const uint8_t> kv_;
+};
+
+// ---- encoding -----------------------------------------------------------------------------
+
+// What a new page holds besides its KV bytes.
+struct PageSpec {
+  LayoutId layout = LayoutId::kMlaFp8_656;
+  BlockKey key;
+  BlockKey parent;  // zero for the first block of a chain
+  uint32_t token_count = 0;
+  uint32_t first_layer = 0;
+  uint32_t layer_count = 0;
+};
+
+// Size in bytes of the KV section `spec` needs (token_count × layer_count × record bytes).
+// InvalidArgument for an unknown layout or out-of-range counts; Unimplemented for a reserved
+// layout.
+absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec);
+// Size in bytes of the encoded page. Same errors as KvSectionBytes.
+absl::StatusOr<uint64_t> EncodedPageBytes(const PageSpec& spec);
+
+// Encodes a page into `out`, which must be exactly EncodedPageBytes(spec) long (so pages can
+// be written straight into registered or device-staging memory). `kv` must be exactly
+// KvSectionBytes(spec) long, layer-major. InvalidArgument naming the mismatch otherwise;
+// `out` is unspecified on error.
+absl::Status EncodePageInto(const PageSpec& spec, std::span<const uint8_t> kv,
+                            std::span<uint8_t> out);
+// Convenience: allocates and returns the encoded page.
+absl::StatusOr<std::vector<uint8_t>> EncodePage(const PageSpec& spec, std::span<const uint8_t> kv);
+
+// ---- decoding -----------------------------------------------------------------------------
+
+// Decodes and fully verifies a page (see the top of this file). The view borrows `page`.
+absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
+
+// Decodes and verifies only the header: magic, version, header checksum, layout, counts and
+// the section table's placement and sizes against the header's page size. `prefix` may be
+// just the first header_bytes of a page (so a reader can fetch the header, then the
+// sections); section checksums are not verified. Fails like DecodePage; "truncated" when
+// `prefix` is shorter than the header.
+absl::StatusOr<PageHeader> DecodePageHeader(std::span<const uint8_t> prefix);
+
+// ---- tools --------------------------------------------------------------------------------
+
+// Recomputes every in-bounds section checksum and then the header checksum of a (possibly
+// hand-edited) page in place. For tests and the fuzzer, which craft pages whose structure
+// is wrong on purpose and need the checksums to be right so the structural check is what
+// fails. InvalidArgument if the buffer is too short to hold the header its section count
+// implies.
+absl::Status ResealPage(std::span<uint8_t> page);
+
+}  // namespace kv

@@ -1,0 +1,325 @@
+#include "kvstore/page_format.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace kv {
+namespace {
+
+using ::testing::HasSubstr;
+
+// Documented byte offsets (page_format.h, docs/formats.md §2), restated here so the test
+// checks the layout independently of the implementation's constants.
+constexpr size_t kVersionAt = 8, kLayoutAt = 10, kCountAt = 12, kPageBytesAt = 16;
+constexpr size_t kTokensAt = 24, kFirstLayerAt = 28, kLayersAt = 32, kFlagsAt = 36;
+constexpr size_t kKeyAt = 40, kParentAt = 72, kTableAt = 128;
+
+void Put(std::vector<uint8_t>& b, size_t at, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t Get(const std::vector<uint8_t>& b, size_t at, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= uint64_t{b[at + i]} << (8 * i);
+  return v;
+}
+
+class PageFormatTest : public ::testing::Test {
+ protected:
+  void SetUp() override { rng_.seed(seed_); }
+  void TearDown() override {
+    if (HasFailure()) std::fprintf(stderr, "random seed was %u\n", seed_);
+  }
+  std::vector<uint8_t> RandomBytes(size_t n) {
+    std::uniform_int_distribution<int> d(0, 255);
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) b = static_cast<uint8_t>(d(rng_));
+    return v;
+  }
+  BlockKey RandomKey() {
+    BlockKey k;
+    auto b = RandomBytes(32);
+    std::memcpy(k.bytes.data(), b.data(), 32);
+    return k;
+  }
+  PageSpec Spec(LayoutId layout, uint32_t tokens, uint32_t first, uint32_t layers) {
+    return PageSpec{layout, RandomKey(), RandomKey(), tokens, first, layers};
+  }
+  // Encodes a page with random KV; `kv_out` receives the KV bytes.
+  std::vector<uint8_t> Make(const PageSpec& spec, std::vector<uint8_t>* kv_out = nullptr) {
+    auto kv_bytes = KvSectionBytes(spec);
+    EXPECT_TRUE(kv_bytes.ok()) << kv_bytes.status();
+    std::vector<uint8_t> kv = RandomBytes(*kv_bytes);
+    auto page = EncodePage(spec, kv);
+    EXPECT_TRUE(page.ok()) << page.status();
+    if (kv_out) *kv_out = kv;
+    return *page;
+  }
+  std::string Error(const std::vector<uint8_t>& page) {
+    auto v = DecodePage(page);
+    EXPECT_FALSE(v.ok()) << "a bad page decoded; seed " << seed_;
+    return v.ok() ? std::string() : std::string(v.status().ToString());
+  }
+  // Edits a field, then reseals the checksums so the structural check is what fails.
+  std::string ErrorAfterEdit(std::vector<uint8_t> page, size_t at, uint64_t v, int bytes) {
+    Put(page, at, v, bytes);
+    EXPECT_TRUE(ResealPage(page).ok());
+    return Error(page);
+  }
+
+  uint32_t seed_ = std::random_device{}();
+  std::mt19937 rng_;
+};
+
+TEST_F(PageFormatTest, RoundTripBothLayoutsAndLayerAccess) {
+  for (LayoutId layout : {LayoutId::kMlaFp8_656, LayoutId::kMlaBf16_1152}) {
+    const uint32_t tokens = std::uniform_int_distribution<uint32_t>(1, 64)(rng_);
+    const uint32_t first = std::uniform_int_distribution<uint32_t>(0, 60)(rng_);
+    const uint32_t layers = std::uniform_int_distribution<uint32_t>(1, 4)(rng_);
+    PageSpec spec = Spec(layout, tokens, first, layers);
+    std::vector<uint8_t> kv;
+    std::vector<uint8_t> page = Make(spec, &kv);
+    auto view = DecodePage(page);
+    ASSERT_TRUE(view.ok()) << view.status() << " seed " << seed_;
+    const PageHeader& h = view->header();
+    EXPECT_EQ(h.layout.id, layout);
+    EXPECT_EQ(h.key, spec.key);
+    EXPECT_EQ(h.parent, spec.parent);
+    EXPECT_EQ(h.token_count, tokens);
+    EXPECT_EQ(h.first_layer, first);
+    EXPECT_EQ(h.layer_count, layers);
+    EXPECT_EQ(h.page_bytes, page.size());
+    ASSERT_EQ(h.sections.size(), 1u);
+    EXPECT_EQ(view->kv().data(), page.data() + PageHeaderBytes(1));  // zero-copy
+    ASSERT_TRUE(std::equal(kv.begin(), kv.end(), view->kv().begin(), view->kv().end()));
+    const uint64_t lb = uint64_t{tokens} * h.layout.record_bytes;
+    EXPECT_EQ(view->layer_bytes(), lb);
+    for (uint32_t l = first; l < first + layers; ++l) {
+      auto s = view->KvLayer(l);
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(s->size(), lb);
+      EXPECT_EQ(0, std::memcmp(s->data(), kv.data() + (l - first) * lb, lb)) << "layer " << l;
+    }
+    auto all = view->KvLayers(first, layers);
+    ASSERT_TRUE(all.ok());
+    EXPECT_EQ(all->size(), kv.size());
+    EXPECT_THAT(view->KvLayer(first + layers).status().ToString(), HasSubstr("not inside"));
+    if (first > 0) {
+      EXPECT_FALSE(view->KvLayer(first - 1).ok());
+    }
+    EXPECT_FALSE(view->KvLayers(first, 0).ok());
+    EXPECT_FALSE(view->KvLayers(first, UINT32_MAX).ok());
+  }
+}
+
+TEST_F(PageFormatTest, DocumentedByteLayout) {
+  PageSpec spec = Spec(LayoutId::kMlaFp8_656, 64, 3, 2);
+  std::vector<uint8_t> page = Make(spec);
+  ASSERT_EQ(page.size(), 192u + 64 * 2 * 656);
+  EXPECT_EQ(0, std::memcmp(page.data(), "KVSTPAGE", 8));
+  EXPECT_EQ(Get(page, kVersionAt, 2), 1u);
+  EXPECT_EQ(Get(page, kLayoutAt, 2), 1u);
+  EXPECT_EQ(Get(page, kCountAt, 4), 1u);
+  EXPECT_EQ(Get(page, kPageBytesAt, 8), page.size());
+  EXPECT_EQ(Get(page, kTokensAt, 4), 64u);
+  EXPECT_EQ(Get(page, kFirstLayerAt, 4), 3u);
+  EXPECT_EQ(Get(page, kLayersAt, 4), 2u);
+  EXPECT_EQ(Get(page, kFlagsAt, 4), 0u);
+  EXPECT_EQ(0, std::memcmp(page.data() + kKeyAt, spec.key.bytes.data(), 32));
+  EXPECT_EQ(0, std::memcmp(page.data() + kParentAt, spec.parent.bytes.data(), 32));
+  EXPECT_EQ(Get(page, kTableAt, 2), 1u);           // kind kv
+  EXPECT_EQ(Get(page, kTableAt + 8, 8), 192u);     // offset
+  EXPECT_EQ(Get(page, kTableAt + 16, 8), 83968u);  // length
+  EXPECT_EQ(Get(page, kTableAt + 24, 8), Xxh3_64(page.data() + 192, 83968));
+  EXPECT_EQ(Get(page, 184, 8), Xxh3_64(page.data(), 184));
+}
+
+TEST_F(PageFormatTest, EncoderWritesEveryByte) {
+  PageSpec spec = Spec(LayoutId::kMlaBf16_1152, 3, 0, 2);
+  auto size = EncodedPageBytes(spec);
+  ASSERT_TRUE(size.ok());
+  std::vector<uint8_t> kv = RandomBytes(*KvSectionBytes(spec));
+  std::vector<uint8_t> out(*size, 0xA5);  // poison: unwritten padding would fail the decode
+  ASSERT_TRUE(EncodePageInto(spec, kv, out).ok());
+  EXPECT_TRUE(DecodePage(out).ok());
+  EXPECT_EQ(out, *EncodePage(spec, kv));
+}
+
+TEST_F(PageFormatTest, EncoderRejectsBadInput) {
+  PageSpec spec = Spec(LayoutId::kMlaFp8_656, 4, 0, 1);
+  std::vector<uint8_t> kv(4 * 656 - 1, 1);
+  EXPECT_THAT(EncodePage(spec, kv).status().ToString(), HasSubstr("kv is 2623 bytes"));
+  kv.resize(4 * 656);
+  std::vector<uint8_t> small(100);
+  EXPECT_THAT(EncodePageInto(spec, kv, small).ToString(), HasSubstr("output buffer"));
+  spec.token_count = 0;
+  EXPECT_THAT(EncodePage(spec, kv).status().ToString(), HasSubstr("token count"));
+  spec.token_count = 4;
+  spec.first_layer = kMaxLayers;
+  EXPECT_THAT(EncodePage(spec, kv).status().ToString(), HasSubstr("layer range"));
+  spec.first_layer = 0;
+  spec.layout = LayoutId::kV4Fp8_584;
+  auto s = EncodePage(spec, kv).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(s.ToString(), HasSubstr("reserved/unsupported"));
+  spec.layout = static_cast<LayoutId>(9);
+  EXPECT_THAT(EncodePage(spec, kv).status().ToString(), HasSubstr("unknown layout"));
+}
+
+// Every single-byte change anywhere in a small page is rejected, naming the part.
+TEST_F(PageFormatTest, EverySingleByteFlipIsRejectedNamingThePart) {
+  for (LayoutId layout : {LayoutId::kMlaFp8_656, LayoutId::kMlaBf16_1152}) {
+    std::vector<uint8_t> page = Make(Spec(layout, 1, 5, 2));
+    const size_t hb = PageHeaderBytes(1);
+    std::uniform_int_distribution<int> mask(1, 255);
+    for (size_t i = 0; i < page.size(); ++i) {
+      for (uint8_t m : {uint8_t{0xFF}, static_cast<uint8_t>(mask(rng_))}) {
+        page[i] ^= m;
+        const std::string err = Error(page);
+        if (i < hb) {
+          EXPECT_THAT(err, HasSubstr("header")) << "byte " << i << " seed " << seed_;
+        } else {
+          EXPECT_THAT(err, HasSubstr("section 0 (kv) checksum mismatch")) << "byte " << i;
+        }
+        page[i] ^= m;
+      }
+    }
+    EXPECT_TRUE(DecodePage(page).ok());
+  }
+}
+
+TEST_F(PageFormatTest, TruncationAtEveryLengthAndTrailingBytes) {
+  std::vector<uint8_t> page = Make(Spec(LayoutId::kMlaFp8_656, 2, 0, 1));
+  for (size_t n = 0; n < page.size(); ++n) {
+    auto v = DecodePage(std::span(page).first(n));
+    ASSERT_FALSE(v.ok()) << "length " << n;
+    EXPECT_THAT(v.status().ToString(), HasSubstr("truncated")) << "length " << n;
+  }
+  EXPECT_THAT(Error(std::vector<uint8_t>(page.begin(), page.begin() + 100)),
+              HasSubstr("truncated: header says 1504 bytes, have 100"));
+  page.push_back(0);
+  EXPECT_THAT(Error(page), HasSubstr("trailing bytes: header says 1504 bytes, have 1505"));
+}
+
+TEST_F(PageFormatTest, UnknownVersionLayoutAndReservedLayout) {
+  std::vector<uint8_t> page = Make(Spec(LayoutId::kMlaFp8_656, 1, 0, 1));
+  EXPECT_THAT(ErrorAfterEdit(page, kVersionAt, 2, 2),
+              HasSubstr("unsupported page format version 2"));
+  EXPECT_THAT(ErrorAfterEdit(page, kLayoutAt, 9, 2), HasSubstr("header: unknown layout code 9"));
+  EXPECT_THAT(ErrorAfterEdit(page, kLayoutAt, 0, 2), HasSubstr("unknown layout code 0"));
+  // A v4 page (layout 3) with a section sized as if 584 B/token were readable: refused.
+  std::vector<uint8_t> v4 = page;
+  Put(v4, kLayoutAt, 3, 2);
+  ASSERT_TRUE(ResealPage(v4).ok());
+  auto s = DecodePage(v4).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(s.ToString(),
+              HasSubstr("header: layout v4-fp8-584 (code 3) is reserved/unsupported"));
+  EXPECT_EQ(DecodePageHeader(v4).status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST_F(PageFormatTest, StructuralErrorsNameTheProblem) {
+  std::vector<uint8_t> page = Make(Spec(LayoutId::kMlaFp8_656, 2, 0, 1));
+  const size_t off = kTableAt + 8, len = kTableAt + 16;
+  EXPECT_THAT(ErrorAfterEdit(page, off, 128, 8),
+              HasSubstr("section 0 (kv) at offset 128 overlaps the header"));
+  EXPECT_THAT(ErrorAfterEdit(page, off, 256, 8), HasSubstr("expected 192"));
+  EXPECT_THAT(ErrorAfterEdit(page, len, UINT64_MAX, 8), HasSubstr("runs past the page end"));
+  EXPECT_THAT(ErrorAfterEdit(page, len, 656, 8), HasSubstr("needs 2 tokens x 1 layers x 656 B"));
+  EXPECT_THAT(ErrorAfterEdit(page, kTableAt, 2, 2),
+              HasSubstr("section 0 (indexer-keys) is a reserved"));
+  EXPECT_THAT(ErrorAfterEdit(page, kTableAt, 3, 2), HasSubstr("v4-resume"));
+  EXPECT_THAT(ErrorAfterEdit(page, kTableAt, 77, 2), HasSubstr("section 0: unknown kind 77"));
+  EXPECT_THAT(ErrorAfterEdit(page, kTableAt + 2, 1, 2), HasSubstr("reserved fields"));
+  for (uint64_t count : {uint64_t{0}, uint64_t{9}, uint64_t{1} << 31}) {
+    std::vector<uint8_t> bad = page;  // no reseal: it refuses such counts too
+    Put(bad, kCountAt, count, 4);
+    EXPECT_THAT(Error(bad), HasSubstr("header: section count " + std::to_string(count)));
+    EXPECT_FALSE(ResealPage(bad).ok());
+  }
+  EXPECT_THAT(ErrorAfterEdit(page, kPageBytesAt, 100, 8),
+              HasSubstr("smaller than its 192-byte header"));
+  EXPECT_THAT(ErrorAfterEdit(page, kFlagsAt, 1, 4), HasSubstr("flags"));
+  EXPECT_THAT(ErrorAfterEdit(page, 110, 1, 1), HasSubstr("reserved or padding"));
+  EXPECT_THAT(ErrorAfterEdit(page, 170, 1, 1), HasSubstr("reserved or padding"));
+  EXPECT_THAT(ErrorAfterEdit(page, kTokensAt, 0, 4), HasSubstr("token count 0"));
+  EXPECT_THAT(ErrorAfterEdit(page, kLayersAt, 0, 4), HasSubstr("layer range"));
+  EXPECT_THAT(ErrorAfterEdit(page, kFirstLayerAt, UINT32_MAX, 4), HasSubstr("layer range"));
+  // Two sections: a duplicate kv section, placed after the first, is refused.
+  std::vector<uint8_t> two = page;
+  two.insert(two.begin() + 192, 64, 0);  // the header grows to 256 bytes
+  Put(two, kCountAt, 2, 4);
+  std::memcpy(two.data() + kTableAt + 32, two.data() + kTableAt, 32);
+  Put(two, off, 256, 8);
+  Put(two, kTableAt + 32 + 8, 256 + 2 * 656, 8);
+  Put(two, kTableAt + 32 + 16, 0, 8);
+  Put(two, kPageBytesAt, two.size(), 8);
+  ASSERT_TRUE(ResealPage(two).ok());
+  EXPECT_THAT(Error(two), HasSubstr("section 1 (kv): duplicate kv section"));
+}
+
+TEST_F(PageFormatTest, HeaderOnlyDecodeFromAPrefix) {
+  PageSpec spec = Spec(LayoutId::kMlaBf16_1152, 64, 0, 3);
+  std::vector<uint8_t> page = Make(spec);
+  const size_t hb = PageHeaderBytes(1);
+  auto h = DecodePageHeader(std::span(page).first(hb));
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->key, spec.key);
+  EXPECT_EQ(h->page_bytes, page.size());
+  EXPECT_EQ(h->sections[0].length, 64u * 3 * 1152);
+  EXPECT_THAT(DecodePageHeader(std::span(page).first(hb - 1)).status().ToString(),
+              HasSubstr("truncated"));
+  page[hb - 1] ^= 1;
+  EXPECT_THAT(DecodePageHeader(page).status().ToString(), HasSubstr("header checksum mismatch"));
+}
+
+// Golden pages: the encoder's output for fixed inputs is checked in, so a format change
+// cannot slip in unnoticed. The same files seed the page-decoder fuzzer. Regenerate with
+// KVSTRATA_REGENERATE_GOLDEN=1 after an intentional format change (and bump the version).
+struct Golden {
+  const char* file;
+  LayoutId layout;
+  uint32_t tokens, first, layers;
+};
+constexpr Golden kGolden[] = {
+    {"testdata/pages/mla-fp8-656_t2_l0x2.page", LayoutId::kMlaFp8_656, 2, 0, 2},
+    {"testdata/pages/mla-bf16-1152_t1_l7x1.page", LayoutId::kMlaBf16_1152, 1, 7, 1},
+};
+
+std::vector<uint8_t> GoldenPage(const Golden& g) {
+  std::mt19937 rng(12345);  // fixed: the output is compared byte-for-byte
+  PageSpec spec{g.layout, {}, {}, g.tokens, g.first, g.layers};
+  for (auto& b : spec.key.bytes) b = static_cast<uint8_t>(rng());
+  for (auto& b : spec.parent.bytes) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> kv(*KvSectionBytes(spec));
+  for (auto& b : kv) b = static_cast<uint8_t>(rng());
+  return *EncodePage(spec, kv);
+}
+
+TEST(PageFormatGolden, EncoderOutputMatchesCheckedInPages) {
+  const bool regen = std::getenv("KVSTRATA_REGENERATE_GOLDEN") != nullptr;
+  for (const Golden& g : kGolden) {
+    std::vector<uint8_t> page = GoldenPage(g);
+    if (regen) {
+      std::ofstream(g.file, std::ios::binary)
+          .write(reinterpret_cast<const char*>(page.data()), page.size());
+    }
+    std::ifstream in(g.file, std::ios::binary);
+    ASSERT_TRUE(in.good()) << "missing golden page " << g.file;
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string want = ss.str();
+    ASSERT_EQ(want.size(), page.size()) << g.file;
+    EXPECT_EQ(0, std::memcmp(want.data(), page.data(), page.size())) << g.file;
+    EXPECT_TRUE(DecodePage(page).ok()) << g.file;
+  }
+}
+
+}  // namespace
+}  // namespace kv
