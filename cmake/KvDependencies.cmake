@@ -46,9 +46,14 @@ if(NOT KVSTRATA_WITH_CUDA STREQUAL "OFF" AND NOT KVSTRATA_FUZZ_ONLY)
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
-    # CMake 3.25 (Debian 12) has no CUDA_STANDARD 20 mapping for nvcc 13, so the language
-    # level is passed to nvcc directly; nvcc 12+ accepts -std=c++20.
+    # CMake 3.25 (Debian 12) has no CUDA_STANDARD 20 mapping for nvcc 13, and an unset
+    # CUDA_STANDARD falls back to CXX_STANDARD (20), which it then rejects. So every CUDA
+    # target claims 17 with an empty flag for it, and the real level is passed to nvcc
+    # directly (nvcc 12+ accepts -std=c++20).
     string(APPEND CMAKE_CUDA_FLAGS " -std=c++20")
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA17_STANDARD_COMPILE_OPTION "")
+    set(CMAKE_CUDA17_EXTENSION_COMPILE_OPTION "")
     find_package(CUDAToolkit REQUIRED)
     set(KVSTRATA_CUDA_ENABLED ON)
   elseif(KVSTRATA_WITH_CUDA STREQUAL "ON")
