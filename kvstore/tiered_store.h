@@ -1,0 +1,237 @@
+// TieredStore: prefix-addressed pages over device → host → nvme tiers (DESIGN.md "Tiers").
+//
+// The store owns up to three tiers (any may be absent) and a PrefixIndex of the sealed
+// pages they hold. Its contract:
+//   - Publishing is two-phase. Write() stores a verified page in the fastest tier, invisible;
+//     Seal() makes it visible. Seal fails if the page's parent is not cached, so the index
+//     stays prefix-closed. Unsealed writes are dropped after `pending_timeout`.
+//   - Lookup(chain) returns the longest cached prefix of a key chain (binary search) and the
+//     fastest tier holding each block.
+//   - Pin(keys, deadline) returns a lease handle; pinned pages are never evicted. The lease
+//     ends at Unpin() or when the injected clock passes its deadline, so a crashed client
+//     never leaks a pin. Read() copies a pinned page into the caller's buffer; an internal
+//     read reference keeps the page in place for the whole copy even if the lease expires
+//     meanwhile, and the copy is verified before it is returned. Lend() hands out a view
+//     into host-addressable tier memory instead; a lease with outstanding loans that
+//     expires is *poisoned*, not released: its pages stay pinned until Unpin() (the
+//     transport's poisoning contract), and a metric counts it.
+//   - Every read verifies the page (header and section checksums, key, parent, layout).
+//     A mismatch is a miss: that copy is quarantined (dropped once no one reads it, and
+//     counted in kvstrata_store_quarantined_total); if it was the last copy, the block and
+//     every cached descendant become invisible and are dropped. Wrong bytes are never served.
+//   - Placement: new pages land in the fastest tier. Write-back copies each sealed device
+//     page to host (async on a background thread). A full tier evicts leaf-first LRU victims
+//     (PrefixIndex), demoting them one tier down when that tier exists, else dropping them.
+//     A hit served from nvme is promoted to host. Each behaviour is an option.
+//   - Quotas cap each namespace's bytes per tier; a namespace over quota evicts its own
+//     pages first and never another tenant's.
+//   - Restart: Open() rebuilds the index from the nvme tier's sealed pages (orphans whose
+//     parent is missing are dropped); device and host start empty.
+//
+// Thread-safety: every method is safe for concurrent use. One mutex guards the index and the
+// bookkeeping; page copies for Read()/Lend() and write-back reads run outside it.
+// Ownership: the store owns its tiers; tier(kind) pointers live as long as the store. Lent
+// views are valid until Unpin() of the handle that lent them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/clock.h"
+#include "core/metrics.h"
+#include "core/thread_pool.h"
+#include "kvstore/prefix_index.h"
+#include "kvstore/tier.h"
+
+namespace kv {
+
+// Checks a page against its metadata: decodes it (all checksums), then compares key,
+// parent, layout and size. DataLoss naming the mismatch otherwise.
+absl::Status VerifyPage(std::span<const uint8_t> page, const PageMeta& meta);
+
+using PageVerifier = std::function<absl::Status(std::span<const uint8_t>, const PageMeta&)>;
+
+struct TieredStoreOptions {
+  Clock* clock = nullptr;              // nullptr: Clock::Real()
+  MetricsRegistry* metrics = nullptr;  // nullptr: MetricsRegistry::Default()
+  bool write_back = true;              // copy sealed device pages to host
+  bool demote_on_pressure = true;      // evicted pages move one tier down
+  bool promote_on_hit = true;          // nvme hits are copied into host
+  bool leaf_first = true;              // false: plain LRU order (children still pin parents)
+  int background_threads = 1;          // write-back workers; 0 runs write-back inline
+  absl::Duration pending_timeout = absl::Seconds(60);
+  absl::Duration max_lease = absl::Minutes(10);
+  absl::Duration default_retention = absl::ZeroDuration();
+  // namespace (KeyNamespace::ToString()) -> byte quota per tier; 0 means no quota.
+  std::map<std::string, std::array<uint64_t, kNumTiers>> quotas;
+  PageVerifier verify;  // empty: VerifyPage
+};
+
+struct TierStats {
+  bool present = false;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t pages = 0;   // sealed pages resident
+  uint64_t hits = 0;    // looked-up blocks resident in this tier
+  uint64_t misses = 0;  // looked-up blocks not resident in this tier
+  uint64_t reads = 0;   // pages served from this tier
+  uint64_t read_bytes = 0;
+  uint64_t evictions = 0;      // copies removed from this tier by pressure
+  uint64_t demotions_in = 0;   // copies moved here from the tier above
+  uint64_t promotions_in = 0;  // copies moved here on a hit below
+  uint64_t write_bytes = 0;    // bytes written into this tier (any cause)
+  uint64_t quarantined = 0;
+};
+
+struct StoreStats {
+  std::array<TierStats, kNumTiers> tiers;
+  uint64_t indexed_pages = 0;
+  uint64_t pending_pages = 0;
+  uint64_t active_leases = 0;
+  uint64_t poisoned_leases = 0;
+  uint64_t expired_leases = 0;
+};
+
+class TieredStore {
+ public:
+  using PinHandle = uint64_t;
+  struct LookupResult {
+    size_t matched = 0;           // blocks of the chain cached, from the start
+    std::vector<TierKind> tiers;  // fastest tier of each matched block
+  };
+  struct Loan {
+    std::span<const uint8_t> bytes;
+    TierKind tier;
+  };
+
+  // tiers[t] must be null or a tier of kind t. Rebuilds the index from the nvme tier.
+  // InvalidArgument for a tier in the wrong slot or no tier at all; the nvme tier's errors.
+  static absl::StatusOr<std::unique_ptr<TieredStore>> Open(
+      TieredStoreOptions options, std::array<std::unique_ptr<Tier>, kNumTiers> tiers);
+  ~TieredStore();
+
+  // Longest cached prefix of `chain`. Never fails; an empty result is a miss.
+  LookupResult Lookup(std::span<const BlockKey> chain);
+
+  // Pins every key until `deadline` (capped at now + max_lease). All or nothing: NotFound
+  // naming the first key that is not cached; InvalidArgument if the deadline has passed or
+  // `keys` is empty.
+  absl::StatusOr<PinHandle> Pin(std::span<const BlockKey> keys, absl::Time deadline);
+  // Extends a live lease. NotFound if unknown or expired.
+  absl::Status Renew(PinHandle handle, absl::Time deadline);
+  // Ends a lease (also a poisoned one). NotFound if unknown or already expired.
+  absl::Status Unpin(PinHandle handle);
+
+  // Copies `key` (which the lease must cover) into `dst`; returns its size. NotFound for an
+  // unknown/expired lease, a key outside it, or a page that failed verification (a miss;
+  // the copy is quarantined); OutOfRange if `dst` is too small.
+  absl::StatusOr<size_t> Read(PinHandle handle, const BlockKey& key, std::span<uint8_t> dst);
+  // A verified view of `key` in host-addressable memory (device on the CPU backend, or
+  // host), valid until Unpin(handle). Unimplemented if the page lives only where it cannot
+  // be lent (nvme, CUDA device memory): use Read. Other errors as Read.
+  absl::StatusOr<Loan> Lend(PinHandle handle, const BlockKey& key);
+
+  // Phase one of publishing: verifies `page` against `meta` and stores it unsealed in the
+  // fastest tier. DataLoss if the page does not verify; AlreadyExists if the key is cached
+  // or pending; ResourceExhausted (retryable) if no room can be made (pinned or quota).
+  absl::Status Write(const PageMeta& meta, std::span<const uint8_t> page,
+                     std::optional<absl::Duration> retention = std::nullopt);
+  // Phase two: makes a written page visible. NotFound if there is no pending write (or it
+  // timed out); FailedPrecondition if its parent is no longer cached (the write is dropped).
+  absl::Status Seal(const BlockKey& key);
+  // Write + Seal.
+  absl::Status Publish(const PageMeta& meta, std::span<const uint8_t> page,
+                       std::optional<absl::Duration> retention = std::nullopt);
+  // Drops a pending write. NotFound if none.
+  absl::Status Abort(const BlockKey& key);
+
+  // Session retention: gives `keys` (those cached) a soft priority of `ttl` beyond their
+  // last access, refreshed now. Returns how many keys were cached.
+  size_t Retain(std::span<const BlockKey> keys, absl::Duration ttl);
+  // Evicts (demoting where enabled) until `bytes` are freed in `tier` or nothing more is
+  // evictable. Returns the bytes freed. InvalidArgument if the tier is absent.
+  absl::StatusOr<uint64_t> Evict(TierKind tier, uint64_t bytes);
+
+  StoreStats Stats();
+  // The index's invariants plus the store's: usage per namespace matches residency, quotas
+  // hold, every indexed copy exists in its tier. Internal naming the first violation.
+  absl::Status CheckInvariants();
+  // Blocks until queued write-backs have finished.
+  void WaitIdle();
+  Tier* tier(TierKind kind) { return tiers_[static_cast<int>(kind)].get(); }
+
+ private:
+  struct Pending {
+    PageMeta meta;
+    TierKind tier;
+    absl::Time deadline;
+    absl::Duration retention;
+  };
+  struct Lease {
+    std::vector<BlockKey> keys;
+    absl::Time deadline;
+    int loans = 0;
+    bool poisoned = false;
+  };
+  struct Metrics {
+    std::array<Counter*, kNumTiers> hits, misses, reads, read_bytes, evictions, demotions,
+        promotions, quarantined;
+    std::array<Gauge*, kNumTiers> bytes;
+    Counter* poisoned;
+    Counter* expired;
+    Histogram* lookup_seconds;
+  };
+
+  TieredStore(TieredStoreOptions options, std::array<std::unique_ptr<Tier>, kNumTiers> tiers);
+  absl::Status Recover();
+  absl::Time Now() { return options_.clock->Now(); }
+  bool Present(int t) const { return tiers_[t] != nullptr; }
+  int LowerTier(int t) const;  // next present tier below t, or -1
+
+  // All of the following run with mu_ held.
+  void ReapLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status MakeRoomLocked(int t, const std::string& ns, uint64_t size)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status EvictLocked(int t, const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CopyIntoTierLocked(int t, const PageMeta& meta, std::span<const uint8_t> bytes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int ServingTierLocked(const IndexEntry& e, bool lendable) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool DeadLocked(const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void QuarantineLocked(const BlockKey& key, int t, const absl::Status& why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReclaimDoomedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  PageMeta MetaOf(const IndexEntry& e) const;
+  void Charge(const std::string& ns, int t, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  absl::StatusOr<size_t> ReadVerified(const BlockKey& key, std::span<uint8_t> dst, bool* promoted);
+  void WriteBack(const BlockKey& key);
+
+  const TieredStoreOptions options_;
+  std::array<std::unique_ptr<Tier>, kNumTiers> tiers_;
+  std::unique_ptr<Metrics> metrics_;
+  mutable absl::Mutex mu_;
+  PrefixIndex index_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<BlockKey, Pending> pending_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<PinHandle, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<absl::Time, PinHandle>> lease_deadlines_ ABSL_GUARDED_BY(mu_);
+  PinHandle next_handle_ ABSL_GUARDED_BY(mu_) = 1;
+  // Quarantined copies: key -> tier bitmask. A key whose every copy is doomed is dead.
+  absl::flat_hash_map<BlockKey, uint8_t> doomed_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::array<int64_t, kNumTiers>> usage_ ABSL_GUARDED_BY(mu_);
+  StoreStats stats_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<ThreadPool> pool_;  // last member: destroyed (joined) first
+};
+
+}  // namespace kv
