@@ -2,6 +2,7 @@
 // section table (docs/formats.md §2).
 //
 //   kvstrata inspect FILE [FILE...] [--json]
+//   kvstrata inspect --nvme=DIR --key=HEX[,HEX...] [--json]   (a page out of the nvme tier)
 //
 // Exit status: 0 when every page verifies; 1 when any page is corrupt or malformed (the
 // message names the part: "header checksum mismatch", "section 0 (kv) checksum mismatch",
@@ -18,6 +19,8 @@
 #include "core/config.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/block_key.h"
+#include "kvstore/nvme_tier.h"
 #include "kvstore/page_format.h"
 #include "nlohmann/json.hpp"
 
@@ -109,37 +112,57 @@ absl::Status InspectBytes(std::span<const uint8_t> bytes, std::string_view label
   return absl::OkStatus();
 }
 
+// Reads one page out of the nvme tier (RocksDB, opened read-only) and inspects it.
+absl::Status InspectNvmeKey(const std::string& dir, const std::string& hex, bool json) {
+  ASSIGN_OR_RETURN(BlockKey key, BlockKey::FromHex(hex));
+  auto bytes = ReadPageFromNvme(dir, key);
+  if (!bytes.ok()) return Annotate(bytes.status(), kv::StrCat("nvme ", dir, " key ", hex));
+  return InspectBytes(*bytes, kv::StrCat("nvme:", hex), json);
+}
+
 int RunInspect(int argc, char** argv) {
   bool json = false;
+  std::string nvme_dir;
+  std::vector<std::string> keys;
   FlagSet flags("kvstrata inspect");
   flags.Bool("json", &json, "print each page as a JSON object");
+  flags.String("nvme", &nvme_dir, "read pages out of the nvme tier at this path (with --key)");
+  flags.StringList("key", &keys, "block keys (hex) to read from --nvme");
   std::vector<std::string> files;
   absl::Status s = flags.Parse(argc, argv, &files);
   if (s.ok() && flags.help_requested()) {
-    std::printf("usage: kvstrata inspect PAGE_FILE [PAGE_FILE...] [flags]\n%s",
-                flags.Usage().c_str());
+    std::printf(
+        "usage: kvstrata inspect PAGE_FILE [PAGE_FILE...] [flags]\n"
+        "       kvstrata inspect --nvme=DIR --key=HEX[,HEX...] [flags]\n%s",
+        flags.Usage().c_str());
     return 0;
   }
-  if (s.ok() && files.empty()) s = absl::InvalidArgumentError("no page file given");
+  if (s.ok() && nvme_dir.empty() != keys.empty()) {
+    s = absl::InvalidArgumentError("--nvme and --key go together");
+  }
+  if (s.ok() && files.empty() && keys.empty()) s = absl::InvalidArgumentError("no page given");
   if (!s.ok()) {
     std::fprintf(stderr, "kvstrata inspect: %s\n", std::string(s.message()).c_str());
     return 2;
   }
   int rc = 0;
-  for (const std::string& path : files) {
-    absl::Status st;
-    auto bytes = ReadFile(path);
-    st = bytes.ok() ? InspectBytes(*bytes, path, json) : bytes.status();
+  auto report = [&rc](const absl::Status& st) {
     if (!st.ok()) {
       std::fprintf(stderr, "kvstrata inspect: %s\n", std::string(st.message()).c_str());
       rc = 1;
     }
+  };
+  for (const std::string& path : files) {
+    auto bytes = ReadFile(path);
+    report(bytes.ok() ? InspectBytes(*bytes, path, json) : bytes.status());
   }
+  for (const std::string& hex : keys) report(InspectNvmeKey(nvme_dir, hex, json));
   return rc;
 }
 
 }  // namespace
 
-KV_REGISTER_COMMAND(inspect, "decode and verify page files", RunInspect);
+KV_REGISTER_COMMAND(inspect, "decode and verify pages (files, or --nvme=DIR --key=HEX)",
+                    RunInspect);
 
 }  // namespace kv::cmd
