@@ -19,6 +19,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "cluster/client.h"
 #include "cmd/kvstrata/command.h"
 #include "core/config.h"
 #include "core/status_macros.h"
@@ -89,11 +90,22 @@ absl::Status RunLocalGenerate(const GenerateFlags& f) {
 
 int RunGenerate(int argc, char** argv) {
   GenerateFlags f;
+  cluster::GenerateClientFlags c;
   FlagSet flags("kvstrata generate");
-  flags.String("model", &f.model_dir, "model directory (kvstrata model init --out=DIR)");
+  flags.String("model", &f.model_dir,
+               "local mode: model directory (kvstrata model init --out=DIR)");
+  flags.String("addr", &c.addr, "cluster mode: a kvstrata router/serve address HOST:PORT");
+  flags.String("token", &c.token, "cluster mode: bearer token (tenants file of the server)");
+  flags.String("session", &c.session, "cluster mode: agent session id (retention hints)");
+  flags.Duration("retention", &c.retention, "cluster mode: session retention TTL (0: default)");
+  flags.Int("shared-prefix-tokens", &c.shared_prefix_tokens,
+            "cluster mode: publish/reuse this many leading tokens in the shared namespace");
+  flags.String("cache-policy", &c.cache_policy,
+               "cluster mode: auto|force-load|force-recompute|bypass");
+  flags.Duration("timeout", &c.timeout, "cluster mode: RPC deadline");
   flags.String("prompt", &f.prompt, "prompt text (byte tokens; <|user|>-style markers allowed)");
   flags.Int("max-tokens", &f.max_tokens, "tokens to generate");
-  flags.String("kv-layout", &f.kv_layout, "KV page layout: mla-fp8-656 or mla-bf16-1152");
+  flags.String("kv-layout", &f.kv_layout, "local mode: mla-fp8-656 or mla-bf16-1152");
   flags.Double("temperature", &f.temperature, "sampling temperature (0: greedy)");
   flags.Double("top-p", &f.top_p, "nucleus sampling mass in (0, 1]");
   flags.Int("seed", &f.seed, "sampling seed");
@@ -102,6 +114,18 @@ int RunGenerate(int argc, char** argv) {
   if (s.ok() && flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
     return 0;
+  }
+  if (s.ok() && !c.addr.empty() && !f.model_dir.empty()) {
+    s = absl::InvalidArgumentError("--model (local) and --addr (cluster) are exclusive");
+  }
+  if (s.ok() && !c.addr.empty()) {
+    c.prompt = f.prompt;
+    c.max_tokens = f.max_tokens;
+    c.temperature = f.temperature;
+    c.top_p = f.top_p;
+    c.seed = f.seed;
+    c.raw = f.raw;
+    return cluster::RunGenerateClient(c);
   }
   if (s.ok()) s = RunLocalGenerate(f);
   if (!s.ok()) {
@@ -113,6 +137,7 @@ int RunGenerate(int argc, char** argv) {
 
 }  // namespace
 
-KV_REGISTER_COMMAND(generate, "generate text with a model (local mode: --model=DIR)", RunGenerate);
+KV_REGISTER_COMMAND(generate, "generate text (local: --model=DIR; cluster: --addr=HOST:PORT)",
+                    RunGenerate);
 
 }  // namespace kv::cmd

@@ -1,0 +1,64 @@
+// EmbeddedServer: a running `kvstrata serve --role=all` in this process: the EmbeddedNode
+// (model + tiered store + engine, prefill/node.h), the Cluster service on a GrpcServer
+// (with health and reflection), and the metrics HTTP server (/metrics, /healthz).
+// `kvstrata serve` runs one until a signal; `kvstrata demo` and tests start one on a free
+// loopback port.
+//
+// Tenants: with `tokens_file` set, every call needs a bearer token from it
+// (cluster/tenants.h); empty, every call is the built-in tenant "default".
+//
+// Thread-safety: Start() once; accessors are safe from any thread. Shutdown() is
+// idempotent, bounded (grpc shutdown grace, then cancellation) and run by the destructor.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "cluster/cluster_service.h"
+#include "cluster/grpc_server.h"
+#include "core/http_server.h"
+#include "prefill/node.h"
+
+namespace kv::cluster {
+
+struct EmbeddedServerOptions {
+  prefill::NodeOptions node;
+  prefill::EngineOptions engine;
+  std::string listen = "127.0.0.1:7070";
+  // Metrics HTTP port on the listen host; 0 picks a free port; -1 disables it.
+  int64_t metrics_port = 9090;
+  std::string tokens_file;  // empty: single built-in tenant "default"
+  std::string node_id;      // empty: "local"
+  int worker_threads = 2;
+  absl::Duration shutdown_grace = absl::Seconds(5);
+  absl::Duration max_request_time = absl::Minutes(5);
+};
+
+// Checks options without side effects (node options, listen address shape, tokens file
+// parses, ports in range). InvalidArgument / NotFound naming the option.
+absl::Status ValidateEmbeddedServerOptions(const EmbeddedServerOptions& options);
+
+class EmbeddedServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<EmbeddedServer>> Start(EmbeddedServerOptions options);
+  ~EmbeddedServer();
+
+  const std::string& address() const { return grpc_->address(); }
+  int metrics_port() const { return metrics_ ? metrics_->port() : -1; }
+  prefill::EmbeddedNode& node() { return *node_; }
+  bool requires_token() const { return requires_token_; }
+  void Shutdown();
+
+ private:
+  EmbeddedServer() = default;
+  std::unique_ptr<prefill::EmbeddedNode> node_;
+  std::unique_ptr<ClusterService> service_;
+  std::unique_ptr<GrpcServer> grpc_;
+  std::unique_ptr<MetricsHttpServer> metrics_;
+  bool requires_token_ = false;
+  bool shut_down_ = false;
+};
+
+}  // namespace kv::cluster

@@ -1,0 +1,228 @@
+#include "cluster/proto_convert.h"
+
+#include <algorithm>
+
+#include "model/tokenizer.h"
+
+namespace kv::cluster {
+
+namespace pb = ::kvstrata::v1;
+
+void SetDuration(absl::Duration d, google::protobuf::Duration* out) {
+  const int64_t ns = absl::ToInt64Nanoseconds(d);
+  out->set_seconds(ns / 1000000000);
+  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
+}
+
+absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
+void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t ns = absl::ToUnixNanos(t);
+  out->set_seconds(ns / 1000000000);
+  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
+}
+
+pb::Tier ToProto(TierKind tier) {
+  switch (tier) {
+    case TierKind::kDevice:
+      return pb::TIER_DEVICE;
+    case TierKind::kHost:
+      return pb::TIER_HOST;
+    case TierKind::kNvme:
+      return pb::TIER_NVME;
+  }
+  return pb::TIER_UNSPECIFIED;
+}
+
+std::string TierProtoName(pb::Tier tier) {
+  switch (tier) {
+    case pb::TIER_DEVICE:
+      return "device";
+    case pb::TIER_HOST:
+      return "host";
+    case pb::TIER_NVME:
+      return "nvme";
+    default:
+      return "unspecified";
+  }
+}
+
+pb::CacheDecision ToProto(prefill::CacheDecision d) {
+  switch (d) {
+    case prefill::CacheDecision::kLoad:
+      return pb::CACHE_DECISION_LOAD;
+    case prefill::CacheDecision::kPartialLoad:
+      return pb::CACHE_DECISION_PARTIAL_LOAD;
+    case prefill::CacheDecision::kRecompute:
+      return pb::CACHE_DECISION_RECOMPUTE;
+    case prefill::CacheDecision::kNone:
+      break;
+  }
+  return pb::CACHE_DECISION_UNSPECIFIED;
+}
+
+pb::FinishReason ToProto(prefill::FinishReason r) {
+  switch (r) {
+    case prefill::FinishReason::kLength:
+      return pb::FINISH_REASON_LENGTH;
+    case prefill::FinishReason::kEos:
+      return pb::FINISH_REASON_EOS;
+    case prefill::FinishReason::kStopToken:
+      return pb::FINISH_REASON_STOP_TOKEN;
+    case prefill::FinishReason::kCancelled:
+      return pb::FINISH_REASON_CANCELLED;
+  }
+  return pb::FINISH_REASON_UNSPECIFIED;
+}
+
+void ToProto(const prefill::CostPlan& plan, pb::CostEstimate* out) {
+  out->set_decision(ToProto(plan.decision));
+  out->set_load_tokens(static_cast<uint32_t>(plan.load_tokens));
+  out->set_recompute_tokens(static_cast<uint32_t>(plan.recompute_tokens));
+  SetDuration(plan.estimated_load_time, out->mutable_estimated_load_time());
+  SetDuration(plan.estimated_recompute_time, out->mutable_estimated_recompute_time());
+  out->set_reason(plan.reason);
+}
+
+void ToProto(const prefill::RequestStats& st, pb::RequestStats* out) {
+  SetDuration(st.ttft, out->mutable_ttft());
+  SetDuration(st.total_time, out->mutable_total_time());
+  out->set_prompt_tokens(static_cast<uint32_t>(st.prompt_tokens));
+  out->set_output_tokens(static_cast<uint32_t>(st.output_tokens));
+  out->set_cached_tokens(static_cast<uint32_t>(st.cached_tokens));
+  out->set_recomputed_tokens(static_cast<uint32_t>(st.recomputed_tokens));
+  for (const prefill::TierHit& h : st.tier_hits) {
+    pb::TierHits* t = out->add_tier_hits();
+    t->set_tier(ToProto(h.tier));
+    t->set_pages(static_cast<uint32_t>(h.pages));
+    t->set_tokens(static_cast<uint32_t>(h.tokens));
+    t->set_bytes(h.bytes);
+  }
+  out->set_bytes_transferred(st.bytes_loaded);
+  out->set_transport(st.bytes_loaded > 0 ? pb::TRANSPORT_KIND_INPROC
+                                         : pb::TRANSPORT_KIND_UNSPECIFIED);
+  ToProto(st.cost, out->mutable_cost());
+  SetDuration(st.load_time, out->mutable_load_time());
+  SetDuration(st.prefill_time, out->mutable_prefill_time());
+  SetDuration(st.decode_time, out->mutable_decode_time());
+  out->set_published_pages(static_cast<uint32_t>(st.published_pages));
+}
+
+void FillCapacity(prefill::Engine& engine, TierKind tier, const TierStats& stats,
+                  pb::TierCapacity* out) {
+  out->set_tier(ToProto(tier));
+  out->set_capacity_bytes(stats.capacity_bytes);
+  out->set_used_bytes(stats.used_bytes);
+  out->set_pages(stats.pages);
+  prefill::CostModel& cm = engine.cost_model();
+  out->set_read_bytes_per_second(cm.measured(tier) ? cm.BytesPerSecond(tier) : 0.0);
+}
+
+void FillLookup(prefill::Engine& engine, const prefill::LookupInfo& info,
+                const std::string& node_id, bool include_keys, pb::LookupResponse* out) {
+  const int64_t pt = engine.page_tokens();
+  out->set_prompt_tokens(static_cast<uint32_t>(info.prompt_tokens));
+  const KeyParams& kp = engine.key_params();
+  out->mutable_key_space()->set_model_fingerprint(
+      std::string(kp.model_fingerprint.begin(), kp.model_fingerprint.end()));
+  out->mutable_key_space()->set_layout(kp.layout_id);
+  out->mutable_key_space()->set_page_tokens(kp.page_tokens);
+  out->set_full_blocks(static_cast<uint32_t>(info.full_blocks));
+  out->set_cached_blocks(static_cast<uint32_t>(info.cached_blocks));
+  out->set_cached_tokens(static_cast<uint32_t>(info.cached_blocks * pt));
+  prefill::CostModel& cm = engine.cost_model();
+  const double page = static_cast<double>(engine.page_bytes());
+  for (size_t i = 0; i < info.tiers.size();) {
+    size_t j = i;
+    while (j < info.tiers.size() && info.tiers[j] == info.tiers[i]) ++j;
+    pb::PrefixSegment* s = out->add_segments();
+    s->set_node_id(node_id);
+    s->set_tier(ToProto(info.tiers[i]));
+    s->set_first_block(static_cast<uint32_t>(i));
+    s->set_block_count(static_cast<uint32_t>(j - i));
+    SetDuration(absl::Seconds((j - i) * page / cm.BytesPerSecond(info.tiers[i])),
+                s->mutable_estimated_load_time());
+    i = j;
+  }
+  ToProto(info.cost, out->mutable_cost());
+  if (include_keys) {
+    for (const BlockKey& k : info.keys) out->add_keys(std::string(k.bytes.begin(), k.bytes.end()));
+  }
+  for (int t = 0; t < kNumTiers; ++t) {
+    size_t n = 0;
+    double secs = 0;
+    while (n < info.tiers.size() && static_cast<int>(info.tiers[n]) <= t) {
+      secs += page / cm.BytesPerSecond(info.tiers[n]);
+      ++n;
+    }
+    const bool holds = std::any_of(info.tiers.begin(), info.tiers.end(),
+                                   [&](TierKind k) { return static_cast<int>(k) == t; });
+    if (!holds) continue;
+    pb::TierPrefix* p = out->add_tier_prefixes();
+    p->set_tier(ToProto(static_cast<TierKind>(t)));
+    p->set_blocks(static_cast<uint32_t>(n));
+    p->set_tokens(static_cast<uint32_t>(n * pt));
+    SetDuration(absl::Seconds(secs), p->mutable_estimated_load_time());
+  }
+}
+
+namespace {
+constexpr char kReplacement[] = "\xEF\xBF\xBD";
+bool Cont(unsigned char c) { return (c & 0xC0) == 0x80; }
+}  // namespace
+
+std::string Utf8Assembler::Flush() {
+  std::string out;
+  for (size_t i = 0; i < pending_.size(); ++i) out += kReplacement;
+  pending_.clear();
+  return out;
+}
+
+std::string Utf8Assembler::Add(int32_t token) {
+  if (token < 0 || token > 255) {
+    std::string out = Flush();
+    out += std::string(model::ByteTokenizer::SpecialName(token));
+    return out;
+  }
+  pending_.push_back(static_cast<char>(token));
+  std::string out;
+  size_t i = 0;
+  const size_t n = pending_.size();
+  while (i < n) {
+    const auto b = static_cast<unsigned char>(pending_[i]);
+    size_t len = b < 0x80                   ? 1
+                 : (b >= 0xC2 && b <= 0xDF) ? 2
+                 : (b >= 0xE0 && b <= 0xEF) ? 3
+                 : (b >= 0xF0 && b <= 0xF4) ? 4
+                                            : 0;
+    if (len == 0) {
+      out += kReplacement;
+      ++i;
+      continue;
+    }
+    bool ok = true;
+    const size_t have = std::min(len, n - i);
+    for (size_t k = 1; k < have; ++k) ok = ok && Cont(static_cast<unsigned char>(pending_[i + k]));
+    if (ok && have >= 2) {
+      const auto c1 = static_cast<unsigned char>(pending_[i + 1]);
+      if ((b == 0xE0 && c1 < 0xA0) || (b == 0xED && c1 > 0x9F) || (b == 0xF0 && c1 < 0x90) ||
+          (b == 0xF4 && c1 > 0x8F)) {
+        ok = false;
+      }
+    }
+    if (!ok) {
+      out += kReplacement;
+      ++i;
+      continue;
+    }
+    if (have < len) break;  // incomplete: hold back
+    out.append(pending_, i, len);
+    i += len;
+  }
+  pending_.erase(0, i);
+  return out;
+}
+
+}  // namespace kv::cluster

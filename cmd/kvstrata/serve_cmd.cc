@@ -1,0 +1,177 @@
+// `kvstrata serve`: runs a kvstrata node.
+//
+//   kvstrata serve --role=all [--config=FILE] [--listen=127.0.0.1:7070] [--metrics-port=9090]
+//                  [--model-dir=DIR] [--kv-layout=mla-fp8-656] [--data-dir=DIR]
+//                  [--device-mib=64] [--host-mib=256] [--nvme-mib=4096]
+//                  [--tokens-file=FILE] [--worker-threads=2] [--check-config]
+//
+// Every flag is also a key of the YAML config file. --role=all (the embedded default) runs
+// everything in one process: the Cluster gRPC service with health and reflection, the
+// engine over the model (the seeded tiny-v3 model is created in DATA_DIR/model-tiny-v3 on
+// first start when --model-dir is empty), device and host tiers in memory and the nvme tier
+// under DATA_DIR/nvme, and /metrics + /healthz over HTTP. Without --tokens-file every call
+// is the built-in tenant "default" (no token needed); with it, each call needs
+// `authorization: Bearer <token>` from the file (cluster/tenants.h).
+//
+// The distributed roles (router, prefill, decode, store) are not in this build yet: they
+// exit with UNIMPLEMENTED (exit code 2). --check-config validates the flags/config and exits
+// 0 (valid) or 1 (the message says what is wrong). SIGINT/SIGTERM shut the node down within
+// the gRPC shutdown grace (5 s) plus the time to finish the current token.
+#include <cblas.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "cluster/embedded_server.h"
+#include "cmd/kvstrata/command.h"
+#include "core/config.h"
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "model/config.h"
+
+namespace kv::cmd {
+namespace {
+
+struct ServeFlags {
+  std::string role = "all";
+  std::string listen = "127.0.0.1:7070";
+  int64_t metrics_port = 9090;
+  std::string model_dir;
+  std::string kv_layout = "mla-fp8-656";
+  std::string data_dir;
+  int64_t device_mib = 64;
+  int64_t host_mib = 256;
+  int64_t nvme_mib = 4096;
+  std::string tokens_file;
+  int64_t worker_threads = 2;
+  std::string node_id;
+  bool check_config = false;
+};
+
+std::string DefaultDataDir() { return StrCat("/tmp/kvstrata-", ::getuid()); }
+
+absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
+  if (f.role != "all") {
+    if (f.role == "router" || f.role == "prefill" || f.role == "decode" || f.role == "store") {
+      return absl::UnimplementedError(StrCat("--role=", f.role,
+                                             " is not implemented in this build yet; use "
+                                             "--role=all (everything in one process)"));
+    }
+    return absl::InvalidArgumentError(
+        StrCat("--role must be all, router, prefill, decode or store; got '", f.role, "'"));
+  }
+  for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
+                         std::pair{"nvme-mib", f.nvme_mib}}) {
+    if (v < 0 || v > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError(StrCat("--", name, " must be in 0..2^30, got ", v));
+    }
+  }
+  cluster::EmbeddedServerOptions o;
+  o.listen = f.listen;
+  o.metrics_port = f.metrics_port;
+  o.tokens_file = f.tokens_file;
+  o.node_id = f.node_id;
+  o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
+  o.node.model_dir = f.model_dir;
+  o.node.kv_layout = f.kv_layout;
+  o.node.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
+  o.node.device_bytes = static_cast<uint64_t>(f.device_mib) << 20;
+  o.node.host_bytes = static_cast<uint64_t>(f.host_mib) << 20;
+  o.node.nvme_bytes = static_cast<uint64_t>(f.nvme_mib) << 20;
+  RETURN_IF_ERROR(cluster::ValidateEmbeddedServerOptions(o));
+  if (!o.node.model_dir.empty()) {
+    ASSIGN_OR_RETURN(model::ModelConfig c,
+                     model::LoadModelConfig(StrCat(o.node.model_dir, "/config.json")));
+    RETURN_IF_ERROR(model::ValidateForRuntime(c));
+  }
+  return o;
+}
+
+absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
+  // Block the shutdown signals in every thread (gRPC's included, created after this), and
+  // wait for them here.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ASSIGN_OR_RETURN(auto server, cluster::EmbeddedServer::Start(o));
+  std::printf("kvstrata serve --role=all listening on %s (metrics on port %d); %s\n",
+              server->address().c_str(), server->metrics_port(),
+              server->requires_token() ? "bearer tokens required"
+                                       : "no tokens file: every call is tenant \"default\"");
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  log::Info("serve_signal", "signal", sig);
+  server->Shutdown();
+  return absl::OkStatus();
+}
+
+int RunServe(int argc, char** argv) {
+  ServeFlags f;
+  FlagSet flags("kvstrata serve");
+  flags.String("role", &f.role, "all | router | prefill | decode | store (only all in this build)");
+  flags.String("listen", &f.listen, "gRPC listen address HOST:PORT (port 0: any free port)");
+  flags.Int("metrics-port", &f.metrics_port, "HTTP port of /metrics and /healthz (-1: off)");
+  flags.String("model-dir", &f.model_dir,
+               "model directory; empty: the seeded tiny-v3 model in DATA_DIR/model-tiny-v3");
+  flags.String("kv-layout", &f.kv_layout, "KV page layout: mla-fp8-656 or mla-bf16-1152");
+  flags.String("data-dir", &f.data_dir, "data directory (nvme tier); default /tmp/kvstrata-UID");
+  flags.Int("device-mib", &f.device_mib, "device tier capacity in MiB (0: no device tier)");
+  flags.Int("host-mib", &f.host_mib, "host tier capacity in MiB (0: no host tier)");
+  flags.Int("nvme-mib", &f.nvme_mib, "nvme tier capacity in MiB (0: no nvme tier)");
+  flags.String("tokens-file", &f.tokens_file,
+               "YAML map of bearer token -> tenant; empty: built-in tenant \"default\"");
+  flags.Int("worker-threads", &f.worker_threads, "Generate requests served concurrently");
+  flags.String("node-id", &f.node_id, "node id in stats and ListNodes (default: local)");
+  flags.Bool("check-config", &f.check_config, "validate the config and exit 0 (ok) or 1");
+  absl::Status s = flags.Parse(argc, argv);
+  if (s.ok() && flags.help_requested()) {
+    std::printf("usage: kvstrata serve [flags]\n%s", flags.Usage().c_str());
+    return 0;
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "kvstrata serve: %s\n", std::string(s.message()).c_str());
+    // The config is parsed before the command line, so look for --check-config directly.
+    bool check = f.check_config;
+    for (int i = 1; i < argc; ++i) check = check || std::string_view(argv[i]) == "--check-config";
+    return check ? 1 : 2;
+  }
+  absl::StatusOr<cluster::EmbeddedServerOptions> o = ToOptions(f);
+  if (f.check_config) {
+    if (!o.ok() && !absl::IsUnimplemented(o.status())) {
+      std::fprintf(stderr, "config invalid: %s\n", std::string(o.status().message()).c_str());
+      return 1;
+    }
+    std::printf("config ok: role %s%s\n", f.role.c_str(),
+                o.ok() ? "" : " (valid, but this role is not implemented in this build yet)");
+    return 0;
+  }
+  if (!o.ok()) {
+    std::fprintf(stderr, "kvstrata serve: %s: %s\n",
+                 absl::StatusCodeToString(o.status().code()).c_str(),
+                 std::string(o.status().message()).c_str());
+    return 2;
+  }
+  openblas_set_num_threads(1);  // requests run in parallel; a BLAS pool would oversubscribe
+  s = Serve(*o);
+  if (!s.ok()) {
+    std::fprintf(stderr, "kvstrata serve: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+KV_REGISTER_COMMAND(serve, "run a node (--role=all: everything in one process)", RunServe);
+
+}  // namespace kv::cmd

@@ -1,0 +1,150 @@
+// The engine's page traffic: loading a cached prefix into a KvCache, and write-back.
+#include <algorithm>
+#include <memory>
+#include <utility>
+
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "kvstore/page_format.h"
+#include "model/kv_cache.h"
+#include "prefill/engine.h"
+#include "prefill/engine_metrics.h"
+
+namespace kv::prefill {
+namespace {
+
+// Checks a decoded page against what this request expects before its bytes enter the cache.
+absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
+                       const LayoutInfo& layout, int page_tokens, int layers) {
+  const PageHeader& h = view.header();
+  if (h.key != key) return absl::DataLossError("page key differs from the requested key");
+  if (h.parent != parent) return absl::DataLossError("page parent differs from the chain");
+  if (h.layout.id != layout.id) return absl::DataLossError("page layout differs");
+  if (h.token_count != static_cast<uint32_t>(page_tokens) || h.first_layer != 0 ||
+      h.layer_count != static_cast<uint32_t>(layers)) {
+    return absl::DataLossError(StrCat("page geometry ", h.token_count, " tokens x ", h.layer_count,
+                                      " layers does not match the model"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierKind> tiers,
+                           int64_t blocks, model::KvCache* kv, RequestStats* stats) {
+  Clock* clock = options_.clock ? options_.clock : Clock::Real();
+  std::span<const BlockKey> want = keys.subspan(0, static_cast<size_t>(blocks));
+  absl::StatusOr<TieredStore::PinHandle> pin = store_->Pin(want, clock->Now() + options_.lease);
+  if (!pin.ok()) {  // evicted since the lookup: recompute
+    log::Info("prefix_pin_failed", "blocks", blocks, "error", pin.status().ToString());
+    return 0;
+  }
+  auto layout = LookupLayout(kernels::LayoutName(options_.layout));
+  const int layers = static_cast<int>(model_->config().num_hidden_layers);
+  std::vector<uint8_t> buf(page_bytes_);
+  int64_t loaded = 0;
+  for (int64_t i = 0; i < blocks; ++i) {
+    const absl::Time t0 = clock->Now();
+    absl::StatusOr<size_t> n = store_->Read(*pin, want[i], buf);
+    absl::Status s = n.status();
+    if (s.ok()) {
+      absl::StatusOr<PageView> view = DecodePage(std::span<const uint8_t>(buf.data(), *n));
+      s = view.status();
+      if (s.ok()) {
+        s = CheckPage(*view, want[i], i == 0 ? BlockKey::Zero() : want[i - 1], *layout,
+                      page_tokens_, layers);
+      }
+      if (s.ok()) s = kv->AppendBlock(view->kv());
+    }
+    if (!s.ok()) {  // a miss from here on: the rest is recomputed
+      log::Warn("prefix_load_stopped", "block", i, "key", want[i].Hex(), "error", s.ToString());
+      break;
+    }
+    const TierKind tier = tiers[static_cast<size_t>(i)];
+    cost_.RecordRead(tier, *n, clock->Now() - t0);
+    metrics_->pages_loaded[static_cast<int>(tier)]->Inc();
+    metrics_->bytes_loaded[static_cast<int>(tier)]->Inc(static_cast<double>(*n));
+    auto it = std::find_if(stats->tier_hits.begin(), stats->tier_hits.end(),
+                           [&](const TierHit& h) { return h.tier == tier; });
+    if (it == stats->tier_hits.end()) {
+      stats->tier_hits.push_back(TierHit{.tier = tier});
+      it = stats->tier_hits.end() - 1;
+    }
+    ++it->pages;
+    it->tokens += page_tokens_;
+    it->bytes += *n;
+    stats->bytes_loaded += *n;
+    ++loaded;
+  }
+  absl::Status u = store_->Unpin(*pin);
+  if (!u.ok()) log::Info("prefix_unpin_failed", "error", u.ToString());  // lease expired
+  std::sort(stats->tier_hits.begin(), stats->tier_hits.end(),
+            [](const TierHit& a, const TierHit& b) { return a.tier < b.tier; });
+  return loaded;
+}
+
+int64_t Engine::QueuePublish(const model::KvCache& kv, std::span<const BlockKey> keys,
+                             std::span<const std::string> ns, int64_t from, int64_t to,
+                             std::optional<absl::Duration> retention,
+                             std::vector<BlockKey> retain) {
+  auto p = std::make_shared<Pending>();
+  for (int64_t i = from; i < to; ++i) {
+    absl::StatusOr<std::string> bytes = kv.ExportBlock(i);
+    if (!bytes.ok()) {
+      log::Warn("publish_export_failed", "block", i, "error", bytes.status().ToString());
+      break;
+    }
+    p->keys.push_back(keys[i]);
+    p->parents.push_back(i == 0 ? BlockKey::Zero() : keys[i - 1]);
+    p->ns.push_back(ns[i]);
+    p->kv.push_back(*std::move(bytes));
+  }
+  p->retention = retention;
+  p->retain = std::move(retain);
+  const int64_t queued = static_cast<int64_t>(p->keys.size());
+  if (queued == 0 && p->retain.empty()) return 0;
+  pool_->Schedule([this, p] { PublishPending(*p); });
+  return queued;
+}
+
+void Engine::PublishPending(const Pending& p) {
+  auto layout = LookupLayout(kernels::LayoutName(options_.layout));
+  const uint32_t layers = static_cast<uint32_t>(model_->config().num_hidden_layers);
+  int64_t published = 0, errors = 0;
+  for (size_t i = 0; i < p.keys.size(); ++i) {
+    PageSpec spec{.layout = layout->id,
+                  .key = p.keys[i],
+                  .parent = p.parents[i],
+                  .token_count = static_cast<uint32_t>(page_tokens_),
+                  .first_layer = 0,
+                  .layer_count = layers};
+    const std::string& kvb = p.kv[i];
+    absl::StatusOr<std::vector<uint8_t>> page = EncodePage(
+        spec, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kvb.data()), kvb.size()));
+    absl::Status s = page.status();
+    if (s.ok()) {
+      PageMeta meta{.key = p.keys[i],
+                    .parent = p.parents[i],
+                    .ns = p.ns[i],
+                    .layout = std::string(layout->name),
+                    .size = page->size()};
+      s = store_->Publish(meta, *page, p.retention);
+    }
+    if (s.ok()) {
+      ++published;
+    } else if (!absl::IsAlreadyExists(s)) {  // another request published it first: fine
+      ++errors;
+      log::Warn("publish_failed", "key", p.keys[i].Hex(), "error", s.ToString());
+      break;  // children of a missing page could not be sealed anyway
+    }
+  }
+  if (!p.retain.empty() && p.retention) store_->Retain(p.retain, *p.retention);
+  metrics_->published_pages->Inc(static_cast<double>(published));
+  metrics_->publish_errors->Inc(static_cast<double>(errors));
+  absl::MutexLock l(&mu_);
+  counters_.published_pages += published;
+  counters_.publish_errors += errors;
+}
+
+}  // namespace kv::prefill

@@ -1,0 +1,245 @@
+// Engine tests over the real tiny-v3 model and the real tiered store (device + host slab
+// tiers, nvme on RocksDB in a temp dir).
+#include "prefill/engine.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "model/generate.h"
+#include "model/tokenizer.h"
+#include "prefill/node.h"
+
+namespace kv::prefill {
+namespace {
+
+std::string TempDir(const std::string& name) {
+  const char* base = std::getenv("KVSTRATA_TEST_TMPDIR");
+  std::filesystem::path p = base ? base : std::filesystem::temp_directory_path().string();
+  p /= name + "-" + std::to_string(::getpid()) + "-" +
+       std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
+  std::filesystem::create_directories(p);
+  return p.string();
+}
+
+std::vector<int32_t> Text(const std::string& s) {
+  return model::ByteTokenizer::Encode(s, /*add_bos=*/false, /*parse_specials=*/true);
+}
+
+std::string Repeat(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void Open(const std::string& layout) {
+    dir_ = TempDir("engine");
+    NodeOptions o;
+    o.data_dir = dir_;
+    o.kv_layout = layout;
+    o.device_bytes = 8ull << 20;
+    o.host_bytes = 16ull << 20;
+    o.nvme_bytes = 1ull << 30;
+    o.slab_bytes = 1ull << 20;
+    o.metrics = &metrics_;
+    auto node = EmbeddedNode::Open(o);
+    ASSERT_TRUE(node.ok()) << node.status();
+    node_ = *std::move(node);
+  }
+  void TearDown() override {
+    node_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+  GenerateRequest Req(std::vector<int32_t> prompt, const std::string& tenant = "acme") {
+    GenerateRequest r;
+    r.prompt = std::move(prompt);
+    r.tenant = tenant;
+    r.max_tokens = 24;
+    r.ignore_eos = true;
+    r.session_id = "s1";
+    return r;
+  }
+  GenerateResult Gen(const GenerateRequest& r) {
+    auto res = node_->engine().Generate(r);
+    EXPECT_TRUE(res.ok()) << res.status();
+    node_->engine().WaitIdle();  // write-back published before the next request
+    return res.ok() ? *res : GenerateResult{};
+  }
+
+  MetricsRegistry metrics_;
+  std::string dir_;
+  std::unique_ptr<EmbeddedNode> node_;
+};
+
+const std::string kSystem =
+    "<|system|>You are a careful agent. Use the tools below; answer briefly.<|tools|>"
+    "search(query: string) -> list of documents; fetch(url: string) -> text;";
+
+TEST_F(EngineTest, WarmEqualsColdBf16AndMatchesLocalGenerate) {
+  Open("mla-bf16-1152");
+  std::vector<int32_t> prompt = Text(Repeat(kSystem, 2) + "<|user|>find the report");
+  ASSERT_GT(prompt.size(), 200u);
+  GenerateRequest r = Req(prompt);
+  r.policy = CachePolicy::kBypass;
+  GenerateResult cold = Gen(r);
+  EXPECT_EQ(cold.stats.cached_tokens, 0);
+  EXPECT_EQ(cold.stats.published_pages, 0);
+  EXPECT_EQ(node_->store().Stats().indexed_pages, 0u);
+
+  model::GenerateRequest local;
+  local.prompt = prompt;
+  local.max_tokens = r.max_tokens;
+  local.layout = kernels::KvLayout::kMlaBf16_1152;
+  auto ref = model::GenerateLocal(node_->model(), local);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  EXPECT_EQ(cold.tokens, ref->tokens);
+
+  r.policy = CachePolicy::kAuto;
+  GenerateResult first = Gen(r);  // populates the cache
+  EXPECT_EQ(first.tokens, cold.tokens);
+  EXPECT_GT(first.stats.published_pages, 0);
+  GenerateResult warm = Gen(r);
+  EXPECT_EQ(warm.tokens, cold.tokens);
+  const int64_t full = static_cast<int64_t>(prompt.size()) / 64 * 64;
+  EXPECT_EQ(warm.stats.cached_tokens, full);
+  EXPECT_EQ(warm.stats.recomputed_tokens, static_cast<int64_t>(prompt.size()) - full);
+  EXPECT_EQ(warm.stats.cost.decision, CacheDecision::kLoad);
+  ASSERT_FALSE(warm.stats.tier_hits.empty());
+  int64_t hit_tokens = 0;
+  for (const TierHit& h : warm.stats.tier_hits) hit_tokens += h.tokens;
+  EXPECT_EQ(hit_tokens, full);
+  EXPECT_GT(warm.stats.bytes_loaded, 0u);
+
+  // A forced recompute reads nothing and still matches.
+  r.policy = CachePolicy::kForceRecompute;
+  GenerateResult forced = Gen(r);
+  EXPECT_EQ(forced.stats.cached_tokens, 0);
+  EXPECT_EQ(forced.tokens, cold.tokens);
+}
+
+TEST_F(EngineTest, WarmEqualsColdFp8) {
+  Open("mla-fp8-656");
+  std::vector<int32_t> prompt = Text(Repeat(kSystem, 2) + "<|user|>hello");
+  GenerateRequest r = Req(prompt);
+  GenerateResult cold = Gen(r);
+  GenerateResult warm = Gen(r);
+  EXPECT_GT(warm.stats.cached_tokens, 0);
+  EXPECT_EQ(warm.tokens, cold.tokens);
+}
+
+TEST_F(EngineTest, SecondTurnHitsTheWholeFirstTurn) {
+  Open("mla-fp8-656");
+  std::vector<int32_t> turn1 = Text(kSystem + "<|user|>what is in the news today?<|assistant|>");
+  GenerateRequest r = Req(turn1);
+  r.max_tokens = 70;  // output crosses a page boundary
+  GenerateResult a = Gen(r);
+  ASSERT_EQ(a.tokens.size(), 70u);
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), a.tokens.begin(), a.tokens.end());
+  const int64_t whole = static_cast<int64_t>(turn2.size()) / 64 * 64;
+  std::vector<int32_t> tool = Text("<|tool|><|result|>3 documents found<|assistant|>");
+  turn2.insert(turn2.end(), tool.begin(), tool.end());
+  r.prompt = turn2;
+  r.max_tokens = 8;
+  GenerateResult b = Gen(r);
+  EXPECT_GE(b.stats.cached_tokens, whole);
+  EXPECT_GT(b.stats.cached_tokens, static_cast<int64_t>(turn1.size()) / 64 * 64);
+}
+
+TEST_F(EngineTest, SecondSessionHitsTheSharedSystemPrompt) {
+  Open("mla-fp8-656");
+  std::vector<int32_t> s = Text(Repeat(kSystem, 2));
+  std::vector<int32_t> p1 = s, p2 = s;
+  for (int32_t t : Text("<|user|>first agent")) p1.push_back(t);
+  for (int32_t t : Text("<|user|>second agent, other question")) p2.push_back(t);
+  GenerateRequest r1 = Req(p1), r2 = Req(p2);
+  r2.session_id = "s2";
+  Gen(r1);
+  GenerateResult b = Gen(r2);
+  EXPECT_EQ(b.stats.cached_tokens, static_cast<int64_t>(s.size()) / 64 * 64);
+}
+
+TEST_F(EngineTest, TenantsAreIsolatedExceptThroughShared) {
+  Open("mla-fp8-656");
+  std::vector<int32_t> s = Text(Repeat(kSystem, 2));
+  std::vector<int32_t> p = s;
+  for (int32_t t : Text("<|user|>same question")) p.push_back(t);
+  Gen(Req(p, "tenant-a"));
+  GenerateResult b = Gen(Req(p, "tenant-b"));
+  EXPECT_EQ(b.stats.cached_tokens, 0) << "tenant B hit tenant A's pages";
+
+  // Tenant A opts the system prompt into `shared`; B opting in too hits only that prefix.
+  GenerateRequest ra = Req(p, "tenant-a");
+  ra.shared_prefix_tokens = static_cast<int64_t>(s.size());
+  Gen(ra);
+  GenerateRequest rb = Req(p, "tenant-b");
+  rb.shared_prefix_tokens = static_cast<int64_t>(s.size());
+  GenerateResult hb = Gen(rb);
+  EXPECT_EQ(hb.stats.cached_tokens, static_cast<int64_t>(s.size()) / 64 * 64);
+  // A third tenant that does not opt in sees nothing; opting in it sees the shared prefix.
+  auto look = node_->engine().Lookup(p, "tenant-c", 0);
+  ASSERT_TRUE(look.ok()) << look.status();
+  EXPECT_EQ(look->cached_blocks, 0);
+  auto look_shared = node_->engine().Lookup(p, "tenant-c", static_cast<int64_t>(s.size()));
+  ASSERT_TRUE(look_shared.ok());
+  EXPECT_EQ(look_shared->cached_blocks, static_cast<int64_t>(s.size()) / 64);
+}
+
+TEST_F(EngineTest, BadRequestsAreClearErrors) {
+  Open("mla-fp8-656");
+  GenerateRequest r = Req({});
+  auto e = node_->engine().Generate(r);
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(e.status().message()).find("empty"), std::string::npos);
+  r = Req({1, 2, 100000});
+  e = node_->engine().Generate(r);
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(e.status().message()).find("vocabulary"), std::string::npos);
+  r = Req({1, 2, 3});
+  r.max_tokens = 0;
+  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r = Req({1, 2, 3});
+  r.tenant = "";
+  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r = Req({1, 2, 3});
+  r.session_id = "has space";
+  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  r = Req({1, 2, 3});
+  r.max_tokens = node_->model().max_context();
+  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(node_->engine().Counters().requests_failed, 6u);
+}
+
+TEST_F(EngineTest, CancelStopsEarlyAndKeepsTokens) {
+  Open("mla-fp8-656");
+  GenerateRequest r = Req(Text(kSystem));
+  int seen = 0;
+  r.on_token = [&](int32_t) { return ++seen < 3; };
+  GenerateResult g = Gen(r);
+  EXPECT_EQ(g.finish, FinishReason::kCancelled);
+  EXPECT_EQ(g.tokens.size(), 3u);
+}
+
+TEST_F(EngineTest, PagesDemotedToNvmeServeExactTokens) {
+  Open("mla-bf16-1152");
+  std::vector<int32_t> prompt = Text(Repeat(kSystem, 2));
+  GenerateRequest r = Req(prompt);
+  GenerateResult cold = Gen(r);
+  // Demote everything from device and host into nvme; the nvme path serves the same tokens.
+  ASSERT_TRUE(node_->store().Evict(TierKind::kDevice, 1ull << 30).ok());
+  ASSERT_TRUE(node_->store().Evict(TierKind::kHost, 1ull << 30).ok());
+  GenerateResult warm = Gen(r);
+  EXPECT_EQ(warm.tokens, cold.tokens);
+  ASSERT_FALSE(warm.stats.tier_hits.empty());
+  EXPECT_EQ(warm.stats.tier_hits.back().tier, TierKind::kNvme);
+}
+
+}  // namespace
+}  // namespace kv::prefill

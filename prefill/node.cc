@@ -1,0 +1,108 @@
+#include "prefill/node.h"
+
+#include <filesystem>
+#include <system_error>
+#include <utility>
+
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "kernels/kv_layout.h"
+#include "kvstore/nvme_tier.h"
+#include "kvstore/slab_tier.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace kv::prefill {
+namespace {
+
+absl::StatusOr<std::unique_ptr<Tier>> SlabOf(TierKind kind, uint64_t bytes, uint64_t slab) {
+  absl::StatusOr<std::unique_ptr<MemoryRegion>> region =
+      kind == TierKind::kDevice ? AllocateDeviceRegion(bytes) : AllocateHostRegion(bytes);
+  if (!region.ok()) return Annotate(region.status(), StrCat(TierName(kind), " tier"));
+  ASSIGN_OR_RETURN(std::unique_ptr<SlabTier> tier,
+                   SlabTier::Create(*std::move(region), {.kind = kind, .slab_bytes = slab}));
+  return std::unique_ptr<Tier>(std::move(tier));
+}
+
+}  // namespace
+
+absl::Status ValidateNodeOptions(const NodeOptions& o) {
+  if (o.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
+  RETURN_IF_ERROR(kernels::ParseLayout(o.kv_layout).status());
+  if (o.slab_bytes < (64u << 10)) {
+    return absl::InvalidArgumentError("slab size must be at least 64 KiB");
+  }
+  for (auto [name, bytes] :
+       {std::pair{"device", o.device_bytes}, std::pair{"host", o.host_bytes}}) {
+    if (bytes != 0 && bytes < o.slab_bytes) {
+      return absl::InvalidArgumentError(StrCat(name, " tier capacity ", bytes,
+                                               " bytes is below one slab (", o.slab_bytes,
+                                               " bytes); use 0 to disable the tier"));
+    }
+  }
+  if (o.device_bytes == 0 && o.host_bytes == 0 && o.nvme_bytes == 0) {
+    return absl::InvalidArgumentError("every tier is disabled; give at least one a capacity");
+  }
+  if (o.max_context < 0) return absl::InvalidArgumentError("max-context must be >= 0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptions& options,
+                                                                 EngineOptions engine_options) {
+  RETURN_IF_ERROR(ValidateNodeOptions(options));
+  std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
+  node->options_ = options;
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        StrCat("cannot create data dir ", options.data_dir, ": ", ec.message()));
+  }
+  node->model_dir_ = options.model_dir;
+  if (node->model_dir_.empty()) {
+    node->model_dir_ = (std::filesystem::path(options.data_dir) / "model-tiny-v3").string();
+    if (!std::filesystem::exists(std::filesystem::path(node->model_dir_) / "config.json")) {
+      ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v3"));
+      RETURN_IF_ERROR(Annotate(model::WriteRandomModel(c, options.model_seed, node->model_dir_),
+                               "creating the tiny-v3 model"));
+      log::Info("model_created", "dir", node->model_dir_, "preset", "tiny-v3", "seed",
+                options.model_seed);
+    }
+  }
+  ASSIGN_OR_RETURN(node->model_, model::Transformer::Load(node->model_dir_,
+                                                          {.max_context = options.max_context}));
+  std::array<std::unique_ptr<Tier>, kNumTiers> tiers;
+  if (options.device_bytes > 0) {
+    ASSIGN_OR_RETURN(tiers[0], SlabOf(TierKind::kDevice, options.device_bytes, options.slab_bytes));
+  }
+  if (options.host_bytes > 0) {
+    ASSIGN_OR_RETURN(tiers[1], SlabOf(TierKind::kHost, options.host_bytes, options.slab_bytes));
+  }
+  if (options.nvme_bytes > 0) {
+    NvmeTierOptions n;
+    n.path = (std::filesystem::path(options.data_dir) / "nvme").string();
+    n.capacity_bytes = options.nvme_bytes;
+    n.write_buffer_bytes = 16ull << 20;
+    ASSIGN_OR_RETURN(auto nvme, NvmeTier::Open(n));
+    tiers[2] = std::move(nvme);
+  }
+  TieredStoreOptions so;
+  so.clock = options.clock;
+  so.metrics = options.metrics;
+  ASSIGN_OR_RETURN(node->store_, TieredStore::Open(so, std::move(tiers)));
+  engine_options.layout = *kernels::ParseLayout(options.kv_layout);
+  if (engine_options.clock == nullptr) engine_options.clock = options.clock;
+  if (engine_options.metrics == nullptr) engine_options.metrics = options.metrics;
+  ASSIGN_OR_RETURN(node->engine_,
+                   Engine::Create(node->model_.get(), node->store_.get(), engine_options));
+  return node;
+}
+
+EmbeddedNode::~EmbeddedNode() {
+  engine_.reset();  // drains write-back into the store
+  store_.reset();
+  model_.reset();
+}
+
+}  // namespace kv::prefill

@@ -1,0 +1,66 @@
+// EmbeddedNode: everything `kvstrata serve --role=all` runs in one process, minus gRPC:
+// the model (created as the seeded tiny-v3 reference model on first start when no model
+// directory is given), the tiered store (device and host slab tiers in memory, the nvme
+// tier in RocksDB under the data dir) and the Engine over both.
+//
+// Thread-safety: Open() is called once; the returned node's accessors are safe to use from
+// any thread (the Engine and TieredStore are thread-safe). The node owns the model, store
+// and engine; references it returns live as long as the node. Destruction order: engine
+// (its write-back pool drains), then store, then model.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kvstore/tiered_store.h"
+#include "model/transformer.h"
+#include "prefill/engine.h"
+
+namespace kv::prefill {
+
+struct NodeOptions {
+  // Model directory (config.json + model.safetensors). Empty: DATA_DIR/model-tiny-v3,
+  // written with the seeded tiny-v3 preset (seed `model_seed`) if it does not exist yet.
+  std::string model_dir;
+  uint64_t model_seed = 1;
+  // Data directory: the nvme tier lives in DATA_DIR/nvme. Required; created if missing.
+  std::string data_dir;
+  std::string kv_layout = "mla-fp8-656";  // or mla-bf16-1152
+  uint64_t device_bytes = 64ull << 20;    // 0: no device tier
+  uint64_t host_bytes = 256ull << 20;     // 0: no host tier
+  uint64_t nvme_bytes = 4ull << 30;       // 0: no nvme tier
+  uint64_t slab_bytes = 4ull << 20;       // slab size of the device/host tiers
+  int64_t max_context = 0;                // 0: the model's default
+  MetricsRegistry* metrics = nullptr;     // nullptr: the default registry
+  Clock* clock = nullptr;
+};
+
+// Checks options without side effects. InvalidArgument naming the option.
+absl::Status ValidateNodeOptions(const NodeOptions& options);
+
+class EmbeddedNode {
+ public:
+  // Creates the model if needed, loads it, opens the tiers and the store (recovering the
+  // nvme tier's sealed pages), and builds the engine. Errors name the failing part.
+  static absl::StatusOr<std::unique_ptr<EmbeddedNode>> Open(const NodeOptions& options,
+                                                            EngineOptions engine_options = {});
+  ~EmbeddedNode();
+
+  Engine& engine() { return *engine_; }
+  TieredStore& store() { return *store_; }
+  const model::Transformer& model() const { return *model_; }
+  const std::string& model_dir() const { return model_dir_; }
+  const NodeOptions& options() const { return options_; }
+
+ private:
+  EmbeddedNode() = default;
+  NodeOptions options_;
+  std::string model_dir_;
+  std::unique_ptr<model::Transformer> model_;
+  std::unique_ptr<TieredStore> store_;
+  std::unique_ptr<Engine> engine_;
+};
+
+}  // namespace kv::prefill
