@@ -17,7 +17,11 @@ std::string TmpPath(const char* name) {
 TEST(BenchUtil, RatioAndJson) {
   BenchReport r("unit");
   r.Add({.name = "a", .value = 8, .unit = "GB/s", .limit_name = "memcpy", .limit = 10});
-  r.Add({.name = "lat", .value = 4, .unit = "ms", .limit_name = "base", .limit = 2,
+  r.Add({.name = "lat",
+         .value = 4,
+         .unit = "ms",
+         .limit_name = "base",
+         .limit = 2,
          .lower_is_better = true});
   r.Add({.name = "plain", .value = 3, .unit = "x"});
   EXPECT_DOUBLE_EQ(r.rows()[0].ratio(), 0.8);
