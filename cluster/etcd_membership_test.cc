@@ -131,7 +131,10 @@ TEST_F(EtcdMembershipTest, EtcdGoneKeepsLastKnownMembersAsStale) {
   ASSERT_TRUE(a->Register(Node("node-a", kvstrata::v1::ROLE_STORE)).ok());
   ASSERT_TRUE(b->Register(Node("node-b", kvstrata::v1::ROLE_STORE)).ok());
   const std::vector<std::string> both = {"node-a", "node-b"};
-  ASSERT_TRUE(WaitFor([&] { return Ids(a->Members()) == both; }, absl::Seconds(10)));
+  // Both views must have caught up before etcd goes away: each member learns the other
+  // through its watch, and an event still in flight when etcd dies is never delivered.
+  ASSERT_TRUE(WaitFor([&] { return Ids(a->Members()) == both && Ids(b->Members()) == both; },
+                      absl::Seconds(10)));
 
   etcd_->Kill();
   EXPECT_TRUE(WaitFor([&] { return a->Members().stale; }, absl::Seconds(10)));
