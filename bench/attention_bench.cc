@@ -124,17 +124,7 @@ int RunBenchAttention(int argc, char** argv) {
   flags.Int("heads", &f.heads, "query heads (16 = V3's 128 heads at TP=8)");
   flags.Int("runs", &f.runs, "timed decode steps per context length (median reported)");
   flags.String("json", &f.json, "also write the report as JSON to this file");
-  absl::Status s = flags.Parse(argc, argv);
-  if (s.ok() && flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  if (s.ok()) s = RunAttention(f);
-  if (!s.ok()) {
-    std::fprintf(stderr, "kvstrata bench attention: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return RunSuite(flags, argc, argv, [&] { return RunAttention(f); });
 }
 
 }  // namespace

@@ -70,6 +70,20 @@ absl::Status BenchReport::WriteJson(const std::string& path) const {
   return absl::OkStatus();
 }
 
+int RunSuite(FlagSet& flags, int argc, char** argv, const std::function<absl::Status()>& run) {
+  absl::Status s = flags.Parse(argc, argv);
+  if (s.ok() && flags.help_requested()) {
+    std::printf("%s", flags.Usage().c_str());
+    return 0;
+  }
+  if (s.ok()) s = run();
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s: %s\n", flags.program().c_str(), std::string(s.message()).c_str());
+    return 1;
+  }
+  return 0;
+}
+
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());

@@ -16,11 +16,13 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/config.h"
 
 namespace kv::bench {
 
@@ -54,6 +56,11 @@ class BenchReport {
 // Single-thread memcpy bandwidth in GB/s (bytes copied / s; 1 GB = 1e9 B) over a buffer of
 // `bytes`, median of `reps` copies after a warm-up. Buffers are touched first, never zero.
 double MeasureMemcpyGBps(size_t bytes, int reps = 9);
+
+// The body of a suite's entry point: parses `flags`; --help prints the usage and returns 0;
+// a flag error or a failed `run` prints "<program>: <message>" to stderr and returns 1;
+// otherwise returns 0.
+int RunSuite(FlagSet& flags, int argc, char** argv, const std::function<absl::Status()>& run);
 
 // Seconds since an arbitrary epoch, monotonic.
 inline double NowSeconds() {

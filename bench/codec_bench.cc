@@ -105,17 +105,7 @@ int RunBenchCodec(int argc, char** argv) {
   flags.Int("tokens", &f.tokens, "tokens per run");
   flags.Int("runs", &f.runs, "timed runs (the median is reported)");
   flags.String("json", &f.json, "also write the report as JSON to this file");
-  absl::Status s = flags.Parse(argc, argv);
-  if (s.ok() && flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  if (s.ok()) s = RunCodec(f);
-  if (!s.ok()) {
-    std::fprintf(stderr, "kvstrata bench codec: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return RunSuite(flags, argc, argv, [&] { return RunCodec(f); });
 }
 
 }  // namespace

@@ -119,17 +119,7 @@ int RunBenchKeys(int argc, char** argv) {
   flags.Int("page-tokens", &f.page_tokens, "tokens per block");
   flags.Int("runs", &f.runs, "timed runs (the median is reported)");
   flags.String("json", &f.json, "also write the report as JSON to this file");
-  absl::Status s = flags.Parse(argc, argv);
-  if (s.ok() && flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  if (s.ok()) s = RunKeysBench(f);
-  if (!s.ok()) {
-    std::fprintf(stderr, "kvstrata bench keys: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return RunSuite(flags, argc, argv, [&] { return RunKeysBench(f); });
 }
 
 }  // namespace

@@ -183,17 +183,7 @@ int RunBenchKvSize(int argc, char** argv) {
   FlagSet flags("kvstrata bench kvsize");
   flags.Int("context", &context, "context length in tokens");
   flags.String("json", &json, "also write the report as JSON to this file");
-  absl::Status s = flags.Parse(argc, argv);
-  if (s.ok() && flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  if (s.ok()) s = RunKvSize(context, json);
-  if (!s.ok()) {
-    std::fprintf(stderr, "kvstrata bench kvsize: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return RunSuite(flags, argc, argv, [&] { return RunKvSize(context, json); });
 }
 
 }  // namespace

@@ -172,17 +172,7 @@ int RunBenchPrefill(int argc, char** argv) {
   flags.Int("runs", &f.runs, "timed prefill runs (median)");
   flags.String("model", &f.model_dir, "model directory (default: generate tiny-v3, seed 1)");
   flags.String("json", &f.json, "also write the report as JSON to this file");
-  absl::Status s = flags.Parse(argc, argv);
-  if (s.ok() && flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  if (s.ok()) s = RunPrefillBench(f);
-  if (!s.ok()) {
-    std::fprintf(stderr, "kvstrata bench prefill: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return bench::RunSuite(flags, argc, argv, [&] { return RunPrefillBench(f); });
 }
 
 }  // namespace

@@ -137,17 +137,7 @@ int RunBenchV4(int argc, char** argv) {
   flags.Int("tokens", &tokens, "tokens per compressor run (also the attention query position)");
   flags.Int("runs", &runs, "timed runs (the median is reported)");
   flags.String("json", &json, "also write the report as JSON to this file");
-  absl::Status s = flags.Parse(argc, argv);
-  if (s.ok() && flags.help_requested()) {
-    std::printf("%s", flags.Usage().c_str());
-    return 0;
-  }
-  if (s.ok()) s = RunV4(tokens, runs, json);
-  if (!s.ok()) {
-    std::fprintf(stderr, "kvstrata bench v4: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  return 0;
+  return RunSuite(flags, argc, argv, [&] { return RunV4(tokens, runs, json); });
 }
 
 }  // namespace

@@ -58,6 +58,8 @@ class FlagSet {
   absl::Status Set(std::string_view name, std::string_view value);
 
   bool help_requested() const { return help_requested_; }
+  // The program name given at construction ("kvstrata bench codec").
+  const std::string& program() const { return program_; }
   // The config file given with --config, or empty.
   const std::string& config_path() const { return config_path_; }
   std::string Usage() const;
