@@ -1,5 +1,6 @@
 // The Cluster service over gRPC on loopback, with the real engine, model and tiered store.
 #include "cluster/cluster_service.h"
+#include "model/test_util.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -23,15 +24,6 @@ namespace {
 namespace pb = ::kvstrata::v1;
 constexpr absl::Duration kTimeout = absl::Seconds(60);
 
-std::string TempDir(const std::string& name) {
-  const char* base = std::getenv("KVSTRATA_TEST_TMPDIR");
-  std::filesystem::path p = base ? base : std::filesystem::temp_directory_path().string();
-  p /= name + "-" + std::to_string(::getpid()) + "-" +
-       std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
-  std::filesystem::create_directories(p);
-  return p.string();
-}
-
 const char kPrompt[] =
     "<|system|>You are a careful agent. Use the tools below and answer briefly.<|tools|>"
     "search(query: string) -> documents; fetch(url: string) -> text; run(code: string) -> "
@@ -40,7 +32,7 @@ const char kPrompt[] =
 class ClusterServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = TempDir("cluster-service");
+    dir_ = model::testing::FreshTempDir("cluster-service");
     prefill::NodeOptions o;
     o.data_dir = dir_;
     o.device_bytes = 8ull << 20;

@@ -1,6 +1,7 @@
 // Engine tests over the real tiny-v3 model and the real tiered store (device + host slab
 // tiers, nvme on RocksDB in a temp dir).
 #include "prefill/engine.h"
+#include "model/test_util.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -18,15 +19,6 @@
 namespace kv::prefill {
 namespace {
 
-std::string TempDir(const std::string& name) {
-  const char* base = std::getenv("KVSTRATA_TEST_TMPDIR");
-  std::filesystem::path p = base ? base : std::filesystem::temp_directory_path().string();
-  p /= name + "-" + std::to_string(::getpid()) + "-" +
-       std::to_string(std::chrono::steady_clock::now().time_since_epoch().count());
-  std::filesystem::create_directories(p);
-  return p.string();
-}
-
 std::vector<int32_t> Text(const std::string& s) {
   return model::ByteTokenizer::Encode(s, /*add_bos=*/false, /*parse_specials=*/true);
 }
@@ -40,7 +32,7 @@ std::string Repeat(const std::string& s, int n) {
 class EngineTest : public ::testing::Test {
  protected:
   void Open(const std::string& layout) {
-    dir_ = TempDir("engine");
+    dir_ = model::testing::FreshTempDir("engine");
     NodeOptions o;
     o.data_dir = dir_;
     o.kv_layout = layout;
