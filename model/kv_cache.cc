@@ -103,7 +103,20 @@ absl::StatusOr<std::string> KvCache::RawBlock(int64_t i) const {
   return std::string(reinterpret_cast<const char*>(base), static_cast<size_t>(block_bytes_));
 }
 
-absl::Status KvCache::AppendBlock(std::span<const uint8_t> bytes) {
+absl::StatusOr<std::span<const uint8_t>> KvCache::BlockView(int64_t i) const {
+  if (i < 0 || i >= num_blocks()) {
+    return absl::OutOfRangeError(absl::StrCat("kv cache: block ", i, " is not reserved"));
+  }
+  return std::span<const uint8_t>(pool_.data() + int64_t{block_table_[i]} * block_bytes_,
+                                  static_cast<size_t>(block_bytes_));
+}
+
+absl::Status KvCache::AppendBlock(std::span<const uint8_t> bytes, int64_t tokens) {
+  if (tokens < 1 || tokens > options_.page_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("kv cache: cannot append a block of ", tokens,
+                                                   " tokens (page holds ", options_.page_tokens,
+                                                   ")"));
+  }
   if (static_cast<int64_t>(bytes.size()) != block_bytes_) {
     return absl::InvalidArgumentError(
         absl::StrCat("kv cache: block of ", bytes.size(), " bytes, expected ", block_bytes_));
@@ -113,9 +126,17 @@ absl::Status KvCache::AppendBlock(std::span<const uint8_t> bytes) {
         "kv cache: cannot append a block after a partial block (", num_tokens_, " tokens)"));
   }
   const int64_t index = num_tokens_ / options_.page_tokens;
-  RETURN_IF_ERROR(Reserve(num_tokens_ + options_.page_tokens));
-  std::memcpy(BlockBase(block_table_[index]), bytes.data(), bytes.size());
-  num_tokens_ += options_.page_tokens;
+  RETURN_IF_ERROR(Reserve(num_tokens_ + tokens));
+  uint8_t* base = BlockBase(block_table_[index]);
+  std::memcpy(base, bytes.data(), bytes.size());
+  num_tokens_ += tokens;
+  if (tokens < options_.page_tokens) {  // poison what the sender did not vouch for
+    const int64_t layer_bytes = int64_t{options_.page_tokens} * record_bytes();
+    for (int l = 0; l < options_.num_layers; ++l) {
+      std::memset(base + l * layer_bytes + tokens * record_bytes(), 0xFF,
+                  static_cast<size_t>((options_.page_tokens - tokens) * record_bytes()));
+    }
+  }
   return absl::OkStatus();
 }
 

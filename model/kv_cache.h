@@ -76,10 +76,21 @@ class KvCache {
   // read as 0xFF poison. For tests and inspection (ExportBlock is the publishing path).
   // OutOfRange when block i is not reserved.
   absl::StatusOr<std::string> RawBlock(int64_t i) const;
+  // Zero-copy view of reserved logical block `i` (block_bytes() bytes, layer-major; records
+  // not yet written read as 0xFF). Valid until the next Reserve/AppendBlock/Truncate/Reset.
+  // OutOfRange when block i is not reserved.
+  absl::StatusOr<std::span<const uint8_t>> BlockView(int64_t i) const;
   // Appends a full block after the committed tokens (which must be a whole number of
   // blocks) and commits it. InvalidArgument for a wrong size or a partial last block;
   // ResourceExhausted when the pool is full.
-  absl::Status AppendBlock(std::span<const uint8_t> bytes);
+  absl::Status AppendBlock(std::span<const uint8_t> bytes) {
+    return AppendBlock(bytes, options_.page_tokens);
+  }
+  // The same for a block of which only the first `tokens` (1..page_tokens) positions are
+  // valid (the tail of a prompt handed over from another worker): those are committed, the
+  // records past them are re-poisoned with 0xFF whatever `bytes` holds there. InvalidArgument
+  // for tokens outside 1..page_tokens, otherwise as AppendBlock.
+  absl::Status AppendBlock(std::span<const uint8_t> bytes, int64_t tokens);
   // Keeps the first `num_tokens` committed tokens, frees (and re-poisons) whole blocks past
   // them. InvalidArgument if num_tokens > num_tokens().
   absl::Status Truncate(int64_t num_tokens);

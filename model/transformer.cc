@@ -97,17 +97,19 @@ absl::StatusOr<std::vector<float>> Transformer::Prefill(std::span<const int32_t>
   if (options.chunk_tokens <= 0) {
     return absl::InvalidArgumentError("Prefill: chunk_tokens must be > 0");
   }
-  return Run(tokens, start_pos, kv, options.chunk_tokens, /*decode=*/false, trace);
+  return Run(tokens, start_pos, &options, kv, options.chunk_tokens, /*decode=*/false, trace);
 }
 
 absl::StatusOr<std::vector<float>> Transformer::DecodeStep(int32_t token, int64_t pos, KvCache* kv,
                                                            ForwardTrace* trace) const {
-  return Run(std::span<const int32_t>(&token, 1), pos, kv, 1, /*decode=*/true, trace);
+  return Run(std::span<const int32_t>(&token, 1), pos, nullptr, kv, 1, /*decode=*/true, trace);
 }
 
 absl::StatusOr<std::vector<float>> Transformer::Run(std::span<const int32_t> tokens,
-                                                    int64_t start_pos, KvCache* kv, int64_t chunk,
-                                                    bool decode, ForwardTrace* trace) const {
+                                                    int64_t start_pos,
+                                                    const PrefillOptions* options, KvCache* kv,
+                                                    int64_t chunk, bool decode,
+                                                    ForwardTrace* trace) const {
   const ModelConfig& c = config();
   if (kv == nullptr) return absl::InvalidArgumentError("forward: null KV cache");
   if (tokens.empty()) return absl::InvalidArgumentError("forward: no tokens");
@@ -137,7 +139,7 @@ absl::StatusOr<std::vector<float>> Transformer::Run(std::span<const int32_t> tok
   Workspace ws(c, std::min<int64_t>(chunk, static_cast<int64_t>(tokens.size())));
   for (int64_t s = 0; s < static_cast<int64_t>(tokens.size()); s += chunk) {
     const int64_t n = std::min<int64_t>(chunk, tokens.size() - s);
-    absl::Status st = RunChunk(tokens.subspan(s, n), start_pos + s, kv, decode, ws, trace);
+    absl::Status st = RunChunk(tokens.subspan(s, n), start_pos + s, kv, options, decode, ws, trace);
     if (st.ok()) st = kv->Commit(start_pos + s + n);
     if (!st.ok()) {
       (void)kv->Truncate(start_pos);  // the original status is the one to report
@@ -149,7 +151,8 @@ absl::StatusOr<std::vector<float>> Transformer::Run(std::span<const int32_t> tok
 }
 
 absl::Status Transformer::RunChunk(std::span<const int32_t> tokens, int64_t start_pos, KvCache* kv,
-                                   bool decode, Workspace& ws, ForwardTrace* trace) const {
+                                   const PrefillOptions* options, bool decode, Workspace& ws,
+                                   ForwardTrace* trace) const {
   const ModelConfig& c = config();
   const int64_t m = static_cast<int64_t>(tokens.size()), d = c.hidden_size;
   for (int64_t i = 0; i < m; ++i) {
@@ -161,6 +164,9 @@ absl::Status Transformer::RunChunk(std::span<const int32_t> tokens, int64_t star
   }
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     RETURN_IF_ERROR(Attention(layer, m, start_pos, kv, decode, ws, trace));
+    if (options != nullptr && options->on_layer) {
+      RETURN_IF_ERROR(options->on_layer(layer, start_pos, m));
+    }
     RETURN_IF_ERROR(Mlp(layer, m, ws));
   }
   return absl::OkStatus();

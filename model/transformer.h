@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -42,6 +43,12 @@ struct TransformerOptions {
 
 struct PrefillOptions {
   int64_t chunk_tokens = 256;  // tokens per forward chunk (any value gives the same bytes)
+  // Called after each layer of each chunk has written its KV records: the records of
+  // `layer` for positions [start_pos, start_pos + n) are final (not yet committed) and may be
+  // read through KvCache::BlockView, e.g. to stream them to a decode worker while later
+  // layers compute. A non-OK status aborts the forward with that status. Runs on the
+  // calling thread.
+  std::function<absl::Status(int layer, int64_t start_pos, int64_t n)> on_layer;
 };
 
 // Optional per-step record of intermediate values (for accuracy A/B tests).
@@ -96,10 +103,11 @@ class Transformer {
   struct Workspace;
   Transformer(ModelWeights weights, kernels::RopeTable rope, float softmax_scale);
   absl::StatusOr<std::vector<float>> Run(std::span<const int32_t> tokens, int64_t start_pos,
-                                         KvCache* kv, int64_t chunk, bool decode,
-                                         ForwardTrace* trace) const;
+                                         const PrefillOptions* options, KvCache* kv, int64_t chunk,
+                                         bool decode, ForwardTrace* trace) const;
   absl::Status RunChunk(std::span<const int32_t> tokens, int64_t start_pos, KvCache* kv,
-                        bool decode, Workspace& ws, ForwardTrace* trace) const;
+                        const PrefillOptions* options, bool decode, Workspace& ws,
+                        ForwardTrace* trace) const;
   absl::Status ProjectQkv(int layer, int64_t m, Workspace& ws) const;
   absl::Status Attention(int layer, int64_t m, int64_t start_pos, KvCache* kv, bool decode,
                          Workspace& ws, ForwardTrace* trace) const;

@@ -123,6 +123,61 @@ TEST_F(TransformerTest, PrefixResumeIsByteIdentical) {
 }
 
 // DecodeStep(t, p) is Prefill({t}, p): same logits, same pages.
+// The prefill -> decode handoff in miniature: on_layer streams each layer's fresh records
+// into a separate buffer as they are computed (what a prefill worker posts over the
+// transport); a second cache built from that buffer alone, the partial tail block included,
+// holds byte-identical blocks and decodes exactly like the cache that computed them.
+TEST_F(TransformerTest, LayerStreamingRebuildsTheCacheExactly) {
+  SCOPED_TRACE(::testing::Message() << "seed=" << seed_);
+  const auto tokens = RandomTokens(150);  // 2 full blocks and a 22-token tail
+  auto kv = Cache(KvLayout::kMlaFp8_656);
+  const int64_t page = kv->page_tokens(), rb = kv->record_bytes(), bb = kv->block_bytes();
+  std::string remote(3 * bb, '\xAA');
+  int calls = 0;
+  PrefillOptions opt{.chunk_tokens = 100};
+  opt.on_layer = [&](int layer, int64_t start, int64_t n) -> absl::Status {
+    ++calls;
+    for (int64_t p = start; p < start + n; ++p) {
+      auto block = kv->BlockView(p / page);
+      if (!block.ok()) return block.status();
+      const int64_t off = layer * page * rb + (p % page) * rb;
+      std::memcpy(remote.data() + (p / page) * bb + off, block->data() + off, rb);
+    }
+    return absl::OkStatus();
+  };
+  auto logits = model_->Prefill(tokens, 0, kv.get(), opt);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_EQ(calls, 2 * model_->config().num_hidden_layers);  // 2 chunks x layers
+  auto rebuilt = Cache(KvLayout::kMlaFp8_656);
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t n = std::min<int64_t>(page, 150 - b * page);
+    ASSERT_TRUE(rebuilt
+                    ->AppendBlock({reinterpret_cast<const uint8_t*>(remote.data()) + b * bb,
+                                   static_cast<size_t>(bb)},
+                                  n)
+                    .ok());
+  }
+  EXPECT_EQ(rebuilt->num_tokens(), 150);
+  EXPECT_TRUE(Pages(*rebuilt) == Pages(*kv));  // the tail's unwritten records are 0xFF in both
+  const int32_t next = static_cast<int32_t>(rng_() % ByteTokenizer::kVocabSize);
+  auto a = model_->DecodeStep(next, 150, kv.get());
+  auto b = model_->DecodeStep(next, 150, rebuilt.get());
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b);
+  // A failing hook aborts the forward with its status and leaves the cache as it was.
+  auto again = Cache(KvLayout::kMlaFp8_656);
+  PrefillOptions failing;
+  failing.on_layer = [](int, int64_t, int64_t) { return absl::UnavailableError("peer gone"); };
+  EXPECT_EQ(model_->Prefill(tokens, 0, again.get(), failing).status().code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(again->num_tokens(), 0);
+  EXPECT_FALSE(
+      rebuilt
+          ->AppendBlock({reinterpret_cast<const uint8_t*>(remote.data()), static_cast<size_t>(bb)},
+                        0)
+          .ok());
+}
+
 TEST_F(TransformerTest, DecodeStepMatchesPrefill) {
   SCOPED_TRACE(::testing::Message() << "seed=" << seed_);
   const auto tokens = RandomTokens(70);
