@@ -105,7 +105,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       Done(absl::CancelledError("Generate cancelled before it started"));
       return;
     }
-    prefill::Engine* engine = svc_->engine_;
+    ServingBackend* backend = svc_->backend_;
+    Route route;
     bool deadline_hit = false;
     uint32_t index = 0;
     absl::Time first_token;
@@ -114,8 +115,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       pb::GenerateAccepted* a = m.mutable_accepted();
       a->set_request_id(request_id_);
       a->set_prompt_tokens(static_cast<uint32_t>(req_.prompt.size()));
-      a->set_prefill_node_id(svc_->options_.node_id);
-      a->set_decode_node_id(svc_->options_.node_id);
+      a->set_prefill_node_id(route.prefill_node_id);
+      a->set_decode_node_id(route.decode_node_id);
       ToProto(plan, a->mutable_cost());
       Push(std::move(m));
     };
@@ -136,7 +137,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       }
       return true;
     };
-    absl::StatusOr<prefill::GenerateResult> r = engine->Generate(req_);
+    absl::StatusOr<prefill::GenerateResult> r = backend->Generate(req_, &route);
     absl::Status status = r.status();
     if (status.ok() && deadline_hit) {
       status = absl::DeadlineExceededError(
@@ -175,9 +176,9 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   std::optional<absl::Status> final_ ABSL_GUARDED_BY(mu_);
 };
 
-ClusterService::ClusterService(prefill::Engine* engine, TenantAuth auth,
+ClusterService::ClusterService(ServingBackend* backend, TenantAuth auth,
                                ClusterServiceOptions options)
-    : engine_(engine),
+    : backend_(backend),
       auth_(std::move(auth)),
       options_(std::move(options)),
       started_(absl::Now()),
@@ -196,11 +197,7 @@ void ClusterService::SetAdvertisedAddress(std::string address) {
 }
 
 absl::StatusOr<std::string> ClusterService::Authenticate(grpc::CallbackServerContext* ctx) const {
-  const auto& md = ctx->client_metadata();
-  auto it = md.find("authorization");
-  std::optional<std::string_view> value;
-  if (it != md.end()) value = std::string_view(it->second.data(), it->second.size());
-  return auth_.Authenticate(value);
+  return AuthenticateCall(auth_, ctx);
 }
 
 absl::StatusOr<std::vector<int32_t>> ClusterService::PromptTokens(const pb::Prompt& p) const {
@@ -277,6 +274,7 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* ClusterService::Generate(
   } else {
     q = tenant.status();
   }
+  if (q.ok()) q->authorization = AuthorizationOf(ctx);
   std::string id = request->request_id();
   if (id.empty()) id = StrCat(options_.node_id, "-", next_request_.fetch_add(1));
   if (!q.ok()) {
@@ -303,39 +301,21 @@ grpc::ServerUnaryReactor* ClusterService::Lookup(grpc::CallbackServerContext* ct
       return absl::NotFoundError(StrCat("unknown model '", request->model(), "'"));
     }
     ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(request->prompt()));
-    ASSIGN_OR_RETURN(prefill::LookupInfo info,
-                     engine_->Lookup(prompt, tenant, request->shared_prefix_tokens()));
-    FillLookup(*engine_, info, options_.node_id, request->include_keys(), response);
-    return absl::OkStatus();
+    return backend_->Lookup(prompt, tenant, request->shared_prefix_tokens(),
+                            request->include_keys(), AuthorizationOf(ctx), response);
   }();
   reactor->Finish(ToGrpcStatus(s));
   return reactor;
 }
 
-pb::NodeInfo ClusterService::SelfInfo() {
-  pb::NodeInfo n;
-  n.set_node_id(options_.node_id);
-  for (pb::Role r : {pb::ROLE_ROUTER, pb::ROLE_PREFILL, pb::ROLE_DECODE, pb::ROLE_STORE}) {
-    n.add_roles(r);
-  }
-  {
-    absl::MutexLock l(&mu_);
-    n.set_grpc_address(address_);
-  }
-  n.add_transports()->set_kind(pb::TRANSPORT_KIND_INPROC);
-  StoreStats ss = engine_->store().Stats();
-  for (int t = 0; t < kNumTiers; ++t) {
-    if (!ss.tiers[t].present) continue;
-    FillCapacity(*engine_, static_cast<TierKind>(t), ss.tiers[t], n.add_tiers());
-  }
-  n.mutable_load()->set_active_requests(static_cast<uint32_t>(std::max(0, in_flight_.load())));
-  pb::KeySpace* ks = n.add_key_spaces();
-  const KeyParams& kp = engine_->key_params();
-  ks->set_model_fingerprint(std::string(kp.model_fingerprint.begin(), kp.model_fingerprint.end()));
-  ks->set_layout(kp.layout_id);
-  ks->set_page_tokens(kp.page_tokens);
-  n.set_version(options_.version);
-  return n;
+ServiceContext ClusterService::Context() {
+  ServiceContext c;
+  c.node_id = options_.node_id;
+  c.version = options_.version;
+  c.active_requests = in_flight_.load();
+  absl::MutexLock l(&mu_);
+  c.address = address_;
+  return c;
 }
 
 grpc::ServerUnaryReactor* ClusterService::ListNodes(grpc::CallbackServerContext* ctx,
@@ -343,12 +323,7 @@ grpc::ServerUnaryReactor* ClusterService::ListNodes(grpc::CallbackServerContext*
                                                     pb::ListNodesResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
-  if (tenant.ok()) {
-    // --role=all serves every role, so any filter matches.
-    *response->add_nodes() = SelfInfo();
-    response->set_membership_source("static");
-    SetTimestamp(absl::Now(), response->mutable_updated_at());
-  }
+  if (tenant.ok()) backend_->ListNodes(Context(), *request, response);
   reactor->Finish(ToGrpcStatus(tenant.status()));
   return reactor;
 }
@@ -359,37 +334,11 @@ grpc::ServerUnaryReactor* ClusterService::GetStats(grpc::CallbackServerContext* 
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (tenant.ok()) {
+    backend_->GetStats(Context(), response);
     pb::NodeStats* self = response->mutable_self();
-    self->set_node_id(options_.node_id);
-    prefill::EngineCounters c = engine_->Counters();
-    self->set_requests_ok(c.requests_ok);
-    self->set_requests_failed(c.requests_failed);
-    self->set_cached_tokens(c.cached_tokens);
-    self->set_recomputed_tokens(c.recomputed_tokens);
-    self->set_output_tokens(c.output_tokens);
     SetDuration(absl::Seconds(ttft_->Quantile(0.5)), self->mutable_ttft_p50());
     SetDuration(absl::Seconds(ttft_->Quantile(0.99)), self->mutable_ttft_p99());
-    StoreStats ss = engine_->store().Stats();
-    uint64_t read_bytes = 0;
-    for (int t = 0; t < kNumTiers; ++t) {
-      if (!ss.tiers[t].present) continue;
-      const TierStats& ts = ss.tiers[t];
-      pb::TierStats* out = self->add_tiers();
-      out->set_tier(ToProto(static_cast<TierKind>(t)));
-      FillCapacity(*engine_, static_cast<TierKind>(t), ts, out->mutable_capacity());
-      out->set_hits(ts.hits);
-      out->set_misses(ts.misses);
-      out->set_evictions(ts.evictions);
-      out->set_quarantined(ts.quarantined);
-      out->set_bytes_read(ts.read_bytes);
-      out->set_bytes_written(ts.write_bytes);
-      read_bytes += ts.read_bytes;
-    }
-    (*self->mutable_transport_bytes())["TRANSPORT_KIND_INPROC"] = read_bytes;
-    self->set_active_pins(ss.active_leases);
     SetDuration(absl::Now() - started_, self->mutable_uptime());
-    const uint64_t served = c.cached_tokens + c.recomputed_tokens;
-    response->set_hit_rate(served == 0 ? 0.0 : static_cast<double>(c.cached_tokens) / served);
   }
   reactor->Finish(ToGrpcStatus(tenant.status()));
   return reactor;

@@ -1,8 +1,9 @@
-// ClusterService: the kvstrata.v1.Cluster gRPC service (proto/kvstrata/v1/cluster.proto) of
-// the embedded `serve --role=all` node, on gRPC's callback API, adapting prefill::Engine.
+// ClusterService: the kvstrata.v1.Cluster gRPC service (proto/kvstrata/v1/cluster.proto) on
+// gRPC's callback API, over a ServingBackend (cluster/serving_backend.h): prefill::Engine in
+// `serve --role=all`, the router's placement over other processes in `--role=router`.
 //
 //   - Generate: a ServerWriteReactor. The request is authenticated (cluster/tenants.h), then
-//     queued on the service's worker pool, which runs Engine::Generate and streams one
+//     queued on the service's worker pool, which runs the backend's Generate and streams one
 //     `accepted` event (with the cost model's plan), one `tokens` event per generated token
 //     and a final `done` event carrying the request's stats. Writes are issued one at a time
 //     from a queue, so a slow client never blocks generation of other requests for long.
@@ -14,7 +15,7 @@
 // are absl statuses mapped 1:1 to gRPC codes (cluster/grpc_status.h).
 //
 // Thread-safety: gRPC calls the handlers concurrently; the service is safe for that. The
-// service does not own the engine (which must outlive it). Destroy the service only after
+// service does not own the backend (which must outlive it). Destroy the service only after
 // the gRPC server serving it has shut down; the destructor drains the worker pool.
 #pragma once
 
@@ -24,6 +25,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "cluster/serving_backend.h"
 #include "cluster/tenants.h"
 #include "core/metrics.h"
 #include "core/thread_pool.h"
@@ -44,7 +46,7 @@ struct ClusterServiceOptions {
 
 class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
  public:
-  ClusterService(prefill::Engine* engine, TenantAuth auth, ClusterServiceOptions options);
+  ClusterService(ServingBackend* backend, TenantAuth auth, ClusterServiceOptions options);
   ~ClusterService() override;
 
   // The address ListNodes advertises (known once the server has bound its port).
@@ -69,9 +71,9 @@ class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
   absl::StatusOr<prefill::GenerateRequest> ToEngineRequest(const kvstrata::v1::GenerateRequest& r,
                                                            const std::string& tenant) const;
   absl::StatusOr<std::vector<int32_t>> PromptTokens(const kvstrata::v1::Prompt& p) const;
-  kvstrata::v1::NodeInfo SelfInfo();
+  ServiceContext Context();
 
-  prefill::Engine* const engine_;
+  ServingBackend* const backend_;
   const TenantAuth auth_;
   const ClusterServiceOptions options_;
   const absl::Time started_;

@@ -1,5 +1,6 @@
 // The Cluster service over gRPC on loopback, with the real engine, model and tiered store.
 #include "cluster/cluster_service.h"
+#include "cluster/engine_backend.h"
 #include "model/test_util.h"
 
 #include <gtest/gtest.h>
@@ -47,7 +48,8 @@ class ClusterServiceTest : public ::testing::Test {
     ASSERT_TRUE(auth.ok()) << auth.status();
     ClusterServiceOptions so;
     so.metrics = &metrics_;
-    service_ = std::make_unique<ClusterService>(&node_->engine(), *auth, so);
+    backend_ = std::make_unique<EngineBackend>(&node_->engine(), so.node_id);
+    service_ = std::make_unique<ClusterService>(backend_.get(), *auth, so);
     GrpcServerOptions go;
     go.services = {service_.get()};
     go.health_service_names = {pb::Cluster::service_full_name()};
@@ -80,6 +82,7 @@ class ClusterServiceTest : public ::testing::Test {
   MetricsRegistry metrics_;
   std::string dir_;
   std::unique_ptr<prefill::EmbeddedNode> node_;
+  std::unique_ptr<ServingBackend> backend_;
   std::unique_ptr<ClusterService> service_;
   std::unique_ptr<GrpcServer> server_;
 };

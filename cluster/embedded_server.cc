@@ -1,38 +1,19 @@
 #include "cluster/embedded_server.h"
 
+#include "cluster/engine_backend.h"
+
 #include <utility>
 
+#include "cluster/engine_backend.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
 
 namespace kv::cluster {
-namespace {
-
-absl::StatusOr<TenantAuth> LoadAuth(const std::string& tokens_file) {
-  if (tokens_file.empty()) return TenantAuth::SingleTenant("default");
-  return TenantAuth::LoadFile(tokens_file);
-}
-
-// "host:port" -> host. InvalidArgument when there is no port.
-absl::StatusOr<std::string> HostOf(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  if (address.empty() || colon == std::string::npos || colon + 1 == address.size()) {
-    return absl::InvalidArgumentError(
-        StrCat("listen address '", address, "' must be HOST:PORT, e.g. 127.0.0.1:7070"));
-  }
-  std::string host = address.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return host.empty() ? "0.0.0.0" : host;
-}
-
-}  // namespace
 
 absl::Status ValidateEmbeddedServerOptions(const EmbeddedServerOptions& o) {
   RETURN_IF_ERROR(prefill::ValidateNodeOptions(o.node));
-  RETURN_IF_ERROR(HostOf(o.listen).status());
+  RETURN_IF_ERROR(ListenHost(o.listen).status());
   if (o.metrics_port < -1 || o.metrics_port > 65535) {
     return absl::InvalidArgumentError(
         StrCat("metrics-port must be -1 (off), 0 (any) or a port, got ", o.metrics_port));
@@ -40,13 +21,13 @@ absl::Status ValidateEmbeddedServerOptions(const EmbeddedServerOptions& o) {
   if (o.worker_threads < 1 || o.worker_threads > 256) {
     return absl::InvalidArgumentError("worker-threads must be in 1..256");
   }
-  RETURN_IF_ERROR(LoadAuth(o.tokens_file).status());
+  RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file).status());
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedServerOptions o) {
   RETURN_IF_ERROR(ValidateEmbeddedServerOptions(o));
-  ASSIGN_OR_RETURN(TenantAuth auth, LoadAuth(o.tokens_file));
+  ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
   std::unique_ptr<EmbeddedServer> s(new EmbeddedServer());
   s->requires_token_ = auth.requires_token();
   ASSIGN_OR_RETURN(s->node_, prefill::EmbeddedNode::Open(o.node, o.engine));
@@ -55,7 +36,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   so.worker_threads = o.worker_threads;
   so.max_request_time = o.max_request_time;
   so.metrics = o.node.metrics;
-  s->service_ = std::make_unique<ClusterService>(&s->node_->engine(), std::move(auth), so);
+  s->backend_ = std::make_unique<EngineBackend>(&s->node_->engine(), so.node_id);
+  s->service_ = std::make_unique<ClusterService>(s->backend_.get(), std::move(auth), so);
   GrpcServerOptions go;
   go.address = o.listen;
   go.services = {s->service_.get()};
@@ -64,7 +46,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   ASSIGN_OR_RETURN(s->grpc_, GrpcServer::Start(go));
   s->service_->SetAdvertisedAddress(s->grpc_->address());
   if (o.metrics_port >= 0) {
-    ASSIGN_OR_RETURN(std::string host, HostOf(o.listen));
+    ASSIGN_OR_RETURN(std::string host, ListenHost(o.listen));
     MetricsRegistry* reg = o.node.metrics ? o.node.metrics : &MetricsRegistry::Default();
     ASSIGN_OR_RETURN(s->metrics_,
                      MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));

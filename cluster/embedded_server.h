@@ -54,6 +54,7 @@ class EmbeddedServer {
  private:
   EmbeddedServer() = default;
   std::unique_ptr<prefill::EmbeddedNode> node_;
+  std::unique_ptr<ServingBackend> backend_;
   std::unique_ptr<ClusterService> service_;
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<MetricsHttpServer> metrics_;

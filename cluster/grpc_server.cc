@@ -109,4 +109,17 @@ void GrpcServer::Shutdown() {
   kv::log::Info("grpc_server_stopped", "address", address_);
 }
 
+absl::StatusOr<std::string> ListenHost(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (address.empty() || colon == std::string::npos || colon + 1 == address.size()) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("listen address '", address, "' must be HOST:PORT, e.g. 127.0.0.1:7070"));
+  }
+  std::string host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return host.empty() ? "0.0.0.0" : host;
+}
+
 }  // namespace kv::cluster

@@ -47,6 +47,10 @@ struct GrpcServerOptions {
   int max_message_bytes = 64 << 20;
 };
 
+// The host of a "HOST:PORT" listen address (brackets of an IPv6 host removed; an empty host
+// is "0.0.0.0"). InvalidArgument naming the address when there is no port.
+absl::StatusOr<std::string> ListenHost(const std::string& address);
+
 class GrpcServer {
  public:
   // Builds and starts a server. Errors: INVALID_ARGUMENT for an empty or malformed address

@@ -96,13 +96,22 @@ void ToProto(const prefill::RequestStats& st, pb::RequestStats* out) {
   for (const prefill::TierHit& h : st.tier_hits) {
     pb::TierHits* t = out->add_tier_hits();
     t->set_tier(ToProto(h.tier));
+    t->set_node_id(h.node_id);
+    t->set_remote(h.remote);
     t->set_pages(static_cast<uint32_t>(h.pages));
     t->set_tokens(static_cast<uint32_t>(h.tokens));
     t->set_bytes(h.bytes);
   }
-  out->set_bytes_transferred(st.bytes_loaded);
-  out->set_transport(st.bytes_loaded > 0 ? pb::TRANSPORT_KIND_INPROC
-                                         : pb::TRANSPORT_KIND_UNSPECIFIED);
+  if (st.transport.empty()) {  // in-process: cache loads are memcpy
+    out->set_bytes_transferred(st.bytes_loaded);
+    out->set_transport(st.bytes_loaded > 0 ? pb::TRANSPORT_KIND_INPROC
+                                           : pb::TRANSPORT_KIND_UNSPECIFIED);
+  } else {
+    out->set_bytes_transferred(st.bytes_transferred);
+    out->set_transport(st.transport == "ucx"    ? pb::TRANSPORT_KIND_UCX
+                       : st.transport == "grpc" ? pb::TRANSPORT_KIND_GRPC
+                                                : pb::TRANSPORT_KIND_UNSPECIFIED);
+  }
   ToProto(st.cost, out->mutable_cost());
   SetDuration(st.load_time, out->mutable_load_time());
   SetDuration(st.prefill_time, out->mutable_prefill_time());

@@ -28,7 +28,7 @@ std::string TierProtoName(kvstrata::v1::Tier tier);
 kvstrata::v1::CacheDecision ToProto(prefill::CacheDecision d);
 kvstrata::v1::FinishReason ToProto(prefill::FinishReason r);
 void ToProto(const prefill::CostPlan& plan, kvstrata::v1::CostEstimate* out);
-// Stats of an in-process request: tier hits are local (node_id empty, remote false) and
+// Stats of a request. In-process requests (empty `transport`) report their cache loads as
 // bytes moved by the in-process transport.
 void ToProto(const prefill::RequestStats& st, kvstrata::v1::RequestStats* out);
 

@@ -78,4 +78,24 @@ absl::StatusOr<std::string> TenantAuth::Authenticate(
   return it->second;
 }
 
+absl::StatusOr<TenantAuth> LoadTenantAuth(const std::string& tokens_file) {
+  if (tokens_file.empty()) return TenantAuth::SingleTenant("default");
+  return TenantAuth::LoadFile(tokens_file);
+}
+
+std::string AuthorizationOf(const grpc::ServerContextBase* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  return it == md.end() ? std::string() : std::string(it->second.data(), it->second.size());
+}
+
+absl::StatusOr<std::string> AuthenticateCall(const TenantAuth& auth,
+                                             const grpc::ServerContextBase* ctx) {
+  const auto& md = ctx->client_metadata();
+  auto it = md.find("authorization");
+  std::optional<std::string_view> value;
+  if (it != md.end()) value = std::string_view(it->second.data(), it->second.size());
+  return auth.Authenticate(value);
+}
+
 }  // namespace kv::cluster

@@ -23,6 +23,8 @@
 #include <string>
 #include <string_view>
 
+#include <grpcpp/server_context.h>
+
 #include "absl/status/statusor.h"
 
 namespace kv::cluster {
@@ -50,5 +52,15 @@ class TenantAuth {
   std::optional<std::string> single_;
   std::map<std::string, std::string, std::less<>> tokens_;
 };
+
+// The tenants of a node: the tokens file's, or, for an empty path, every call is the
+// built-in tenant "default". Errors as TenantAuth::LoadFile.
+absl::StatusOr<TenantAuth> LoadTenantAuth(const std::string& tokens_file);
+
+// The `authorization` metadata of a server call ("" when absent), to forward downstream.
+std::string AuthorizationOf(const grpc::ServerContextBase* ctx);
+// auth.Authenticate() of a server call's `authorization` metadata.
+absl::StatusOr<std::string> AuthenticateCall(const TenantAuth& auth,
+                                             const grpc::ServerContextBase* ctx);
 
 }  // namespace kv::cluster

@@ -45,6 +45,11 @@ double Sampler::NextUniform() {
   return static_cast<double>(z >> 11) * 0x1.0p-53;
 }
 
+void Sampler::Skip(int64_t samples) {
+  if (params_.temperature == 0.0) return;  // greedy draws nothing
+  for (int64_t i = 0; i < samples; ++i) (void)NextUniform();
+}
+
 absl::StatusOr<int32_t> Sampler::Sample(std::span<const float> logits) {
   RETURN_IF_ERROR(ValidateSamplingParams(params_));
   ASSIGN_OR_RETURN(int32_t best, Argmax(logits));

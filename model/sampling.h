@@ -34,6 +34,10 @@ class Sampler {
 
   // Picks a token id. Returns InvalidArgument for empty logits, a NaN logit or bad params.
   absl::StatusOr<int32_t> Sample(std::span<const float> logits);
+  // Advances the generator as `samples` calls of Sample() would (one draw each unless
+  // greedy), so a sequence sampled partly elsewhere (the first token on a prefill worker)
+  // continues with the same random numbers.
+  void Skip(int64_t samples);
 
  private:
   double NextUniform();  // [0, 1)

@@ -54,6 +54,19 @@ TEST(SamplingTest, SeededSamplingIsReproducibleAndFollowsTheDistribution) {
   }
 }
 
+// A sequence whose first token was sampled elsewhere continues identically after Skip(1).
+TEST(SamplingTest, SkipContinuesTheSameSequence) {
+  const uint64_t seed = testing::TestSeed();
+  std::vector<float> logits = {0.f, std::log(2.f), std::log(3.f), std::log(4.f)};
+  for (double t : {0.0, 0.7}) {
+    Sampler whole({.temperature = t, .top_p = 1.0, .seed = seed});
+    Sampler resumed({.temperature = t, .top_p = 1.0, .seed = seed});
+    (void)*whole.Sample(logits);
+    resumed.Skip(1);
+    for (int i = 0; i < 100; ++i) ASSERT_EQ(*whole.Sample(logits), *resumed.Sample(logits)) << i;
+  }
+}
+
 TEST(SamplingTest, TopPKeepsOnlyTheNucleus) {
   // p = 0.1, 0.2, 0.3, 0.4: top_p 0.65 keeps {3, 2} (0.4 + 0.3 >= 0.65).
   std::vector<float> logits = {0.f, std::log(2.f), std::log(3.f), std::log(4.f)};

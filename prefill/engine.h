@@ -46,6 +46,7 @@
 #include "core/thread_pool.h"
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
+#include "kvstore/page_format.h"
 #include "kvstore/tiered_store.h"
 #include "model/sampling.h"
 #include "model/transformer.h"
@@ -78,6 +79,9 @@ struct EngineOptions {
 struct GenerateRequest {
   std::vector<int32_t> prompt;  // token ids; non-empty
   std::string tenant;           // authenticated tenant; non-empty
+  // The caller's `authorization` metadata, which a router forwards to workers and stores
+  // (they authenticate the end user themselves). Unused in-process.
+  std::string authorization;
   int64_t shared_prefix_tokens = 0;
   std::string session_id;                       // optional; 1..128 printable ASCII when set
   std::optional<absl::Duration> retention_ttl;  // unset: default; zero: no hint
@@ -95,6 +99,8 @@ struct GenerateRequest {
 
 struct TierHit {
   TierKind tier = TierKind::kDevice;
+  std::string node_id;  // node that held the pages; empty: this process
+  bool remote = false;  // the pages came from another process
   int64_t pages = 0;
   int64_t tokens = 0;
   uint64_t bytes = 0;
@@ -108,6 +114,10 @@ struct RequestStats {
   int64_t recomputed_tokens = 0;   // prompt tokens computed
   std::vector<TierHit> tier_hits;  // one per tier that served pages, fastest first
   uint64_t bytes_loaded = 0;
+  // KV bytes moved between processes (cache loads + prefill->decode handoff) and how; an
+  // in-process request moves bytes_loaded with memcpy ("inproc").
+  uint64_t bytes_transferred = 0;
+  std::string transport;        // "ucx", "grpc" or empty (in-process)
   int64_t published_pages = 0;  // pages this request queued for publishing
   CostPlan cost;
 };
@@ -132,6 +142,26 @@ struct EngineCounters {
   uint64_t cached_tokens = 0, recomputed_tokens = 0, output_tokens = 0;
   uint64_t published_pages = 0, publish_errors = 0;
 };
+
+// Step 1 for any worker: the block keys of every full block of `tokens` for `tenant` (the
+// first `shared_tokens`, rounded down to whole pages, in the shared namespace, the rest in
+// the tenant's, chained after them), and each key's namespace (KeyNamespace::ToString) when
+// `ns` is set. `params` carries fingerprint, layout and page size; its namespace is ignored.
+// InvalidArgument for an invalid tenant name or page size.
+absl::StatusOr<std::vector<BlockKey>> RequestKeys(const KeyParams& params,
+                                                  std::span<const int32_t> tokens,
+                                                  const std::string& tenant, int64_t shared_tokens,
+                                                  std::vector<std::string>* ns);
+
+// Checks a decoded page against what a request expects before its bytes enter a KvCache:
+// key, parent, layout and geometry (page_tokens tokens x all `layers`). DataLoss naming the
+// mismatch.
+absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
+                       const LayoutInfo& layout, int page_tokens, int layers);
+// Encodes one full KvCache block (ExportBlock bytes) as a page of all `layers`.
+absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
+                                                     const BlockKey& parent, int page_tokens,
+                                                     int layers, std::span<const uint8_t> kv);
 
 class Engine {
  public:

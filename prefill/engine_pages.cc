@@ -12,9 +12,7 @@
 #include "prefill/engine_metrics.h"
 
 namespace kv::prefill {
-namespace {
 
-// Checks a decoded page against what this request expects before its bytes enter the cache.
 absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
                        const LayoutInfo& layout, int page_tokens, int layers) {
   const PageHeader& h = view.header();
@@ -29,7 +27,17 @@ absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey
   return absl::OkStatus();
 }
 
-}  // namespace
+absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
+                                                     const BlockKey& parent, int page_tokens,
+                                                     int layers, std::span<const uint8_t> kv) {
+  PageSpec spec{.layout = layout.id,
+                .key = key,
+                .parent = parent,
+                .token_count = static_cast<uint32_t>(page_tokens),
+                .first_layer = 0,
+                .layer_count = static_cast<uint32_t>(layers)};
+  return EncodePage(spec, kv);
+}
 
 int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierKind> tiers,
                            int64_t blocks, model::KvCache* kv, RequestStats* stats) {
@@ -113,15 +121,10 @@ void Engine::PublishPending(const Pending& p) {
   const uint32_t layers = static_cast<uint32_t>(model_->config().num_hidden_layers);
   int64_t published = 0, errors = 0;
   for (size_t i = 0; i < p.keys.size(); ++i) {
-    PageSpec spec{.layout = layout->id,
-                  .key = p.keys[i],
-                  .parent = p.parents[i],
-                  .token_count = static_cast<uint32_t>(page_tokens_),
-                  .first_layer = 0,
-                  .layer_count = layers};
     const std::string& kvb = p.kv[i];
-    absl::StatusOr<std::vector<uint8_t>> page = EncodePage(
-        spec, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kvb.data()), kvb.size()));
+    absl::StatusOr<std::vector<uint8_t>> page = EncodeBlockPage(
+        *layout, p.keys[i], p.parents[i], page_tokens_, static_cast<int>(layers),
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kvb.data()), kvb.size()));
     absl::Status s = page.status();
     if (s.ok()) {
       PageMeta meta{.key = p.keys[i],

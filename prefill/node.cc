@@ -48,30 +48,33 @@ absl::Status ValidateNodeOptions(const NodeOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptions& options,
-                                                                 EngineOptions engine_options) {
-  RETURN_IF_ERROR(ValidateNodeOptions(options));
-  std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
-  node->options_ = options;
+absl::StatusOr<std::string> EnsureModelDir(const NodeOptions& options) {
+  if (!options.model_dir.empty()) return options.model_dir;
+  if (options.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
   std::error_code ec;
   std::filesystem::create_directories(options.data_dir, ec);
   if (ec) {
     return absl::FailedPreconditionError(
         StrCat("cannot create data dir ", options.data_dir, ": ", ec.message()));
   }
-  node->model_dir_ = options.model_dir;
-  if (node->model_dir_.empty()) {
-    node->model_dir_ = (std::filesystem::path(options.data_dir) / "model-tiny-v3").string();
-    if (!std::filesystem::exists(std::filesystem::path(node->model_dir_) / "config.json")) {
-      ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v3"));
-      RETURN_IF_ERROR(Annotate(model::WriteRandomModel(c, options.model_seed, node->model_dir_),
-                               "creating the tiny-v3 model"));
-      log::Info("model_created", "dir", node->model_dir_, "preset", "tiny-v3", "seed",
-                options.model_seed);
-    }
+  const std::string dir = (std::filesystem::path(options.data_dir) / "model-tiny-v3").string();
+  if (!std::filesystem::exists(std::filesystem::path(dir) / "config.json")) {
+    ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v3"));
+    RETURN_IF_ERROR(Annotate(model::WriteRandomModel(c, options.model_seed, dir),
+                             "creating the tiny-v3 model"));
+    log::Info("model_created", "dir", dir, "preset", "tiny-v3", "seed", options.model_seed);
   }
-  ASSIGN_OR_RETURN(node->model_, model::Transformer::Load(node->model_dir_,
-                                                          {.max_context = options.max_context}));
+  return dir;
+}
+
+absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& options) {
+  RETURN_IF_ERROR(ValidateNodeOptions(options));
+  std::error_code ec;
+  std::filesystem::create_directories(options.data_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        StrCat("cannot create data dir ", options.data_dir, ": ", ec.message()));
+  }
   std::array<std::unique_ptr<Tier>, kNumTiers> tiers;
   if (options.device_bytes > 0) {
     ASSIGN_OR_RETURN(tiers[0], SlabOf(TierKind::kDevice, options.device_bytes, options.slab_bytes));
@@ -90,7 +93,18 @@ absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptio
   TieredStoreOptions so;
   so.clock = options.clock;
   so.metrics = options.metrics;
-  ASSIGN_OR_RETURN(node->store_, TieredStore::Open(so, std::move(tiers)));
+  return TieredStore::Open(so, std::move(tiers));
+}
+
+absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptions& options,
+                                                                 EngineOptions engine_options) {
+  RETURN_IF_ERROR(ValidateNodeOptions(options));
+  std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
+  node->options_ = options;
+  ASSIGN_OR_RETURN(node->model_dir_, EnsureModelDir(options));
+  ASSIGN_OR_RETURN(node->model_, model::Transformer::Load(node->model_dir_,
+                                                          {.max_context = options.max_context}));
+  ASSIGN_OR_RETURN(node->store_, OpenStore(options));
   engine_options.layout = *kernels::ParseLayout(options.kv_layout);
   if (engine_options.clock == nullptr) engine_options.clock = options.clock;
   if (engine_options.metrics == nullptr) engine_options.metrics = options.metrics;

@@ -40,6 +40,14 @@ struct NodeOptions {
 // Checks options without side effects. InvalidArgument naming the option.
 absl::Status ValidateNodeOptions(const NodeOptions& options);
 
+// The model directory options name: `model_dir`, or DATA_DIR/model-tiny-v3, written with
+// the seeded tiny-v3 preset on first use (every role of a cluster started with the same
+// seed and no model dir thus serves the same model). Errors of creating it.
+absl::StatusOr<std::string> EnsureModelDir(const NodeOptions& options);
+// Opens the tiers options enable (device and host slabs in memory, nvme under
+// DATA_DIR/nvme, recovering its sealed pages) and the TieredStore over them.
+absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& options);
+
 class EmbeddedNode {
  public:
   // Creates the model if needed, loads it, opens the tiers and the store (recovering the

@@ -120,41 +120,12 @@ std::string EtcdProcess::endpoint() const { return kv::StrCat("127.0.0.1:", clie
 absl::Status EtcdProcess::Spawn() {
   const std::string client = kv::StrCat("http://127.0.0.1:", client_port_);
   const std::string peer = kv::StrCat("http://127.0.0.1:", peer_port_);
-  std::vector<std::string> args = {
-      binary_,
-      "--name=kvtest",
-      kv::StrCat("--data-dir=", dir_, "/data"),
-      kv::StrCat("--listen-client-urls=", client),
-      kv::StrCat("--advertise-client-urls=", client),
-      kv::StrCat("--listen-peer-urls=", peer),
-      kv::StrCat("--initial-advertise-peer-urls=", peer),
-      kv::StrCat("--initial-cluster=kvtest=", peer),
-      "--initial-cluster-state=new",
-  };
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string log = kv::StrCat(dir_, "/etcd.log");
-  // fork + exec rather than posix_spawn, to set PR_SET_PDEATHSIG: if the test process dies
-  // (crash, timeout kill), etcd dies with it instead of lingering. Between fork and exec the
-  // child calls only async-signal-safe functions.
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) return kv::ErrnoToStatus(errno, kv::StrCat("forking for ", binary_));
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);  // the parent died before prctl
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (fd >= 0) {
-      dup2(fd, STDOUT_FILENO);
-      dup2(fd, STDERR_FILENO);
-      close(fd);
-    }
-    execve(binary_.c_str(), argv.data(), environ);
-    _exit(127);
-  }
-  pid_ = pid;
-  return absl::OkStatus();
+  return child_.Spawn(
+      {binary_, "--name=kvtest", kv::StrCat("--data-dir=", dir_, "/data"),
+       kv::StrCat("--listen-client-urls=", client), kv::StrCat("--advertise-client-urls=", client),
+       kv::StrCat("--listen-peer-urls=", peer), kv::StrCat("--initial-advertise-peer-urls=", peer),
+       kv::StrCat("--initial-cluster=kvtest=", peer), "--initial-cluster-state=new"},
+      kv::StrCat(dir_, "/etcd.log"));
 }
 
 absl::Status EtcdProcess::WaitReady(absl::Duration timeout) {
@@ -162,52 +133,28 @@ absl::Status EtcdProcess::WaitReady(absl::Duration timeout) {
   // etcd opens its client port before it serves it; a gRPC connection made in that window
   // stalls for seconds. So first wait for etcd to log that it serves clients (this run's
   // line: the log is appended to across restarts), then probe with a fresh channel.
-  const size_t serving_before = CountInLog(kServingLine);
+  const size_t serving_before = child_.CountInLog(kServingLine);
   bool serving = false;
   while (absl::Now() < deadline) {
-    int wstatus = 0;
-    if (waitpid(pid_, &wstatus, WNOHANG) == pid_) {
-      pid_ = -1;
-      return absl::InternalError(kv::StrCat("etcd exited during start-up; log:\n", LogTail()));
+    if (!child_.Running()) {
+      return absl::InternalError(
+          kv::StrCat("etcd exited during start-up; log:\n", child_.LogTail()));
     }
-    if (!serving) serving = CountInLog(kServingLine) > serving_before;
+    if (!serving) serving = child_.CountInLog(kServingLine) > serving_before;
     if (serving && ProbeOnce(endpoint())) return absl::OkStatus();
     absl::SleepFor(absl::Milliseconds(50));
   }
   Kill();
   return absl::DeadlineExceededError(kv::StrCat(
-      "etcd did not answer within ", absl::FormatDuration(timeout), "; log:\n", LogTail()));
+      "etcd did not answer within ", absl::FormatDuration(timeout), "; log:\n", child_.LogTail()));
 }
 
-size_t EtcdProcess::CountInLog(std::string_view needle) const {
-  std::ifstream in(kv::StrCat(dir_, "/etcd.log"));
-  size_t count = 0;
-  for (std::string line; std::getline(in, line);) {
-    if (line.find(needle) != std::string::npos) ++count;
-  }
-  return count;
-}
-
-void EtcdProcess::Kill() {
-  if (pid_ <= 0) return;
-  kill(pid_, SIGKILL);
-  int wstatus = 0;
-  waitpid(pid_, &wstatus, 0);
-  pid_ = -1;
-}
+void EtcdProcess::Kill() { child_.Kill(); }
 
 absl::Status EtcdProcess::Restart(absl::Duration ready_timeout) {
   Kill();
   RETURN_IF_ERROR(Spawn());
   return WaitReady(ready_timeout);
-}
-
-std::string EtcdProcess::LogTail() const {
-  std::ifstream in(kv::StrCat(dir_, "/etcd.log"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string all = ss.str();
-  return all.size() > 2000 ? all.substr(all.size() - 2000) : all;
 }
 
 }  // namespace kv::cluster::testing

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "cluster/testing/child_process.h"
 
 namespace kv::cluster::testing {
 
@@ -45,20 +46,18 @@ class EtcdProcess {
   // it answers. Errors as Start().
   absl::Status Restart(absl::Duration ready_timeout = absl::Seconds(20));
 
-  bool running() const { return pid_ > 0; }
+  bool running() { return child_.Running(); }
 
  private:
   EtcdProcess(std::string binary, std::string dir, int client_port, int peer_port);
   absl::Status Spawn();
   absl::Status WaitReady(absl::Duration timeout);
-  std::string LogTail() const;
-  size_t CountInLog(std::string_view needle) const;
 
   const std::string binary_;
   const std::string dir_;
   const int client_port_;
   const int peer_port_;
-  pid_t pid_ = -1;
+  ChildProcess child_;
 };
 
 }  // namespace kv::cluster::testing

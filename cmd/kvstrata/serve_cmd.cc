@@ -1,22 +1,22 @@
 // `kvstrata serve`: runs a kvstrata node.
 //
-//   kvstrata serve --role=all [--config=FILE] [--listen=127.0.0.1:7070] [--metrics-port=9090]
-//                  [--model-dir=DIR] [--kv-layout=mla-fp8-656] [--data-dir=DIR]
-//                  [--device-mib=64] [--host-mib=256] [--nvme-mib=4096]
-//                  [--tokens-file=FILE] [--worker-threads=2] [--check-config]
+//   kvstrata serve --role=all|router|prefill|decode|store [--config=FILE] [flags...]
 //
 // Every flag is also a key of the YAML config file. --role=all (the embedded default) runs
 // everything in one process: the Cluster gRPC service with health and reflection, the
 // engine over the model (the seeded tiny-v3 model is created in DATA_DIR/model-tiny-v3 on
 // first start when --model-dir is empty), device and host tiers in memory and the nvme tier
-// under DATA_DIR/nvme, and /metrics + /healthz over HTTP. Without --tokens-file every call
-// is the built-in tenant "default" (no token needed); with it, each call needs
-// `authorization: Bearer <token>` from the file (cluster/tenants.h).
+// under DATA_DIR/nvme, and /metrics + /healthz over HTTP. The other roles are one part each
+// of a distributed cluster (cluster/role_server.h): the router (Cluster API, the only client
+// entry point), prefill and decode workers (Worker API, KV handoff over UCX) and store nodes
+// (PageStore API, host + nvme tiers). They find each other through --members (a static list)
+// or --etcd (leases + watch). Without --tokens-file every call is the built-in tenant
+// "default" (no token needed); with it, each call needs `authorization: Bearer <token>` from
+// the file (cluster/tenants.h); every role of a cluster uses the same file.
 //
-// The distributed roles (router, prefill, decode, store) are not in this build yet: they
-// exit with UNIMPLEMENTED (exit code 2). --check-config validates the flags/config and exits
-// 0 (valid) or 1 (the message says what is wrong). SIGINT/SIGTERM shut the node down within
-// the gRPC shutdown grace (5 s) plus the time to finish the current token.
+// --check-config validates the flags/config and exits 0 (valid) or 1 (the message says what
+// is wrong) without starting anything. SIGINT/SIGTERM shut the node down within the gRPC
+// shutdown grace (5 s) plus the time to finish the current token.
 #include <cblas.h>
 #include <pthread.h>
 #include <unistd.h>
@@ -24,11 +24,14 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 
 #include "cluster/embedded_server.h"
+#include "cluster/membership_config.h"
+#include "cluster/role_server.h"
 #include "cmd/kvstrata/command.h"
 #include "core/config.h"
 #include "core/logging.h"
@@ -52,6 +55,10 @@ struct ServeFlags {
   std::string tokens_file;
   int64_t worker_threads = 2;
   std::string node_id;
+  std::string advertise;
+  int64_t replication = 1;
+  std::string transport = "ucx";
+  cluster::MembershipConfig membership;
   bool check_config = false;
 };
 
@@ -59,13 +66,12 @@ std::string DefaultDataDir() { return StrCat("/tmp/kvstrata-", ::getuid()); }
 
 absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   if (f.role != "all") {
-    if (f.role == "router" || f.role == "prefill" || f.role == "decode" || f.role == "store") {
-      return absl::UnimplementedError(StrCat("--role=", f.role,
-                                             " is not implemented in this build yet; use "
-                                             "--role=all (everything in one process)"));
-    }
     return absl::InvalidArgumentError(
         StrCat("--role must be all, router, prefill, decode or store; got '", f.role, "'"));
+  }
+  if (!f.membership.etcd.empty() || !f.membership.members.empty()) {
+    return absl::InvalidArgumentError(
+        "--role=all is a whole cluster in one process; --etcd/--members are for the other roles");
   }
   for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
                          std::pair{"nvme-mib", f.nvme_mib}}) {
@@ -94,14 +100,70 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   return o;
 }
 
-absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
-  // Block the shutdown signals in every thread (gRPC's included, created after this), and
-  // wait for them here.
+absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
+  if (f.transport != "ucx") {
+    return absl::InvalidArgumentError(
+        StrCat("--transport must be ucx (the prefill->decode handoff); got '", f.transport, "'"));
+  }
+  for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
+                         std::pair{"nvme-mib", f.nvme_mib}}) {
+    if (v < 0 || v > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError(StrCat("--", name, " must be in 0..2^30, got ", v));
+    }
+  }
+  cluster::RoleServerOptions o;
+  o.role = f.role;
+  o.listen = f.listen;
+  o.advertise = f.advertise;
+  o.node_id = f.node_id;
+  o.metrics_port = f.metrics_port;
+  o.tokens_file = f.tokens_file;
+  o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
+  o.replication = static_cast<int>(std::clamp<int64_t>(f.replication, 0, 1 << 10));
+  o.membership = f.membership;
+  o.node.model_dir = f.model_dir;
+  o.node.kv_layout = f.kv_layout;
+  o.node.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
+  // A store has no compute memory to cache in: its device tier is off unless asked for.
+  o.node.device_bytes = static_cast<uint64_t>(f.role == "store" ? 0 : f.device_mib) << 20;
+  o.node.host_bytes = static_cast<uint64_t>(f.host_mib) << 20;
+  o.node.nvme_bytes = static_cast<uint64_t>(f.nvme_mib) << 20;
+  RETURN_IF_ERROR(cluster::ValidateRoleServerOptions(o));
+  if (!o.node.model_dir.empty()) {
+    ASSIGN_OR_RETURN(model::ModelConfig c,
+                     model::LoadModelConfig(StrCat(o.node.model_dir, "/config.json")));
+    RETURN_IF_ERROR(model::ValidateForRuntime(c));
+  }
+  return o;
+}
+
+// Blocks SIGINT/SIGTERM in every thread (gRPC's included, created after this) and returns
+// the set to sigwait() on.
+sigset_t BlockShutdownSignals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+absl::Status ServeRole(const cluster::RoleServerOptions& o) {
+  sigset_t set = BlockShutdownSignals();
+  ASSIGN_OR_RETURN(auto server, cluster::RoleServer::Start(o));
+  std::printf("kvstrata serve --role=%s listening on %s (advertised %s, metrics on port %d)\n",
+              o.role.c_str(), server->address().c_str(), server->advertised().c_str(),
+              server->metrics_port());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  log::Info("serve_signal", "signal", sig);
+  server->Shutdown();
+  return absl::OkStatus();
+}
+
+absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
+  sigset_t set = BlockShutdownSignals();
   ASSIGN_OR_RETURN(auto server, cluster::EmbeddedServer::Start(o));
   std::printf("kvstrata serve --role=all listening on %s (metrics on port %d); %s\n",
               server->address().c_str(), server->metrics_port(),
@@ -118,7 +180,7 @@ absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
 int RunServe(int argc, char** argv) {
   ServeFlags f;
   FlagSet flags("kvstrata serve");
-  flags.String("role", &f.role, "all | router | prefill | decode | store (only all in this build)");
+  flags.String("role", &f.role, "all | router | prefill | decode | store");
   flags.String("listen", &f.listen, "gRPC listen address HOST:PORT (port 0: any free port)");
   flags.Int("metrics-port", &f.metrics_port, "HTTP port of /metrics and /healthz (-1: off)");
   flags.String("model-dir", &f.model_dir,
@@ -131,7 +193,14 @@ int RunServe(int argc, char** argv) {
   flags.String("tokens-file", &f.tokens_file,
                "YAML map of bearer token -> tenant; empty: built-in tenant \"default\"");
   flags.Int("worker-threads", &f.worker_threads, "Generate requests served concurrently");
-  flags.String("node-id", &f.node_id, "node id in stats and ListNodes (default: local)");
+  flags.String("node-id", &f.node_id,
+               "node id in stats, ListNodes and the membership (default: local / the address)");
+  flags.String("advertise", &f.advertise,
+               "HOST:PORT other nodes reach this one at (default: the bound listen address)");
+  flags.Int("replication", &f.replication, "home nodes per page chain in the page pool (R)");
+  flags.String("transport", &f.transport,
+               "prefill->decode KV handoff transport: ucx (honours UCX_TLS, UCX_NET_DEVICES)");
+  f.membership.Bind(&flags);
   flags.Bool("check-config", &f.check_config, "validate the config and exit 0 (ok) or 1");
   absl::Status s = flags.Parse(argc, argv);
   if (s.ok() && flags.help_requested()) {
@@ -145,24 +214,30 @@ int RunServe(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) check = check || std::string_view(argv[i]) == "--check-config";
     return check ? 1 : 2;
   }
-  absl::StatusOr<cluster::EmbeddedServerOptions> o = ToOptions(f);
+  const bool all = f.role == "all";
+  std::optional<absl::StatusOr<cluster::EmbeddedServerOptions>> o;
+  std::optional<absl::StatusOr<cluster::RoleServerOptions>> ro;
+  if (all) {
+    o = ToOptions(f);
+  } else {
+    ro = ToRoleOptions(f);
+  }
+  const absl::Status valid = all ? o->status() : ro->status();
   if (f.check_config) {
-    if (!o.ok() && !absl::IsUnimplemented(o.status())) {
-      std::fprintf(stderr, "config invalid: %s\n", std::string(o.status().message()).c_str());
+    if (!valid.ok()) {
+      std::fprintf(stderr, "config invalid: %s\n", std::string(valid.message()).c_str());
       return 1;
     }
-    std::printf("config ok: role %s%s\n", f.role.c_str(),
-                o.ok() ? "" : " (valid, but this role is not implemented in this build yet)");
+    std::printf("config ok: role %s\n", f.role.c_str());
     return 0;
   }
-  if (!o.ok()) {
-    std::fprintf(stderr, "kvstrata serve: %s: %s\n",
-                 absl::StatusCodeToString(o.status().code()).c_str(),
-                 std::string(o.status().message()).c_str());
+  if (!valid.ok()) {
+    std::fprintf(stderr, "kvstrata serve: %s: %s\n", absl::StatusCodeToString(valid.code()).c_str(),
+                 std::string(valid.message()).c_str());
     return 2;
   }
   openblas_set_num_threads(1);  // requests run in parallel; a BLAS pool would oversubscribe
-  s = Serve(*o);
+  s = all ? Serve(**o) : ServeRole(**ro);
   if (!s.ok()) {
     std::fprintf(stderr, "kvstrata serve: %s\n", std::string(s.message()).c_str());
     return 1;
@@ -172,6 +247,8 @@ int RunServe(int argc, char** argv) {
 
 }  // namespace
 
-KV_REGISTER_COMMAND(serve, "run a node (--role=all: everything in one process)", RunServe);
+KV_REGISTER_COMMAND(serve,
+                    "run a node: --role=all (everything in one process) or one role of a cluster",
+                    RunServe);
 
 }  // namespace kv::cmd

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# serve exit codes: an unimplemented role exits 2; --check-config exits 1 for an invalid
-# config and 0 for a valid one (without creating anything).
+# serve exit codes: a bad role, or a cluster role without its peers, exits 2; --check-config
+# exits 1 for an invalid config and 0 for a valid one (without creating anything), for every
+# role.
 # Usage: serve_exit_codes.sh KVSTRATA_BINARY
 set -uo pipefail
 bin=$1
@@ -11,6 +12,15 @@ expect() {
   if [ "$got" -ne "$want" ]; then echo "kvstrata $*: exit $got, want $want"; exit 1; fi
 }
 expect 2 serve --role=router
+expect 1 serve --role=prefill --check-config
+expect 1 serve --role=decode --check-config --members=bogus
+expect 1 serve --role=store --check-config --etcd=127.0.0.1:2379 --members=a=127.0.0.1:1@store
+expect 1 serve --role=store --check-config --replication=0
+expect 1 serve --role=decode --check-config --etcd=127.0.0.1:2379 --transport=rdma-magic
+for role in router prefill decode store; do
+  expect 0 serve --role=$role --check-config --etcd=127.0.0.1:2379 --listen=0.0.0.0:7070 \
+    --advertise=10.0.0.7:7070 --node-id=$role-0 --data-dir=/nonexistent/never-created
+done
 expect 2 serve --role=bogus
 expect 1 serve --check-config --kv-layout=nope
 expect 1 serve --check-config --tokens-file=/nonexistent/tokens.yaml

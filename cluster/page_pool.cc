@@ -1,0 +1,199 @@
+#include "cluster/page_pool.h"
+
+#include <algorithm>
+#include <map>
+#include <utility>
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "absl/synchronization/mutex.h"
+#include "cluster/page_store_client.h"
+#include "cluster/placement.h"
+#include "cluster/proto_convert.h"
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+
+namespace kv::cluster {
+namespace {
+
+namespace pb = ::kvstrata::v1;
+
+// The bearer token of an `authorization` value ("Bearer TOKEN"); empty for none.
+std::string TokenOf(std::string_view authorization) {
+  constexpr std::string_view kBearer = "Bearer ";
+  if (authorization.substr(0, kBearer.size()) == kBearer) {
+    return std::string(authorization.substr(kBearer.size()));
+  }
+  return std::string(authorization);  // the store rejects it with a clear message
+}
+
+TierKind FromProtoTier(pb::Tier t) {
+  switch (t) {
+    case pb::TIER_DEVICE:
+      return TierKind::kDevice;
+    case pb::TIER_HOST:
+      return TierKind::kHost;
+    default:
+      return TierKind::kNvme;
+  }
+}
+
+class GrpcPagePool final : public PagePool {
+ public:
+  GrpcPagePool(Membership* membership, GrpcPagePoolOptions options)
+      : membership_(membership), options_(options) {}
+
+  std::vector<pb::NodeInfo> Homes(const BlockKey& root) override {
+    MembershipView view = membership_->Members();
+    std::map<std::string, pb::NodeInfo> stores;
+    for (pb::NodeInfo& n : view.members) {
+      if (std::find(n.roles().begin(), n.roles().end(), pb::ROLE_STORE) != n.roles().end()) {
+        stores.emplace(n.node_id(), std::move(n));
+      }
+    }
+    std::vector<std::string> ids;
+    for (const auto& [id, n] : stores) ids.push_back(id);
+    absl::StatusOr<Placement> placement = Placement::Create(ids, options_.replication);
+    std::vector<pb::NodeInfo> homes;
+    if (!placement.ok()) return homes;
+    for (std::string_view id : placement->Homes(root.bytes)) {
+      homes.push_back(stores.at(std::string(id)));
+    }
+    return homes;
+  }
+
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+                                    const std::string& authorization) override {
+    if (chain.empty()) return absl::InvalidArgumentError("pool lookup: empty chain");
+    PoolPrefix best;
+    for (const pb::NodeInfo& home : Homes(chain[0])) {
+      PageStoreClient client(Channel(home.grpc_address()), TokenOf(authorization),
+                             options_.rpc_timeout);
+      absl::StatusOr<pb::LookupBlocksResponse> r = client.Lookup(chain);
+      if (!r.ok()) {
+        log::Warn("pool_lookup_failed", "node", home.node_id(), "error", r.status().ToString());
+        continue;
+      }
+      if (static_cast<int64_t>(r->prefix_blocks()) <= best.blocks()) continue;
+      best.node_id = home.node_id();
+      best.grpc_address = home.grpc_address();
+      best.tiers.clear();
+      for (const pb::BlockLocation& b : r->blocks()) best.tiers.push_back(FromProtoTier(b.tier()));
+    }
+    return best;
+  }
+
+  absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
+                                  absl::Duration lease, const std::string& authorization,
+                                  int64_t* pinned) override {
+    PageStoreClient client(Channel(address), TokenOf(authorization), options_.rpc_timeout);
+    ASSIGN_OR_RETURN(PageStoreClient::PinResult r, client.Pin(keys, lease));
+    *pinned = static_cast<int64_t>(r.pinned.size());
+    return r.lease_id;
+  }
+
+  void Unpin(const std::string& address, const std::string& lease_id,
+             const std::string& authorization) override {
+    if (lease_id.empty()) return;
+    PageStoreClient client(Channel(address), TokenOf(authorization), options_.rpc_timeout);
+    absl::StatusOr<uint32_t> r = client.Unpin(lease_id);
+    if (!r.ok()) log::Info("pool_unpin_failed", "lease", lease_id, "error", r.status().ToString());
+  }
+
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
+                                                         std::span<const BlockKey> keys,
+                                                         const std::string& lease_id,
+                                                         const std::string& authorization,
+                                                         absl::Time deadline) override {
+    std::vector<std::vector<uint8_t>> out;
+    if (keys.empty()) return out;
+    const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - absl::Now());
+    if (timeout <= absl::ZeroDuration()) {
+      return MarkRetryable(absl::DeadlineExceededError("pool read: no time left"));
+    }
+    PageStoreClient client(Channel(address), TokenOf(authorization), timeout);
+    ASSIGN_OR_RETURN(std::vector<PageStoreClient::PageRead> pages,
+                     client.ReadPages(keys, lease_id));
+    for (PageStoreClient::PageRead& p : pages) {
+      if (!p.page.ok()) {
+        log::Warn("pool_page_unreadable", "key", p.key.Hex(), "error", p.page.status().ToString());
+        break;  // the verified prefix is what the caller may use
+      }
+      out.emplace_back(p.page->begin(), p.page->end());
+    }
+    return out;
+  }
+
+  absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
+                                  const PoolWriteOptions& options,
+                                  const std::string& authorization) override {
+    std::vector<pb::NodeInfo> homes = Homes(root);
+    if (homes.empty()) {
+      return MarkRetryable(absl::UnavailableError("pool publish: no live store node"));
+    }
+    pb::WriteOptions wo;
+    *wo.mutable_key_space() = options.key_space;
+    wo.set_shared_namespace(options.shared_namespace);
+    wo.set_session_id(options.session_id);
+    if (options.retention > absl::ZeroDuration()) {
+      SetDuration(options.retention, wo.mutable_retention_ttl());
+    }
+    std::vector<PageStoreClient::PageToWrite> writes;
+    for (const PoolPage& p : pages) writes.push_back({p.key, p.bytes});
+    int64_t best = -1;
+    absl::Status last;
+    for (const pb::NodeInfo& home : homes) {
+      PageStoreClient client(Channel(home.grpc_address()), TokenOf(authorization),
+                             options_.write_timeout);
+      absl::StatusOr<std::vector<PageStoreClient::WriteResult>> r = client.WritePages(wo, writes);
+      if (!r.ok()) {
+        last = r.status();
+        log::Warn("pool_publish_failed", "node", home.node_id(), "error", r.status().ToString());
+        continue;
+      }
+      int64_t ok = 0;
+      for (const auto& w : *r) {
+        if (w.outcome == pb::WRITE_OUTCOME_STORED ||
+            w.outcome == pb::WRITE_OUTCOME_ALREADY_PRESENT) {
+          ++ok;
+        } else {
+          log::Warn("pool_page_rejected", "node", home.node_id(), "key", w.key.Hex(), "error",
+                    w.error.ToString());
+          break;
+        }
+      }
+      best = std::max(best, ok);
+    }
+    if (best < 0) return last;
+    return best;
+  }
+
+ private:
+  std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
+    absl::MutexLock l(&mu_);
+    std::shared_ptr<grpc::Channel>& c = channels_[address];
+    if (c == nullptr) c = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    return c;
+  }
+
+  Membership* const membership_;
+  const GrpcPagePoolOptions options_;
+  absl::Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PagePool>> NewGrpcPagePool(Membership* membership,
+                                                          GrpcPagePoolOptions options) {
+  if (membership == nullptr) return absl::InvalidArgumentError("page pool: null membership");
+  if (options.replication < 1) {
+    return absl::InvalidArgumentError(
+        StrCat("page pool: replication must be >= 1, got ", options.replication));
+  }
+  return std::unique_ptr<PagePool>(new GrpcPagePool(membership, options));
+}
+
+}  // namespace kv::cluster

@@ -1,0 +1,331 @@
+#include "cluster/page_store_client.h"
+
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+
+#include "cluster/grpc_status.h"
+#include "core/hash.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "kvstore/page_format.h"
+
+namespace kv::cluster {
+
+namespace pb = ::kvstrata::v1;
+
+namespace {
+
+std::string KeyBytes(const BlockKey& k) {
+  return std::string(reinterpret_cast<const char*>(k.bytes.data()), k.bytes.size());
+}
+
+std::optional<BlockKey> KeyFrom(const std::string& bytes) {
+  BlockKey k;
+  if (bytes.size() != k.bytes.size()) return std::nullopt;
+  std::memcpy(k.bytes.data(), bytes.data(), k.bytes.size());
+  return k;
+}
+
+// The status an ErrorInfo of a stream item describes.
+absl::Status FromErrorInfo(const pb::ErrorInfo& e) {
+  absl::StatusCode code = static_cast<absl::StatusCode>(e.code());
+  if (e.code() <= 0 || e.code() > 16) code = absl::StatusCode::kUnknown;
+  absl::Status s = WithErrorInfo(absl::Status(code, e.message()), e);
+  return e.retryable() ? MarkRetryable(std::move(s)) : s;
+}
+
+absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
+void SetDuration(absl::Duration d, google::protobuf::Duration* out) {
+  const int64_t ns = absl::ToInt64Nanoseconds(d);
+  out->set_seconds(ns / 1000000000);
+  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
+}
+
+// Reassembles the pages of a ReadPages stream (see the header for what is checked).
+class PageAssembler {
+ public:
+  explicit PageAssembler(std::span<const BlockKey> keys) : keys_(keys) {
+    out_.resize(keys.size(), {BlockKey(), absl::InternalError("page not received")});
+    for (size_t i = 0; i < keys.size(); ++i) out_[i].key = keys[i];
+  }
+
+  // A protocol violation ends the call.
+  absl::Status Add(const pb::PageChunk& c) {
+    if (!in_page_) {
+      if (c.page_index() != next_ || next_ >= keys_.size()) {
+        return absl::InternalError(
+            StrCat("ReadPages stream sent page ", c.page_index(), ", expected page ", next_));
+      }
+      if (KeyFrom(c.key()) != keys_[next_]) {
+        return absl::InternalError(StrCat("ReadPages chunk of page ", next_, " has another key"));
+      }
+      if (c.has_error()) {
+        out_[next_++].page = FromErrorInfo(c.error());
+        return absl::OkStatus();
+      }
+      in_page_ = true;
+      total_ = c.total_bytes();
+      received_ = 0;
+      header_ = c.page_header();
+      bad_ = absl::OkStatus();
+      buf_.clear();
+      if (total_ == 0 || total_ > kMaxPage) {
+        Bad(absl::DataLossError(StrCat("page of ", total_, " bytes announced")));
+      } else {
+        buf_.reserve(total_);
+      }
+    } else if (c.page_index() != next_) {
+      return absl::InternalError(StrCat("ReadPages chunk of page ", c.page_index(),
+                                        " before the last chunk of page ", next_));
+    }
+    if (c.offset() != received_) {
+      return absl::InternalError(StrCat("ReadPages chunk of page ", next_, " at offset ",
+                                        c.offset(), ", expected ", received_));
+    }
+    const std::string& d = c.data();
+    if (c.total_bytes() != total_) {
+      Bad(absl::DataLossError("total_bytes changed within the page"));
+    } else if (Xxh3_64(d.data(), d.size()) != c.data_xxh3()) {
+      Bad(absl::DataLossError(StrCat("chunk at offset ", c.offset(), " fails its XXH3 checksum")));
+    } else if (received_ + d.size() > total_) {
+      Bad(absl::DataLossError("chunks exceed total_bytes"));
+    } else if (bad_.ok()) {
+      buf_.append(d);
+    }
+    received_ += d.size();
+    if (c.last()) Complete();
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<PageStoreClient::PageRead>> Finish() {
+    if (in_page_ || next_ != keys_.size()) {
+      return absl::InternalError(
+          StrCat("ReadPages stream ended after ", next_, " of ", keys_.size(), " pages"));
+    }
+    return std::move(out_);
+  }
+
+ private:
+  static constexpr uint64_t kMaxPage = 1ull << 30;
+
+  void Bad(absl::Status s) {
+    if (bad_.ok()) bad_ = std::move(s);
+    std::string().swap(buf_);
+  }
+
+  void Complete() {
+    const BlockKey& key = keys_[next_];
+    if (bad_.ok() && received_ != total_) {
+      Bad(absl::DataLossError(StrCat("page ended at ", received_, " of ", total_, " bytes")));
+    }
+    if (bad_.ok()) {
+      const std::span<const uint8_t> page(reinterpret_cast<const uint8_t*>(buf_.data()),
+                                          buf_.size());
+      absl::StatusOr<PageView> v = DecodePage(page);
+      if (!v.ok()) {
+        Bad(absl::DataLossError(StrCat("page fails verification: ", v.status().message())));
+      } else if (v->header().key != key) {
+        Bad(absl::DataLossError(StrCat("page header names key ", v->header().key.Hex())));
+      } else if (buf_.compare(0, header_.size(), header_) != 0 ||
+                 header_.size() != v->header().header_bytes()) {
+        Bad(absl::DataLossError("page_header differs from the page's header bytes"));
+      }
+    }
+    if (bad_.ok()) {
+      out_[next_].page = std::move(buf_);
+    } else {
+      out_[next_].page = WithErrorInfo(bad_, [&] {
+        pb::ErrorInfo e;
+        e.set_reason("PAGE_CORRUPTED_IN_TRANSIT");
+        e.set_key(KeyBytes(key));
+        return e;
+      }());
+    }
+    buf_ = std::string();
+    in_page_ = false;
+    ++next_;
+  }
+
+  std::span<const BlockKey> keys_;
+  std::vector<PageStoreClient::PageRead> out_;
+  size_t next_ = 0;
+  bool in_page_ = false;
+  uint64_t total_ = 0, received_ = 0;
+  std::string header_, buf_;
+  absl::Status bad_;
+};
+
+}  // namespace
+
+absl::Status FromPageStoreStatus(const grpc::Status& status) {
+  absl::Status s = FromGrpcStatus(status);
+  if (absl::IsUnavailable(s) || absl::IsDeadlineExceeded(s)) s = MarkRetryable(std::move(s));
+  return s;
+}
+
+PageStoreClient::PageStoreClient(std::shared_ptr<grpc::Channel> channel, std::string token,
+                                 absl::Duration timeout)
+    : channel_(std::move(channel)),
+      stub_(pb::PageStore::NewStub(channel_)),
+      token_(std::move(token)),
+      timeout_(timeout) {}
+
+absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
+    const std::string& address, std::string token, absl::Duration timeout,
+    absl::Duration connect_timeout) {
+  if (address.empty()) return absl::InvalidArgumentError("no page store address (HOST:PORT)");
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
+    return MarkRetryable(absl::UnavailableError(StrCat(
+        "no page store answered at ", address, " within ", absl::FormatDuration(connect_timeout))));
+  }
+  return std::make_unique<PageStoreClient>(std::move(channel), std::move(token), timeout);
+}
+
+void PageStoreClient::Prepare(grpc::ClientContext* ctx) const {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  if (!token_.empty()) ctx->AddMetadata("authorization", StrCat("Bearer ", token_));
+}
+
+absl::StatusOr<pb::LookupBlocksResponse> PageStoreClient::Lookup(std::span<const BlockKey> keys) {
+  pb::LookupBlocksRequest req;
+  for (const BlockKey& k : keys) req.add_keys(KeyBytes(k));
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::LookupBlocksResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->LookupBlocks(&ctx, req, &resp)));
+  return resp;
+}
+
+absl::StatusOr<PageStoreClient::PinResult> PageStoreClient::Pin(std::span<const BlockKey> keys,
+                                                                absl::Duration lease,
+                                                                const std::string& lease_id) {
+  pb::PinBlocksRequest req;
+  for (const BlockKey& k : keys) req.add_keys(KeyBytes(k));
+  if (lease > absl::ZeroDuration()) SetDuration(lease, req.mutable_lease());
+  req.set_lease_id(lease_id);
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::PinBlocksResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->PinBlocks(&ctx, req, &resp)));
+  PinResult out;
+  out.lease_id = resp.lease_id();
+  out.deadline = FromTimestamp(resp.deadline());
+  for (const pb::PinnedBlock& b : resp.pinned()) {
+    std::optional<BlockKey> k = KeyFrom(b.key());
+    if (!k) return absl::InternalError("PinBlocks answered a malformed pinned key");
+    out.pinned.push_back(*k);
+  }
+  for (const std::string& m : resp.missing()) {
+    std::optional<BlockKey> k = KeyFrom(m);
+    if (!k) return absl::InternalError("PinBlocks answered a malformed missing key");
+    out.missing.push_back(*k);
+  }
+  return out;
+}
+
+absl::StatusOr<uint32_t> PageStoreClient::Unpin(const std::string& lease_id,
+                                                std::span<const BlockKey> keys) {
+  pb::UnpinBlocksRequest req;
+  req.set_lease_id(lease_id);
+  for (const BlockKey& k : keys) req.add_keys(KeyBytes(k));
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::UnpinBlocksResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->UnpinBlocks(&ctx, req, &resp)));
+  return resp.released();
+}
+
+absl::StatusOr<std::vector<PageStoreClient::PageRead>> PageStoreClient::ReadPages(
+    std::span<const BlockKey> keys, const std::string& lease_id, uint32_t max_chunk_bytes) {
+  pb::ReadPagesRequest req;
+  for (const BlockKey& k : keys) req.add_pages()->set_key(KeyBytes(k));
+  req.set_lease_id(lease_id);
+  req.set_max_chunk_bytes(max_chunk_bytes);
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  std::unique_ptr<grpc::ClientReader<pb::PageChunk>> reader = stub_->ReadPages(&ctx, req);
+  PageAssembler assembler(keys);
+  pb::PageChunk chunk;
+  absl::Status contract;
+  while (reader->Read(&chunk)) {
+    contract = assembler.Add(chunk);
+    if (!contract.ok()) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  absl::Status rpc = FromPageStoreStatus(reader->Finish());
+  RETURN_IF_ERROR(contract);
+  RETURN_IF_ERROR(rpc);
+  return assembler.Finish();
+}
+
+absl::StatusOr<std::vector<PageStoreClient::WriteResult>> PageStoreClient::WritePages(
+    const pb::WriteOptions& options, std::span<const PageToWrite> pages, uint32_t chunk_bytes) {
+  if (chunk_bytes == 0) return absl::InvalidArgumentError("chunk_bytes must be > 0");
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::WritePagesResponse resp;
+  std::unique_ptr<grpc::ClientWriter<pb::WritePagesRequest>> writer =
+      stub_->WritePages(&ctx, &resp);
+  pb::WritePagesRequest msg;
+  *msg.mutable_options() = options;
+  bool open = writer->Write(msg);
+  for (size_t i = 0; open && i < pages.size(); ++i) {
+    const PageToWrite& p = pages[i];
+    uint64_t off = 0;
+    do {  // an empty page still sends one (empty, last) chunk, which the server rejects
+      const size_t n = std::min<uint64_t>(chunk_bytes, p.bytes.size() - off);
+      msg.Clear();
+      pb::PageChunk* c = msg.mutable_chunk();
+      c->set_key(KeyBytes(p.key));
+      c->set_offset(off);
+      c->set_data(reinterpret_cast<const char*>(p.bytes.data()) + off, n);
+      c->set_data_xxh3(Xxh3_64(p.bytes.data() + off, n));
+      c->set_total_bytes(p.bytes.size());
+      off += n;
+      c->set_last(off == p.bytes.size());
+      open = writer->Write(msg);
+    } while (open && off < p.bytes.size());
+  }
+  if (open) writer->WritesDone();
+  RETURN_IF_ERROR(FromPageStoreStatus(writer->Finish()));
+  if (static_cast<size_t>(resp.results_size()) != pages.size()) {
+    return absl::InternalError(StrCat("WritePages answered ", resp.results_size(), " results for ",
+                                      pages.size(), " pages"));
+  }
+  std::vector<WriteResult> out;
+  for (int i = 0; i < resp.results_size(); ++i) {
+    const pb::PageWriteResult& r = resp.results(i);
+    if (KeyFrom(r.key()) != pages[i].key) {
+      return absl::InternalError(StrCat("WritePages result ", i, " names another key"));
+    }
+    WriteResult w;
+    w.key = pages[i].key;
+    w.outcome = r.outcome();
+    if (r.outcome() == pb::WRITE_OUTCOME_REJECTED) w.error = FromErrorInfo(r.error());
+    out.push_back(std::move(w));
+  }
+  return out;
+}
+
+absl::StatusOr<pb::GetTransportInfoResponse> PageStoreClient::GetTransportInfo() {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::GetTransportInfoResponse resp;
+  RETURN_IF_ERROR(
+      FromPageStoreStatus(stub_->GetTransportInfo(&ctx, pb::GetTransportInfoRequest(), &resp)));
+  return resp;
+}
+
+}  // namespace kv::cluster

@@ -1,0 +1,217 @@
+#include "cluster/role_server.h"
+
+#include <utility>
+
+#include "cluster/cluster_service.h"
+#include "cluster/grpc_server.h"
+#include "cluster/page_pool.h"
+#include "cluster/page_store_service.h"
+#include "cluster/proto_convert.h"
+#include "cluster/router.h"
+#include "cluster/tenants.h"
+#include "cluster/worker_service.h"
+#include "core/http_server.h"
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "kvstore/page_format.h"
+#include "model/config.h"
+#include "model/weights.h"
+#include "transport/ucx_transport.h"
+
+namespace kv::cluster {
+
+namespace pb = ::kvstrata::v1;
+
+// Members in destruction order: the gRPC server first (no more calls), then the services,
+// then what they use.
+struct RoleServer::State {
+  std::unique_ptr<Membership> membership;
+  std::unique_ptr<PagePool> pool;
+  std::unique_ptr<TieredStore> store;
+  std::unique_ptr<model::Transformer> model;
+  std::unique_ptr<transport::Transport> transport;
+  std::unique_ptr<RouterBackend> router;
+  std::unique_ptr<ClusterService> cluster;
+  std::unique_ptr<WorkerService> worker;
+  std::unique_ptr<PageStoreService> page_store;
+  std::unique_ptr<GrpcServer> grpc;
+  std::unique_ptr<MetricsHttpServer> metrics;
+  bool shut_down = false;
+};
+
+absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
+  if (o.role != "router" && o.role != "prefill" && o.role != "decode" && o.role != "store") {
+    return absl::InvalidArgumentError(
+        StrCat("role must be router, prefill, decode or store here; got '", o.role, "'"));
+  }
+  RETURN_IF_ERROR(ListenHost(o.listen).status());
+  if (!o.advertise.empty()) RETURN_IF_ERROR(ListenHost(o.advertise).status());
+  if (o.metrics_port < -1 || o.metrics_port > 65535) {
+    return absl::InvalidArgumentError(
+        StrCat("metrics-port must be -1 (off), 0 (any) or a port, got ", o.metrics_port));
+  }
+  if (o.worker_threads < 1 || o.worker_threads > 256) {
+    return absl::InvalidArgumentError("worker-threads must be in 1..256");
+  }
+  if (o.replication < 1 || o.replication > 16) {
+    return absl::InvalidArgumentError(StrCat("replication must be in 1..16, got ", o.replication));
+  }
+  if (o.membership.etcd.empty() && o.membership.members.empty() && o.role != "store") {
+    return absl::InvalidArgumentError(
+        StrCat("--role=", o.role, " needs its peers: set --etcd=HOST:PORT or --members=LIST"));
+  }
+  if (!o.membership.etcd.empty() && !o.membership.members.empty()) {
+    return absl::InvalidArgumentError("set either --etcd or --members, not both");
+  }
+  if (!o.membership.members.empty()) {
+    RETURN_IF_ERROR(StaticMembership::ParseSpec(o.membership.members).status());
+  }
+  if (!o.membership.etcd.empty()) RETURN_IF_ERROR(ListenHost(o.membership.etcd).status());
+  if (o.role == "store") RETURN_IF_ERROR(prefill::ValidateNodeOptions(o.node));
+  if (o.node.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
+  RETURN_IF_ERROR(kernels::ParseLayout(o.node.kv_layout).status());
+  RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file).status());
+  return absl::OkStatus();
+}
+
+RoleServer::RoleServer() : s_(std::make_unique<State>()) {}
+RoleServer::~RoleServer() { Shutdown(); }
+
+const std::string& RoleServer::address() const { return s_->grpc->address(); }
+int RoleServer::metrics_port() const { return s_->metrics ? s_->metrics->port() : -1; }
+
+void RoleServer::Shutdown() {
+  if (s_->shut_down) return;
+  s_->shut_down = true;
+  if (s_->membership) s_->membership->Close();  // leave the ring first
+  if (s_->grpc) s_->grpc->Shutdown();
+  if (s_->worker) s_->worker->WaitIdle();  // queued publishes
+  s_->metrics.reset();
+  s_->grpc.reset();
+  s_->cluster.reset();
+  s_->worker.reset();
+  s_->page_store.reset();
+  s_->router.reset();
+  s_->transport.reset();
+  s_->pool.reset();
+  s_->store.reset();
+  s_->model.reset();
+  s_->membership.reset();
+  log::Info("serve_stopped");
+}
+
+absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions o) {
+  RETURN_IF_ERROR(ValidateRoleServerOptions(o));
+  ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
+  if (o.node_id.empty()) o.node_id = !o.advertise.empty() ? o.advertise : o.listen;
+  std::unique_ptr<RoleServer> server(new RoleServer());
+  State& s = *server->s_;
+  ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership));
+  ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication}));
+  const kernels::KvLayout layout = *kernels::ParseLayout(o.node.kv_layout);
+
+  pb::NodeInfo self;
+  GrpcServerOptions go;
+  go.address = o.listen;
+  go.shutdown_grace = o.shutdown_grace;
+  ASSIGN_OR_RETURN(std::string model_dir, prefill::EnsureModelDir(o.node));
+  pb::KeySpace* ks = self.add_key_spaces();
+  if (o.role == "store") {
+    self.add_roles(pb::ROLE_STORE);
+    ASSIGN_OR_RETURN(s.store, prefill::OpenStore(o.node));
+    PageStoreServiceOptions po;
+    po.node_id = o.node_id;
+    po.clock = o.node.clock;
+    po.metrics = o.node.metrics;
+    s.page_store = std::make_unique<PageStoreService>(s.store.get(), auth, po);
+    go.services = {s.page_store.get()};
+    go.health_service_names = {pb::PageStore::service_full_name()};
+    StoreStats ss = s.store->Stats();
+    for (int t = 0; t < kNumTiers; ++t) {
+      if (!ss.tiers[t].present) continue;
+      pb::TierCapacity* c = self.add_tiers();
+      c->set_tier(ToProto(static_cast<TierKind>(t)));
+      c->set_capacity_bytes(ss.tiers[t].capacity_bytes);
+    }
+  } else {
+    ASSIGN_OR_RETURN(model::ModelConfig config,
+                     model::LoadModelConfig(StrCat(model_dir, "/config.json")));
+    RETURN_IF_ERROR(model::ValidateForRuntime(config));
+    ASSIGN_OR_RETURN(Digest256 fingerprint, model::ModelFingerprint(model_dir));
+    const LayoutInfo info = *LookupLayout(kernels::LayoutName(layout));
+    KeyParams kp;
+    kp.model_fingerprint = fingerprint;
+    kp.layout_id = std::string(info.name);
+    kp.page_tokens = info.default_page_tokens;
+    ks->set_model_fingerprint(std::string(fingerprint.begin(), fingerprint.end()));
+    ks->set_layout(kp.layout_id);
+    ks->set_page_tokens(kp.page_tokens);
+    if (o.role == "router") {
+      self.add_roles(pb::ROLE_ROUTER);
+      RouterOptions ro;
+      ro.key_params = kp;
+      ro.vocab_size = config.vocab_size;
+      ro.max_context = o.node.max_context > 0
+                           ? o.node.max_context
+                           : std::min<int64_t>(config.max_position_embeddings, 32768);
+      PageSpec spec{.layout = info.id,
+                    .token_count = static_cast<uint32_t>(info.default_page_tokens),
+                    .first_layer = 0,
+                    .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
+      ASSIGN_OR_RETURN(ro.page_bytes, EncodedPageBytes(spec));
+      ro.handoff_timeout = o.handoff_timeout;
+      s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(), ro);
+      ClusterServiceOptions co;
+      co.node_id = o.node_id;
+      co.worker_threads = std::max(o.worker_threads, 4);  // requests wait on workers, not CPU
+      co.metrics = o.node.metrics;
+      s.cluster = std::make_unique<ClusterService>(s.router.get(), auth, co);
+      go.services = {s.cluster.get()};
+      go.health_service_names = {pb::Cluster::service_full_name()};
+    } else {
+      self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
+      ASSIGN_OR_RETURN(s.model,
+                       model::Transformer::Load(model_dir, {.max_context = o.node.max_context}));
+      ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create());
+      pb::TransportEndpoint* e = self.add_transports();
+      e->set_kind(pb::TRANSPORT_KIND_UCX);
+      e->set_address(s.transport->address());
+      WorkerServiceOptions wo;
+      wo.node_id = o.node_id;
+      wo.prefill = o.role == "prefill";
+      wo.decode = o.role == "decode";
+      wo.layout = layout;
+      wo.worker_threads = o.worker_threads;
+      wo.handoff_timeout = o.handoff_timeout;
+      wo.metrics = o.node.metrics;
+      s.worker =
+          std::make_unique<WorkerService>(s.model.get(), s.transport.get(), s.pool.get(), auth, wo);
+      go.services = {s.worker.get()};
+      go.health_service_names = {pb::Worker::service_full_name()};
+    }
+  }
+  ASSIGN_OR_RETURN(s.grpc, GrpcServer::Start(go));
+  std::string advertised = o.advertise;
+  if (advertised.empty()) {
+    advertised = s.grpc->address();
+    if (advertised.rfind("0.0.0.0:", 0) == 0) advertised = "127.0.0.1" + advertised.substr(7);
+  }
+  server->advertised_ = advertised;
+  if (s.cluster) s.cluster->SetAdvertisedAddress(advertised);
+  if (o.metrics_port >= 0) {
+    ASSIGN_OR_RETURN(std::string host, ListenHost(o.listen));
+    MetricsRegistry* reg = o.node.metrics ? o.node.metrics : &MetricsRegistry::Default();
+    ASSIGN_OR_RETURN(s.metrics,
+                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));
+  }
+  self.set_node_id(o.node_id);
+  self.set_grpc_address(advertised);
+  self.set_version("0.1.0");
+  RETURN_IF_ERROR(Annotate(s.membership->Register(self), "registering in the membership"));
+  log::Info("serve_started", "role", o.role, "node_id", o.node_id, "address", advertised,
+            "membership", s.membership->source(), "metrics_port", server->metrics_port());
+  return server;
+}
+
+}  // namespace kv::cluster

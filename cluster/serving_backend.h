@@ -1,0 +1,59 @@
+// ServingBackend: what the kvstrata.v1.Cluster service (cluster/cluster_service.h) serves
+// requests with. The service does authentication, queueing, streaming, deadlines and
+// cancellation; the backend does the work:
+//   - EngineBackend (cluster/engine_backend.h): `serve --role=all`, everything in this
+//     process over prefill::Engine;
+//   - RouterBackend (cluster/router.h): `serve --role=router`, which places each request on
+//     prefill and decode workers and the page pool of other processes.
+//
+// Thread-safety: implementations are safe for concurrent calls. The service does not own
+// its backend; the backend must outlive the service.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "prefill/engine.h"
+#include "proto/kvstrata/v1/cluster.pb.h"
+
+namespace kv::cluster {
+
+// Where a request runs; filled by Generate before it calls the request's on_plan.
+struct Route {
+  std::string prefill_node_id;  // empty: no prefill worker (everything cached or local)
+  std::string decode_node_id;
+};
+
+// What the service knows about itself, for node records.
+struct ServiceContext {
+  std::string node_id;
+  std::string address;  // advertised gRPC address
+  std::string version;
+  int active_requests = 0;
+};
+
+class ServingBackend {
+ public:
+  virtual ~ServingBackend() = default;
+
+  // Serves one request, blocking, with Engine::Generate's contract (prefill/engine.h):
+  // InvalidArgument/OutOfRange for a bad request, on_plan once, on_token per token
+  // (returning false cancels). Placement and worker failures are Unavailable (retryable).
+  virtual absl::StatusOr<prefill::GenerateResult> Generate(const prefill::GenerateRequest& req,
+                                                           Route* route) = 0;
+  // The longest cached prefix of the prompt and the cost model's plan, as a LookupResponse.
+  virtual absl::Status Lookup(const std::vector<int32_t>& prompt, const std::string& tenant,
+                              int64_t shared_prefix_tokens, bool include_keys,
+                              const std::string& authorization,
+                              kvstrata::v1::LookupResponse* out) = 0;
+  // The nodes of the cluster as this backend knows them.
+  virtual void ListNodes(const ServiceContext& self, const kvstrata::v1::ListNodesRequest& req,
+                         kvstrata::v1::ListNodesResponse* out) = 0;
+  // Counters and tier statistics of this node into `out->self` and the hit rate; the
+  // service adds TTFT quantiles and uptime.
+  virtual void GetStats(const ServiceContext& self, kvstrata::v1::GetStatsResponse* out) = 0;
+};
+
+}  // namespace kv::cluster
