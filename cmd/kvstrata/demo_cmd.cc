@@ -1,9 +1,12 @@
 // `kvstrata demo`: the agentic workload `make run` shows.
 //
 //   kvstrata demo [--sessions=3] [--turns=4] [--max-tokens=16] [--smoke] [--kv-layout=...]
+//                 [--addr=HOST:PORT [--token=T]]
 //
 // Starts `serve --role=all` in this process on a free loopback port, with a temp data dir
-// and the seeded tiny-v3 model, and drives it through the real gRPC client. Several agent
+// and the seeded tiny-v3 model, and drives it through the real gRPC client. With --addr it
+// drives an existing cluster instead (a router or a `serve --role=all`), e.g. the
+// deploy/rehearse topology. Several agent
 // sessions share one system prompt and tool schemas; each takes several turns, and every
 // turn after the first appends the model's previous answer and a tool result to the
 // conversation. Sessions run round-robin, so each pauses between its turns while the others
@@ -48,6 +51,8 @@ struct DemoFlags {
   int64_t max_tokens = 16;
   bool smoke = false;
   std::string kv_layout = "mla-fp8-656";
+  std::string addr;   // existing cluster; empty: start serve --role=all here
+  std::string token;  // bearer token for --addr
 };
 
 const char kSystem[] =
@@ -173,6 +178,8 @@ Totals Sum(const std::vector<std::vector<TurnResult>>& r) {
   return t;
 }
 
+absl::Status RunWorkload(cluster::ClusterClient& c, const DemoFlags& f);
+
 absl::Status RunDemo(DemoFlags f) {
   if (f.smoke) {
     f.sessions = std::min<int64_t>(f.sessions, 2);
@@ -185,6 +192,13 @@ absl::Status RunDemo(DemoFlags f) {
   if (f.turns < 1 || f.turns > 32) return absl::InvalidArgumentError("--turns must be in 1..32");
   if (f.max_tokens < 1 || f.max_tokens > 256) {
     return absl::InvalidArgumentError("--max-tokens must be in 1..256");
+  }
+  if (!f.addr.empty()) {
+    std::printf("kvstrata demo: against the cluster at %s\n", f.addr.c_str());
+    std::fflush(stdout);
+    ASSIGN_OR_RETURN(auto client,
+                     cluster::ClusterClient::Connect(f.addr, f.token, absl::Seconds(10)));
+    return RunWorkload(*client, f);
   }
   std::string tmpl = (std::filesystem::temp_directory_path() / "kvstrata-demo-XXXXXX").string();
   if (::mkdtemp(tmpl.data()) == nullptr) return ErrnoToStatus(errno, "creating the demo dir");
@@ -212,11 +226,21 @@ absl::Status RunDemo(DemoFlags f) {
   std::fflush(stdout);
   ASSIGN_OR_RETURN(auto server, cluster::EmbeddedServer::Start(o));
   ASSIGN_OR_RETURN(auto client, cluster::ClusterClient::Connect(server->address(), ""));
+  std::printf("server on %s\n", server->address().c_str());
+  absl::Status status = RunWorkload(*client, f);
+  client.reset();
+  server->Shutdown();
+  std::printf("server stopped; demo data removed\n");
+  return status;
+}
+
+// The cold and warm passes and the summary, against any Cluster endpoint.
+absl::Status RunWorkload(cluster::ClusterClient& cc, const DemoFlags& f) {
+  cluster::ClusterClient* client = &cc;
   std::printf(
-      "server on %s; %ld agent sessions x %ld turns, %ld tokens per answer; shared "
-      "system prompt + tool schemas\n\n",
-      server->address().c_str(), static_cast<long>(f.sessions), static_cast<long>(f.turns),
-      static_cast<long>(f.max_tokens));
+      "%ld agent sessions x %ld turns, %ld tokens per answer; shared system prompt + tool "
+      "schemas\n\n",
+      static_cast<long>(f.sessions), static_cast<long>(f.turns), static_cast<long>(f.max_tokens));
 
   std::printf("1) cold run (cache bypassed: every prompt computed from scratch)\n");
   ASSIGN_OR_RETURN(auto cold, RunPass(*client, f, pb::CACHE_POLICY_BYPASS, /*print=*/false));
@@ -258,9 +282,6 @@ absl::Status RunDemo(DemoFlags f) {
     }
     std::printf("  store now:%s\n", tiers.c_str());
   }
-  client.reset();
-  server->Shutdown();
-  std::printf("server stopped; demo data removed\n");
   if (!identical) {
     return absl::InternalError("warm and cold runs generated different tokens");
   }
@@ -278,6 +299,8 @@ int RunDemoCmd(int argc, char** argv) {
   flags.Int("max-tokens", &f.max_tokens, "tokens generated per turn");
   flags.Bool("smoke", &f.smoke, "a short run (2 sessions x 2 turns) for tests");
   flags.String("kv-layout", &f.kv_layout, "KV page layout: mla-fp8-656 or mla-bf16-1152");
+  flags.String("addr", &f.addr, "drive an existing cluster (router) at HOST:PORT instead");
+  flags.String("token", &f.token, "bearer token for --addr (its tokens file)");
   absl::Status s = flags.Parse(argc, argv);
   if (s.ok() && flags.help_requested()) {
     std::printf("usage: kvstrata demo [flags]\n%s", flags.Usage().c_str());
