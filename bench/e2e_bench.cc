@@ -1,0 +1,342 @@
+// `kvstrata bench e2e`: time to first token through the real Cluster API, by prompt length and
+// by where the prompt's KV is cached, plus TTFT under concurrency.
+//
+// States (each a server on loopback driven by the real gRPC client, seeded tiny-v3 model):
+//   cold    nothing cached: the whole prompt is computed (the first request of each prompt);
+//   host    the prompt's pages in the host tier of `serve --role=all` (device tier off);
+//   nvme    the pages only in the nvme tier (RocksDB) of `serve --role=all`;
+//   remote  the distributed roles in this process, each its own gRPC server: a store node
+//           holds the pages; the prefill worker reads them over gRPC, computes the tail and
+//           hands the KV to the decode worker over UCX; the router in front.
+// A warm request uses CACHE_POLICY_FORCE_LOAD, so every state loads what it holds whatever
+// the cost model would pick; its TTFT is compared with the cold TTFT of the same prompt
+// (the limit: what caching must beat), ratio = cold / warm. The cache-load bandwidth of each
+// warm request (page bytes / load time) is compared with single-thread memcpy measured in the
+// same run. Concurrency: C clients at once, each with its own prompt of --concurrent-length
+// tokens, cold then warm (host state): TTFT p50/p99 and prompt tokens/s.
+// Writes --json and an SVG of TTFT vs prompt length per state (--svg).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/bench_util.h"
+#include "cluster/client.h"
+#include "cluster/embedded_server.h"
+#include "cluster/role_server.h"
+#include "cmd/kvstrata/command.h"
+#include "core/config.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+
+namespace kv::bench {
+namespace {
+
+namespace pb = ::kvstrata::v1;
+
+struct Sample {
+  double ttft_ms = 0;
+  double load_gbps = 0;  // 0 when nothing was loaded
+  uint32_t cached = 0;
+  uint32_t prompt = 0;
+};
+
+absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& s, const char* flag) {
+  std::vector<int64_t> out;
+  for (absl::string_view part : absl::StrSplit(ToAbsl(s), ',')) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(part, &v) || v <= 0) {
+      return absl::InvalidArgumentError(
+          StrCat("--", flag, ": '", std::string(part), "' is not a positive number"));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError(StrCat("--", flag, " is empty"));
+  return out;
+}
+
+// A prompt of `n` token ids, distinct per `salt` from its first block on.
+pb::Prompt MakePrompt(int64_t n, uint64_t salt) {
+  pb::Prompt p;
+  uint64_t x = salt * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < n; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    p.mutable_tokens()->add_ids(static_cast<uint32_t>(32 + x % 200));  // plain byte tokens
+  }
+  return p;
+}
+
+absl::StatusOr<Sample> Generate(cluster::ClusterClient& c, const pb::Prompt& prompt,
+                                pb::CachePolicy policy, int max_tokens) {
+  pb::GenerateRequest r;
+  *r.mutable_prompt() = prompt;
+  r.mutable_sampling()->set_max_new_tokens(max_tokens);
+  r.mutable_sampling()->set_ignore_eos(true);
+  r.set_cache_policy(policy);
+  ASSIGN_OR_RETURN(cluster::GenerateOutcome o, c.Generate(r, absl::Minutes(20)));
+  Sample s;
+  s.ttft_ms = absl::ToDoubleMilliseconds(o.client_ttft);
+  s.cached = o.stats.cached_tokens();
+  s.prompt = o.stats.prompt_tokens();
+  uint64_t bytes = 0;
+  for (const auto& h : o.stats.tier_hits()) bytes += h.bytes();
+  const double load_s = o.stats.load_time().seconds() + o.stats.load_time().nanos() * 1e-9;
+  if (bytes > 0 && load_s > 0) s.load_gbps = static_cast<double>(bytes) / load_s / 1e9;
+  return s;
+}
+
+// Waits until the cluster reports at least `blocks` cached blocks of `prompt` (publishing is
+// asynchronous). DeadlineExceeded after 60 s.
+absl::Status WaitCached(cluster::ClusterClient& c, const pb::Prompt& prompt, uint32_t blocks) {
+  pb::LookupRequest l;
+  *l.mutable_prompt() = prompt;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    absl::StatusOr<pb::LookupResponse> r = c.Lookup(l, absl::Seconds(10));
+    if (r.ok() && r->cached_blocks() >= blocks) return absl::OkStatus();
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  return absl::DeadlineExceededError(StrCat("the prompt's ", blocks, " pages were not published"));
+}
+
+struct Options {
+  std::vector<int64_t> lengths, concurrency;
+  int64_t concurrent_length = 1024;
+  int64_t max_tokens = 4;
+  std::string json, svg, dir;
+};
+
+// The in-process distributed cluster: a store, a prefill and a decode worker, a router.
+struct Distributed {
+  std::vector<std::unique_ptr<cluster::RoleServer>> nodes;
+  std::string router;
+  absl::Status Start(const std::string& dir, const std::string& model_dir) {
+    auto start = [&](const std::string& role,
+                     const std::string& members) -> absl::StatusOr<std::string> {
+      cluster::RoleServerOptions o;
+      o.role = role;
+      o.node_id = role;
+      o.listen = "127.0.0.1:0";
+      o.metrics_port = -1;
+      o.membership.members = members;
+      o.node.model_dir = model_dir;
+      o.node.data_dir = StrCat(dir, "/", role);
+      o.node.device_bytes = 0;
+      o.node.host_bytes = role == "store" ? (1ull << 30) : 0;
+      o.node.nvme_bytes = role == "store" ? (1ull << 30) : 0;
+      if (role != "store") o.node.nvme_bytes = 1ull << 20;  // unused; validation wants a tier
+      ASSIGN_OR_RETURN(auto node, cluster::RoleServer::Start(o));
+      std::string address = node->advertised();
+      nodes.push_back(std::move(node));
+      return address;
+    };
+    ASSIGN_OR_RETURN(std::string store, start("store", ""));
+    const std::string stores = StrCat("store=", store, "@store");
+    ASSIGN_OR_RETURN(std::string prefill, start("prefill", stores));
+    ASSIGN_OR_RETURN(std::string decode, start("decode", stores));
+    ASSIGN_OR_RETURN(router, start("router", StrCat(stores, ",prefill=", prefill,
+                                                    "@prefill,decode=", decode, "@decode")));
+    return absl::OkStatus();
+  }
+  ~Distributed() {
+    for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) (*it)->Shutdown();
+  }
+};
+
+absl::Status Run(const Options& opt) {
+  BenchReport rep("e2e");
+  const double memcpy_gbps = MeasureMemcpyGBps(256ull << 20);
+  rep.Note("model", "tiny-v3 (seeded), mla-fp8-656 pages");
+  rep.Note("warm policy", "CACHE_POLICY_FORCE_LOAD");
+  rep.Note("max_tokens", StrCat(opt.max_tokens));
+  std::vector<Series> plot;
+  std::map<int64_t, double> cold_ms;  // by length (from the host state's first request)
+  uint64_t salt = 1;
+
+  auto embedded = [&](const std::string& name, uint64_t host,
+                      uint64_t nvme) -> absl::StatusOr<std::unique_ptr<cluster::EmbeddedServer>> {
+    cluster::EmbeddedServerOptions o;
+    o.listen = "127.0.0.1:0";
+    o.metrics_port = -1;
+    o.node.data_dir = StrCat(opt.dir, "/", name);
+    o.node.model_dir = StrCat(opt.dir, "/model");
+    o.node.device_bytes = 0;
+    o.node.host_bytes = host;
+    o.node.nvme_bytes = nvme;
+    o.node.slab_bytes = 1ull << 20;
+    return cluster::EmbeddedServer::Start(o);
+  };
+  {  // the shared model directory
+    prefill::NodeOptions no;
+    no.data_dir = StrCat(opt.dir, "/model-src");
+    ASSIGN_OR_RETURN(std::string src, prefill::EnsureModelDir(no));
+    std::filesystem::rename(src, StrCat(opt.dir, "/model"));
+  }
+  for (const std::string state : {"host", "nvme", "remote"}) {
+    std::unique_ptr<cluster::EmbeddedServer> server;
+    Distributed dist;
+    std::string address;
+    if (state == "remote") {
+      RETURN_IF_ERROR(dist.Start(opt.dir, StrCat(opt.dir, "/model")));
+      address = dist.router;
+    } else {
+      ASSIGN_OR_RETURN(server, embedded(state, state == "host" ? (2ull << 30) : 0,
+                                        state == "host" ? 0 : (4ull << 30)));
+      address = server->address();
+    }
+    ASSIGN_OR_RETURN(auto client, cluster::ClusterClient::Connect(address, ""));
+    Series series{.label = state};
+    Series cold_series{.label = "cold"};
+    for (int64_t n : opt.lengths) {
+      const pb::Prompt prompt = MakePrompt(n, salt++);
+      std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: cold ...\r", state.c_str(),
+                   static_cast<long>(n));
+      ASSIGN_OR_RETURN(Sample cold,
+                       Generate(*client, prompt, pb::CACHE_POLICY_AUTO, opt.max_tokens));
+      const uint32_t blocks = static_cast<uint32_t>((n - 1) / 64);
+      RETURN_IF_ERROR(WaitCached(*client, prompt, blocks));
+      std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: warm ...\r", state.c_str(),
+                   static_cast<long>(n));
+      ASSIGN_OR_RETURN(Sample warm,
+                       Generate(*client, prompt, pb::CACHE_POLICY_FORCE_LOAD, opt.max_tokens));
+      if (state == "host") {
+        cold_ms[n] = cold.ttft_ms;
+        cold_series.points.push_back({static_cast<double>(n), cold.ttft_ms});
+        rep.Add({.name = StrCat("TTFT cold ", n, " tok"),
+                 .value = cold.ttft_ms,
+                 .unit = "ms",
+                 .params = {{"state", "cold"}, {"prompt_tokens", StrCat(n)}}});
+      }
+      rep.Add({.name = StrCat("TTFT ", state, " ", n, " tok"),
+               .value = warm.ttft_ms,
+               .unit = "ms",
+               .limit_name = "cold TTFT (same prompt)",
+               .limit = cold.ttft_ms,
+               .lower_is_better = true,
+               .params = {{"state", state},
+                          {"prompt_tokens", StrCat(n)},
+                          {"cached_tokens", StrCat(warm.cached)}}});
+      if (warm.load_gbps > 0) {
+        rep.Add({.name = StrCat("cache load ", state, " ", n, " tok"),
+                 .value = warm.load_gbps,
+                 .unit = "GB/s",
+                 .limit_name = "memcpy",
+                 .limit = memcpy_gbps,
+                 .params = {{"state", state}, {"prompt_tokens", StrCat(n)}}});
+      }
+      series.points.push_back({static_cast<double>(n), warm.ttft_ms});
+    }
+    if (!cold_series.points.empty()) plot.push_back(cold_series);
+    plot.push_back(series);
+    // Concurrency, on the host state: C clients at once, cold then warm.
+    if (state != "host") continue;
+    for (int64_t c : opt.concurrency) {
+      for (const bool warm : {false, true}) {
+        std::vector<pb::Prompt> prompts;
+        for (int64_t i = 0; i < c; ++i)
+          prompts.push_back(MakePrompt(opt.concurrent_length, 1000 * c + i));
+        if (warm) {
+          for (const auto& p : prompts) {
+            RETURN_IF_ERROR(
+                WaitCached(*client, p, static_cast<uint32_t>((opt.concurrent_length - 1) / 64)));
+          }
+        }
+        std::vector<absl::StatusOr<Sample>> results(c, absl::UnknownError("not run"));
+        const double t0 = NowSeconds();
+        std::vector<std::thread> threads;
+        for (int64_t i = 0; i < c; ++i) {
+          threads.emplace_back([&, i] {
+            auto cc = cluster::ClusterClient::Connect(address, "");
+            results[i] = cc.ok()
+                             ? Generate(**cc, prompts[i],
+                                        warm ? pb::CACHE_POLICY_FORCE_LOAD : pb::CACHE_POLICY_AUTO,
+                                        static_cast<int>(opt.max_tokens))
+                             : absl::StatusOr<Sample>(cc.status());
+          });
+        }
+        for (auto& t : threads) t.join();
+        const double wall = NowSeconds() - t0;
+        std::vector<double> ttft;
+        for (auto& r : results) {
+          RETURN_IF_ERROR(r.status());
+          ttft.push_back(r->ttft_ms);
+        }
+        const char* tag = warm ? "warm" : "cold";
+        rep.Add({.name = StrCat("TTFT p50 c=", c, " ", tag),
+                 .value = Percentile(ttft, 50),
+                 .unit = "ms",
+                 .params = {{"concurrency", StrCat(c)},
+                            {"prompt_tokens", StrCat(opt.concurrent_length)}}});
+        rep.Add({.name = StrCat("TTFT p99 c=", c, " ", tag),
+                 .value = Percentile(ttft, 99),
+                 .unit = "ms",
+                 .params = {{"concurrency", StrCat(c)},
+                            {"prompt_tokens", StrCat(opt.concurrent_length)}}});
+        rep.Add({.name = StrCat("prompt tokens/s c=", c, " ", tag),
+                 .value = static_cast<double>(c * opt.concurrent_length) / wall,
+                 .unit = "tok/s",
+                 .params = {{"concurrency", StrCat(c)}, {"wall_s", StrCat(wall)}}});
+      }
+    }
+  }
+  std::fprintf(stderr, "%80s\r", "");
+  rep.Print();
+  RETURN_IF_ERROR(rep.WriteJson(opt.json));
+  if (!opt.svg.empty()) {
+    RETURN_IF_ERROR(WriteSvgPlot(opt.svg, "kvstrata e2e: TTFT vs prompt length (tiny-v3, CPU)",
+                                 "prompt tokens", "TTFT (ms)", plot, /*log_x=*/true));
+  }
+  return absl::OkStatus();
+}
+
+int RunE2eBench(int argc, char** argv) {
+  std::string lengths = "1024,4096,16384", concurrency = "1,4,16";
+  Options opt;
+  FlagSet flags("kvstrata bench e2e");
+  flags.String("lengths", &lengths, "prompt lengths in tokens, comma-separated (max 32768)");
+  flags.String("concurrency", &concurrency, "concurrent clients, comma-separated");
+  flags.Int("concurrent-length", &opt.concurrent_length, "prompt tokens in the concurrency runs");
+  flags.Int("max-tokens", &opt.max_tokens, "tokens generated per request");
+  flags.String("json", &opt.json, "write the report as JSON to FILE");
+  flags.String("svg", &opt.svg, "write TTFT vs prompt length as an SVG plot to FILE");
+  return RunSuite(flags, argc, argv, [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(opt.lengths, ParseList(lengths, "lengths"));
+    ASSIGN_OR_RETURN(opt.concurrency, ParseList(concurrency, "concurrency"));
+    for (int64_t n : opt.lengths) {
+      if (n < 65 || n > 32768) {
+        return absl::InvalidArgumentError(StrCat("--lengths: ", n, " is outside 65..32768"));
+      }
+    }
+    if (opt.concurrent_length < 65 || opt.concurrent_length > 32768) {
+      return absl::InvalidArgumentError("--concurrent-length must be in 65..32768");
+    }
+    if (opt.max_tokens < 1 || opt.max_tokens > 256) {
+      return absl::InvalidArgumentError("--max-tokens must be in 1..256");
+    }
+    for (int64_t c : opt.concurrency) {
+      if (c > 64) return absl::InvalidArgumentError("--concurrency values must be <= 64");
+    }
+    std::string tmpl = (std::filesystem::temp_directory_path() / "kvstrata-e2e-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) return ErrnoToStatus(errno, "creating a temp dir");
+    opt.dir = tmpl;
+    absl::Status s = Run(opt);
+    std::error_code ec;
+    std::filesystem::remove_all(opt.dir, ec);
+    return s;
+  });
+}
+
+}  // namespace
+
+KV_REGISTER_BENCH(e2e, "TTFT through the Cluster API by prompt length, cache state and concurrency",
+                  RunE2eBench);
+
+}  // namespace kv::bench
