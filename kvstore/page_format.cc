@@ -29,7 +29,7 @@ constexpr size_t kMinPrefixBytes = 24;
 constexpr LayoutInfo kLayouts[] = {
     {LayoutId::kMlaFp8_656, "mla-fp8-656", 656, 64, true},
     {LayoutId::kMlaBf16_1152, "mla-bf16-1152", 1152, 64, true},
-    {LayoutId::kV4Fp8_584, "v4-fp8-584", 584, 256, false},
+    {LayoutId::kV4Fp8_584, "v4-fp8-584", 584, 256, true},
 };
 
 uint16_t GetU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
@@ -49,6 +49,10 @@ void PutU64(uint64_t v, uint8_t* p) {
 }
 
 uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }
+
+// v4-fp8-584 blocks (compressed entries, indexer keys) are padded to multiples of 576 bytes
+// (formats.md §2.2).
+constexpr uint64_t kV4BlockAlign = 576;
 
 bool AllZero(std::span<const uint8_t> s) {
   for (uint8_t b : s) {
@@ -141,24 +145,38 @@ absl::Status CheckHeaderChecksum(std::span<const uint8_t> buf, uint32_t n) {
 }
 
 // Validates one section table entry's kind, placement and size. `end` is where the previous
-// section ended (the header size for section 0).
+// section ended (the header size for section 0); `prev_kind` the previous section's kind (0
+// for section 0). MLA pages hold one kv section; v4-fp8-584 pages kv, then optionally
+// indexer-keys, then optionally v4-resume (kinds strictly increasing).
 absl::StatusOr<SectionInfo> CheckSection(const uint8_t* e, size_t i, uint64_t end,
-                                         const PageHeader& h, bool have_kv) {
+                                         const PageHeader& h, uint16_t prev_kind) {
   const uint16_t kind = GetU16(e);
   const std::string name = SectionName(i, kind);
+  const bool v4 = h.layout.id == LayoutId::kV4Fp8_584;
   if (kind == static_cast<uint16_t>(SectionKind::kIndexerKeys) ||
       kind == static_cast<uint16_t>(SectionKind::kV4Resume)) {
-    return absl::UnimplementedError(
-        kv::StrCat(name, " is a reserved section kind this build does not read"));
-  }
-  if (kind != static_cast<uint16_t>(SectionKind::kKv)) {
+    if (!v4) {
+      return absl::UnimplementedError(
+          kv::StrCat(name, " is a reserved section kind this build does not read in ",
+                     h.layout.name, " pages"));
+    }
+  } else if (kind != static_cast<uint16_t>(SectionKind::kKv)) {
     return absl::InvalidArgumentError(kv::StrCat("section ", i, ": unknown kind ", kind));
   }
-  if (have_kv) return absl::InvalidArgumentError(kv::StrCat(name, ": duplicate kv section"));
+  if (kind == static_cast<uint16_t>(SectionKind::kKv) && prev_kind != 0) {
+    return absl::InvalidArgumentError(kv::StrCat(name, ": duplicate kv section"));
+  }
+  if (i == 0 && kind != static_cast<uint16_t>(SectionKind::kKv)) {
+    return absl::InvalidArgumentError(kv::StrCat(name, ": the first section must be kv"));
+  }
+  if (kind <= prev_kind) {
+    return absl::InvalidArgumentError(
+        kv::StrCat(name, ": duplicate or out of order (kv, indexer-keys, v4-resume)"));
+  }
   if (GetU16(e + 2) != 0 || GetU32(e + 4) != 0) {
     return absl::InvalidArgumentError(kv::StrCat(name, ": reserved fields are not zero"));
   }
-  SectionInfo s{SectionKind::kKv, GetU64(e + 8), GetU64(e + 16), GetU64(e + 24)};
+  SectionInfo s{static_cast<SectionKind>(kind), GetU64(e + 8), GetU64(e + 16), GetU64(e + 24)};
   const uint64_t expected = i == 0 ? end : RoundUp(end, kSectionAlign);
   if (s.offset < expected) {
     return absl::InvalidArgumentError(
@@ -175,6 +193,16 @@ absl::StatusOr<SectionInfo> CheckSection(const uint8_t* e, size_t i, uint64_t en
     return absl::InvalidArgumentError(kv::StrCat(name, " [", s.offset, ", +", s.length,
                                                  ") runs past the page end (", h.page_bytes,
                                                  " bytes)"));
+  }
+  if (v4) {
+    // Exact sizes depend on the model's layer mix; the importer checks them.
+    if (s.kind == SectionKind::kV4Resume ? s.length == 0 : s.length % kV4BlockAlign != 0) {
+      return absl::InvalidArgumentError(
+          kv::StrCat(name, " is ", s.length, " bytes; layout ", h.layout.name,
+                     s.kind == SectionKind::kV4Resume ? " needs a non-empty resume payload"
+                                                      : " needs a multiple of 576"));
+    }
+    return s;
   }
   const uint64_t need = uint64_t{h.token_count} * h.layer_count * h.layout.record_bytes;
   if (s.length != need) {
@@ -203,10 +231,12 @@ absl::StatusOr<PageHeader> DecodeHeaderImpl(std::span<const uint8_t> buf, bool w
   h.layout = *layout;
   uint64_t end = PageHeaderBytes(n);
   bool have_kv = false;
+  uint16_t prev_kind = 0;
   for (uint32_t i = 0; i < n; ++i) {
     const uint8_t* e = p + kPageFixedHeaderBytes + kSectionEntryBytes * i;
-    ASSIGN_OR_RETURN(SectionInfo s, CheckSection(e, i, end, h, have_kv));
+    ASSIGN_OR_RETURN(SectionInfo s, CheckSection(e, i, end, h, prev_kind));
     have_kv = have_kv || s.kind == SectionKind::kKv;
+    prev_kind = static_cast<uint16_t>(s.kind);
     end = s.offset + s.length;
     h.sections.push_back(s);
   }
@@ -264,6 +294,10 @@ uint64_t PageView::layer_bytes() const {
 }
 
 absl::StatusOr<std::span<const uint8_t>> PageView::KvLayers(uint32_t first, uint32_t count) const {
+  if (header_.layout.id == LayoutId::kV4Fp8_584) {
+    return absl::FailedPreconditionError(
+        "v4-fp8-584 pages hold per-layer compressed blocks, not fixed-size layer records");
+  }
   const uint64_t lo = header_.first_layer;
   const uint64_t hi = lo + header_.layer_count;
   if (count == 0 || first < lo || uint64_t{first} + count > hi) {
@@ -276,6 +310,11 @@ absl::StatusOr<std::span<const uint8_t>> PageView::KvLayers(uint32_t first, uint
 
 absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec) {
   ASSIGN_OR_RETURN(const LayoutInfo layout, CheckSpec(spec));
+  if (layout.id == LayoutId::kV4Fp8_584) {
+    return absl::InvalidArgumentError(
+        "page spec: v4-fp8-584 section sizes depend on the model's layer mix; encode with "
+        "EncodePageSections");
+  }
   return uint64_t{spec.token_count} * spec.layer_count * layout.record_bytes;
 }
 
@@ -325,6 +364,72 @@ absl::StatusOr<std::vector<uint8_t>> EncodePage(const PageSpec& spec, std::span<
   return out;
 }
 
+absl::StatusOr<std::vector<uint8_t>> EncodePageSections(const PageSpec& spec,
+                                                        std::span<const PageSectionData> sections) {
+  RETURN_IF_ERROR(CheckSpec(spec).status());
+  const uint32_t n = static_cast<uint32_t>(sections.size());
+  if (n == 0 || n > kMaxSections) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("encode page: ", n, " sections, want 1..", kMaxSections));
+  }
+  const uint64_t hb = PageHeaderBytes(n);
+  uint64_t end = hb;
+  std::vector<uint64_t> offsets;
+  for (const PageSectionData& sec : sections) {
+    const uint64_t off = offsets.empty() ? end : RoundUp(end, kSectionAlign);
+    offsets.push_back(off);
+    end = off + sec.bytes.size();
+  }
+  std::vector<uint8_t> out(end, 0);
+  uint8_t* p = out.data();
+  std::memcpy(p, kPageMagic, sizeof(kPageMagic));
+  PutU16(kPageFormatVersion, p + kOffVersion);
+  PutU16(static_cast<uint16_t>(spec.layout), p + kOffLayout);
+  PutU32(n, p + kOffSectionCount);
+  PutU64(end, p + kOffPageBytes);
+  PutU32(spec.token_count, p + kOffTokenCount);
+  PutU32(spec.first_layer, p + kOffFirstLayer);
+  PutU32(spec.layer_count, p + kOffLayerCount);
+  std::memcpy(p + kOffKey, spec.key.bytes.data(), 32);
+  std::memcpy(p + kOffParent, spec.parent.bytes.data(), 32);
+  for (uint32_t i = 0; i < n; ++i) {
+    const PageSectionData& sec = sections[i];
+    if (!sec.bytes.empty()) std::memcpy(p + offsets[i], sec.bytes.data(), sec.bytes.size());
+    uint8_t* e = p + kPageFixedHeaderBytes + kSectionEntryBytes * i;
+    PutU16(static_cast<uint16_t>(sec.kind), e);
+    PutU64(offsets[i], e + 8);
+    PutU64(sec.bytes.size(), e + 16);
+    PutU64(Xxh3_64(p + offsets[i], sec.bytes.size()), e + 24);
+  }
+  PutU64(Xxh3_64(p, hb - 8), p + hb - 8);
+  // The structural rules (kinds, order, sizes) are the decoder's: one definition.
+  auto h = DecodeHeaderImpl(out, /*whole=*/true);
+  if (!h.ok()) return Annotate(h.status(), "encode page");
+  return out;
+}
+
+absl::StatusOr<std::vector<uint8_t>> StripResumeSection(std::span<const uint8_t> page) {
+  ASSIGN_OR_RETURN(PageView v, DecodePage(page));
+  const PageHeader& h = v.header();
+  if (h.layout.id != LayoutId::kV4Fp8_584) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("strip resume: a ", h.layout.name, " page has no resume section"));
+  }
+  if (!v.has_resume()) return std::vector<uint8_t>(page.begin(), page.end());
+  std::vector<PageSectionData> keep;
+  for (const SectionInfo& s : h.sections) {
+    if (s.kind == SectionKind::kV4Resume) continue;
+    keep.push_back({s.kind, page.subspan(s.offset, s.length)});
+  }
+  PageSpec spec{.layout = h.layout.id,
+                .key = h.key,
+                .parent = h.parent,
+                .token_count = h.token_count,
+                .first_layer = h.first_layer,
+                .layer_count = h.layer_count};
+  return EncodePageSections(spec, keep);
+}
+
 absl::StatusOr<PageHeader> DecodePageHeader(std::span<const uint8_t> prefix) {
   return DecodeHeaderImpl(prefix, /*whole=*/false);
 }
@@ -346,6 +451,11 @@ absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page) {
           "%s checksum mismatch (stored %016x, computed %016x)", name, s.checksum, computed));
     }
     if (s.kind == SectionKind::kKv) view.kv_ = bytes;
+    if (s.kind == SectionKind::kIndexerKeys) view.indexer_ = bytes;
+    if (s.kind == SectionKind::kV4Resume) {
+      view.resume_ = bytes;
+      view.has_resume_ = true;
+    }
     end = s.offset + s.length;
   }
   view.header_ = std::move(h);

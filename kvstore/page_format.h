@@ -7,7 +7,7 @@
 //   offset  size  field (all integers little-endian)
 //   0       8     magic "KVSTPAGE"
 //   8       2     format version (u16) = 1
-//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584 (reserved)
+//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584
 //   12      4     section count n (u32), 1..kMaxSections
 //   16      8     page bytes (u64): header + sections, the exact size of the page
 //   24      4     token count (u32), 1..kMaxPageTokens
@@ -28,12 +28,24 @@
 // layer-major: layer L's records for all tokens are one contiguous range, and within it
 // token t's record is at t × record_bytes (FlashMLA layout, record stride 656 for FP8).
 //
+// Layout v4-fp8-584 (DeepSeek-V4, formats.md §2.2 / §4.5, docs/formats.md §2.7) pages hold
+// 256 tokens of all layers and up to three sections, in this order:
+//   kv            (required) per layer in order, the compressed entries the page's tokens
+//                 close, as one [E×576 | E×8] block padded to a multiple of 576 (E = 256/m
+//                 for a full page: 64 CSA, 2 HCA, 0 window-only => 0 bytes);
+//   indexer-keys  (optional) per CSA layer, [E×128 e4m3 | E×4 f32 scale] padded to 576;
+//   v4-resume     (optional) the window KV and compressor state at the page end (its own
+//                 versioned, self-describing payload, model/v4_model.h).
+// Their exact sizes depend on the model's compress_ratios, which the page does not carry:
+// the decoder checks order, kinds, the 576-byte granularity and the checksums; the model's
+// importer checks the sizes against its layer mix. MLA pages hold exactly one kv section.
+//
 // Decoding verifies everything before returning: sizes, bounds (overflow-safe), the header
 // checksum and every section checksum. It never reads outside the given buffer. Errors are
 // InvalidArgument for malformed pages (DataLoss for checksum mismatches) whose message names
 // the part: "header checksum mismatch", "section 0 (kv) checksum mismatch", "truncated:
-// header says 41984 bytes, have 100". Pages of a reserved layout (v4-fp8-584) or of an
-// unknown layout or version are refused (Unimplemented / InvalidArgument): fail closed.
+// header says 41984 bytes, have 100". Pages of an unknown layout or version are refused
+// (InvalidArgument): fail closed.
 //
 // Thread-safety: all functions are pure and safe to call concurrently. A PageView borrows
 // the buffer it was decoded from; the caller keeps that buffer alive and unmodified while
@@ -56,7 +68,7 @@ namespace kv {
 enum class LayoutId : uint16_t {
   kMlaFp8_656 = 1,    // DeepSeek V3.x MLA, FlashMLA FP8: 512 e4m3 + 4 f32 scales + 64 bf16
   kMlaBf16_1152 = 2,  // the same data uncompressed: 512 + 64 bf16
-  kV4Fp8_584 = 3,     // DeepSeek V4 hybrid; reserved: pages are refused for now
+  kV4Fp8_584 = 3,     // DeepSeek V4 hybrid: compressed 584-B entries + indexer keys + resume
 };
 
 struct LayoutInfo {
@@ -80,8 +92,8 @@ absl::StatusOr<LayoutInfo> LookupLayout(std::string_view name);
 
 enum class SectionKind : uint16_t {
   kKv = 1,           // the layer-major KV records of the page's tokens
-  kIndexerKeys = 2,  // reserved: V3.2 / V4 lightning-indexer keys
-  kV4Resume = 3,     // reserved: V4 window KV + compressor state to resume from the page end
+  kIndexerKeys = 2,  // V4 lightning-indexer keys (v4-fp8-584 pages only)
+  kV4Resume = 3,     // V4 window KV + compressor state to resume from the page end (v4 only)
 };
 // "kv", "indexer-keys", "v4-resume", or "kind N" for an unknown code.
 std::string SectionKindName(uint16_t kind);
@@ -128,10 +140,16 @@ class PageView {
   const PageHeader& header() const { return header_; }
   // The whole page.
   std::span<const uint8_t> bytes() const { return bytes_; }
-  // The KV section: token_count × layer_count records, layer-major.
+  // The KV section: token_count × layer_count records, layer-major (MLA layouts); the
+  // per-layer compressed-entry blocks (v4-fp8-584).
   std::span<const uint8_t> kv() const { return kv_; }
+  // v4-fp8-584 only: the indexer-keys and resume sections (empty when absent).
+  std::span<const uint8_t> indexer_keys() const { return indexer_; }
+  std::span<const uint8_t> resume() const { return resume_; }
+  bool has_resume() const { return has_resume_; }
   // The contiguous KV bytes of model layers [first, first + count). OutOfRange naming the
-  // page's layer range when the requested range is empty or not inside it.
+  // page's layer range when the requested range is empty or not inside it;
+  // FailedPrecondition for v4-fp8-584 pages (their layers are not fixed-size records).
   absl::StatusOr<std::span<const uint8_t>> KvLayers(uint32_t first, uint32_t count) const;
   // One model layer: KvLayers(layer, 1).
   absl::StatusOr<std::span<const uint8_t>> KvLayer(uint32_t layer) const {
@@ -145,6 +163,9 @@ class PageView {
   PageHeader header_;
   std::span<const uint8_t> bytes_;
   std::span<const uint8_t> kv_;
+  std::span<const uint8_t> indexer_;
+  std::span<const uint8_t> resume_;
+  bool has_resume_ = false;
 };
 
 // ---- encoding -----------------------------------------------------------------------------
@@ -160,8 +181,8 @@ struct PageSpec {
 };
 
 // Size in bytes of the KV section `spec` needs (token_count × layer_count × record bytes).
-// InvalidArgument for an unknown layout or out-of-range counts; Unimplemented for a reserved
-// layout.
+// InvalidArgument for an unknown layout or out-of-range counts, and for v4-fp8-584, whose
+// section sizes depend on the layer mix (use EncodePageSections).
 absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec);
 // Size in bytes of the encoded page. Same errors as KvSectionBytes.
 absl::StatusOr<uint64_t> EncodedPageBytes(const PageSpec& spec);
@@ -174,6 +195,18 @@ absl::Status EncodePageInto(const PageSpec& spec, std::span<const uint8_t> kv,
                             std::span<uint8_t> out);
 // Convenience: allocates and returns the encoded page.
 absl::StatusOr<std::vector<uint8_t>> EncodePage(const PageSpec& spec, std::span<const uint8_t> kv);
+
+// One section of a page being encoded.
+struct PageSectionData {
+  SectionKind kind = SectionKind::kKv;
+  std::span<const uint8_t> bytes;
+};
+// Encodes a page with the given sections, in order. MLA layouts: exactly one kv section of
+// KvSectionBytes(spec). v4-fp8-584: kv, then optionally indexer-keys, then optionally
+// v4-resume; kv and indexer-keys sizes multiples of 576, v4-resume non-empty.
+// InvalidArgument naming the problem otherwise.
+absl::StatusOr<std::vector<uint8_t>> EncodePageSections(const PageSpec& spec,
+                                                        std::span<const PageSectionData> sections);
 
 // ---- decoding -----------------------------------------------------------------------------
 
@@ -188,6 +221,12 @@ absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
 absl::StatusOr<PageHeader> DecodePageHeader(std::span<const uint8_t> prefix);
 
 // ---- tools --------------------------------------------------------------------------------
+
+// A v4-fp8-584 page without its resume section: the same header fields and the kv and
+// indexer-keys sections byte-identical, re-laid-out and re-checksummed (DecodePage accepts
+// it). A page that has no resume section is returned unchanged (a copy). Errors: those of
+// DecodePage for a bad page; InvalidArgument for a page of another layout.
+absl::StatusOr<std::vector<uint8_t>> StripResumeSection(std::span<const uint8_t> page);
 
 // Recomputes every in-bounds section checksum and then the header checksum of a (possibly
 // hand-edited) page in place. For tests and the fuzzer, which craft pages whose structure

@@ -166,8 +166,8 @@ TEST_F(PageFormatTest, EncoderRejectsBadInput) {
   spec.first_layer = 0;
   spec.layout = LayoutId::kV4Fp8_584;
   auto s = EncodePage(spec, kv).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(s.ToString(), HasSubstr("reserved/unsupported"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.ToString(), HasSubstr("EncodePageSections"));
   spec.layout = static_cast<LayoutId>(9);
   EXPECT_THAT(EncodePage(spec, kv).status().ToString(), HasSubstr("unknown layout"));
 }
@@ -213,15 +213,15 @@ TEST_F(PageFormatTest, UnknownVersionLayoutAndReservedLayout) {
               HasSubstr("unsupported page format version 2"));
   EXPECT_THAT(ErrorAfterEdit(page, kLayoutAt, 9, 2), HasSubstr("header: unknown layout code 9"));
   EXPECT_THAT(ErrorAfterEdit(page, kLayoutAt, 0, 2), HasSubstr("unknown layout code 0"));
-  // A v4 page (layout 3) with a section sized as if 584 B/token were readable: refused.
+  // A v4 page (layout 3) whose kv section (656 B) is not made of 576-byte blocks: refused.
   std::vector<uint8_t> v4 = page;
   Put(v4, kLayoutAt, 3, 2);
   ASSERT_TRUE(ResealPage(v4).ok());
   auto s = DecodePage(v4).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
-  EXPECT_THAT(s.ToString(),
-              HasSubstr("header: layout v4-fp8-584 (code 3) is reserved/unsupported"));
-  EXPECT_EQ(DecodePageHeader(v4).status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.ToString(), HasSubstr("section 0 (kv) is 656 bytes; layout v4-fp8-584 needs a "
+                                      "multiple of 576"));
+  EXPECT_EQ(DecodePageHeader(v4).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(PageFormatTest, StructuralErrorsNameTheProblem) {
@@ -319,6 +319,85 @@ TEST(PageFormatGolden, EncoderOutputMatchesCheckedInPages) {
     EXPECT_EQ(0, std::memcmp(want.data(), page.data(), page.size())) << g.file;
     EXPECT_TRUE(DecodePage(page).ok()) << g.file;
   }
+}
+
+// ---- v4-fp8-584 pages -----------------------------------------------------------------------
+
+// A v4 page: kv (two 576-multiple blocks), indexer keys and a resume payload round-trip;
+// stripping the resume section keeps the other sections byte-identical and re-checksums.
+TEST_F(PageFormatTest, V4SectionsRoundTripAndStripResume) {
+  const PageSpec spec = Spec(LayoutId::kV4Fp8_584, 256, 0, 4);
+  const auto kv = RandomBytes(37440 + 1728 + 37440), idx = RandomBytes(2 * 8640);
+  const auto resume = RandomBytes(1000);
+  const PageSectionData secs[] = {
+      {SectionKind::kKv, kv}, {SectionKind::kIndexerKeys, idx}, {SectionKind::kV4Resume, resume}};
+  auto page = EncodePageSections(spec, secs);
+  ASSERT_TRUE(page.ok()) << page.status();
+  auto v = DecodePage(*page);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->header().layout.name, "v4-fp8-584");
+  EXPECT_EQ(v->header().sections.size(), 3u);
+  EXPECT_TRUE(std::equal(kv.begin(), kv.end(), v->kv().begin(), v->kv().end()));
+  EXPECT_TRUE(
+      std::equal(idx.begin(), idx.end(), v->indexer_keys().begin(), v->indexer_keys().end()));
+  EXPECT_TRUE(v->has_resume());
+  EXPECT_TRUE(std::equal(resume.begin(), resume.end(), v->resume().begin(), v->resume().end()));
+  EXPECT_EQ(v->KvLayer(0).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  auto stripped = StripResumeSection(*page);
+  ASSERT_TRUE(stripped.ok()) << stripped.status();
+  auto sv = DecodePage(*stripped);
+  ASSERT_TRUE(sv.ok()) << sv.status();
+  EXPECT_FALSE(sv->has_resume());
+  EXPECT_EQ(sv->header().key, spec.key);
+  EXPECT_EQ(sv->header().parent, spec.parent);
+  EXPECT_EQ(sv->header().token_count, 256u);
+  EXPECT_TRUE(std::equal(kv.begin(), kv.end(), sv->kv().begin(), sv->kv().end()));
+  EXPECT_TRUE(
+      std::equal(idx.begin(), idx.end(), sv->indexer_keys().begin(), sv->indexer_keys().end()));
+  EXPECT_LT(stripped->size(), page->size() - resume.size() + 64);
+  // Idempotent; MLA pages have nothing to strip.
+  auto again = StripResumeSection(*stripped);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *stripped);
+  EXPECT_EQ(StripResumeSection(Make(Spec(LayoutId::kMlaFp8_656, 1, 0, 1))).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Every byte of the (smaller) stripped page is still covered by a checksum.
+  std::vector<uint8_t> small = *stripped;
+  for (size_t i = 0; i < small.size(); i += 97) {
+    small[i] ^= 0x5A;
+    EXPECT_FALSE(DecodePage(small).ok()) << "byte " << i;
+    small[i] ^= 0x5A;
+  }
+}
+
+TEST_F(PageFormatTest, V4SectionRulesNameTheProblem) {
+  const PageSpec spec = Spec(LayoutId::kV4Fp8_584, 8, 0, 2);
+  const auto kv = RandomBytes(1152), idx = RandomBytes(576), resume = RandomBytes(10);
+  auto err = [&](std::initializer_list<PageSectionData> secs) {
+    auto p = EncodePageSections(spec, std::vector<PageSectionData>(secs));
+    EXPECT_FALSE(p.ok());
+    return p.ok() ? std::string() : std::string(p.status().ToString());
+  };
+  EXPECT_THAT(err({{SectionKind::kKv, std::span(kv).first(100)}}), HasSubstr("multiple of 576"));
+  EXPECT_THAT(err({{SectionKind::kIndexerKeys, idx}}), HasSubstr("first section must be kv"));
+  EXPECT_THAT(err({{SectionKind::kKv, kv},
+                   {SectionKind::kV4Resume, resume},
+                   {SectionKind::kIndexerKeys, idx}}),
+              HasSubstr("out of order"));
+  EXPECT_THAT(err({{SectionKind::kKv, kv}, {SectionKind::kKv, kv}}), HasSubstr("duplicate kv"));
+  EXPECT_THAT(err({{SectionKind::kKv, kv}, {SectionKind::kV4Resume, {}}}),
+              HasSubstr("non-empty resume"));
+  // Sections of v4 pages are refused in MLA pages.
+  const PageSpec mla = Spec(LayoutId::kMlaFp8_656, 1, 0, 1);
+  const auto rec = RandomBytes(656);
+  auto p = EncodePageSections(
+      mla, std::vector<PageSectionData>{{SectionKind::kKv, rec}, {SectionKind::kV4Resume, resume}});
+  EXPECT_EQ(p.status().code(), absl::StatusCode::kUnimplemented);
+  // A kv-only v4 page (no indexer keys, no resume) is valid, including an empty kv section
+  // (a partial page whose tokens close no entry).
+  EXPECT_TRUE(EncodePageSections(spec, std::vector<PageSectionData>{{SectionKind::kKv, kv}}).ok());
+  EXPECT_TRUE(EncodePageSections(spec, std::vector<PageSectionData>{{SectionKind::kKv, {}}}).ok());
 }
 
 }  // namespace

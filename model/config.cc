@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "core/strings.h"
 #include "model/tokenizer.h"
 
 namespace kv::model {
@@ -90,6 +91,37 @@ absl::Status CheckPositive(int64_t v, const char* field) {
   return absl::OkStatus();
 }
 
+// The V4 fields (formats.md §4.1). compress_ratios must be an array of integers, one per
+// layer; the other sizes are required and positive.
+absl::Status ParseV4Fields(const Json& j, ModelConfig* c) {
+  auto it = j.find("compress_ratios");
+  if (it == j.end() || it->is_null()) return FieldError("compress_ratios", "is missing");
+  if (!it->is_array()) return FieldError("compress_ratios", "must be an array of integers");
+  for (const Json& r : *it) {
+    if (!r.is_number_integer()) return FieldError("compress_ratios", "must hold integers");
+    c->compress_ratios.push_back(r.get<int64_t>());
+  }
+  RETURN_IF_ERROR(ReadInt(j, "head_dim", true, &c->head_dim));
+  RETURN_IF_ERROR(ReadInt(j, "sliding_window", true, &c->sliding_window));
+  RETURN_IF_ERROR(ReadInt(j, "index_n_heads", true, &c->index_n_heads));
+  RETURN_IF_ERROR(ReadInt(j, "index_head_dim", true, &c->index_head_dim));
+  RETURN_IF_ERROR(ReadInt(j, "index_topk", true, &c->index_topk));
+  RETURN_IF_ERROR(ReadInt(j, "o_groups", true, &c->o_groups));
+  RETURN_IF_ERROR(ReadInt(j, "o_lora_rank", true, &c->o_lora_rank));
+  RETURN_IF_ERROR(ReadDouble(j, "compress_rope_theta", true, &c->compress_rope_theta));
+  for (auto [v, name] : {std::pair{c->head_dim, "head_dim"},
+                         {c->sliding_window, "sliding_window"},
+                         {c->index_n_heads, "index_n_heads"},
+                         {c->index_head_dim, "index_head_dim"},
+                         {c->index_topk, "index_topk"},
+                         {c->o_groups, "o_groups"},
+                         {c->o_lora_rank, "o_lora_rank"}}) {
+    RETURN_IF_ERROR(CheckPositive(v, name));
+  }
+  if (!(c->compress_rope_theta > 1)) return FieldError("compress_rope_theta", "must be > 1");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
@@ -102,10 +134,11 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   RETURN_IF_ERROR(ReadInt(j, "num_hidden_layers", true, &c.num_hidden_layers));
   RETURN_IF_ERROR(ReadInt(j, "num_attention_heads", true, &c.num_attention_heads));
   RETURN_IF_ERROR(ReadInt(j, "q_lora_rank", false, &c.q_lora_rank));
-  RETURN_IF_ERROR(ReadInt(j, "kv_lora_rank", true, &c.kv_lora_rank));
-  RETURN_IF_ERROR(ReadInt(j, "qk_nope_head_dim", true, &c.qk_nope_head_dim));
+  const bool v4 = c.IsV4();
+  RETURN_IF_ERROR(ReadInt(j, "kv_lora_rank", !v4, &c.kv_lora_rank));
+  RETURN_IF_ERROR(ReadInt(j, "qk_nope_head_dim", !v4, &c.qk_nope_head_dim));
   RETURN_IF_ERROR(ReadInt(j, "qk_rope_head_dim", true, &c.qk_rope_head_dim));
-  RETURN_IF_ERROR(ReadInt(j, "v_head_dim", true, &c.v_head_dim));
+  RETURN_IF_ERROR(ReadInt(j, "v_head_dim", !v4, &c.v_head_dim));
   RETURN_IF_ERROR(ReadInt(j, "intermediate_size", true, &c.intermediate_size));
   RETURN_IF_ERROR(ReadInt(j, "vocab_size", true, &c.vocab_size));
   RETURN_IF_ERROR(ReadDouble(j, "rms_norm_eps", false, &c.rms_norm_eps));
@@ -123,13 +156,16 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   if (auto it = j.find("rope_scaling"); it != j.end() && !it->is_null()) {
     ASSIGN_OR_RETURN(c.rope_scaling, ParseRopeScaling(*it));
   }
+  if (v4) RETURN_IF_ERROR(ParseV4Fields(j, &c));
   RETURN_IF_ERROR(CheckPositive(c.hidden_size, "hidden_size"));
   RETURN_IF_ERROR(CheckPositive(c.num_hidden_layers, "num_hidden_layers"));
   RETURN_IF_ERROR(CheckPositive(c.num_attention_heads, "num_attention_heads"));
-  RETURN_IF_ERROR(CheckPositive(c.kv_lora_rank, "kv_lora_rank"));
-  RETURN_IF_ERROR(CheckPositive(c.qk_nope_head_dim, "qk_nope_head_dim"));
+  if (!v4) {
+    RETURN_IF_ERROR(CheckPositive(c.kv_lora_rank, "kv_lora_rank"));
+    RETURN_IF_ERROR(CheckPositive(c.qk_nope_head_dim, "qk_nope_head_dim"));
+    RETURN_IF_ERROR(CheckPositive(c.v_head_dim, "v_head_dim"));
+  }
   RETURN_IF_ERROR(CheckPositive(c.qk_rope_head_dim, "qk_rope_head_dim"));
-  RETURN_IF_ERROR(CheckPositive(c.v_head_dim, "v_head_dim"));
   RETURN_IF_ERROR(CheckPositive(c.intermediate_size, "intermediate_size"));
   RETURN_IF_ERROR(CheckPositive(c.vocab_size, "vocab_size"));
   RETURN_IF_ERROR(CheckPositive(c.max_position_embeddings, "max_position_embeddings"));
@@ -151,6 +187,11 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
 }
 
 absl::Status ValidateForRuntime(const ModelConfig& c) {
+  if (c.IsV4()) {
+    return absl::UnimplementedError(
+        "config.json: field 'model_type' = 'deepseek_v4': V4 hybrid attention runs on the V4 "
+        "runtime (model/v4_model.h), not the MLA transformer");
+  }
   if (c.HasMoeLayers()) {
     return absl::UnimplementedError(absl::StrCat(
         "config.json: field 'n_routed_experts' = ", c.n_routed_experts,
@@ -183,6 +224,84 @@ absl::Status ValidateForRuntime(const ModelConfig& c) {
     return FieldError("bos_token_id", "bos/eos token id outside the vocabulary");
   }
   return absl::OkStatus();
+}
+
+kernels::v4::V4Config ToV4Config(const ModelConfig& c) {
+  kernels::v4::V4Config v;
+  v.compress_ratios.assign(c.compress_ratios.begin(), c.compress_ratios.end());
+  v.sliding_window = static_cast<int>(c.sliding_window);
+  v.head_dim = static_cast<int>(c.head_dim);
+  v.rope_dim = static_cast<int>(c.qk_rope_head_dim);
+  v.nope_dim = v.head_dim - v.rope_dim;
+  v.n_heads = static_cast<int>(c.num_attention_heads);
+  v.index_n_heads = static_cast<int>(c.index_n_heads);
+  v.index_head_dim = static_cast<int>(c.index_head_dim);
+  v.index_topk = static_cast<int>(c.index_topk);
+  v.o_groups = static_cast<int>(c.o_groups);
+  v.o_lora_rank = static_cast<int>(c.o_lora_rank);
+  v.rms_eps = static_cast<float>(c.rms_norm_eps);
+  v.compress_rope_theta = c.compress_rope_theta;
+  if (c.rope_scaling) {
+    v.compress_rope_factor = c.rope_scaling->factor;
+    v.compress_rope_original_max_position = c.rope_scaling->original_max_position_embeddings;
+    v.compress_rope_beta_fast = c.rope_scaling->beta_fast;
+    v.compress_rope_beta_slow = c.rope_scaling->beta_slow;
+  } else {
+    v.compress_rope_factor = 1.0;
+  }
+  v.main_rope_theta = c.rope_theta;
+  return v;
+}
+
+absl::Status ValidateV4ForRuntime(const ModelConfig& c) {
+  if (!c.IsV4()) {
+    return FieldError("model_type", kv::StrCat("= '", c.model_type, "' is not deepseek_v4"));
+  }
+  if (c.HasMoeLayers()) {
+    return absl::UnimplementedError(
+        "config.json: field 'n_routed_experts': mixture-of-experts layers are not supported "
+        "by the V4 runtime (dense MLP only)");
+  }
+  if (c.hidden_act != "silu") {
+    return absl::UnimplementedError(absl::StrCat("config.json: field 'hidden_act' = '",
+                                                 c.hidden_act, "' is not supported (silu only)"));
+  }
+  if (c.rope_scaling && c.rope_scaling->type != "yarn") {
+    return absl::UnimplementedError(absl::StrCat("config.json: field 'rope_scaling.type' = '",
+                                                 c.rope_scaling->type,
+                                                 "' is not supported (yarn or none)"));
+  }
+  if (c.q_lora_rank <= 0) {
+    return FieldError("q_lora_rank", "must be positive: V4's indexer reads the q latent (§4.4)");
+  }
+  // v4-fp8-584 holds 448 e4m3 + 64 bf16 per entry, the indexer record 128 e4m3 (§2.2, §4.4).
+  if (c.head_dim != 512 || c.qk_rope_head_dim != 64) {
+    return FieldError("head_dim",
+                      "must be 512 with qk_rope_head_dim 64: v4-fp8-584 holds 448 + 64");
+  }
+  if (c.index_head_dim != 128) {
+    return FieldError("index_head_dim", "must be 128: the indexer record holds 128 e4m3 codes");
+  }
+  if (static_cast<int64_t>(c.compress_ratios.size()) != c.num_hidden_layers) {
+    return FieldError("compress_ratios",
+                      kv::StrCat("has ", c.compress_ratios.size(),
+                                 " entries; num_hidden_layers = ", c.num_hidden_layers));
+  }
+  for (int64_t r : c.compress_ratios) {
+    if (r != 0 && r != 4 && r != 128) {
+      return FieldError("compress_ratios", kv::StrCat("holds ", r, " (must be 0, 4 or 128)"));
+    }
+  }
+  absl::Status s = kernels::v4::ValidateV4Config(ToV4Config(c));
+  if (!s.ok()) return FieldError("compress_ratios / V4 geometry", std::string(s.message()));
+  if (c.bos_token_id >= c.vocab_size || c.eos_token_id >= c.vocab_size) {
+    return FieldError("bos_token_id", "bos/eos token id outside the vocabulary");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateForAnyRuntime(const ModelConfig& c) {
+  return c.IsV4() ? ValidateV4ForRuntime(c) : ValidateForRuntime(c);
 }
 
 namespace {
@@ -223,6 +342,16 @@ Json ToJson(const ModelConfig& c) {
   } else {
     j["rope_scaling"] = nullptr;
   }
+  if (c.IsV4()) {  // V3 configs keep exactly their old fields (and fingerprints)
+    j["compress_ratios"] = c.compress_ratios;
+    j["head_dim"] = c.head_dim;
+    j["sliding_window"] = c.sliding_window;
+    j["index_n_heads"] = c.index_n_heads;
+    j["index_head_dim"] = c.index_head_dim;
+    j["o_groups"] = c.o_groups;
+    j["o_lora_rank"] = c.o_lora_rank;
+    j["compress_rope_theta"] = c.compress_rope_theta;
+  }
   return j;
 }
 }  // namespace
@@ -232,10 +361,49 @@ std::string ToConfigJson(const ModelConfig& c) { return ToJson(c).dump(2) + "\n"
 // nlohmann::json objects are std::map-backed, so keys come out sorted: a fixed order.
 std::string CanonicalJson(const ModelConfig& c) { return ToJson(c).dump(); }
 
+namespace {
+ModelConfig TinyV4() {
+  ModelConfig c;
+  c.model_type = "deepseek_v4";
+  c.hidden_size = 256;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.q_lora_rank = 128;
+  // V4's attention geometry (formats.md §4.1, §4.2): K = V = 512 (448 nope + 64 rope),
+  // 128-token window, 64 x 128 indexer heads scaled down to 4 x 128.
+  c.compress_ratios = {0, 4, 128, 4};  // window-only, CSA, HCA, CSA
+  c.head_dim = 512;
+  c.qk_rope_head_dim = 64;
+  c.sliding_window = 128;
+  c.index_n_heads = 4;
+  c.index_head_dim = 128;
+  c.index_topk = 16;
+  c.o_groups = 2;
+  c.o_lora_rank = 128;
+  c.intermediate_size = 512;
+  c.vocab_size = ByteTokenizer::kVocabSize;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 10000.0;  // main RoPE (window-only layers), no scaling
+  c.compress_rope_theta = 160000.0;
+  c.rope_scaling = RopeScaling{.type = "yarn",
+                               .factor = 16.0,
+                               .original_max_position_embeddings = 65536,
+                               .beta_fast = 32.0,
+                               .beta_slow = 1.0,
+                               .mscale = 1.0,
+                               .mscale_all_dim = 1.0};
+  c.max_position_embeddings = 1048576;
+  c.bos_token_id = ByteTokenizer::kBos;
+  c.eos_token_id = ByteTokenizer::kEos;
+  return c;
+}
+}  // namespace
+
 absl::StatusOr<ModelConfig> PresetConfig(std::string_view name) {
+  if (name == "tiny-v4") return TinyV4();
   if (name != "tiny-v3") {
     return absl::NotFoundError(
-        absl::StrCat("unknown model preset '", std::string(name), "' (known: tiny-v3)"));
+        absl::StrCat("unknown model preset '", std::string(name), "' (known: tiny-v3, tiny-v4)"));
   }
   ModelConfig c;
   c.model_type = "deepseek_v3";

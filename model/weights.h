@@ -1,6 +1,6 @@
-// ModelWeights: a DeepSeek MLA model's parameters in fp32, loaded from a model directory
-// (config.json + model.safetensors), and the seeded generator that writes such directories
-// for the reference models (DESIGN.md "Models": tiny-v3).
+// ModelWeights: a DeepSeek MLA (or V4 hybrid-attention) model's parameters in fp32, loaded from a
+// model directory (config.json + model.safetensors), and the seeded generator that writes such
+// directories for the reference models (DESIGN.md "Models": tiny-v3).
 //
 // Tensor names follow the Hugging Face DeepSeek-V3 checkpoints (model.layers.{i}.self_attn.
 // kv_a_proj_with_mqa.weight, ...); every linear weight is [out, in] row-major. Stored dtypes
@@ -42,6 +42,24 @@ struct LayerWeights {
   std::vector<float> gate_proj;  // [inter, hidden]
   std::vector<float> up_proj;    // [inter, hidden]
   std::vector<float> down_proj;  // [hidden, inter]
+
+  // DeepSeek-V4 attention (model_type deepseek_v4, formats.md §4.2-4.4); q_a_proj /
+  // q_a_norm / q_b_proj above are shared ([H*512, q_lora] for q_b), the MLA fields unused.
+  std::vector<float> kv_proj;           // [512, hidden]: K = V = RMSNorm(kv_proj h)
+  std::vector<float> kv_norm;           // [512]
+  std::vector<float> attn_sink;         // [H] per-head sink logits
+  std::vector<float> o_a_proj;          // [G*o_lora, H*512/G]: group g's rows g*o_lora..
+  std::vector<float> o_b_proj;          // [hidden, G*o_lora]
+  std::vector<float> comp_kv_proj;      // [w, hidden], w = 2*512 (CSA) or 512 (HCA)
+  std::vector<float> comp_gate_proj;    // [w, hidden]
+  std::vector<float> comp_bias;         // [ratio, w] per-slot position bias
+  std::vector<float> comp_norm;         // [512]
+  std::vector<float> idx_q_b_proj;      // [IH*128, q_lora] (CSA layers)
+  std::vector<float> idx_weights_proj;  // [IH, hidden]
+  std::vector<float> idx_kv_proj;       // [256, hidden]
+  std::vector<float> idx_gate_proj;     // [256, hidden]
+  std::vector<float> idx_bias;          // [4, 256]
+  std::vector<float> idx_norm;          // [128]
 };
 
 struct ModelWeights {
@@ -53,8 +71,8 @@ struct ModelWeights {
   Digest256 fingerprint{};
 };
 
-// Loads DIR/config.json and DIR/model.safetensors. NotFound for a missing file,
-// Unimplemented / InvalidArgument from ValidateForRuntime for a config the runtime cannot
+// Loads DIR/config.json and DIR/model.safetensors (V3 or V4). NotFound for a missing file,
+// Unimplemented / InvalidArgument from ValidateForAnyRuntime for a config no runtime can
 // run, InvalidArgument naming the tensor for a missing tensor, a wrong shape or dtype, or a
 // non-finite weight.
 absl::StatusOr<ModelWeights> LoadModel(const std::string& dir);
@@ -62,7 +80,7 @@ absl::StatusOr<ModelWeights> LoadModel(const std::string& dir);
 // Writes DIR/config.json and DIR/model.safetensors (BF16) for `config` with weights drawn
 // from a seeded normal distribution (SplitMix64 + Box-Muller, so the bytes are the same on
 // every platform), scaled so activations stay O(1) through the layers. Creates DIR if
-// needed. Refuses configs ValidateForRuntime refuses.
+// needed. Refuses configs ValidateForAnyRuntime refuses.
 absl::Status WriteRandomModel(const ModelConfig& config, uint64_t seed, const std::string& dir);
 
 // The fingerprint of a model directory's config + weights without converting weights.

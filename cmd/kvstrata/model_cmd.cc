@@ -1,8 +1,9 @@
 // `kvstrata model`: reference-model files.
 //
-//   kvstrata model init --preset=tiny-v3 --out=DIR [--seed=N]
+//   kvstrata model init --preset=tiny-v3|tiny-v4 --out=DIR [--seed=N]
 //       writes DIR/config.json + DIR/model.safetensors (seeded random bf16 weights with
-//       DeepSeek-V3's KV geometry; DESIGN.md "Models") and prints the model fingerprint.
+//       DeepSeek-V3's KV geometry, or V4's hybrid attention for tiny-v4; DESIGN.md
+//       "Models") and prints the model fingerprint.
 //   kvstrata model info --model=DIR
 //       validates and loads a model directory; prints its geometry, KV bytes per token in
 //       each layout, and the fingerprint that block keys use.
@@ -42,6 +43,20 @@ absl::Status Info(const std::string& dir) {
               dir.c_str(), c.model_type.c_str(), static_cast<long>(c.num_hidden_layers),
               static_cast<long>(c.hidden_size), static_cast<long>(c.num_attention_heads),
               static_cast<long>(c.q_lora_rank), static_cast<long>(c.vocab_size));
+  if (c.IsV4()) {
+    std::string ratios;
+    for (int64_t r : c.compress_ratios) ratios += StrCat(ratios.empty() ? "" : ",", r);
+    std::printf(
+        "  v4 hybrid attention: compress_ratios [%s], K=V %ld (448+64 rope), window %ld, "
+        "indexer %ldx%ld top-%ld, o_groups %ldx%ld\n"
+        "  v4-fp8-584 pages: 584 B per compressed entry, 132 B per indexer key, 256 tokens\n",
+        ratios.c_str(), static_cast<long>(c.head_dim), static_cast<long>(c.sliding_window),
+        static_cast<long>(c.index_n_heads), static_cast<long>(c.index_head_dim),
+        static_cast<long>(c.index_topk), static_cast<long>(c.o_groups),
+        static_cast<long>(c.o_lora_rank));
+    std::printf("model fingerprint %s\n", ToHex(w.fingerprint).c_str());
+    return absl::OkStatus();
+  }
   for (auto layout : {kernels::KvLayout::kMlaFp8_656, kernels::KvLayout::kMlaBf16_1152}) {
     std::printf("  %-14s %ld KV bytes per token (%d per layer)\n",
                 std::string(kernels::LayoutName(layout)).c_str(),
@@ -55,7 +70,7 @@ absl::Status Info(const std::string& dir) {
 int RunModel(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0) {
     std::printf(
-        "usage: kvstrata model init --preset=tiny-v3 --out=DIR [--seed=N]\n"
+        "usage: kvstrata model init --preset=tiny-v3|tiny-v4 --out=DIR [--seed=N]\n"
         "       kvstrata model info --model=DIR\n");
     return argc < 2 ? 2 : 0;
   }
@@ -64,7 +79,7 @@ int RunModel(int argc, char** argv) {
   int64_t seed = 1;
   FlagSet flags(StrCat("kvstrata model ", sub));
   if (sub == "init") {
-    flags.String("preset", &preset, "model preset (tiny-v3)");
+    flags.String("preset", &preset, "model preset (tiny-v3, tiny-v4)");
     flags.String("out", &out, "output directory");
     flags.Int("seed", &seed, "weight seed");
   } else if (sub == "info") {
