@@ -29,17 +29,6 @@ std::string TokenOf(std::string_view authorization) {
   return std::string(authorization);  // the store rejects it with a clear message
 }
 
-TierKind FromProtoTier(pb::Tier t) {
-  switch (t) {
-    case pb::TIER_DEVICE:
-      return TierKind::kDevice;
-    case pb::TIER_HOST:
-      return TierKind::kHost;
-    default:
-      return TierKind::kNvme;
-  }
-}
-
 class GrpcPagePool final : public PagePool {
  public:
   GrpcPagePool(Membership* membership, GrpcPagePoolOptions options)
@@ -80,7 +69,7 @@ class GrpcPagePool final : public PagePool {
       best.node_id = home.node_id();
       best.grpc_address = home.grpc_address();
       best.tiers.clear();
-      for (const pb::BlockLocation& b : r->blocks()) best.tiers.push_back(FromProtoTier(b.tier()));
+      for (const pb::BlockLocation& b : r->blocks()) best.tiers.push_back(FromProto(b.tier()));
     }
     return best;
   }

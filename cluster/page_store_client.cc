@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "cluster/grpc_status.h"
+#include "cluster/proto_convert.h"
 #include "core/hash.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
@@ -36,16 +37,6 @@ absl::Status FromErrorInfo(const pb::ErrorInfo& e) {
   if (e.code() <= 0 || e.code() > 16) code = absl::StatusCode::kUnknown;
   absl::Status s = WithErrorInfo(absl::Status(code, e.message()), e);
   return e.retryable() ? MarkRetryable(std::move(s)) : s;
-}
-
-absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
-  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-}
-
-void SetDuration(absl::Duration d, google::protobuf::Duration* out) {
-  const int64_t ns = absl::ToInt64Nanoseconds(d);
-  out->set_seconds(ns / 1000000000);
-  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
 }
 
 // Reassembles the pages of a ReadPages stream (see the header for what is checked).

@@ -9,6 +9,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "cluster/grpc_status.h"
+#include "cluster/proto_convert.h"
 #include "core/hash.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
@@ -70,33 +71,6 @@ absl::Status Miss(const BlockKey& key, const std::string& node) {
 absl::Status LeaseGone(const std::string& id) {
   return Tagged(absl::NotFoundError(StrCat("lease '", id, "' is unknown or expired")),
                 "LEASE_NOT_FOUND");
-}
-
-pb::Tier TierToProto(TierKind t) {
-  switch (t) {
-    case TierKind::kDevice:
-      return pb::TIER_DEVICE;
-    case TierKind::kHost:
-      return pb::TIER_HOST;
-    case TierKind::kNvme:
-      return pb::TIER_NVME;
-  }
-  return pb::TIER_UNSPECIFIED;
-}
-
-absl::Duration DurationFromProto(const google::protobuf::Duration& d) {
-  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-}
-
-void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
-  const int64_t ns = absl::ToUnixNanos(t);
-  int64_t s = ns / 1000000000, n = ns % 1000000000;
-  if (n < 0) {
-    n += 1000000000;
-    --s;
-  }
-  out->set_seconds(s);
-  out->set_nanos(static_cast<int32_t>(n));
 }
 
 std::string NewLeaseId() {
@@ -499,7 +473,7 @@ absl::Status PageStoreService::DoLookup(const Caller& c, const pb::LookupBlocksR
   resp->set_node_id(options_.node_id);
   uint32_t found = 0;
   for (size_t i = 0; i < n; ++i) {
-    const pb::Tier tier = TierToProto(tiers[i]);
+    const pb::Tier tier = ToProto(tiers[i]);
     if (!filter.empty() && !filter.contains(tier)) break;
     if (!FillHeader(keys[i]).ok()) break;  // gone meanwhile, or unreadable: a miss
     pb::BlockLocation* loc = resp->add_blocks();
@@ -588,7 +562,7 @@ absl::Status PageStoreService::DoPin(const Caller& c, const pb::PinBlocksRequest
   }
   absl::Duration len = options_.default_lease;
   if (req.has_lease()) {
-    len = DurationFromProto(req.lease());
+    len = FromProto(req.lease());
     if (len <= absl::ZeroDuration()) {
       return absl::InvalidArgumentError("lease must be a positive duration (or unset)");
     }
@@ -664,7 +638,7 @@ absl::Status PageStoreService::DoPin(const Caller& c, const pb::PinBlocksRequest
     if (i < n) {
       pb::PinnedBlock* b = resp->add_pinned();
       b->set_key(KeyBytes(keys[i]));
-      b->set_tier(TierToProto(tiers[i]));
+      b->set_tier(ToProto(tiers[i]));
     } else {
       resp->add_missing(KeyBytes(keys[i]));
     }
@@ -941,7 +915,7 @@ pb::PageWriteResult PageStoreService::PublishPage(const Caller& c, const pb::Wri
   meta.layout = std::string(h.layout.name);
   meta.size = bytes.size();
   std::optional<absl::Duration> retention;
-  if (o.has_retention_ttl()) retention = DurationFromProto(o.retention_ttl());
+  if (o.has_retention_ttl()) retention = FromProto(o.retention_ttl());
   absl::Status s = store_->Publish(meta, page, retention);
   {
     absl::MutexLock l(&mu_);

@@ -20,8 +20,28 @@ absl::Duration FromProto(const google::protobuf::Duration& d) {
 
 void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out) {
   const int64_t ns = absl::ToUnixNanos(t);
-  out->set_seconds(ns / 1000000000);
-  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
+  int64_t s = ns / 1000000000, n = ns % 1000000000;
+  if (n < 0) {  // a Timestamp's nanos are never negative, even before 1970
+    n += 1000000000;
+    --s;
+  }
+  out->set_seconds(s);
+  out->set_nanos(static_cast<int32_t>(n));
+}
+
+absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
+  return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+}
+
+TierKind FromProto(pb::Tier tier) {
+  switch (tier) {
+    case pb::TIER_DEVICE:
+      return TierKind::kDevice;
+    case pb::TIER_HOST:
+      return TierKind::kHost;
+    default:
+      return TierKind::kNvme;
+  }
 }
 
 pb::Tier ToProto(TierKind tier) {

@@ -21,8 +21,11 @@ namespace kv::cluster {
 void SetDuration(absl::Duration d, google::protobuf::Duration* out);
 absl::Duration FromProto(const google::protobuf::Duration& d);
 void SetTimestamp(absl::Time t, google::protobuf::Timestamp* out);
+absl::Time FromTimestamp(const google::protobuf::Timestamp& t);
 
 kvstrata::v1::Tier ToProto(TierKind tier);
+// The tier a proto names; TIER_UNSPECIFIED (and unknown values) map to nvme, the slowest.
+TierKind FromProto(kvstrata::v1::Tier tier);
 // "device", "host", "nvme", or "unspecified".
 std::string TierProtoName(kvstrata::v1::Tier tier);
 kvstrata::v1::CacheDecision ToProto(prefill::CacheDecision d);

@@ -118,14 +118,9 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
   }
 
   void Start() {
-    if (!tenant_.ok()) return Close(tenant_.status());
-    if (!svc_->options_.prefill) {
-      return Close(absl::FailedPreconditionError(
-          StrCat("node ", svc_->options_.node_id, " does not have the prefill role")));
-    }
-    if (svc_->in_flight_.fetch_add(1) >= svc_->options_.max_queued) {
-      svc_->in_flight_.fetch_sub(1);
-      return Close(MarkRetryable(absl::ResourceExhaustedError("prefill worker busy")));
+    if (absl::Status s = svc_->Admit(tenant_.status(), svc_->options_.prefill, "prefill");
+        !s.ok()) {
+      return Close(s);
     }
     if (!svc_->pool_threads_->Schedule([this] { Work(); })) {
       svc_->in_flight_.fetch_sub(1);
@@ -462,14 +457,8 @@ class DecodeReactor final
   }
 
   void Start() {
-    if (!tenant_.ok()) return Close(tenant_.status());
-    if (!svc_->options_.decode) {
-      return Close(absl::FailedPreconditionError(
-          StrCat("node ", svc_->options_.node_id, " does not have the decode role")));
-    }
-    if (svc_->in_flight_.fetch_add(1) >= svc_->options_.max_queued) {
-      svc_->in_flight_.fetch_sub(1);
-      return Close(MarkRetryable(absl::ResourceExhaustedError("decode worker busy")));
+    if (absl::Status s = svc_->Admit(tenant_.status(), svc_->options_.decode, "decode"); !s.ok()) {
+      return Close(s);
     }
     StartRead(&in_);
     if (!svc_->pool_threads_->Schedule([this] { Work(); })) {
@@ -837,6 +826,20 @@ absl::StatusOr<std::vector<int32_t>> WorkerService::Tokens(
         "prompt of ", out.size(), " tokens reaches the context limit ", model_->max_context()));
   }
   return out;
+}
+
+absl::Status WorkerService::Admit(const absl::Status& auth, bool has_role, std::string_view role) {
+  RETURN_IF_ERROR(auth);
+  if (!has_role) {
+    return absl::FailedPreconditionError(
+        StrCat("node ", options_.node_id, " does not have the ", role, " role"));
+  }
+  if (in_flight_.fetch_add(1) >= options_.max_queued) {
+    in_flight_.fetch_sub(1);
+    return MarkRetryable(absl::ResourceExhaustedError(
+        StrCat(role, " worker busy: ", options_.max_queued, " requests already queued")));
+  }
+  return absl::OkStatus();
 }
 
 void WorkerService::Bury(std::shared_ptr<void> memory) {

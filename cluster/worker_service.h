@@ -109,6 +109,9 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   int64_t Publish(std::span<const BlockKey> keys, std::span<const std::string> ns, int64_t from,
                   std::span<const std::string> blocks, const std::string& session,
                   absl::Duration retention, const std::string& authorization);
+  // Admission of a call: the caller's authentication, the role, the queue bound (counts the
+  // call in in_flight_ on success).
+  absl::Status Admit(const absl::Status& auth, bool has_role, std::string_view role);
   // Keeps memory a transport may still touch alive until the service dies.
   void Bury(std::shared_ptr<void> memory);
 

@@ -64,6 +64,31 @@ struct ServeFlags {
 
 std::string DefaultDataDir() { return StrCat("/tmp/kvstrata-", ::getuid()); }
 
+// The node options every role shares (model, layout, data dir, tier sizes), checked.
+absl::StatusOr<prefill::NodeOptions> ToNodeOptions(const ServeFlags& f) {
+  for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
+                         std::pair{"nvme-mib", f.nvme_mib}}) {
+    if (v < 0 || v > (int64_t{1} << 30)) {
+      return absl::InvalidArgumentError(StrCat("--", name, " must be in 0..2^30, got ", v));
+    }
+  }
+  prefill::NodeOptions n;
+  n.model_dir = f.model_dir;
+  n.kv_layout = f.kv_layout;
+  n.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
+  n.device_bytes = static_cast<uint64_t>(f.device_mib) << 20;
+  n.host_bytes = static_cast<uint64_t>(f.host_mib) << 20;
+  n.nvme_bytes = static_cast<uint64_t>(f.nvme_mib) << 20;
+  return n;
+}
+
+// A model directory given explicitly must hold a model this runtime serves.
+absl::Status CheckModelDir(const std::string& dir) {
+  if (dir.empty()) return absl::OkStatus();
+  ASSIGN_OR_RETURN(model::ModelConfig c, model::LoadModelConfig(StrCat(dir, "/config.json")));
+  return model::ValidateForRuntime(c);
+}
+
 absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   if (f.role != "all") {
     return absl::InvalidArgumentError(
@@ -73,30 +98,15 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
     return absl::InvalidArgumentError(
         "--role=all is a whole cluster in one process; --etcd/--members are for the other roles");
   }
-  for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
-                         std::pair{"nvme-mib", f.nvme_mib}}) {
-    if (v < 0 || v > (int64_t{1} << 30)) {
-      return absl::InvalidArgumentError(StrCat("--", name, " must be in 0..2^30, got ", v));
-    }
-  }
   cluster::EmbeddedServerOptions o;
   o.listen = f.listen;
   o.metrics_port = f.metrics_port;
   o.tokens_file = f.tokens_file;
   o.node_id = f.node_id;
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
-  o.node.model_dir = f.model_dir;
-  o.node.kv_layout = f.kv_layout;
-  o.node.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
-  o.node.device_bytes = static_cast<uint64_t>(f.device_mib) << 20;
-  o.node.host_bytes = static_cast<uint64_t>(f.host_mib) << 20;
-  o.node.nvme_bytes = static_cast<uint64_t>(f.nvme_mib) << 20;
+  ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
   RETURN_IF_ERROR(cluster::ValidateEmbeddedServerOptions(o));
-  if (!o.node.model_dir.empty()) {
-    ASSIGN_OR_RETURN(model::ModelConfig c,
-                     model::LoadModelConfig(StrCat(o.node.model_dir, "/config.json")));
-    RETURN_IF_ERROR(model::ValidateForRuntime(c));
-  }
+  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
   return o;
 }
 
@@ -104,12 +114,6 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   if (f.transport != "ucx") {
     return absl::InvalidArgumentError(
         StrCat("--transport must be ucx (the prefill->decode handoff); got '", f.transport, "'"));
-  }
-  for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
-                         std::pair{"nvme-mib", f.nvme_mib}}) {
-    if (v < 0 || v > (int64_t{1} << 30)) {
-      return absl::InvalidArgumentError(StrCat("--", name, " must be in 0..2^30, got ", v));
-    }
   }
   cluster::RoleServerOptions o;
   o.role = f.role;
@@ -121,19 +125,11 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   o.replication = static_cast<int>(std::clamp<int64_t>(f.replication, 0, 1 << 10));
   o.membership = f.membership;
-  o.node.model_dir = f.model_dir;
-  o.node.kv_layout = f.kv_layout;
-  o.node.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
-  // A store has no compute memory to cache in: its device tier is off unless asked for.
-  o.node.device_bytes = static_cast<uint64_t>(f.role == "store" ? 0 : f.device_mib) << 20;
-  o.node.host_bytes = static_cast<uint64_t>(f.host_mib) << 20;
-  o.node.nvme_bytes = static_cast<uint64_t>(f.nvme_mib) << 20;
+  ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
+  // A store has no compute memory to cache in: its device tier is off.
+  if (f.role == "store") o.node.device_bytes = 0;
   RETURN_IF_ERROR(cluster::ValidateRoleServerOptions(o));
-  if (!o.node.model_dir.empty()) {
-    ASSIGN_OR_RETURN(model::ModelConfig c,
-                     model::LoadModelConfig(StrCat(o.node.model_dir, "/config.json")));
-    RETURN_IF_ERROR(model::ValidateForRuntime(c));
-  }
+  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
   return o;
 }
 
