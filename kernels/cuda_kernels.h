@@ -63,7 +63,10 @@ cudaError_t ApplyRope(const float* cos, const float* sin, int rope_dim, int64_t 
 // Absorbed MLA attention over paged KV, causal by position (CPU: MlaPagedAttention; the
 // same layouts of q/out/lse). Split-K over keys with a combine pass; the partial results
 // live in a stream-ordered allocation (cudaMallocAsync) freed before return, in stream
-// order. lse may be null. Decode is num_q = 1, start_pos = seq_len - 1.
+// order. lse may be null. Decode is num_q = 1, start_pos = seq_len - 1. Each KV record of
+// a split is read once per group of 16 heads. Records are read with 16-byte loads when
+// pool, block_stride and layer_offset are multiples of 16, bytewise otherwise (same
+// results). Stream-capturable (kernels_gpu_bench times it inside a CUDA graph).
 cudaError_t MlaPagedAttention(const float* q, int64_t num_q, int num_heads, int64_t start_pos,
                               const PagedKvView& kv, float softmax_scale, float* out, float* lse,
                               cudaStream_t stream);

@@ -202,16 +202,29 @@ TEST_F(CudaKernels, PagedAttentionMatchesCpu) {
   Rng rng;
   SCOPED_TRACE(rng.SeedText());
   const float scale = 0.13523378f;
+  // The kernel's paths: both layouts; a partial head group (20 = 16 + 4); several queries
+  // (causal lengths differ per query); 128 heads (8 head groups); a long split (3000 keys:
+  // several tiles per split and a partial last tile); records that are not 16-byte aligned
+  // (layer_offset 4, the byte-assembling load path) with 16-token pages.
+  struct Case {
+    int heads;
+    int64_t start, nq;
+    int pt, layer_offset;
+  };
+  const Case cases[] = {
+      {16, 700, 3, 64, 0}, {20, 700, 3, 64, 0}, {128, 2999, 1, 64, 0}, {20, 300, 2, 16, 4}};
   for (KvLayout layout : {KvLayout::kMlaFp8_656, KvLayout::kMlaBf16_1152}) {
-    for (int heads : {16, 20}) {
-      const int rb = RecordBytes(layout), pt = 64;
-      const int64_t start = 700, nq = 3, n = start + nq, blocks = (n + pt - 1) / pt;
+    for (const Case& cs : cases) {
+      const int heads = cs.heads, rb = RecordBytes(layout), pt = cs.pt;
+      const int64_t start = cs.start, nq = cs.nq, n = start + nq, blocks = (n + pt - 1) / pt;
+      const int64_t stride = cs.layer_offset + int64_t{pt} * rb;
       std::vector<int32_t> table(blocks);
       std::iota(table.begin(), table.end(), 0);
       std::shuffle(table.begin(), table.end(), rng.gen());
-      std::vector<uint8_t> pool(blocks * pt * rb);
+      std::vector<uint8_t> pool(blocks * stride);
       std::vector<float> keys = rng.NormalVector(n * 576), q = rng.NormalVector(nq * heads * 576);
-      PagedKvView view{pool.data(), int64_t{pt} * rb, 0, pt, layout, table.data(), blocks, blocks};
+      PagedKvView view{pool.data(), stride,       cs.layer_offset, pt,
+                       layout,      table.data(), blocks,          blocks};
       std::vector<int64_t> slots(n);
       for (int64_t t = 0; t < n; ++t) slots[t] = int64_t{table[t / pt]} * pt + t % pt;
       ASSERT_TRUE(AppendMlaTokens(view, slots.data(), n,

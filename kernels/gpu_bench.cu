@@ -1,17 +1,32 @@
 // kernels_gpu_bench: GPU figures for scripts/gpu-check (issue #3 "Benchmarks, with a GPU").
-// Every row prints its figure next to the device-to-device cudaMemcpy bandwidth measured in
-// the same run, and the ratio (DESIGN.md "Performance: the method"). Bandwidth convention:
-// GB/s = bytes the kernel must read / s (1 GB = 1e9 B); the copy limit counts bytes copied
-// per second (each byte is read once and written once), the usual cudaMemcpy figure.
+// Every row prints its figure next to the device-to-device copy bandwidth measured in the
+// same run, and the ratio (DESIGN.md "Performance: the method"; kernels/GPU_NOTES.md).
+//
+// Bandwidth accounting (1 GB = 1e9 B), the same on both sides of each ratio:
+//   limit    bytes read + bytes written per second of a 1 GiB device-to-device copy (2 GiB
+//            moved per copy), the fastest of cudaMemcpyAsync (direct and graphed) and a
+//            16-byte copy kernel at two grid sizes;
+//   kernels  the bytes the kernel must move, each input read once and each output written
+//            once (re-reads, partials and workspaces are the kernel's cost, not credited),
+//            over the median time.
+// Timing: CUDA events, warm-up first, median of many repetitions. A repetition is one CUDA
+// graph of `batch` calls (plain back-to-back launches if the call cannot be captured), each
+// call on its own copy of the inputs, the copies together larger than L2 (L2 size read off
+// the device, at least 4x), so the figures are DRAM figures, not cache ones. Inputs are
+// random, never zero; outputs are checked to be finite (the attention output is poisoned
+// with NaN first).
 //   kernels_gpu_bench [--quick]
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "kernels/cuda_kernels.h"
+#include "kernels/v4/v4_cuda.h"
 
 namespace {
 
@@ -27,33 +42,59 @@ using kv::kernels::PagedKvView;
     }                                                                                            \
   } while (0)
 
-// Median milliseconds of `reps` timed runs of fn after one warm-up.
-template <typename Fn>
-float MedianMs(int reps, Fn fn) {
+// Median milliseconds per call of fn(i, stream), i = 0 .. batch-1 (the input copy to use):
+// each repetition runs the batch once, captured as a graph when possible. Warm-up: two
+// un-timed repetitions.
+float MedianMsPerCall(int reps, int batch, const std::function<void(int, cudaStream_t)>& fn,
+                      bool* graphed, bool try_graph = true) {
+  cudaStream_t s;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraphExec_t exec = nullptr;
+  cudaGraph_t graph = nullptr;
+  *graphed = false;
+  if (try_graph && cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed) == cudaSuccess) {
+    for (int i = 0; i < batch; ++i) fn(i, s);
+    if (cudaStreamEndCapture(s, &graph) == cudaSuccess &&
+        cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+      *graphed = true;
+    }
+    cudaGetLastError();  // a failed capture leaves an error behind; the fallback is below
+  }
+  auto run = [&] {
+    if (*graphed) {
+      CHECK_CUDA(cudaGraphLaunch(exec, s));
+    } else {
+      for (int i = 0; i < batch; ++i) fn(i, s);
+    }
+  };
   cudaEvent_t a, b;
   CHECK_CUDA(cudaEventCreate(&a));
   CHECK_CUDA(cudaEventCreate(&b));
-  fn();
-  CHECK_CUDA(cudaDeviceSynchronize());
+  for (int w = 0; w < 2; ++w) run();
+  CHECK_CUDA(cudaStreamSynchronize(s));
   std::vector<float> ms;
-  for (int i = 0; i < reps; ++i) {
-    CHECK_CUDA(cudaEventRecord(a));
-    fn();
-    CHECK_CUDA(cudaEventRecord(b));
+  for (int r = 0; r < reps; ++r) {
+    CHECK_CUDA(cudaEventRecord(a, s));
+    run();
+    CHECK_CUDA(cudaEventRecord(b, s));
     CHECK_CUDA(cudaEventSynchronize(b));
     float t = 0;
     CHECK_CUDA(cudaEventElapsedTime(&t, a, b));
-    ms.push_back(t);
+    ms.push_back(t / batch);
   }
   std::sort(ms.begin(), ms.end());
   cudaEventDestroy(a);
   cudaEventDestroy(b);
+  if (exec != nullptr) cudaGraphExecDestroy(exec);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  CHECK_CUDA(cudaStreamDestroy(s));
   return ms[ms.size() / 2];
 }
 
-void Row(const char* name, double value, const char* unit, double limit) {
-  std::printf("%-44s %12.2f %-9s memcpy_d2d %9.2f GB/s  ratio %.3f\n", name, value, unit, limit,
-              value / limit);
+void Row(const char* name, double bytes, double ms, double limit_gbps, bool graphed) {
+  const double gbps = bytes / (ms * 1e-3) / 1e9;
+  std::printf("%-40s %9.4f ms %9.1f GB/s  limit %7.1f GB/s  ratio %.3f%s\n", name, ms, gbps,
+              limit_gbps, gbps / limit_gbps, graphed ? "" : "  (not graphed)");
 }
 
 // Fills device memory with a pseudo-random, never-zero pattern of finite floats.
@@ -68,6 +109,44 @@ __global__ void FillKernel(float* p, size_t n, unsigned seed) {
   }
 }
 
+void Fill(float* p, size_t n, unsigned seed) {
+  FillKernel<<<1024, 256>>>(p, n, seed);
+  CHECK_CUDA(cudaGetLastError());
+}
+
+// Grid-stride 16-byte copy: the second measurement of the copy limit.
+__global__ void CopyKernel(const uint4* __restrict__ src, uint4* __restrict__ dst, size_t n) {
+  const size_t stride = size_t{gridDim.x} * blockDim.x;
+  size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = src[i], b = src[i + stride], c = src[i + 2 * stride], d = src[i + 3 * stride];
+    dst[i] = a;
+    dst[i + stride] = b;
+    dst[i + 2 * stride] = c;
+    dst[i + 3 * stride] = d;
+  }
+  for (; i < n; i += stride) dst[i] = src[i];
+}
+
+// NaN poisoning and a finiteness check of a device float array.
+__global__ void PoisonKernel(float* p, size_t n) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    p[i] = NAN;
+  }
+}
+bool AllFinite(const float* d, size_t n) {
+  std::vector<float> h(n);
+  CHECK_CUDA(cudaMemcpy(h.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return std::all_of(h.begin(), h.end(), [](float x) { return std::isfinite(x); });
+}
+
+// Copies needed so that `copies` x `bytes_each` exceeds 4x L2 (at least 2, at most cap).
+int CopiesFor(double bytes_each, size_t l2, int cap) {
+  const int n = static_cast<int>(std::ceil(4.0 * static_cast<double>(l2) / bytes_each));
+  return std::clamp(n, 2, cap);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -79,72 +158,222 @@ int main(int argc, char** argv) {
   }
   cudaDeviceProp prop;
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
-  std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+  const size_t l2 = static_cast<size_t>(prop.l2CacheSize);
+  std::printf("device: %s, %d SMs, L2 %.1f MB\n", prop.name, prop.multiProcessorCount, l2 / 1e6);
+  const int reps = quick ? 7 : 21;
+  bool graphed = false;
 
-  // Limit: device-to-device copy of 1 GiB.
+  // Limit: 1 GiB device-to-device copy; read + written bytes per second. Measured four
+  // ways: cudaMemcpyAsync launched directly and inside a graph (a graph's memcpy node may
+  // take another path), and a 16-byte grid-stride copy kernel at two grid sizes; the limit
+  // is the fastest.
   const size_t copy_bytes = size_t{1} << 30;
   void *src = nullptr, *dst = nullptr;
   CHECK_CUDA(cudaMalloc(&src, copy_bytes));
   CHECK_CUDA(cudaMalloc(&dst, copy_bytes));
-  FillKernel<<<1024, 256>>>(static_cast<float*>(src), copy_bytes / 4, 1u);
-  const float copy_ms = MedianMs(
-      9, [&] { CHECK_CUDA(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice)); });
-  const double limit = copy_bytes / (copy_ms * 1e-3) / 1e9;
-  std::printf("memcpy d2d: %.2f GB/s (1 GiB, median of 9)\n", limit);
+  Fill(static_cast<float*>(src), copy_bytes / 4, 1u);
+  auto memcpy_fn = [&](int, cudaStream_t s) {
+    CHECK_CUDA(cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice, s));
+  };
+  auto kcopy_fn = [&](int blocks_per_sm, int threads) {
+    return [&, blocks_per_sm, threads](int, cudaStream_t s) {
+      CopyKernel<<<prop.multiProcessorCount * blocks_per_sm, threads, 0, s>>>(
+          static_cast<const uint4*>(src), static_cast<uint4*>(dst), copy_bytes / 16);
+      CHECK_CUDA(cudaGetLastError());
+    };
+  };
+  struct CopyWay {
+    const char* name;
+    float ms;
+  };
+  const CopyWay ways[] = {
+      {"cudaMemcpyAsync", MedianMsPerCall(reps, 1, memcpy_fn, &graphed, false)},
+      {"cudaMemcpyAsync in a graph", MedianMsPerCall(reps, 1, memcpy_fn, &graphed)},
+      {"copy kernel 8x512 per SM", MedianMsPerCall(reps, 1, kcopy_fn(8, 512), &graphed, false)},
+      {"copy kernel 32x256 per SM", MedianMsPerCall(reps, 1, kcopy_fn(32, 256), &graphed, false)},
+  };
+  double limit = 0;
+  for (const CopyWay& w : ways) {
+    const double gbps = 2.0 * copy_bytes / (w.ms * 1e-3) / 1e9;
+    std::printf("copy 1 GiB (read+write) %-28s %.3f ms %8.1f GB/s\n", w.name, w.ms, gbps);
+    limit = std::max(limit, gbps);
+  }
+  std::printf("limit: %.1f GB/s\n", limit);
+  std::printf("%-40s %12s %14s\n", "kernel", "ms/call", "bytes moved/s");
 
-  // FP8 quantize: f32 [latent 512 | rope 64] rows -> 656-byte records.
-  const int64_t tokens = quick ? (1 << 18) : (1 << 20);
-  float* lat = static_cast<float*>(src);  // reuse: 1M tokens x 2304 B = 2.4 GB > 1 GiB
-  const int64_t q_tokens = std::min<int64_t>(tokens, copy_bytes / (576 * 4));
-  uint8_t* rec = static_cast<uint8_t*>(dst);
-  const float quant_ms = MedianMs(9, [&] {
-    CHECK_CUDA(kv::kernels::cuda::EncodeMlaRecords(KvLayout::kMlaFp8_656, lat, 576, lat + 512, 576,
-                                                   q_tokens, rec, 656, nullptr, nullptr));
-  });
-  const double quant_gbps = q_tokens * 576.0 * 4 / (quant_ms * 1e-3) / 1e9;
-  Row("quantize f32 -> mla-fp8-656 (GB/s read)", quant_gbps, "GB/s", limit);
-  std::printf("  %.1f M tokens/s over %lld tokens\n", q_tokens / (quant_ms * 1e-3) / 1e6,
-              static_cast<long long>(q_tokens));
+  // FP8 quantize: f32 [latent 512 | rope 64] rows -> 656-byte records. Reads 2304 B and
+  // writes 656 B per token; 466K tokens = 1.07 GB in, 0.31 GB out: far above L2.
+  const int64_t q_tokens = copy_bytes / (576 * 4);
+  {
+    const float* lat = static_cast<const float*>(src);
+    uint8_t* rec = static_cast<uint8_t*>(dst);
+    const float ms = MedianMsPerCall(
+        reps, 1,
+        [&](int, cudaStream_t s) {
+          CHECK_CUDA(kv::kernels::cuda::EncodeMlaRecords(KvLayout::kMlaFp8_656, lat, 576, lat + 512,
+                                                         576, q_tokens, rec, 656, nullptr, s));
+        },
+        &graphed);
+    Row("quantize f32 -> mla-fp8-656", q_tokens * (576.0 * 4 + 656), ms, limit, graphed);
+    std::printf("  %.1f M tokens/s over %lld tokens\n", q_tokens / (ms * 1e-3) / 1e6,
+                static_cast<long long>(q_tokens));
+  }
 
   // Decode attention over FP8 pages: 1 query token, 128 heads (DeepSeek-V3) and 16 heads.
+  // Must move: the seq KV records once (656 B each), q (heads x 576 f32) and out (heads x
+  // 512 f32). FLOPs: 2 x heads x seq x (576 + 512).
   const int pt = 64;
+  const float scale = 0.13523378f;
   for (int heads : {128, 16}) {
     for (int64_t seq : {int64_t{4096}, int64_t{32768}, int64_t{131072}}) {
+      if (quick && seq == 32768) continue;
       const int64_t blocks = seq / pt;
-      uint8_t* pool = nullptr;
+      const size_t pool_bytes = static_cast<size_t>(blocks) * pt * 656;
+      const int copies = CopiesFor(static_cast<double>(pool_bytes), l2, 64);
+      std::vector<uint8_t*> pools(copies);
+      std::vector<float*> qs(copies), outs(copies);
       int32_t* table = nullptr;
-      float *q = nullptr, *out = nullptr;
-      CHECK_CUDA(cudaMalloc(&pool, blocks * pt * 656));
       CHECK_CUDA(cudaMalloc(&table, blocks * 4));
-      CHECK_CUDA(cudaMalloc(&q, heads * 576 * 4));
-      CHECK_CUDA(cudaMalloc(&out, heads * 512 * 4));
       std::vector<int32_t> h_table(blocks);
       for (int64_t i = 0; i < blocks; ++i) h_table[i] = static_cast<int32_t>((i * 7919) % blocks);
       CHECK_CUDA(cudaMemcpy(table, h_table.data(), blocks * 4, cudaMemcpyHostToDevice));
-      // Real records: quantise seq random tokens (reusing `src` as the f32 source).
-      FillKernel<<<1024, 256>>>(q, heads * 576, 7u);
-      for (int64_t done = 0; done < seq; done += q_tokens) {
-        const int64_t n = std::min<int64_t>(q_tokens, seq - done);
-        CHECK_CUDA(kv::kernels::cuda::EncodeMlaRecords(KvLayout::kMlaFp8_656, lat, 576, lat + 512,
-                                                       576, n, pool + done * 656, 656, nullptr,
-                                                       nullptr));
+      for (int c = 0; c < copies; ++c) {
+        CHECK_CUDA(cudaMalloc(&pools[c], pool_bytes));
+        CHECK_CUDA(cudaMalloc(&qs[c], heads * 576 * 4));
+        CHECK_CUDA(cudaMalloc(&outs[c], heads * 512 * 4));
+        Fill(qs[c], heads * 576, 7u + c);
+        PoisonKernel<<<64, 256>>>(outs[c], heads * 512);
+        // Real records: quantise random tokens (the f32 source in `src`, shifted per copy).
+        Fill(static_cast<float*>(src), copy_bytes / 4, 11u + c);
+        for (int64_t done = 0; done < seq; done += q_tokens) {
+          const int64_t n = std::min<int64_t>(q_tokens, seq - done);
+          const float* lat = static_cast<const float*>(src);
+          CHECK_CUDA(kv::kernels::cuda::EncodeMlaRecords(KvLayout::kMlaFp8_656, lat, 576, lat + 512,
+                                                         576, n, pools[c] + done * 656, 656,
+                                                         nullptr, nullptr));
+        }
       }
-      const PagedKvView kv{pool,  int64_t{pt} * 656, 0, pt, KvLayout::kMlaFp8_656, table, blocks,
-                           blocks};
-      const float ms = MedianMs(quick ? 5 : 11, [&] {
-        CHECK_CUDA(kv::kernels::cuda::MlaPagedAttention(q, 1, heads, seq - 1, kv, 0.13523378f, out,
-                                                        nullptr, nullptr));
-      });
+      CHECK_CUDA(cudaDeviceSynchronize());
+      const float ms = MedianMsPerCall(
+          quick ? 7 : 15, copies,
+          [&](int c, cudaStream_t s) {
+            const PagedKvView kv{
+                pools[c], int64_t{pt} * 656, 0, pt, KvLayout::kMlaFp8_656, table, blocks, blocks};
+            CHECK_CUDA(kv::kernels::cuda::MlaPagedAttention(qs[c], 1, heads, seq - 1, kv, scale,
+                                                            outs[c], nullptr, s));
+          },
+          &graphed);
+      CHECK_CUDA(cudaDeviceSynchronize());
+      for (int c = 0; c < copies; ++c) {
+        if (!AllFinite(outs[c], heads * 512)) {
+          std::fprintf(stderr, "kernels_gpu_bench: attention output not finite\n");
+          return 1;
+        }
+      }
       char name[96];
-      std::snprintf(name, sizeof(name), "decode attn fp8 %d heads %lldK (GB/s KV)", heads,
+      std::snprintf(name, sizeof(name), "decode attn fp8 %dh %lldK", heads,
                     static_cast<long long>(seq / 1024));
-      Row(name, seq * 656.0 / (ms * 1e-3) / 1e9, "GB/s", limit);
-      std::printf("  %.3f ms/step, %.1f M cached tokens/s\n", ms, seq / (ms * 1e-3) / 1e6);
-      cudaFree(pool);
+      Row(name, seq * 656.0 + heads * (576 + 512) * 4.0, ms, limit, graphed);
+      std::printf("  %.1f M cached tokens/s, %.1f TFLOP/s f32, %d input copies\n",
+                  seq / (ms * 1e-3) / 1e6, 2.0 * heads * seq * (576 + 512) / (ms * 1e-3) / 1e12,
+                  copies);
+      for (int c = 0; c < copies; ++c) {
+        cudaFree(pools[c]);
+        cudaFree(qs[c]);
+        cudaFree(outs[c]);
+      }
       cudaFree(table);
-      cudaFree(q);
-      cudaFree(out);
     }
+  }
+
+  // V4 compressor (kernels/v4/compressor_cuda.cu), CSA ratio 4, dim 512, rope 64: per
+  // entry reads its 4 rows of c and z (2 x 1024 f32 each) once and writes 512 f32; the
+  // previous window's rows are re-read (cost, not credited). bias/norm/rope are small.
+  {
+    const int ratio = 4, dim = 512, rope = 64, iw = 2 * dim;
+    const int64_t entries = quick ? 16384 : 32768;
+    const size_t in_floats = static_cast<size_t>(entries) * ratio * iw;  // 128 MiB each at 32K
+    float *c = nullptr, *z = nullptr, *bias = nullptr, *norm = nullptr, *cs = nullptr,
+          *out = nullptr;
+    CHECK_CUDA(cudaMalloc(&c, in_floats * 4));
+    CHECK_CUDA(cudaMalloc(&z, in_floats * 4));
+    CHECK_CUDA(cudaMalloc(&bias, ratio * iw * 4));
+    CHECK_CUDA(cudaMalloc(&norm, dim * 4));
+    CHECK_CUDA(cudaMalloc(&cs, entries * rope * 4));
+    CHECK_CUDA(cudaMalloc(&out, entries * dim * 4));
+    Fill(c, in_floats, 21u);
+    Fill(z, in_floats, 22u);
+    Fill(bias, ratio * iw, 23u);
+    Fill(norm, dim, 24u);
+    Fill(cs, entries * rope, 25u);
+    PoisonKernel<<<1024, 256>>>(out, entries * dim);
+    const float ms = MedianMsPerCall(
+        reps, 1,
+        [&](int, cudaStream_t s) {
+          CHECK_CUDA(kv::kernels::v4::cuda::CompressEntries(ratio, dim, rope, 1e-6f, c, z, bias,
+                                                            norm, cs, entries, out, s));
+        },
+        &graphed);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    if (!AllFinite(out, entries * dim)) {
+      std::fprintf(stderr, "kernels_gpu_bench: compressor output not finite\n");
+      return 1;
+    }
+    char name[96];
+    std::snprintf(name, sizeof(name), "v4 compress csa r4 d512 %lldK ent",
+                  static_cast<long long>(entries / 1024));
+    Row(name, 4.0 * (2 * in_floats + entries * (rope + dim)), ms, limit, graphed);
+    for (float* p : {c, z, bias, norm, cs, out}) cudaFree(p);
+  }
+
+  // V4 sparse attention (kernels/v4/sparse_attention_cuda.cu), one query: 64 heads, d 512,
+  // top-k 512 picked entries + 128 window rows. Must move: the picked rows and the window
+  // once (all heads share them), q, sink, out. Index sets are random picks from a pool of
+  // entries far larger than L2; several query copies rotate.
+  {
+    const int heads = 64, d = 512, rope = 64;
+    const int64_t topk = 512, window = 128, n_entries = 1 << 17;  // 256 MiB of entries
+    float *entries = nullptr, *win = nullptr, *q = nullptr, *sink = nullptr, *cs = nullptr,
+          *out = nullptr;
+    int32_t* idx = nullptr;
+    const int copies = 32;
+    CHECK_CUDA(cudaMalloc(&entries, n_entries * d * 4));
+    CHECK_CUDA(cudaMalloc(&win, copies * window * d * 4));
+    CHECK_CUDA(cudaMalloc(&q, copies * heads * d * 4));
+    CHECK_CUDA(cudaMalloc(&sink, heads * 4));
+    CHECK_CUDA(cudaMalloc(&cs, rope * 4));
+    CHECK_CUDA(cudaMalloc(&out, copies * heads * d * 4));
+    CHECK_CUDA(cudaMalloc(&idx, copies * topk * 4));
+    Fill(entries, n_entries * d, 31u);
+    Fill(win, copies * window * d, 32u);
+    Fill(q, copies * heads * d, 33u);
+    Fill(sink, heads, 34u);
+    Fill(cs, rope, 35u);
+    PoisonKernel<<<1024, 256>>>(out, copies * heads * d);
+    std::vector<int32_t> h_idx(copies * topk);
+    unsigned x = 12345u;
+    for (auto& v : h_idx) {
+      x = x * 1664525u + 1013904223u;
+      v = static_cast<int32_t>((x >> 8) % n_entries);
+    }
+    CHECK_CUDA(cudaMemcpy(idx, h_idx.data(), h_idx.size() * 4, cudaMemcpyHostToDevice));
+    const float ms = MedianMsPerCall(
+        reps, copies,
+        [&](int k, cudaStream_t s) {
+          CHECK_CUDA(kv::kernels::v4::cuda::SparseAttention(
+              q + k * heads * d, sink, heads, d, rope, entries, n_entries, idx + k * topk, topk,
+              win + k * window * d, window, cs, out + k * heads * d, s));
+        },
+        &graphed);
+    CHECK_CUDA(cudaDeviceSynchronize());
+    if (!AllFinite(out, copies * heads * d)) {
+      std::fprintf(stderr, "kernels_gpu_bench: sparse attention output not finite\n");
+      return 1;
+    }
+    Row("v4 sparse attn 64h d512 k512+w128", 4.0 * ((topk + window) * d + 2 * heads * d + heads),
+        ms, limit, graphed);
+    for (float* p : {entries, win, q, sink, cs, out}) cudaFree(p);
+    cudaFree(idx);
   }
   cudaFree(src);
   cudaFree(dst);
