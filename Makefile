@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: all setup configure build test run format format-check clean
+.PHONY: all setup configure build test run format format-check clean tsan
 
 all: build
 
@@ -33,6 +33,10 @@ format:
 
 test: build format-check
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200
+
+# ThreadSanitizer build and run of core/ and kvstore/ tests in build-tsan (scripts/tsan-check).
+tsan:
+	@bash scripts/tsan-check
 
 run: build
 	@bash scripts/demo $(BUILD_DIR)

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <random>
 
+#include "absl/strings/str_split.h"
 #include "bench/bench_util.h"
 #include "cmd/kvstrata/command.h"
 #include "core/config.h"
@@ -37,6 +38,9 @@ struct Flags {
   int64_t host_mb = 256;
   int64_t nvme_mb = 256;
   int64_t reps = 3;
+  std::string rows = "host,nvme,lookup";
+  int64_t read_parallelism = NvmeTierOptions().read_parallelism;
+  bool direct_flush = NvmeTierOptions().use_direct_io_for_flush;
 };
 
 struct Pages {
@@ -169,6 +173,17 @@ absl::Status RawDirect(const std::string& path, size_t chunk, size_t total, doub
   return absl::OkStatus();
 }
 
+NvmeTierOptions TierOptions(const Flags& f, const std::string& path, uint64_t capacity,
+                            bool direct_reads) {
+  NvmeTierOptions o;
+  o.path = path;
+  o.capacity_bytes = capacity;
+  o.use_direct_reads = direct_reads;
+  o.use_direct_io_for_flush = f.direct_flush;
+  o.read_parallelism = static_cast<int>(f.read_parallelism);
+  return o;
+}
+
 absl::Status NvmeRows(const Flags& f, size_t size, BenchReport& rep) {
   size_t total = static_cast<size_t>(f.nvme_mb) << 20;
   size_t n = total / size;
@@ -179,28 +194,34 @@ absl::Status NvmeRows(const Flags& f, size_t size, BenchReport& rep) {
   std::filesystem::remove_all(db);
   double raw_w = 0, raw_r = 0;
   RETURN_IF_ERROR(RawDirect(f.dir + "/raw-" + label, size, n * size, &raw_w, &raw_r));
-  double t_write = 0;
+  double t_write = 0, t_puts = 0;
   {
-    ASSIGN_OR_RETURN(auto tier, NvmeTier::Open({.path = db, .capacity_bytes = 2 * total}));
+    ASSIGN_OR_RETURN(auto tier, NvmeTier::Open(TierOptions(f, db, 2 * total, false)));
     double t0 = NowSeconds();
     for (size_t i = 0; i < n; ++i) {
       RETURN_IF_ERROR(tier->Write(pages.metas[i], pages.page(i)));
       RETURN_IF_ERROR(tier->Seal(pages.metas[i].key));
     }
+    t_puts = NowSeconds() - t0;
     RETURN_IF_ERROR(tier->Flush());
     t_write = NowSeconds() - t0;
   }
-  std::map<std::string, std::string> params = {{"pages", std::to_string(n)}, {"dir", f.dir}};
+  std::map<std::string, std::string> params = {
+      {"pages", std::to_string(n)},
+      {"dir", f.dir},
+      {"read_parallelism", std::to_string(f.read_parallelism)},
+      {"direct_flush", f.direct_flush ? "yes" : "no"}};
+  auto wp = params;
+  wp["puts_s"] = std::to_string(t_puts);  // write + seal of every page, before the flush
+  wp["flush_s"] = std::to_string(t_write - t_puts);
   rep.Add({.name = "nvme write " + label,
            .value = bytes / t_write / 1e9,
            .unit = "GB/s",
            .limit_name = "O_DIRECT write",
            .limit = bytes / raw_w / 1e9,
-           .params = params});
+           .params = wp});
   for (bool direct : {true, false}) {
-    ASSIGN_OR_RETURN(
-        auto tier,
-        NvmeTier::Open({.path = db, .capacity_bytes = 2 * total, .use_direct_reads = direct}));
+    ASSIGN_OR_RETURN(auto tier, NvmeTier::Open(TierOptions(f, db, 2 * total, direct)));
     std::vector<uint8_t> dst(16 * size);
     constexpr size_t kBatch = 16;
     double t0 = NowSeconds();
@@ -311,23 +332,46 @@ int RunTiersBench(int argc, char** argv) {
   flags.Int("host-mb", &f.host_mb, "host tier size in MiB");
   flags.Int("nvme-mb", &f.nvme_mb, "bytes written to the nvme tier per page size, MiB");
   flags.Int("reps", &f.reps, "repetitions of the host measurements (median)");
+  flags.String("rows", &f.rows, "comma-separated row groups to run: host, nvme, lookup");
+  flags.Int("nvme-read-parallelism", &f.read_parallelism,
+            "nvme tier: concurrent MultiGets per ReadMany batch (1: one sequential MultiGet)");
+  flags.Bool("nvme-direct-flush", &f.direct_flush,
+             "nvme tier: O_DIRECT for flush/compaction writes (blob and table files)");
   absl::Status st = flags.Parse(argc, argv);
   if (flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
     return 0;
   }
-  if (st.ok() && (f.host_mb < 64 || f.nvme_mb < 16 || f.reps < 1)) {
-    st = absl::InvalidArgumentError("need --host-mb >= 64, --nvme-mb >= 16, --reps >= 1");
+  if (st.ok() && (f.host_mb < 64 || f.nvme_mb < 16 || f.reps < 1 || f.read_parallelism < 1 ||
+                  f.read_parallelism > 64)) {
+    st = absl::InvalidArgumentError(
+        "need --host-mb >= 64, --nvme-mb >= 16, --reps >= 1, 1 <= --nvme-read-parallelism <= 64");
+  }
+  bool host_rows = false, nvme_rows = false, lookup_rows = false;
+  for (absl::string_view r : absl::StrSplit(f.rows, ',')) {
+    if (r == "host") {
+      host_rows = true;
+    } else if (r == "nvme") {
+      nvme_rows = true;
+    } else if (r == "lookup") {
+      lookup_rows = true;
+    } else if (st.ok()) {
+      st = absl::InvalidArgumentError(
+          StrCat("--rows: unknown row group '", std::string(r), "' (host, nvme, lookup)"));
+    }
   }
   if (st.ok() && f.dir.empty()) f.dir = StrCat("/tmp/kvstrata-bench-tiers-", getpid());
-  std::filesystem::create_directories(f.dir);
+  std::error_code ec;
+  if (st.ok() && !std::filesystem::create_directories(f.dir, ec) && ec) {
+    st = absl::InvalidArgumentError(StrCat("--dir ", f.dir, ": ", ec.message()));
+  }
   BenchReport rep("tiers");
   for (size_t size : {size_t{168} << 10, size_t{2600000}}) {
-    if (st.ok()) st = HostRows(f, size, rep);
-    if (st.ok()) st = NvmeRows(f, size, rep);
+    if (st.ok() && host_rows) st = HostRows(f, size, rep);
+    if (st.ok() && nvme_rows) st = NvmeRows(f, size, rep);
   }
-  if (st.ok()) st = LookupRows(rep);
-  std::filesystem::remove_all(f.dir);
+  if (st.ok() && lookup_rows) st = LookupRows(rep);
+  if (!f.dir.empty()) std::filesystem::remove_all(f.dir, ec);
   if (!st.ok()) {
     std::fprintf(stderr, "bench tiers: %s\n", st.ToString().c_str());
     return 1;

@@ -27,6 +27,15 @@ if(NOT KVSTRATA_GPU_ONLY AND NOT KVSTRATA_FUZZ_ONLY)
   find_package(gRPC CONFIG REQUIRED)
   find_program(GRPC_CPP_PLUGIN grpc_cpp_plugin REQUIRED)
   find_package(RocksDB CONFIG REQUIRED)
+  # TSAN builds link the shared library: RocksDB is not TSAN-instrumented, and only a
+  # separate module can be named in tsan.supp (`called_from_lib`), so that TSAN ignores the
+  # memory accesses RocksDB makes through intercepted functions (memcpy, memcmp, free, close)
+  # while it synchronizes with its own uninstrumented atomics. See scripts/tsan-check.
+  if(KVSTRATA_TSAN)
+    set(KVSTRATA_ROCKSDB RocksDB::rocksdb-shared)
+  else()
+    set(KVSTRATA_ROCKSDB RocksDB::rocksdb)
+  endif()
   pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
   pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
   find_package(benchmark CONFIG REQUIRED)

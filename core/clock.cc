@@ -17,32 +17,32 @@ Clock* Clock::Real() {
 FakeClock::FakeClock(absl::Time start) : now_(start) {}
 
 absl::Time FakeClock::Now() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return now_;
 }
 
 void FakeClock::SleepFor(absl::Duration d) {
   absl::Time wake;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     wake = now_ + d;
   }
   SleepUntil(wake);
 }
 
 void FakeClock::SleepUntil(absl::Time wake) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto reached = [this, wake]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return now_ >= wake; };
-  mu_.Await(absl::Condition(&reached));
+  mu_.Await(Condition(&reached));
 }
 
 void FakeClock::Advance(absl::Duration d) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   now_ += d;
 }
 
 void FakeClock::SetTime(absl::Time t) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   now_ = t;
 }
 

@@ -6,8 +6,8 @@
 // advances the time past the wake-up point (or return at once if it already is).
 #pragma once
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/mutex.h"
 
 namespace kv {
 
@@ -32,7 +32,7 @@ class FakeClock : public Clock {
   void SetTime(absl::Time t);
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   absl::Time now_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -131,7 +131,7 @@ MetricsRegistry::Family& MetricsRegistry::GetFamily(std::string_view name, std::
 
 Counter* MetricsRegistry::GetCounter(std::string_view name, std::string_view help,
                                      const Labels& labels) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto& slot = GetFamily(name, help, Type::kCounter).counters[labels];
   if (!slot) slot = std::make_unique<Counter>();
   return slot.get();
@@ -139,7 +139,7 @@ Counter* MetricsRegistry::GetCounter(std::string_view name, std::string_view hel
 
 Gauge* MetricsRegistry::GetGauge(std::string_view name, std::string_view help,
                                  const Labels& labels) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto& slot = GetFamily(name, help, Type::kGauge).gauges[labels];
   if (!slot) slot = std::make_unique<Gauge>();
   return slot.get();
@@ -147,14 +147,14 @@ Gauge* MetricsRegistry::GetGauge(std::string_view name, std::string_view help,
 
 Histogram* MetricsRegistry::GetHistogram(std::string_view name, std::string_view help,
                                          std::vector<double> bounds, const Labels& labels) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto& slot = GetFamily(name, help, Type::kHistogram).histograms[labels];
   if (!slot) slot = std::make_unique<Histogram>(std::move(bounds));
   return slot.get();
 }
 
 std::string MetricsRegistry::RenderPrometheus() const {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   std::string out;
   for (const auto& [name, fam] : families_) {
     static constexpr const char* kTypeName[] = {"counter", "gauge", "histogram"};

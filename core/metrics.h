@@ -20,7 +20,7 @@
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "core/mutex.h"
 
 namespace kv {
 
@@ -98,7 +98,7 @@ class MetricsRegistry {
   Family& GetFamily(std::string_view name, std::string_view help, Type type)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::map<std::string, Family, std::less<>> families_ ABSL_GUARDED_BY(mu_);
 };
 

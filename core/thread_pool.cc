@@ -11,7 +11,7 @@ ThreadPool::ThreadPool(int threads) {
 ThreadPool::~ThreadPool() { Shutdown(); }
 
 bool ThreadPool::Schedule(std::function<void()> task) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   if (stop_) return false;
   queue_.push_back(std::move(task));
   return true;
@@ -19,7 +19,7 @@ bool ThreadPool::Schedule(std::function<void()> task) {
 
 void ThreadPool::Shutdown() {
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (stop_ && workers_.empty()) return;
     stop_ = true;
   }
@@ -30,26 +30,26 @@ void ThreadPool::Shutdown() {
 }
 
 void ThreadPool::WaitIdle() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto idle = [this]()
                   ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() && running_ == 0; };
-  mu_.Await(absl::Condition(&idle));
+  mu_.Await(Condition(&idle));
 }
 
 void ThreadPool::Work() {
   while (true) {
     std::function<void()> task;
     {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_ || !queue_.empty(); };
-      mu_.Await(absl::Condition(&ready));
+      mu_.Await(Condition(&ready));
       if (queue_.empty()) return;  // stop_ and drained
       task = std::move(queue_.front());
       queue_.pop_front();
       ++running_;
     }
     task();
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     --running_;
   }
 }

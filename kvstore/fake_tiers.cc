@@ -8,12 +8,12 @@
 namespace kv {
 
 uint64_t MemTier::used_bytes() const {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return used_;
 }
 
 bool MemTier::HasRoom(uint64_t size) const {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return used_ + size <= capacity_;
 }
 
@@ -22,7 +22,7 @@ absl::Status MemTier::Write(const PageMeta& meta, std::string_view bytes) {
     return absl::InvalidArgumentError(
         StrCat("page ", meta.key.Hex(), ": meta size ", meta.size, " != ", bytes.size(), " bytes"));
   }
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   if (pages_.contains(meta.key)) {
     return absl::AlreadyExistsError(
         StrCat("page ", meta.key.Hex(), " already in ", TierName(kind_)));
@@ -39,7 +39,7 @@ absl::Status MemTier::Write(const PageMeta& meta, std::string_view bytes) {
 }
 
 absl::Status MemTier::Seal(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = pages_.find(key);
   if (it == pages_.end()) return absl::NotFoundError(StrCat("seal: no page ", key.Hex()));
   it->second.meta.sealed = true;
@@ -47,7 +47,7 @@ absl::Status MemTier::Seal(const BlockKey& key) {
 }
 
 absl::StatusOr<size_t> MemTier::Read(const BlockKey& key, std::span<uint8_t> dst) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = pages_.find(key);
   if (it == pages_.end()) return absl::NotFoundError(StrCat("no page ", key.Hex()));
   const std::string& b = it->second.bytes;
@@ -59,7 +59,7 @@ absl::StatusOr<size_t> MemTier::Read(const BlockKey& key, std::span<uint8_t> dst
 }
 
 absl::StatusOr<std::span<const uint8_t>> MemTier::Lend(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = pages_.find(key);
   if (it == pages_.end()) return absl::NotFoundError(StrCat("no page ", key.Hex()));
   const std::string& b = it->second.bytes;
@@ -71,7 +71,7 @@ absl::StatusOr<PageLocation> MemTier::Locate(const BlockKey& key) {
 }
 
 absl::Status MemTier::Erase(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = pages_.find(key);
   if (it == pages_.end()) return absl::NotFoundError(StrCat("erase: no page ", key.Hex()));
   used_ -= it->second.bytes.size();
@@ -80,7 +80,7 @@ absl::Status MemTier::Erase(const BlockKey& key) {
 }
 
 absl::StatusOr<std::vector<PageMeta>> MemTier::List() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   std::vector<PageMeta> out;
   for (const auto& [k, p] : pages_) {
     if (p.meta.sealed) out.push_back(p.meta);
@@ -89,7 +89,7 @@ absl::StatusOr<std::vector<PageMeta>> MemTier::List() {
 }
 
 absl::Status MemTier::CorruptForTest(const BlockKey& key, uint64_t offset) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = pages_.find(key);
   if (it == pages_.end() || it->second.bytes.empty()) {
     return absl::NotFoundError(StrCat("no page ", key.Hex()));

@@ -15,7 +15,7 @@
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "core/mutex.h"
 #include "kvstore/tier.h"
 
 namespace kv {
@@ -47,7 +47,7 @@ class MemTier : public Tier {
   };
   const TierKind kind_;
   const uint64_t capacity_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   absl::flat_hash_map<BlockKey, Page> pages_ ABSL_GUARDED_BY(mu_);
   uint64_t used_ ABSL_GUARDED_BY(mu_) = 0;
 };

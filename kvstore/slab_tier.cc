@@ -182,14 +182,14 @@ uint64_t SlabTier::Footprint(uint64_t size) const {
 }
 
 uint64_t SlabTier::used_bytes() const {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return used_;
 }
 
 bool SlabTier::HasRoom(uint64_t size) const {
   int c = ClassOf(size);
   if (c < 0) return false;
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   return !partial_[c].empty() || !free_slabs_.empty();
 }
 
@@ -244,7 +244,7 @@ absl::Status SlabTier::Write(const PageMeta& meta, std::string_view bytes) {
   }
   uint64_t offset;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (slots_.contains(meta.key)) {
       return absl::AlreadyExistsError(
           StrCat("page ", meta.key.Hex(), " already in ", TierName(options_.kind)));
@@ -258,7 +258,7 @@ absl::Status SlabTier::Write(const PageMeta& meta, std::string_view bytes) {
   // The slot is reserved but unsealed, so no reader can reach it while we copy.
   absl::Status st = region_->CopyIn(offset, bytes.data(), bytes.size());
   if (!st.ok()) {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     slots_.erase(meta.key);
     Free(offset, cls);
     used_ -= classes_[cls];
@@ -267,7 +267,7 @@ absl::Status SlabTier::Write(const PageMeta& meta, std::string_view bytes) {
 }
 
 absl::Status SlabTier::Seal(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = slots_.find(key);
   if (it == slots_.end()) return absl::NotFoundError(StrCat("seal: no page ", key.Hex()));
   it->second.meta.sealed = true;
@@ -277,7 +277,7 @@ absl::Status SlabTier::Seal(const BlockKey& key) {
 absl::StatusOr<size_t> SlabTier::Read(const BlockKey& key, std::span<uint8_t> dst) {
   uint64_t offset, size;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     auto it = slots_.find(key);
     if (it == slots_.end()) return absl::NotFoundError(StrCat("no page ", key.Hex()));
     offset = it->second.offset;
@@ -295,21 +295,21 @@ absl::StatusOr<std::span<const uint8_t>> SlabTier::Lend(const BlockKey& key) {
   if (base == nullptr) {
     return absl::UnimplementedError("device memory is not host-addressable; use Read");
   }
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = slots_.find(key);
   if (it == slots_.end()) return absl::NotFoundError(StrCat("no page ", key.Hex()));
   return std::span<const uint8_t>(base + it->second.offset, it->second.meta.size);
 }
 
 absl::StatusOr<PageLocation> SlabTier::Locate(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = slots_.find(key);
   if (it == slots_.end()) return absl::NotFoundError(StrCat("no page ", key.Hex()));
   return PageLocation{0, it->second.offset, it->second.meta.size};
 }
 
 absl::Status SlabTier::Erase(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = slots_.find(key);
   if (it == slots_.end()) return absl::NotFoundError(StrCat("erase: no page ", key.Hex()));
   Free(it->second.offset, it->second.cls);
@@ -319,7 +319,7 @@ absl::Status SlabTier::Erase(const BlockKey& key) {
 }
 
 absl::StatusOr<std::vector<PageMeta>> SlabTier::List() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   std::vector<PageMeta> out;
   for (const auto& [k, s] : slots_) {
     if (s.meta.sealed) out.push_back(s.meta);

@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
+#include "core/mutex.h"
 #include "kvstore/tier.h"
 
 namespace kv {
@@ -96,7 +96,7 @@ class SlabTier : public Tier {
   const SlabTierOptions options_;
   const uint64_t num_slabs_;
   std::vector<uint64_t> classes_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<Slab> slabs_ ABSL_GUARDED_BY(mu_);
   std::vector<uint32_t> free_slabs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::set<uint32_t>> partial_ ABSL_GUARDED_BY(mu_);  // per class: slabs w/ room

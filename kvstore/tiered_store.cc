@@ -133,7 +133,7 @@ absl::Status TieredStore::Recover() {
       children[metas[i].parent].push_back(i);
     }
   }
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   size_t inserted = 0;
   while (!frontier.empty()) {
     size_t i = frontier.back();
@@ -202,7 +202,7 @@ TieredStore::LookupResult TieredStore::Lookup(std::span<const BlockKey> chain) {
   absl::Time start = absl::Now();  // latency metric only; never used for logic
   LookupResult r;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     ReapLocked(Now());
     r.matched = index_.LongestPrefix(chain);
     r.tiers.reserve(r.matched);
@@ -231,7 +231,7 @@ TieredStore::LookupResult TieredStore::Lookup(std::span<const BlockKey> chain) {
 absl::StatusOr<TieredStore::PinHandle> TieredStore::Pin(std::span<const BlockKey> keys,
                                                         absl::Time deadline) {
   if (keys.empty()) return absl::InvalidArgumentError("Pin: no keys");
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   absl::Time now = Now();
   ReapLocked(now);
   if (deadline <= now) {
@@ -255,7 +255,7 @@ absl::StatusOr<TieredStore::PinHandle> TieredStore::Pin(std::span<const BlockKey
 }
 
 absl::Status TieredStore::Renew(PinHandle handle, absl::Time deadline) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   absl::Time now = Now();
   ReapLocked(now);
   auto it = leases_.find(handle);
@@ -270,7 +270,7 @@ absl::Status TieredStore::Renew(PinHandle handle, absl::Time deadline) {
 }
 
 absl::Status TieredStore::Unpin(PinHandle handle) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   ReapLocked(Now());
   auto it = leases_.find(handle);
   if (it == leases_.end()) {

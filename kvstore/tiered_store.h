@@ -46,9 +46,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "core/clock.h"
 #include "core/metrics.h"
+#include "core/mutex.h"
 #include "core/thread_pool.h"
 #include "kvstore/prefix_index.h"
 #include "kvstore/tier.h"
@@ -221,7 +221,7 @@ class TieredStore {
   const TieredStoreOptions options_;
   std::array<std::unique_ptr<Tier>, kNumTiers> tiers_;
   std::unique_ptr<Metrics> metrics_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   PrefixIndex index_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<BlockKey, Pending> pending_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<PinHandle, Lease> leases_ ABSL_GUARDED_BY(mu_);

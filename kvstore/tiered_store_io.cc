@@ -186,7 +186,7 @@ absl::StatusOr<size_t> TieredStore::Read(PinHandle handle, const BlockKey& key,
                                          std::span<uint8_t> dst) {
   PageMeta meta;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     ReapLocked(Now());
     auto it = leases_.find(handle);
     if (it == leases_.end() || it->second.poisoned) {
@@ -210,13 +210,13 @@ absl::StatusOr<size_t> TieredStore::Read(PinHandle handle, const BlockKey& key,
   for (int attempt = 0; attempt < kNumTiers; ++attempt) {
     int t;
     {
-      absl::MutexLock l(&mu_);
+      MutexLock l(&mu_);
       t = ServingTierLocked(*index_.Find(key), false);
       if (t < 0) break;
     }
     absl::StatusOr<size_t> n = tiers_[t]->Read(key, dst);
     absl::Status st = n.ok() ? options_.verify(dst.first(*n), meta) : n.status();
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     if (st.ok()) {
       (void)index_.Unpin(key);
       ++stats_.tiers[t].reads;
@@ -241,14 +241,14 @@ absl::StatusOr<size_t> TieredStore::Read(PinHandle handle, const BlockKey& key,
     }
     QuarantineLocked(key, t, st);
   }
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   (void)index_.Unpin(key);
   ReclaimDoomedLocked();
   return absl::NotFoundError(StrCat(key.Hex(), " failed verification (quarantined)"));
 }
 
 absl::StatusOr<TieredStore::Loan> TieredStore::Lend(PinHandle handle, const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   ReapLocked(Now());
   auto it = leases_.find(handle);
   if (it == leases_.end() || it->second.poisoned) {
@@ -291,7 +291,7 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
         StrCat("Write: meta size ", meta.size, " != ", page.size(), " page bytes"));
   }
   RETURN_IF_ERROR(options_.verify(page, meta));
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   absl::Time now = Now();
   ReapLocked(now);
   if (index_.Contains(meta.key) || pending_.contains(meta.key)) {
@@ -315,7 +315,7 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
 absl::Status TieredStore::Seal(const BlockKey& key) {
   bool write_back = false;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     absl::Time now = Now();
     ReapLocked(now);
     auto it = pending_.find(key);
@@ -353,7 +353,7 @@ absl::Status TieredStore::Publish(const PageMeta& meta, std::span<const uint8_t>
 }
 
 absl::Status TieredStore::Abort(const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   auto it = pending_.find(key);
   if (it == pending_.end()) {
     return absl::NotFoundError(StrCat("Abort: no pending write of ", key.Hex()));
@@ -368,7 +368,7 @@ absl::Status TieredStore::Abort(const BlockKey& key) {
 void TieredStore::WriteBack(const BlockKey& key) {
   PageMeta meta;
   {
-    absl::MutexLock l(&mu_);
+    MutexLock l(&mu_);
     const IndexEntry* e = index_.Find(key);
     if (e == nullptr || !e->resident(TierKind::kDevice) || e->resident(TierKind::kHost) ||
         doomed_.contains(key)) {
@@ -379,7 +379,7 @@ void TieredStore::WriteBack(const BlockKey& key) {
   }
   std::vector<uint8_t> buf(meta.size);
   absl::StatusOr<size_t> n = tiers_[static_cast<int>(TierKind::kDevice)]->Read(key, buf);
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   (void)index_.Unpin(key);
   const IndexEntry* e = index_.Find(key);
   if (n.ok() && e != nullptr && !e->resident(TierKind::kHost)) {
@@ -390,7 +390,7 @@ void TieredStore::WriteBack(const BlockKey& key) {
 }
 
 size_t TieredStore::Retain(std::span<const BlockKey> keys, absl::Duration ttl) {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   absl::Time now = Now();
   size_t n = 0;
   for (const BlockKey& k : keys) {
@@ -406,7 +406,7 @@ absl::StatusOr<uint64_t> TieredStore::Evict(TierKind tier, uint64_t bytes) {
   if (!Present(t)) {
     return absl::InvalidArgumentError(StrCat("no ", TierName(tier), " tier"));
   }
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   ReapLocked(Now());
   bool can_demote = options_.demote_on_pressure && LowerTier(t) >= 0;
   uint64_t freed = 0;
@@ -421,7 +421,7 @@ absl::StatusOr<uint64_t> TieredStore::Evict(TierKind tier, uint64_t bytes) {
 }
 
 StoreStats TieredStore::Stats() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   ReapLocked(Now());
   StoreStats s = stats_;
   for (int t = 0; t < kNumTiers; ++t) {
@@ -438,7 +438,7 @@ StoreStats TieredStore::Stats() {
 }
 
 absl::Status TieredStore::CheckInvariants() {
-  absl::MutexLock l(&mu_);
+  MutexLock l(&mu_);
   RETURN_IF_ERROR(index_.CheckInvariants());
   std::map<std::string, std::array<int64_t, kNumTiers>> want;
   for (int t = 0; t < kNumTiers; ++t) {

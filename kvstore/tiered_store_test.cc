@@ -2,7 +2,7 @@
 
 #include <thread>
 
-#include "absl/synchronization/notification.h"
+#include "core/mutex.h"
 #include "gtest/gtest.h"
 #include "kvstore/fake_tiers.h"
 #include "kvstore/nvme_tier.h"
@@ -167,7 +167,7 @@ TEST(TieredStoreTest, LeaseExpiryReleasesPins) {
 class BlockingTier : public TierWrapper {
  public:
   using TierWrapper::TierWrapper;
-  absl::Notification entered, release;
+  Notification entered, release;
   absl::StatusOr<size_t> Read(const BlockKey& key, std::span<uint8_t> dst) override {
     if (!entered.HasBeenNotified()) {
       entered.Notify();
