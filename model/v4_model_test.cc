@@ -458,12 +458,14 @@ TEST(V4AccuracyAb, Fp8GateCatchesAWrongScale) {
   std::printf("v4 wrong-scale pages: attention-output rel L2 %.4f, logits rel L2 %.4f\n",
               r.attn_err, r.logit_err);
   EXPECT_GT(r.attn_err, 2 * kAttnErrBound);
-  // The untouched page, imported the same way, passes over the same 16 steps.
+  // The untouched page, imported the same way, passes the A/B bound. The bound is set for
+  // the main A/B's 64 steps; a 16-step mean is noisier (0.084 seen for one seed), so the good
+  // page is measured over 64 steps like the main A/B.
   auto ref2 = model->NewCache(V4CacheFormat::kBf16);
   auto rl2 = model->Prefill(prompt, 0, ref2.get());
   auto good = model->NewCache();
   ASSERT_TRUE(model->ImportPage(*page, good.get()).ok());
-  AbResult g = MeasureAb(*model, ref2.get(), *rl2, good.get(), *fl, 16);
+  AbResult g = MeasureAb(*model, ref2.get(), *rl2, good.get(), *fl, 64);
   EXPECT_LT(g.attn_err, kAttnErrBound);
 }
 
