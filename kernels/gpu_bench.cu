@@ -326,31 +326,34 @@ int main(int argc, char** argv) {
     for (float* p : {c, z, bias, norm, cs, out}) cudaFree(p);
   }
 
-  // V4 sparse attention (kernels/v4/sparse_attention_cuda.cu), one query: 64 heads, d 512,
-  // top-k 512 picked entries + 128 window rows. Must move: the picked rows and the window
-  // once (all heads share them), q, sink, out. Index sets are random picks from a pool of
-  // entries far larger than L2; several query copies rotate.
-  {
+  // V4 sparse attention (kernels/v4/sparse_attention_cuda.cu): 64 heads, d 512, top-k 512
+  // picked entries + 128 window rows per query, one query per call (decode latency) and 32
+  // per call (a decode batch, each query with its own picks and window). Must move per
+  // query: the picked rows and the window once (all heads share them), q, out; plus the
+  // sink once per call. Picks are random from a pool of entries far larger than L2; query,
+  // window and output copies rotate (>= 4x L2 per repetition).
+  for (const int nq : {1, 32}) {
     const int heads = 64, d = 512, rope = 64;
     const int64_t topk = 512, window = 128, n_entries = 1 << 17;  // 256 MiB of entries
     float *entries = nullptr, *win = nullptr, *q = nullptr, *sink = nullptr, *cs = nullptr,
           *out = nullptr;
     int32_t* idx = nullptr;
-    const int copies = 32;
+    const int copies = nq == 1 ? 160 : 5;     // 251 MB per repetition either way
+    const int64_t qn = int64_t{copies} * nq;  // queries over all copies
     CHECK_CUDA(cudaMalloc(&entries, n_entries * d * 4));
-    CHECK_CUDA(cudaMalloc(&win, copies * window * d * 4));
-    CHECK_CUDA(cudaMalloc(&q, copies * heads * d * 4));
+    CHECK_CUDA(cudaMalloc(&win, qn * window * d * 4));
+    CHECK_CUDA(cudaMalloc(&q, qn * heads * d * 4));
     CHECK_CUDA(cudaMalloc(&sink, heads * 4));
-    CHECK_CUDA(cudaMalloc(&cs, rope * 4));
-    CHECK_CUDA(cudaMalloc(&out, copies * heads * d * 4));
-    CHECK_CUDA(cudaMalloc(&idx, copies * topk * 4));
+    CHECK_CUDA(cudaMalloc(&cs, qn * rope * 4));
+    CHECK_CUDA(cudaMalloc(&out, qn * heads * d * 4));
+    CHECK_CUDA(cudaMalloc(&idx, qn * topk * 4));
     Fill(entries, n_entries * d, 31u);
-    Fill(win, copies * window * d, 32u);
-    Fill(q, copies * heads * d, 33u);
+    Fill(win, qn * window * d, 32u);
+    Fill(q, qn * heads * d, 33u);
     Fill(sink, heads, 34u);
-    Fill(cs, rope, 35u);
-    PoisonKernel<<<1024, 256>>>(out, copies * heads * d);
-    std::vector<int32_t> h_idx(copies * topk);
+    Fill(cs, qn * rope, 35u);
+    PoisonKernel<<<1024, 256>>>(out, qn * heads * d);
+    std::vector<int32_t> h_idx(qn * topk);
     unsigned x = 12345u;
     for (auto& v : h_idx) {
       x = x * 1664525u + 1013904223u;
@@ -360,18 +363,22 @@ int main(int argc, char** argv) {
     const float ms = MedianMsPerCall(
         reps, copies,
         [&](int k, cudaStream_t s) {
-          CHECK_CUDA(kv::kernels::v4::cuda::SparseAttention(
-              q + k * heads * d, sink, heads, d, rope, entries, n_entries, idx + k * topk, topk,
-              win + k * window * d, window, cs, out + k * heads * d, s));
+          const int64_t q0 = int64_t{k} * nq;
+          CHECK_CUDA(kv::kernels::v4::cuda::SparseAttentionBatch(
+              q + q0 * heads * d, sink, nq, heads, d, rope, entries, n_entries, idx + q0 * topk,
+              topk, win + q0 * window * d, window, window * d, cs + q0 * rope, out + q0 * heads * d,
+              s));
         },
         &graphed);
     CHECK_CUDA(cudaDeviceSynchronize());
-    if (!AllFinite(out, copies * heads * d)) {
+    if (!AllFinite(out, qn * heads * d)) {
       std::fprintf(stderr, "kernels_gpu_bench: sparse attention output not finite\n");
       return 1;
     }
-    Row("v4 sparse attn 64h d512 k512+w128", 4.0 * ((topk + window) * d + 2 * heads * d + heads),
-        ms, limit, graphed);
+    char name[96];
+    std::snprintf(name, sizeof(name), "v4 sparse attn 64h d512 k512+w128 x%d", nq);
+    Row(name, 4.0 * (nq * ((topk + window) * d + 2 * heads * d + rope) + heads), ms, limit,
+        graphed);
     for (float* p : {entries, win, q, sink, cs, out}) cudaFree(p);
     cudaFree(idx);
   }
