@@ -50,7 +50,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     pb::GenerateResponse* next = nullptr;
     std::optional<absl::Status> finish;
     {
-      absl::MutexLock l(&mu_);
+      kv::MutexLock l(&mu_);
       queue_.pop_front();
       if (!ok) {  // the stream is broken (client gone): stop writing
         broken_ = true;
@@ -77,7 +77,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   void Push(pb::GenerateResponse msg) {
     pb::GenerateResponse* start = nullptr;
     {
-      absl::MutexLock l(&mu_);
+      kv::MutexLock l(&mu_);
       if (broken_) return;
       queue_.push_back(std::move(msg));
       if (!writing_) {
@@ -92,7 +92,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   void Done(absl::Status status) {
     bool finish_now = false;
     {
-      absl::MutexLock l(&mu_);
+      kv::MutexLock l(&mu_);
       final_ = status;
       if (!writing_ && !finished_) finished_ = finish_now = true;
     }
@@ -168,7 +168,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   absl::Time arrival_, deadline_;
   Utf8Assembler utf8_;
   std::atomic<bool> cancelled_{false};
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::deque<pb::GenerateResponse> queue_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
@@ -192,7 +192,7 @@ ClusterService::ClusterService(ServingBackend* backend, TenantAuth auth,
 ClusterService::~ClusterService() { pool_.reset(); }
 
 void ClusterService::SetAdvertisedAddress(std::string address) {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   address_ = std::move(address);
 }
 
@@ -313,7 +313,7 @@ ServiceContext ClusterService::Context() {
   c.node_id = options_.node_id;
   c.version = options_.version;
   c.active_requests = in_flight_.load();
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   c.address = address_;
   return c;
 }

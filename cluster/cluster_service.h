@@ -23,11 +23,11 @@
 #include <memory>
 #include <string>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/serving_backend.h"
 #include "cluster/tenants.h"
 #include "core/metrics.h"
+#include "core/mutex.h"
 #include "core/thread_pool.h"
 #include "prefill/engine.h"
 #include "proto/kvstrata/v1/cluster.grpc.pb.h"
@@ -80,7 +80,7 @@ class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
   Histogram* ttft_;
   std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> next_request_{1};
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::string address_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ThreadPool> pool_;  // last: joined first
 };

@@ -102,7 +102,7 @@ void EtcdMembership::SetDeadline(grpc::ClientContext* ctx) const {
 }
 
 int64_t EtcdMembership::lease_id() {
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock lock(&mu_);
   return lease_id_;
 }
 
@@ -238,7 +238,7 @@ absl::Status EtcdMembership::Put(const NodeInfo& self, int64_t lease) {
 absl::Status EtcdMembership::GrantAndPut(const NodeInfo& self) {
   int64_t lease;
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     lease = lease_id_;
   }
   if (lease != 0) {
@@ -249,7 +249,7 @@ absl::Status EtcdMembership::GrantAndPut(const NodeInfo& self) {
   }
   ASSIGN_OR_RETURN(lease, Grant());
   RETURN_IF_ERROR(Put(self, lease));
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock lock(&mu_);
   lease_id_ = lease;
   return absl::OkStatus();
 }
@@ -260,18 +260,18 @@ absl::Status EtcdMembership::Register(const NodeInfo& self) {
                                                  "' must be non-empty and without '/'"));
   }
   {
-    absl::MutexLock register_lock(&register_mu_);
+    kv::MutexLock register_lock(&register_mu_);
     {
-      absl::MutexLock lock(&mu_);
+      kv::MutexLock lock(&mu_);
       if (closing_) return absl::FailedPreconditionError("etcd membership: already closed");
     }
     RETURN_IF_ERROR(GrantAndPut(self));
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     self_ = self;
   }
   Apply({self}, {});
-  absl::MutexLock threads(&threads_mu_);
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock threads(&threads_mu_);
+  kv::MutexLock lock(&mu_);
   if (!closing_ && !keepalive_thread_.joinable()) {
     keepalive_thread_ = std::thread([this] { KeepAliveLoop(); });
   }
@@ -284,7 +284,7 @@ void EtcdMembership::KeepAliveLoop() {
     int64_t lease;
     NodeInfo self;
     {
-      absl::MutexLock lock(&mu_);
+      kv::MutexLock lock(&mu_);
       if (closing_) return;
       lease = lease_id_;
       self = *self_;
@@ -292,7 +292,7 @@ void EtcdMembership::KeepAliveLoop() {
     if (lease == 0) {
       absl::Status st;
       {
-        absl::MutexLock register_lock(&register_mu_);
+        kv::MutexLock register_lock(&register_mu_);
         st = GrantAndPut(self);
       }
       if (st.ok()) {
@@ -305,7 +305,7 @@ void EtcdMembership::KeepAliveLoop() {
     absl::Status st = KeepAliveStream(lease);
     if (st.code() == absl::StatusCode::kNotFound) {
       kv::log::Warn("etcd_lease_expired", "node_id", self.node_id(), "lease", lease);
-      absl::MutexLock lock(&mu_);
+      kv::MutexLock lock(&mu_);
       if (lease_id_ == lease) lease_id_ = 0;
       continue;
     }
@@ -356,39 +356,39 @@ void EtcdMembership::Revoke(int64_t lease) {
 // ---- lifecycle ------------------------------------------------------------------------------
 
 bool EtcdMembership::SleepUnlessClosing(absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  return !mu_.AwaitWithTimeout(absl::Condition(&closing_), d);
+  kv::MutexLock lock(&mu_);
+  return !mu_.AwaitWithTimeout(kv::Condition(&closing_), d);
 }
 
 bool EtcdMembership::TrackContext(grpc::ClientContext** slot, grpc::ClientContext* ctx) {
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock lock(&mu_);
   if (closing_) return false;
   *slot = ctx;
   return true;
 }
 
 void EtcdMembership::UntrackContext(grpc::ClientContext** slot) {
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock lock(&mu_);
   *slot = nullptr;
 }
 
 void EtcdMembership::Close() {
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     if (closing_) return;
     closing_ = true;
     if (watch_ctx_ != nullptr) watch_ctx_->TryCancel();
     if (keepalive_ctx_ != nullptr) keepalive_ctx_->TryCancel();
   }
   {
-    absl::MutexLock threads(&threads_mu_);
+    kv::MutexLock threads(&threads_mu_);
     if (watch_thread_.joinable()) watch_thread_.join();
     if (keepalive_thread_.joinable()) keepalive_thread_.join();
   }
-  absl::MutexLock register_lock(&register_mu_);
+  kv::MutexLock register_lock(&register_mu_);
   int64_t lease;
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     lease = lease_id_;
     lease_id_ = 0;
   }

@@ -103,18 +103,18 @@ class EtcdMembership final : public MembershipBase {
   std::unique_ptr<etcdserverpb::Watch::Stub> watch_;
   std::unique_ptr<etcdserverpb::Lease::Stub> lease_;
 
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<kvstrata::v1::NodeInfo> self_ ABSL_GUARDED_BY(mu_);
   int64_t lease_id_ ABSL_GUARDED_BY(mu_) = 0;
   grpc::ClientContext* watch_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   grpc::ClientContext* keepalive_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   // Serialises Register() with the keep-alive thread's re-registration.
-  absl::Mutex register_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  kv::Mutex register_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
   std::thread watch_thread_;
   std::thread keepalive_thread_;  // started by the first successful Register()
-  absl::Mutex threads_mu_;        // guards starting/joining the threads
+  kv::Mutex threads_mu_;          // guards starting/joining the threads
 };
 
 // The etcd range end that selects every key starting with `prefix` (the prefix with its last

@@ -83,7 +83,7 @@ GrpcServer::GrpcServer(std::unique_ptr<grpc::Server> server, int port, std::stri
 GrpcServer::~GrpcServer() { Shutdown(); }
 
 void GrpcServer::SetServing(bool serving) {
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock lock(&mu_);
   if (!shut_down_) SetServingLocked(serving);
 }
 
@@ -97,7 +97,7 @@ void GrpcServer::SetServingLocked(bool serving) {
 void GrpcServer::Shutdown() {
   std::unique_ptr<grpc::Server> server;
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     if (shut_down_) return;
     SetServingLocked(false);
     shut_down_ = true;

@@ -26,8 +26,8 @@
 #include <grpcpp/server.h>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/mutex.h"
 
 namespace kv::cluster {
 
@@ -80,7 +80,7 @@ class GrpcServer {
              absl::Duration grace, std::vector<std::string> health_names);
   void SetServingLocked(bool serving) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::unique_ptr<grpc::Server> server_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
   const int port_;

@@ -86,12 +86,12 @@ MembershipView MembershipBase::ViewLocked() const {
 }
 
 MembershipView MembershipBase::Members() {
-  absl::ReaderMutexLock lock(&mu_);
+  kv::ReaderMutexLock lock(&mu_);
   return ViewLocked();
 }
 
 uint64_t MembershipBase::Watch(WatchCallback callback) {
-  absl::MutexLock lock(&mu_);
+  kv::MutexLock lock(&mu_);
   const uint64_t id = next_watch_id_++;
   watchers_[id] = std::make_shared<WatchCallback>(std::move(callback));
   return id;
@@ -99,16 +99,16 @@ uint64_t MembershipBase::Watch(WatchCallback callback) {
 
 void MembershipBase::Unwatch(uint64_t id) {
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     watchers_.erase(id);
   }
   // A callback that copied the watcher list before the erase finishes before this returns.
-  absl::MutexLock wait(&notify_mu_);
+  kv::MutexLock wait(&notify_mu_);
 }
 
 void MembershipBase::ReplaceAll(std::vector<NodeInfo> members) {
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     std::map<std::string, NodeInfo> fresh;
     for (NodeInfo& m : members) {
       std::string id = m.node_id();
@@ -129,7 +129,7 @@ void MembershipBase::ReplaceAll(std::vector<NodeInfo> members) {
 
 void MembershipBase::Apply(std::vector<NodeInfo> upserts, std::vector<std::string> removals) {
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     bool changed = false;
     for (NodeInfo& m : upserts) {
       auto it = members_.find(m.node_id());
@@ -147,7 +147,7 @@ void MembershipBase::Apply(std::vector<NodeInfo> upserts, std::vector<std::strin
 
 void MembershipBase::SetStale(bool stale) {
   {
-    absl::MutexLock lock(&mu_);
+    kv::MutexLock lock(&mu_);
     if (stale_ == stale) return;
     stale_ = stale;
     ++version_;
@@ -156,11 +156,11 @@ void MembershipBase::SetStale(bool stale) {
 }
 
 void MembershipBase::Notify() {
-  absl::MutexLock serial(&notify_mu_);
+  kv::MutexLock serial(&notify_mu_);
   MembershipView view;
   std::vector<std::shared_ptr<WatchCallback>> callbacks;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    kv::ReaderMutexLock lock(&mu_);
     if (version_ == delivered_version_) return;
     delivered_version_ = version_;
     view = ViewLocked();

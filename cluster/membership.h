@@ -26,9 +26,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/clock.h"
+#include "core/mutex.h"
 #include "proto/kvstrata/v1/common.pb.h"
 
 namespace kv::cluster {
@@ -96,9 +96,9 @@ class MembershipBase : public Membership {
 
   Clock* const clock_;
   // Serialises callbacks, and lets Unwatch wait for a running one.
-  absl::Mutex notify_mu_;
+  kv::Mutex notify_mu_;
   uint64_t delivered_version_ ABSL_GUARDED_BY(notify_mu_) = 0;
-  mutable absl::Mutex mu_ ABSL_ACQUIRED_AFTER(notify_mu_);
+  mutable kv::Mutex mu_ ABSL_ACQUIRED_AFTER(notify_mu_);
   std::map<std::string, kvstrata::v1::NodeInfo> members_ ABSL_GUARDED_BY(mu_);
   bool stale_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time updated_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -7,11 +7,11 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
-#include "absl/synchronization/mutex.h"
 #include "cluster/page_store_client.h"
 #include "cluster/placement.h"
 #include "cluster/proto_convert.h"
 #include "core/logging.h"
+#include "core/mutex.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
 
@@ -161,7 +161,7 @@ class GrpcPagePool final : public PagePool {
 
  private:
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     std::shared_ptr<grpc::Channel>& c = channels_[address];
     if (c == nullptr) c = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
     return c;
@@ -169,7 +169,7 @@ class GrpcPagePool final : public PagePool {
 
   Membership* const membership_;
   const GrpcPagePoolOptions options_;
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -372,7 +372,7 @@ PageStoreService::PageStoreService(TieredStore* store, TenantAuth auth,
 
 PageStoreService::~PageStoreService() {
   pool_.reset();
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   for (auto& [id, lease] : leases_) {
     for (const LeasePins& p : lease.pins) store_->Unpin(p.handle).IgnoreError();
   }
@@ -380,7 +380,7 @@ PageStoreService::~PageStoreService() {
 }
 
 void PageStoreService::SeedDirectory() {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   for (int t = 0; t < kNumTiers; ++t) {
     Tier* tier = store_->tier(static_cast<TierKind>(t));
     if (tier == nullptr) continue;
@@ -417,7 +417,7 @@ void PageStoreService::Count(std::string_view rpc, const absl::Status& status) {
 size_t PageStoreService::VisiblePrefix(const Caller& c, std::span<const BlockKey> keys,
                                        std::vector<TierKind>* tiers) {
   TieredStore::LookupResult r = store_->Lookup(keys);
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   size_t n = 0;
   for (; n < r.matched; ++n) {
     auto it = dir_.find(keys[n]);
@@ -434,7 +434,7 @@ size_t PageStoreService::VisiblePrefix(const Caller& c, std::span<const BlockKey
 absl::Status PageStoreService::FillHeader(const BlockKey& key) {
   uint64_t size;
   {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     auto it = dir_.find(key);
     if (it == dir_.end()) return Miss(key, options_.node_id);
     if (it->second.header_known) return absl::OkStatus();
@@ -449,7 +449,7 @@ absl::Status PageStoreService::FillHeader(const BlockKey& key) {
   RETURN_IF_ERROR(n.status());
   ASSIGN_OR_RETURN(PageHeader hdr,
                    DecodePageHeader({reinterpret_cast<const uint8_t*>(buf.data()), *n}));
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   auto it = dir_.find(key);
   if (it == dir_.end()) return Miss(key, options_.node_id);
   DirEntry& e = it->second;
@@ -479,7 +479,7 @@ absl::Status PageStoreService::DoLookup(const Caller& c, const pb::LookupBlocksR
     pb::BlockLocation* loc = resp->add_blocks();
     loc->set_key(KeyBytes(keys[i]));
     loc->set_tier(tier);
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     auto it = dir_.find(keys[i]);
     if (it == dir_.end()) {
       resp->mutable_blocks()->RemoveLast();
@@ -532,7 +532,7 @@ void PageStoreService::ReapLeasesLocked(absl::Time now) {
 }
 
 size_t PageStoreService::live_leases() {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   ReapLeasesLocked(clock_->Now());
   return leases_.size();
 }
@@ -540,7 +540,7 @@ size_t PageStoreService::live_leases() {
 absl::StatusOr<TieredStore::PinHandle> PageStoreService::LeaseHandle(const Caller& c,
                                                                      const std::string& id,
                                                                      const BlockKey& key) {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   ReapLeasesLocked(clock_->Now());
   auto it = leases_.find(id);
   if (it == leases_.end() || it->second.tenant != c.tenant) return LeaseGone(id);
@@ -571,7 +571,7 @@ absl::Status PageStoreService::DoPin(const Caller& c, const pb::PinBlocksRequest
   const absl::Time now = clock_->Now();
   absl::Time deadline = now + len;
   {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     ReapLeasesLocked(now);
     if (!req.lease_id().empty()) {
       auto it = leases_.find(req.lease_id());
@@ -598,7 +598,7 @@ absl::Status PageStoreService::DoPin(const Caller& c, const pb::PinBlocksRequest
     }
     if (!absl::IsNotFound(h.status()) || attempt == 3) return h.status();
   }
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   std::string id = req.lease_id();
   Lease* lease = nullptr;
   if (!id.empty()) {
@@ -662,7 +662,7 @@ grpc::ServerUnaryReactor* PageStoreService::PinBlocks(grpc::CallbackServerContex
 absl::StatusOr<uint32_t> PageStoreService::DoUnpin(const Caller& c,
                                                    const pb::UnpinBlocksRequest& req) {
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys, ParseKeys(req.keys(), options_.max_lookup_keys));
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   ReapLeasesLocked(clock_->Now());
   auto it = leases_.find(req.lease_id());
   if (it == leases_.end() || it->second.tenant != c.tenant) return 0u;  // expires on its own
@@ -735,7 +735,7 @@ PageStoreService::LoadedPage PageStoreService::LoadPage(const Caller& c,
     }
     uint64_t size = 0;
     {
-      absl::MutexLock l(&mu_);
+      kv::MutexLock l(&mu_);
       auto it = dir_.find(key);
       if (it == dir_.end() || (it->second.ns != c.ns && it->second.ns != SharedNs())) {
         return Miss(key, options_.node_id);
@@ -797,7 +797,7 @@ grpc::ServerWriteReactor<pb::PageChunk>* PageStoreService::ReadPages(
     s = ParseKey(request->pages(i).key(), StrCat("pages[", i, "].key")).status();
   }
   if (s.ok() && !request->lease_id().empty()) {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     ReapLeasesLocked(clock_->Now());
     auto it = leases_.find(request->lease_id());
     if (it == leases_.end() || it->second.tenant != c->tenant) s = LeaseGone(request->lease_id());
@@ -871,7 +871,7 @@ pb::PageWriteResult PageStoreService::PublishPage(const Caller& c, const pb::Wri
   const std::string& ns = o.shared_namespace() ? SharedNs() : c.ns;
   bool fresh = false;
   {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     if (!h.parent.IsZero()) {
       auto p = dir_.find(h.parent);
       const bool may_chain =
@@ -918,7 +918,7 @@ pb::PageWriteResult PageStoreService::PublishPage(const Caller& c, const pb::Wri
   if (o.has_retention_ttl()) retention = FromProto(o.retention_ttl());
   absl::Status s = store_->Publish(meta, page, retention);
   {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     auto it = dir_.find(key);
     if (it != dir_.end()) {
       --it->second.writers;

@@ -78,11 +78,11 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/tenants.h"
 #include "core/clock.h"
 #include "core/metrics.h"
+#include "core/mutex.h"
 #include "core/thread_pool.h"
 #include "kvstore/tiered_store.h"
 #include "proto/kvstrata/v1/page_store.grpc.pb.h"
@@ -216,7 +216,7 @@ class PageStoreService final : public kvstrata::v1::PageStore::CallbackService {
   Counter* bytes_written_;
   Gauge* leases_gauge_;
 
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   absl::flat_hash_map<BlockKey, DirEntry> dir_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<absl::Time, std::string>> lease_deadlines_ ABSL_GUARDED_BY(mu_);

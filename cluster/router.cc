@@ -113,7 +113,7 @@ absl::StatusOr<pb::NodeInfo> RouterBackend::Pick(pb::Role role, const BlockKey& 
                                                  const std::string& near_address) {
   MembershipView view = membership_->Members();
   const std::string near = HostOf(near_address);
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   const pb::NodeInfo* best = nullptr;
   std::tuple<int, int, uint64_t> best_score;
   for (const pb::NodeInfo& n : view.members) {
@@ -138,7 +138,7 @@ absl::StatusOr<pb::NodeInfo> RouterBackend::Pick(pb::Role role, const BlockKey& 
 }
 
 std::unique_ptr<pb::Worker::Stub> RouterBackend::WorkerStub(const std::string& address) {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   std::shared_ptr<grpc::Channel>& c = channels_[address];
   if (c == nullptr) c = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   return pb::Worker::NewStub(c);
@@ -147,7 +147,7 @@ std::unique_ptr<pb::Worker::Stub> RouterBackend::WorkerStub(const std::string& a
 absl::StatusOr<prefill::GenerateResult> RouterBackend::Generate(const prefill::GenerateRequest& req,
                                                                 Route* route) {
   absl::StatusOr<prefill::GenerateResult> r = Run(req, route);
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   if (!r.ok()) {
     ++counters_.requests_failed;
     return r;
@@ -184,7 +184,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
   route->decode_node_id = decode.node_id();
   if (req.on_plan) req.on_plan(plan.cost);
   {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     ++in_flight_[prefill.node_id()];
     ++in_flight_[decode.node_id()];
   }
@@ -192,7 +192,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     RouterBackend* r;
     std::string a, b;
     ~Release() {
-      absl::MutexLock l(&r->mu_);
+      kv::MutexLock l(&r->mu_);
       --r->in_flight_[a];
       --r->in_flight_[b];
     }
@@ -345,7 +345,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
   } else {
     log::Warn("router_prefill_failed", "node", prefill.node_id(), "error",
               prefill_status.ToString());
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     ++counters_.prefill_fallbacks;
   }
   {
@@ -460,7 +460,7 @@ absl::Status RouterBackend::Lookup(const std::vector<int32_t>& prompt, const std
 void RouterBackend::ListNodes(const ServiceContext& self, const pb::ListNodesRequest& req,
                               pb::ListNodesResponse* out) {
   MembershipView view = membership_->Members();
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   for (const pb::NodeInfo& n : view.members) {
     if (req.role() != pb::ROLE_UNSPECIFIED && !HasRole(n, req.role())) continue;
     pb::NodeInfo* o = out->add_nodes();
@@ -490,7 +490,7 @@ void RouterBackend::GetStats(const ServiceContext& self, pb::GetStatsResponse* r
 }
 
 RouterCounters RouterBackend::Counters() {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   return counters_;
 }
 

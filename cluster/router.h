@@ -25,11 +25,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/membership.h"
 #include "cluster/page_pool.h"
 #include "cluster/serving_backend.h"
+#include "core/mutex.h"
 #include "kvstore/block_key.h"
 #include "prefill/cost_model.h"
 #include "proto/kvstrata/v1/worker.grpc.pb.h"
@@ -81,7 +81,7 @@ class RouterBackend final : public ServingBackend {
   PagePool* const pool_;
   const RouterOptions options_;
   prefill::CostModel cost_;
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // per worker node id
   RouterCounters counters_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);

@@ -42,7 +42,7 @@ class WriteQueue {
  public:
   // Queues `m`; returns the message to StartWrite() when no write is in flight.
   Msg* Push(Msg m) {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     if (broken_ || finished_) return nullptr;
     q_.push_back(std::move(m));
     if (writing_) return nullptr;
@@ -52,7 +52,7 @@ class WriteQueue {
   // After a write completed: the next message to write, or the final status to Finish()
   // with (in `finish`) once the queue drained.
   Msg* Next(bool ok, std::optional<absl::Status>* finish) {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     q_.pop_front();
     if (!ok) {
       broken_ = true;
@@ -68,7 +68,7 @@ class WriteQueue {
   }
   // The request is over; true when the caller must Finish() now (nothing in flight).
   bool Close(absl::Status s) {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     final_ = std::move(s);
     if (writing_ || finished_) return false;
     finished_ = true;
@@ -76,7 +76,7 @@ class WriteQueue {
   }
 
  private:
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::deque<Msg> q_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
@@ -150,7 +150,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
           Push(std::move(m));
         });
     {
-      absl::MutexLock l(&svc_->mu_);
+      kv::MutexLock l(&svc_->mu_);
       ++(done.ok() ? svc_->counters_.prefills_ok : svc_->counters_.prefills_failed);
     }
     (done.ok() ? svc_->metrics_->prefill_ok : svc_->metrics_->prefill_failed)->Inc();
@@ -372,7 +372,7 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
     });
   }
   {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     counters_.cached_tokens += static_cast<uint64_t>(start_pos);
     counters_.recomputed_tokens += static_cast<uint64_t>(n - start_pos);
     counters_.bytes_sent += bytes_sent;
@@ -432,7 +432,7 @@ int64_t WorkerService::Publish(std::span<const BlockKey> keys, std::span<const s
     published += *stored;
     i = j;
   }
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   counters_.published_pages += static_cast<uint64_t>(published);
   metrics_->published->Inc(static_cast<double>(published));
   return published;
@@ -468,7 +468,7 @@ class DecodeReactor final
   }
 
   void OnReadDone(bool ok) override {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     if (!ok) {
       reads_closed_ = true;
       return;
@@ -482,7 +482,7 @@ class DecodeReactor final
     if (finish) Finish(ToGrpcStatus(*finish));
   }
   void OnCancel() override {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     cancelled_ = true;
   }
   void OnDone() override { delete this; }
@@ -496,11 +496,11 @@ class DecodeReactor final
   }
   // The next client message, waiting at most until `deadline`.
   absl::StatusOr<pb::DecodeClientMessage> NextMessage(absl::Time deadline) {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !inbox_.empty() || reads_closed_ || cancelled_;
     };
-    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+    mu_.AwaitWithDeadline(kv::Condition(&ready), deadline);
     if (cancelled_) return absl::CancelledError("Decode cancelled by the caller");
     if (!inbox_.empty()) {
       pb::DecodeClientMessage m = std::move(inbox_.front());
@@ -512,7 +512,7 @@ class DecodeReactor final
   }
   // A cancel message or a cancelled call since the last check.
   bool StopRequested() {
-    absl::MutexLock l(&mu_);
+    kv::MutexLock l(&mu_);
     if (cancelled_) return true;
     for (const auto& m : inbox_) {
       if (m.has_cancel()) return true;
@@ -522,7 +522,7 @@ class DecodeReactor final
   void Work() {
     absl::Status s = Run();
     {
-      absl::MutexLock l(&svc_->mu_);
+      kv::MutexLock l(&svc_->mu_);
       ++(s.ok() ? svc_->counters_.decodes_ok : svc_->counters_.decodes_failed);
     }
     (s.ok() ? svc_->metrics_->decode_ok : svc_->metrics_->decode_failed)->Inc();
@@ -537,7 +537,7 @@ class DecodeReactor final
   absl::Time deadline_;
   absl::StatusOr<std::string> tenant_;
   pb::DecodeClientMessage in_;  // the read in flight
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::deque<pb::DecodeClientMessage> inbox_ ABSL_GUARDED_BY(mu_);
   bool reads_closed_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -631,7 +631,7 @@ absl::Status DecodeReactor::Run() {
       }
       imported = true;
     }
-    absl::MutexLock l(&w.mu_);
+    kv::MutexLock l(&w.mu_);
     ++(intact ? w.counters_.handoffs_verified : w.counters_.handoffs_rejected);
     (intact ? w.metrics_->handoff_verified : w.metrics_->handoff_rejected)->Inc();
   }
@@ -645,7 +645,7 @@ absl::Status DecodeReactor::Run() {
   } else {
     kv->Reset();
     {
-      absl::MutexLock l(&w.mu_);
+      kv::MutexLock l(&w.mu_);
       ++w.counters_.local_prefills;
     }
     w.metrics_->local_prefill->Inc();
@@ -723,7 +723,7 @@ absl::Status DecodeReactor::Run() {
     }
   }
   {
-    absl::MutexLock l(&w.mu_);
+    kv::MutexLock l(&w.mu_);
     w.counters_.output_tokens += out.size();
   }
   pb::DecodeResponse m;
@@ -843,12 +843,12 @@ absl::Status WorkerService::Admit(const absl::Status& auth, bool has_role, std::
 }
 
 void WorkerService::Bury(std::shared_ptr<void> memory) {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   graveyard_.push_back(std::move(memory));
 }
 
 WorkerCounters WorkerService::Counters() {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   return counters_;
 }
 

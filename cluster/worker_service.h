@@ -34,11 +34,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cluster/page_pool.h"
 #include "cluster/tenants.h"
 #include "core/metrics.h"
+#include "core/mutex.h"
 #include "core/thread_pool.h"
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
@@ -125,7 +125,7 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   std::unique_ptr<Metrics> metrics_;
   std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> next_handoff_{1};
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   WorkerCounters counters_ ABSL_GUARDED_BY(mu_);
   std::list<std::shared_ptr<void>> graveyard_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ThreadPool> publish_pool_;

@@ -37,13 +37,16 @@
 namespace kv {
 
 // A predicate evaluated with the mutex held: Condition(&lambda) where the lambda takes no
-// arguments and returns bool. Borrows the callable.
+// arguments and returns bool, or Condition(&flag) for a bool. Borrows the callable or flag.
 class Condition {
  public:
   template <typename Fn>
   explicit Condition(const Fn* fn)
       : fn_(fn),
         eval_([](const void* f) { return static_cast<bool>((*static_cast<const Fn*>(f))()); }) {}
+  // Condition(&flag): true while `flag` (read with the mutex held) is true.
+  explicit Condition(const bool* flag)
+      : fn_(flag), eval_([](const void* f) { return *static_cast<const bool*>(f); }) {}
   bool Eval() const { return eval_(fn_); }
 
  private:

@@ -24,7 +24,7 @@ void CostModel::RecordRead(TierKind tier, uint64_t bytes, absl::Duration elapsed
   const double secs = absl::ToDoubleSeconds(elapsed);
   if (bytes == 0 || secs <= 0) return;
   const double bw = static_cast<double>(bytes) / secs;
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   double& cur = bw_[static_cast<int>(tier)];
   cur = cur == 0 ? bw : (1 - options_.ewma_alpha) * cur + options_.ewma_alpha * bw;
 }
@@ -33,23 +33,23 @@ void CostModel::RecordPrefill(int64_t tokens, absl::Duration elapsed) {
   const double secs = absl::ToDoubleSeconds(elapsed);
   if (tokens <= 0 || secs <= 0) return;
   const double tps = static_cast<double>(tokens) / secs;
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   tps_ = tps_ == 0 ? tps : (1 - options_.ewma_alpha) * tps_ + options_.ewma_alpha * tps;
 }
 
 double CostModel::BytesPerSecond(TierKind tier) {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   const double v = bw_[static_cast<int>(tier)];
   return v > 0 ? v : options_.default_bytes_per_s[static_cast<int>(tier)];
 }
 
 double CostModel::PrefillTokensPerSecond() {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   return tps_ > 0 ? tps_ : options_.default_prefill_tokens_per_s;
 }
 
 bool CostModel::measured(TierKind tier) {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   return bw_[static_cast<int>(tier)] > 0;
 }
 

@@ -18,8 +18,8 @@
 #include <span>
 #include <string>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/mutex.h"
 #include "kvstore/tier.h"
 
 namespace kv::prefill {
@@ -66,7 +66,7 @@ class CostModel {
 
  private:
   const CostModelOptions options_;
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   std::array<double, kNumTiers> bw_ ABSL_GUARDED_BY(mu_) = {0, 0, 0};
   double tps_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -89,7 +89,7 @@ Engine::~Engine() { pool_.reset(); }
 void Engine::WaitIdle() { pool_->WaitIdle(); }
 
 EngineCounters Engine::Counters() {
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   return counters_;
 }
 
@@ -190,7 +190,7 @@ absl::StatusOr<LookupInfo> Engine::Lookup(const std::vector<int32_t>& prompt,
 
 absl::StatusOr<GenerateResult> Engine::Generate(const GenerateRequest& req) {
   absl::StatusOr<GenerateResult> r = Run(req);
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   if (!r.ok()) {
     ++counters_.requests_failed;
     metrics_->failed->Inc();

@@ -39,10 +39,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/clock.h"
 #include "core/metrics.h"
+#include "core/mutex.h"
 #include "core/thread_pool.h"
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
@@ -227,7 +227,7 @@ class Engine {
   uint64_t page_bytes_ = 0;
   CostModel cost_;
   std::unique_ptr<Metrics> metrics_;
-  absl::Mutex mu_;
+  kv::Mutex mu_;
   EngineCounters counters_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<ThreadPool> pool_;  // last: joined first
 };

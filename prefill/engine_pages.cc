@@ -145,7 +145,7 @@ void Engine::PublishPending(const Pending& p) {
   if (!p.retain.empty() && p.retention) store_->Retain(p.retain, *p.retention);
   metrics_->published_pages->Inc(static_cast<double>(published));
   metrics_->publish_errors->Inc(static_cast<double>(errors));
-  absl::MutexLock l(&mu_);
+  kv::MutexLock l(&mu_);
   counters_.published_pages += published;
   counters_.publish_errors += errors;
 }
