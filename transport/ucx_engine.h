@@ -55,6 +55,8 @@ class UcxTransport::Engine {
   // Runs `fn` on the engine thread and returns its status; DeadlineExceeded if it did not
   // run within command_timeout (it may still run later; closures capture by value).
   absl::Status Run(std::function<absl::Status()> fn);
+  // Queues `fn` for the engine thread and returns at once (commands run in queue order).
+  void Enqueue(std::function<void()> fn);
 
   TransferTable& table() { return table_; }
   Clock* clock() const { return clock_; }
@@ -80,7 +82,10 @@ class UcxTransport::Engine {
   absl::StatusOr<RemoteRegionId> ImportOnThread(PeerId peer, std::string_view packed);
   // Validates a batch (any thread).
   absl::Status PrepareCheck(const TransferBatch& batch);
-  absl::Status PostOnThread(TransferId id, absl::Time deadline);
+  // Hands the ops of `id`, already kInProgress in the table (the caller's Post moved it
+  // there), to UCX. A transfer that became terminal before this ran (deadline, teardown) or
+  // whose peer is gone posts nothing and reports every op done, so its quarantine lifts.
+  void StartOnThread(TransferId id, const TransferBatch& batch);
   absl::Status CancelOnThread(TransferId id, const absl::Status& why);
   absl::Status SendUserOnThread(PeerId peer, uint32_t tag, std::string payload,
                                 std::shared_ptr<Waiter> waiter);
@@ -173,6 +178,9 @@ class UcxTransport::Engine {
   int epoll_fd_ = -1, wake_fd_ = -1, worker_fd_ = -1;
   std::thread thread_;
   std::atomic<bool> stop_{false};
+  // True while the engine thread sleeps (or is about to) in epoll_wait: only then does a
+  // queued command need the wake-up eventfd write.
+  std::atomic<bool> sleeping_{false};
 
   absl::Mutex cmd_mu_;
   std::deque<std::function<void()>> cmds_ ABSL_GUARDED_BY(cmd_mu_);

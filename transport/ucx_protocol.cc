@@ -131,9 +131,13 @@ absl::Status UcxTransport::Engine::PrepareCheck(const TransferBatch& batch) {
   return absl::OkStatus();
 }
 
-absl::Status UcxTransport::Engine::PostOnThread(TransferId id, absl::Time deadline) {
-  RETURN_IF_ERROR(table_.Post(id, deadline));
-  ASSIGN_OR_RETURN(TransferBatch batch, table_.GetBatch(id));
+void UcxTransport::Engine::StartOnThread(TransferId id, const TransferBatch& batch) {
+  absl::StatusOr<TransferStatus> now = table_.Poll(id);
+  if (!now.ok() || now->state != TransferState::kInProgress) {
+    // Expired, failed by a teardown, or expired and released, before the engine got to it.
+    for (size_t i = 0; i < batch.ops.size(); ++i) table_.OpDone(id);  // nothing was posted
+    return;
+  }
   Peer* peer = FindPeer(batch.peer);
   if (peer == nullptr || peer->failed || peer->closing) {
     absl::Status st = peer != nullptr && peer->failed
@@ -142,7 +146,7 @@ absl::Status UcxTransport::Engine::PostOnThread(TransferId id, absl::Time deadli
                                 absl::StrCat("peer ", batch.peer, " is gone or closing")));
     table_.Finish(id, st, LiftPolicy::kOnQuiescence);
     for (size_t i = 0; i < batch.ops.size(); ++i) table_.OpDone(id);  // nothing was posted
-    return st;
+    return;
   }
   Xfer& x = xfers_[id];
   x.peer = batch.peer;
@@ -155,7 +159,6 @@ absl::Status UcxTransport::Engine::PostOnThread(TransferId id, absl::Time deadli
   } else {
     PostTagRead(id, batch, *peer);
   }
-  return absl::OkStatus();
 }
 
 absl::StatusOr<ucp_rkey_h> UcxTransport::Engine::RkeyFor(RemoteRegionId id, Peer& peer) {

@@ -105,8 +105,15 @@ absl::Status UcxTransport::Post(TransferId id, absl::Time deadline) {
   if (deadline == absl::InfiniteFuture()) {
     return absl::InvalidArgumentError("transfer deadline must be finite (every wait is bounded)");
   }
+  // The state change and its checks happen here, under the table's lock; the UCX posting is
+  // queued for the engine thread without waiting for it (one wake-up at most, no round
+  // trip). Failures from then on (peer gone, UCX errors) end the transfer kFailed, as Poll
+  // and Wait report; commands run in order, so a later Cancel or Release finds it posted.
   Engine* e = engine_.get();
-  return e->Run([e, id, deadline] { return e->PostOnThread(id, deadline); });
+  ASSIGN_OR_RETURN(TransferBatch batch, e->table().GetBatch(id));
+  RETURN_IF_ERROR(e->table().Post(id, deadline));
+  e->Enqueue([e, id, batch = std::move(batch)] { e->StartOnThread(id, batch); });
+  return absl::OkStatus();
 }
 
 absl::StatusOr<TransferStatus> UcxTransport::Poll(TransferId id) {

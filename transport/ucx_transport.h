@@ -4,11 +4,14 @@
 // supports CUDA (capabilities().device_memory says so).
 //
 // Engine. One UCP worker per transport, driven by one progress thread. Every UCX call runs
-// on that thread; API calls that need UCX (Register, Connect, Post, Cancel, ...) enqueue a
-// command and wait, bounded, for its result; Prepare, Poll, Wait and Release of a finished
-// transfer do not hop. The thread busy-polls only while traffic flows (UcxOptions::spin after
-// the last progress); otherwise it arms the worker (ucp_worker_arm) and sleeps in epoll on the
-// worker's event fd plus a wake-up eventfd, so an idle transport burns no core. The sleep is
+// on that thread; API calls that need UCX (Register, Connect, Cancel, ...) enqueue a command
+// and wait, bounded, for its result. Post checks and moves the transfer to kInProgress on the
+// caller's thread and queues the UCX posting without waiting for it (commands run in order);
+// Prepare, Poll, Wait and Release of a finished transfer do not hop. A queued command wakes
+// the thread only when it sleeps. The thread busy-polls only while traffic flows (UcxOptions::spin
+// after the last progress, yielding the core on every idle round so that a loaded machine
+// runs the threads it waits for); otherwise it arms the worker (ucp_worker_arm) and sleeps in epoll
+// on the worker's event fd plus a wake-up eventfd, so an idle transport burns no core. The sleep is
 // capped at 1 ms while requests are in flight (UCX 1.13's shared-memory transports did not
 // always signal the fd for completions) and 5 ms when idle. The thread also enforces
 // transfer deadlines, so a lost completion becomes DeadlineExceeded on time.
@@ -41,6 +44,10 @@
 // Knobs that matter (environment, read by UCX): UCX_TLS (e.g. "tcp", "posix,cma,self",
 // "sm,self"), UCX_NET_DEVICES (e.g. "lo" for loopback TCP), UCX_RNDV_THRESH (eager vs
 // rendezvous), UCX_KEEPALIVE_INTERVAL (dead-peer detection), UCX_TCP_* (socket buffers).
+// Set by Create() unless the environment already sets them: UCX_POSIX_ERROR_HANDLING=y,
+// UCX_SYSV_ERROR_HANDLING=y and UCX_CMA_MEMORY_INVALIDATE=y. Without the last, UCX 1.13
+// drops the CMA lane from endpoints with peer error handling, and shared-memory rendezvous
+// copies twice through the posix FIFO (0.15 GB/s vs 3-4 GB/s measured at 2.6 MB).
 //
 // Poisoning contract (transport.h): puts and tag sends cannot be cancelled in UCX, so a
 // cancelled or timed-out write keeps its region quarantined until every request has
