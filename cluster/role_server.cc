@@ -160,7 +160,6 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
                     .first_layer = 0,
                     .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
       ASSIGN_OR_RETURN(ro.page_bytes, EncodedPageBytes(spec));
-      ro.handoff_timeout = o.handoff_timeout;
       s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(), ro);
       ClusterServiceOptions co;
       co.node_id = o.node_id;

@@ -292,8 +292,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     p.set_skip_publish(req.policy == prefill::CachePolicy::kBypass);
     auto prefill_stub = WorkerStub(prefill.grpc_address());
     grpc::ClientContext prefill_ctx;
-    PrepareCall(&prefill_ctx, req.authorization,
-                std::min(deadline, absl::Now() + options_.handoff_timeout));
+    PrepareCall(&prefill_ctx, req.authorization, deadline);
     auto pstream = prefill_stub->Prefill(&prefill_ctx, p);
     pb::PrefillResponse pr;
     bool got_done = false;

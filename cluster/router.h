@@ -12,8 +12,9 @@
 //      computes the rest and writes the KV layer by layer into the destination over UCX),
 //      stream the first token as soon as PrefillDone arrives, forward PrefillResult, and
 //      stream the decode worker's tokens until DecodeDone; unpin.
-// A prefill worker that fails or stalls past the handoff deadline is not fatal: the router
-// tells the decode worker (PrefillResult with kv_tokens = 0) to compute the prompt itself.
+// A prefill worker that fails (a dead peer, a transfer past its deadline) is not fatal: the
+// router tells the decode worker (PrefillResult with kv_tokens = 0) to compute the prompt
+// itself. Every call is bounded by the request's deadline (max_request_time).
 // A decode worker that fails is an Unavailable (retryable) error for the request.
 //
 // Thread-safety: safe for concurrent calls. Does not own membership or pool.
@@ -42,7 +43,6 @@ struct RouterOptions {
   int64_t vocab_size = 0;
   int64_t max_context = 0;
   absl::Duration lease = absl::Seconds(30);
-  absl::Duration handoff_timeout = absl::Seconds(30);
   absl::Duration max_request_time = absl::Minutes(5);
   prefill::CostModelOptions cost;
 };

@@ -210,9 +210,11 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
           StrCat("handoff target pages must be ", bb, "-byte slices of one region"));
     }
   }
-  const absl::Time handoff_deadline = std::min(deadline, absl::Now() + options_.handoff_timeout);
-  ASSIGN_OR_RETURN(transport::PeerId peer,
-                   transport_->Connect(target.endpoint(), handoff_deadline));
+  // handoff_timeout bounds each step that waits on another process (connecting, one
+  // transfer, one pool read), measured from when the step starts; the whole prefill,
+  // compute included, is bounded by the request's deadline.
+  auto step_deadline = [&] { return std::min(deadline, absl::Now() + options_.handoff_timeout); };
+  ASSIGN_OR_RETURN(transport::PeerId peer, transport_->Connect(target.endpoint(), step_deadline()));
   ASSIGN_OR_RETURN(transport::RemoteRegionId remote,
                    transport_->ImportRemoteRegion(peer, target.pages(0).remote_key()));
   // Staging: what we send, laid out exactly like the destination (0xFF where nothing is).
@@ -233,11 +235,11 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
                      transport_->Prepare(
                          {.peer = peer, .kind = transport::OpKind::kWrite, .ops = std::move(ops)}));
     transfers.push_back(id);
-    return transport_->Post(id, handoff_deadline);
+    return transport_->Post(id, step_deadline());
   };
   auto finish_transfers = [&](absl::Status status) -> absl::Status {
     for (transport::TransferId id : transfers) {
-      if (status.ok()) status = transport_->Wait(id, handoff_deadline);
+      if (status.ok()) status = transport_->Wait(id, step_deadline());
       (void)transport_->Release(id);  // cancels what is still running after a failure
     }
     if (!transport_->Deregister(local.id).ok()) Bury(staging);  // quarantined: keep alive
@@ -263,7 +265,7 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
       want.push_back(key);
     }
     absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
-        pool_->Read(run.grpc_address(), want, run.lease_id(), authorization, handoff_deadline);
+        pool_->Read(run.grpc_address(), want, run.lease_id(), authorization, step_deadline());
     if (!pages.ok()) {
       log::Warn("prefill_cache_read_failed", "node", run.node_id(), "error",
                 pages.status().ToString());
@@ -598,7 +600,7 @@ absl::Status DecodeReactor::Run() {
     Push(std::move(m));
   }
   absl::StatusOr<pb::DecodeClientMessage> msg =
-      NextMessage(std::min(deadline_, absl::Now() + w.options_.handoff_timeout));
+      NextMessage(deadline_);  // the prefill may compute for long: the request's deadline
   if (!msg.ok()) {
     release();
     return msg.status();

@@ -18,7 +18,9 @@
 //
 // Every call is authenticated with the caller's bearer token (the router forwards the end
 // user's); the tenant comes from the token only, and the same token goes on to the stores.
-// Every wait is bounded: the handoff by `handoff_timeout`, transfers by their deadlines.
+// Every wait is bounded: each step that waits on another process (connecting, one transfer,
+// one page-pool read) by `handoff_timeout` from its start, the whole call by the request's
+// deadline (the gRPC deadline, at most `max_request_time`).
 // Transport regions of a failed transfer stay quarantined (transport/transport.h); their
 // memory is kept alive until the transport is destroyed.
 //
