@@ -205,6 +205,11 @@ absl::Status Run(const Options& opt) {
       RETURN_IF_ERROR(WaitCached(*client, prompt, blocks));
       std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: warm ...\r", state.c_str(),
                    static_cast<long>(n));
+      // What the cost model would do with this prefix (the warm request forces the load).
+      pb::LookupRequest lr;
+      *lr.mutable_prompt() = prompt;
+      ASSIGN_OR_RETURN(pb::LookupResponse look, client->Lookup(lr, absl::Seconds(30)));
+      const std::string decision = pb::CacheDecision_Name(look.cost().decision());
       ASSIGN_OR_RETURN(Sample warm,
                        Generate(*client, prompt, pb::CACHE_POLICY_FORCE_LOAD, opt.max_tokens));
       if (state == "host") {
@@ -223,7 +228,9 @@ absl::Status Run(const Options& opt) {
                .lower_is_better = true,
                .params = {{"state", state},
                           {"prompt_tokens", StrCat(n)},
-                          {"cached_tokens", StrCat(warm.cached)}}});
+                          {"cached_tokens", StrCat(warm.cached)},
+                          {"cost_model_decision", decision},
+                          {"cost_model_reason", look.cost().reason()}}});
       if (warm.load_gbps > 0) {
         rep.Add({.name = StrCat("cache load ", state, " ", n, " tok"),
                  .value = warm.load_gbps,
