@@ -260,7 +260,6 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
   //    prefill.
   pb::PrefillDone done;
   absl::Status prefill_status;
-  int64_t first_index = 0;
   if (!picked.ok()) {
     prefill_status = picked.status();
   } else if (ready.pages_size() > 0) {
@@ -315,7 +314,6 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     const int32_t first = static_cast<int32_t>(done.first_token_id());
     st.ttft = absl::Now() - start;
     tokens.push_back(first);
-    first_index = 1;
     keep_going = req.on_token ? req.on_token(first) : true;
     st.cached_tokens = done.cached_tokens();
     st.recomputed_tokens = done.recomputed_tokens();
@@ -325,7 +323,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     st.published_pages += done.published_pages();
     cost_.RecordPrefill(st.recomputed_tokens, st.prefill_time);
     const int64_t loaded_blocks = st.cached_tokens / options_.key_params.page_tokens;
-    if (loaded_blocks > 0 && st.load_time > absl::ZeroDuration()) {
+    if (loaded_blocks > 0) {  // RecordRead ignores an unmeasured (zero) load time
       for (int64_t b = 0; b < loaded_blocks && b < plan.prefix.blocks(); ++b) {
         const TierKind tier = plan.prefix.tiers[b];
         auto it = std::find_if(st.tier_hits.begin(), st.tier_hits.end(),
@@ -412,7 +410,6 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     st.cached_tokens = 0;
     st.recomputed_tokens = st.prompt_tokens;
   }
-  (void)first_index;
   st.output_tokens = static_cast<int64_t>(tokens.size());
   st.total_time = absl::Now() - start;
   return out;
@@ -456,7 +453,7 @@ absl::Status RouterBackend::Lookup(const std::vector<int32_t>& prompt, const std
   return absl::OkStatus();
 }
 
-void RouterBackend::ListNodes(const ServiceContext& self, const pb::ListNodesRequest& req,
+void RouterBackend::ListNodes(const ServiceContext&, const pb::ListNodesRequest& req,
                               pb::ListNodesResponse* out) {
   MembershipView view = membership_->Members();
   kv::MutexLock l(&mu_);
@@ -471,7 +468,6 @@ void RouterBackend::ListNodes(const ServiceContext& self, const pb::ListNodesReq
   out->set_membership_source(std::string(membership_->source()));
   SetTimestamp(view.updated_at == absl::InfinitePast() ? absl::Now() : view.updated_at,
                out->mutable_updated_at());
-  (void)self;
 }
 
 void RouterBackend::GetStats(const ServiceContext& self, pb::GetStatsResponse* response) {

@@ -548,7 +548,6 @@ class DecodeReactor final
 
 absl::Status DecodeReactor::Run() {
   WorkerService& w = *svc_;
-  const absl::Time start_time = absl::Now();
   ASSIGN_OR_RETURN(pb::DecodeClientMessage first, NextMessage(deadline_));
   if (!first.has_start()) return absl::InvalidArgumentError("Decode must start with DecodeStart");
   const pb::DecodeStart& st = first.start();
@@ -735,7 +734,6 @@ absl::Status DecodeReactor::Run() {
   SetDuration(decode_time, d->mutable_decode_time());
   d->set_published_pages(static_cast<uint32_t>(published));
   Push(std::move(m));
-  (void)start_time;
   return absl::OkStatus();
 }
 

@@ -186,6 +186,24 @@ absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   return c;
 }
 
+namespace {
+
+// What both runtimes (MLA and V4) support: SiLU MLPs and YaRN or no RoPE scaling.
+absl::Status CheckActivationAndRope(const ModelConfig& c) {
+  if (c.hidden_act != "silu") {
+    return absl::UnimplementedError(absl::StrCat("config.json: field 'hidden_act' = '",
+                                                 c.hidden_act, "' is not supported (silu only)"));
+  }
+  if (c.rope_scaling && c.rope_scaling->type != "yarn") {
+    return absl::UnimplementedError(absl::StrCat("config.json: field 'rope_scaling.type' = '",
+                                                 c.rope_scaling->type,
+                                                 "' is not supported (yarn or none)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status ValidateForRuntime(const ModelConfig& c) {
   if (c.IsV4()) {
     return absl::UnimplementedError(
@@ -203,15 +221,7 @@ absl::Status ValidateForRuntime(const ModelConfig& c) {
         "config.json: field 'index_topk': DeepSeek sparse attention (the V3.2 lightning "
         "indexer) is not supported by this runtime");
   }
-  if (c.hidden_act != "silu") {
-    return absl::UnimplementedError(absl::StrCat("config.json: field 'hidden_act' = '",
-                                                 c.hidden_act, "' is not supported (silu only)"));
-  }
-  if (c.rope_scaling && c.rope_scaling->type != "yarn") {
-    return absl::UnimplementedError(absl::StrCat("config.json: field 'rope_scaling.type' = '",
-                                                 c.rope_scaling->type,
-                                                 "' is not supported (yarn or none)"));
-  }
+  RETURN_IF_ERROR(CheckActivationAndRope(c));
   // The MLA KV layouts hold a 512-d latent and a 64-d rope key (formats.md §2.1).
   if (c.kv_lora_rank != 512) {
     return FieldError("kv_lora_rank", "must be 512: mla-fp8-656 / mla-bf16-1152 hold 512 + 64");
@@ -262,15 +272,7 @@ absl::Status ValidateV4ForRuntime(const ModelConfig& c) {
         "config.json: field 'n_routed_experts': mixture-of-experts layers are not supported "
         "by the V4 runtime (dense MLP only)");
   }
-  if (c.hidden_act != "silu") {
-    return absl::UnimplementedError(absl::StrCat("config.json: field 'hidden_act' = '",
-                                                 c.hidden_act, "' is not supported (silu only)"));
-  }
-  if (c.rope_scaling && c.rope_scaling->type != "yarn") {
-    return absl::UnimplementedError(absl::StrCat("config.json: field 'rope_scaling.type' = '",
-                                                 c.rope_scaling->type,
-                                                 "' is not supported (yarn or none)"));
-  }
+  RETURN_IF_ERROR(CheckActivationAndRope(c));
   if (c.q_lora_rank <= 0) {
     return FieldError("q_lora_rank", "must be positive: V4's indexer reads the q latent (§4.4)");
   }

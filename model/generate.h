@@ -44,6 +44,20 @@ struct GenerateResult {
   int64_t kv_bytes = 0;            // committed tokens x kv_bytes_per_token at the end
 };
 
+// The request checks every local generator makes: InvalidArgument for an empty prompt,
+// max_tokens <= 0 or bad sampling params; OutOfRange when prompt + max_tokens exceeds
+// `max_context`.
+absl::Status ValidateGenerateRequest(const GenerateRequest& req, int64_t max_context);
+
+// The sampling loop every local generator runs after its prefill: samples from `logits`
+// (the prompt's last position), reports each token, stops at max_tokens or a stop token, and
+// gets the next logits from `step(token)`. Fills tokens, stopped, ttft (from `start`),
+// decode_time and decode_tokens_per_s of `r`. Errors of the sampler or of `step`.
+absl::Status RunSamplingLoop(const GenerateRequest& req, std::vector<float> logits, Clock* clock,
+                             absl::Time start,
+                             const std::function<absl::StatusOr<std::vector<float>>(int32_t)>& step,
+                             GenerateResult* r);
+
 // InvalidArgument for an empty prompt, max_tokens <= 0, bad sampling params or token ids;
 // OutOfRange when prompt + max_tokens exceeds the model's context; errors of Prefill /
 // DecodeStep otherwise.
