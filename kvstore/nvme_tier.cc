@@ -17,7 +17,10 @@ namespace {
 
 constexpr char kPagesCf[] = "pages";
 constexpr char kMetaCf[] = "meta";
-constexpr uint8_t kMetaVersion = 1;
+// Version 1: up to the layout. Version 2 appends the resume role (u8) and resume bytes (u64);
+// version-1 records still decode (role kTurnEnd, resume bytes unknown for v4 pages).
+constexpr uint8_t kMetaVersion = 2;
+constexpr uint8_t kMetaVersionNoResume = 1;
 
 absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -86,6 +89,8 @@ std::string EncodePageMeta(const PageMeta& m) {
   s.append(m.ns);
   PutU64(&s, m.layout.size());
   s.append(m.layout);
+  s.push_back(static_cast<char>(m.resume_role));
+  PutU64(&s, m.resume_bytes);
   return s;
 }
 
@@ -95,7 +100,8 @@ absl::StatusOr<PageMeta> DecodePageMeta(const BlockKey& key, std::string_view b)
   };
   constexpr size_t kFixed = 2 + 8 + 8 + 32;
   if (b.size() < kFixed + 8) return bad("truncated");
-  if (static_cast<uint8_t>(b[0]) != kMetaVersion) return bad("unknown version");
+  const uint8_t version = static_cast<uint8_t>(b[0]);
+  if (version != kMetaVersion && version != kMetaVersionNoResume) return bad("unknown version");
   if (static_cast<uint8_t>(b[1]) > 1) return bad("bad flags");
   PageMeta m;
   m.key = key;
@@ -111,6 +117,18 @@ absl::StatusOr<PageMeta> DecodePageMeta(const BlockKey& key, std::string_view b)
     if (n > b.size() - pos) return bad("field length past the end");
     field->assign(b.data() + pos, n);
     pos += n;
+  }
+  if (version == kMetaVersionNoResume) {
+    // Written before resume roles existed: the default role; a v4 page may carry a resume
+    // section of unknown size (the store finds out when it first considers stripping it).
+    m.resume_bytes = m.layout == "v4-fp8-584" ? kResumeBytesUnknown : 0;
+  } else {
+    if (b.size() - pos < 9) return bad("truncated");
+    const uint8_t role = static_cast<uint8_t>(b[pos]);
+    if (role > static_cast<uint8_t>(PageRole::kCheckpoint)) return bad("bad resume role");
+    m.resume_role = static_cast<PageRole>(role);
+    m.resume_bytes = GetU64(b.data() + pos + 1);
+    pos += 9;
   }
   if (pos != b.size()) return bad("trailing bytes");
   return m;

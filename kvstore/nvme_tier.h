@@ -107,8 +107,10 @@ class NvmeTier : public Tier {
 absl::StatusOr<std::vector<uint8_t>> ReadPageFromNvme(const std::string& path, const BlockKey& key);
 
 // The metadata record's byte encoding (exposed for tests): version, flags, size, last
-// access, parent, namespace, layout. DecodePageMeta returns DataLoss naming the problem for
-// a truncated or malformed record.
+// access, parent, namespace, layout, then (version 2) resume role and resume bytes.
+// DecodePageMeta also accepts version-1 records (no resume fields: role kTurnEnd, resume
+// bytes kResumeBytesUnknown for v4-fp8-584 pages, else 0). DataLoss naming the problem for a
+// truncated or malformed record.
 std::string EncodePageMeta(const PageMeta& meta);
 absl::StatusOr<PageMeta> DecodePageMeta(const BlockKey& key, std::string_view bytes);
 

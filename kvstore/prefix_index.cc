@@ -72,7 +72,10 @@ absl::Status PrefixIndex::Insert(const PageMeta& meta, TierKind tier, absl::Time
   s.e.size = meta.size;
   s.e.last_access = now;
   s.e.retention = retention;
+  s.e.resume_role = meta.resume_role;
+  s.e.resume_bytes = meta.resume_bytes;
   s.seq = next_seq_++;
+  if (s.e.resume_bytes != 0) resume_keys_.insert(meta.key);
   if (parent != nullptr) {
     ++parent->e.child_count;
     Relist(*parent);
@@ -114,6 +117,7 @@ absl::Status PrefixIndex::RemoveResidency(const BlockKey& key, TierKind tier) {
   BlockKey parent = s.e.parent;
   if (last) {
     Unlist(s);
+    resume_keys_.erase(key);
     entries_.erase(it);
   } else {
     Relist(s);
@@ -161,6 +165,19 @@ void PrefixIndex::SetRetention(const BlockKey& key, absl::Duration retention, ab
   if (it == entries_.end()) return;
   it->second.e.retention = retention;
   Touch(key, now);
+}
+
+absl::Status PrefixIndex::SetSize(const BlockKey& key, uint64_t size, uint64_t resume_bytes) {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return absl::NotFoundError(StrCat("not indexed: ", key.Hex()));
+  it->second.e.size = size;
+  it->second.e.resume_bytes = resume_bytes;
+  if (resume_bytes != 0) {
+    resume_keys_.insert(key);
+  } else {
+    resume_keys_.erase(key);
+  }
+  return absl::OkStatus();
 }
 
 std::optional<BlockKey> PrefixIndex::PickVictim(TierKind tier, const std::string* ns,
@@ -265,6 +282,17 @@ absl::Status PrefixIndex::CheckInvariants() const {
         }
       }
     }
+  }
+  size_t with_resume = 0;
+  for (const auto& [k, s] : entries_) {
+    if ((s.e.resume_bytes != 0) != resume_keys_.contains(k)) {
+      return absl::InternalError(StrCat(k.Hex(), " resume-key listing wrong"));
+    }
+    with_resume += s.e.resume_bytes != 0;
+  }
+  if (with_resume != resume_keys_.size()) {
+    return absl::InternalError(
+        StrCat("resume keys hold ", resume_keys_.size(), " keys, expected ", with_resume));
   }
   size_t in_sets = 0;
   for (const auto& sets : victims_) {

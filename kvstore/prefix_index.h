@@ -1,12 +1,13 @@
 // PrefixIndex: which pages the store holds, where, and which to evict next.
 //
 // One entry per cached block key: its parent, namespace, size, the tiers it is resident
-// in, its pin count, its child count (children present in the index) and its eviction
-// score. The index is *prefix-closed*: an entry's parent is always present (or is the zero
-// key). Insert() refuses a key whose parent is missing, and an entry can leave the index
-// only when it has no children, so eviction is leaf-first. Because block keys chain, a
-// request's key chain is then "present up to some length, absent after", and
-// LongestPrefix() finds that length by binary search.
+// in, its pin count, its child count (children present in the index), its eviction score
+// and its resume-section facts (role, bytes stripping would free). The index is
+// *prefix-closed*: an entry's parent is always present (or is the zero key). Insert()
+// refuses a key whose parent is missing, and an entry can leave the index only when it has
+// no children, so eviction is leaf-first. Because block keys chain, a request's key chain
+// is then "present up to some length, absent after", and LongestPrefix() finds that length
+// by binary search.
 //
 // Eviction order, per tier: unpinned resident entries sorted by (blocked, score). An entry
 // is "blocked" in a tier while a child of it is resident in the same tier, or while it is
@@ -29,6 +30,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "kvstore/tier.h"
@@ -47,6 +49,10 @@ struct IndexEntry {
   std::array<uint32_t, kNumTiers> child_in_tier{};
   absl::Time last_access = absl::UnixEpoch();
   absl::Duration retention = absl::ZeroDuration();
+  PageRole resume_role = PageRole::kTurnEnd;
+  // Bytes stripping the resume section would free (PageMeta::resume_bytes): 0 without one,
+  // kResumeBytesUnknown until the store has looked (pages recovered from old nvme records).
+  uint64_t resume_bytes = 0;
 
   bool resident(TierKind t) const { return residency & (1u << static_cast<int>(t)); }
   int residency_count() const { return __builtin_popcount(residency); }
@@ -80,6 +86,13 @@ class PrefixIndex {
   void Touch(const BlockKey& key, absl::Time now);
   // Sets the retention hint of an entry (and refreshes its score). No-op if absent.
   void SetRetention(const BlockKey& key, absl::Duration retention, absl::Time now);
+  // Records a page's new size and resume bytes (after its resume section was stripped, or
+  // once an unknown resume size is known). The caller rewrites every resident copy first.
+  // NotFound if absent.
+  absl::Status SetSize(const BlockKey& key, uint64_t size, uint64_t resume_bytes);
+  // Keys whose resume_bytes is not 0 (a resume section, or not known yet): the pressure
+  // stripper's candidates, kept here so it never scans the whole index.
+  const absl::flat_hash_set<BlockKey>& ResumeKeys() const { return resume_keys_; }
 
   // The next victim in `tier`: namespace `ns` only when non-null. `can_demote` says the
   // caller will move the victim to a lower tier rather than drop it, so entries that are
@@ -124,6 +137,7 @@ class PrefixIndex {
   absl::flat_hash_map<BlockKey, Slot> entries_;
   // victims_[tier][namespace]
   std::array<std::map<std::string, VictimSet>, kNumTiers> victims_;
+  absl::flat_hash_set<BlockKey> resume_keys_;
 };
 
 }  // namespace kv

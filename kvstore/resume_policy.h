@@ -11,12 +11,26 @@
 //
 //   role                 resume section
 //   interior page        strip at publish: nobody continues from the middle of a chain
+//   checkpoint           keep at publish (kept every N pages so that a request branching
+//                        mid-chain can resume near it); strip first under pressure
 //   shared-prefix end    keep: many sessions branch here; dropped only with the page itself
 //   session turn end     keep while the session is live and the tier is not under pressure;
 //                        strip when the session has ended / expired, and strip *first* under
 //                        pressure (before evicting any compressed section): losing it costs
 //                        recomputing back to the previous resume point of one session, while
 //                        the compressed sections keep serving as history for every reader.
+//
+// Pressure order (ResumeStripPriority, lower first): 0 checkpoints, interior pages and turn
+// ends of ended sessions; 1 turn ends of live sessions; 2 shared-prefix ends (never stripped
+// by pressure).
+//
+// How the TieredStore applies it (kvstore/tiered_store.h): each indexed page records its
+// PageRole (PageMeta::resume_role, persisted by the nvme tier) and the bytes stripping would
+// free. TieredStore::DropResume() strips chosen pages on request; when a tier is full and
+// TieredStoreOptions::strip_resume_on_pressure is set, the store strips resume sections of
+// pages resident there in ResumeStripPriority order (then oldest score first), with
+// session_live = now < last access + retention, before it evicts any page. Demotion never
+// strips by itself.
 //
 // Stripping (StripResumeSection in kvstore/page_format.h) keeps the page's key, header
 // fields and kv / indexer-keys sections byte-identical and re-checksums the page, so a
@@ -34,11 +48,16 @@
 
 namespace kv {
 
-enum class PageRole {
-  kInterior,         // a later page of the same chain exists or is being written
-  kTurnEnd,          // the last page of a session turn (the session may continue)
+enum class PageRole : uint8_t {  // persisted (nvme page meta): never renumber
+  kInterior,                     // a later page of the same chain exists or is being written
+  kTurnEnd,                      // the last page of a session turn (the session may continue)
   kSharedPrefixEnd,  // the last page of a published shared prefix (system prompt, tools)
+  kCheckpoint,       // a mid-chain page kept resumable so that a branching request can
+                     // resume near it (the engine keeps one every N pages)
 };
+
+// "interior", "turn-end", "shared-prefix-end", "checkpoint".
+std::string_view PageRoleName(PageRole role);
 
 struct ResumeFacts {
   PageRole role = PageRole::kInterior;
@@ -52,9 +71,15 @@ enum class ResumeDecision { kKeep, kStrip };
 ResumeDecision DecideResumeSection(const ResumeFacts& f);
 
 // Order in which a tier under pressure gives resume sections back: lower first. Turn ends of
-// ended sessions 0, of live sessions 1, interior pages (should have none) 0, shared-prefix
-// ends 2 (never stripped by pressure alone: evicted with their page).
+// ended sessions 0, of live sessions 1, checkpoints 0, interior pages (should have none) 0,
+// shared-prefix ends 2 (never stripped by pressure alone: evicted with their page).
 int ResumeStripPriority(const ResumeFacts& f);
+
+// Bytes a page would shrink by if its resume section were stripped: page.size() -
+// StripResumeSection(page).size(), computed from the header and section table only (no
+// section checksums, no copy). 0 for pages without a resume section and for MLA layouts.
+// Errors of DecodePageHeader for a bad header.
+absl::StatusOr<uint64_t> ResumeSectionBytes(std::span<const uint8_t> page);
 
 // "keep" / "strip".
 std::string_view ResumeDecisionName(ResumeDecision d);

@@ -24,6 +24,10 @@ TEST(ResumePolicy, DecisionTable) {
       {PageRole::kTurnEnd, false, false, ResumeDecision::kStrip, 0},
       {PageRole::kSharedPrefixEnd, false, false, ResumeDecision::kKeep, 2},
       {PageRole::kSharedPrefixEnd, false, true, ResumeDecision::kKeep, 2},
+      {PageRole::kCheckpoint, false, false, ResumeDecision::kKeep, 0},
+      {PageRole::kCheckpoint, true, false, ResumeDecision::kKeep, 0},
+      {PageRole::kCheckpoint, true, true, ResumeDecision::kStrip, 0},
+      {PageRole::kCheckpoint, false, true, ResumeDecision::kStrip, 0},
   };
   for (const Case& c : cases) {
     const ResumeFacts f{c.role, c.live, c.pressure};
@@ -32,6 +36,46 @@ TEST(ResumePolicy, DecisionTable) {
     EXPECT_EQ(ResumeStripPriority(f), c.priority) << static_cast<int>(c.role);
   }
   EXPECT_EQ(ResumeDecisionName(ResumeDecision::kKeep), "keep");
+  EXPECT_EQ(PageRoleName(PageRole::kCheckpoint), "checkpoint");
+  EXPECT_EQ(PageRoleName(PageRole::kTurnEnd), "turn-end");
+}
+
+// ResumeSectionBytes (header only) agrees with what StripResumeSection really removes, for
+// random section sizes; 0 without a resume section and for MLA pages; errors on a bad header.
+TEST(ResumePolicy, ResumeSectionBytesMatchesStrip) {
+  std::mt19937 rng(std::random_device{}());
+  auto bytes = [&](size_t n) {
+    std::vector<uint8_t> v(n);
+    for (auto& b : v) b = static_cast<uint8_t>(rng());
+    return v;
+  };
+  PageSpec spec{LayoutId::kV4Fp8_584, {}, {}, 256, 0, 3};
+  for (int i = 0; i < 50; ++i) {
+    const auto kv = bytes(576 * (rng() % 4)), idx = bytes(576 * (1 + rng() % 2)),
+               resume = bytes(1 + rng() % 3000);
+    std::vector<PageSectionData> secs = {{SectionKind::kKv, kv}};
+    if (i % 2 == 0) secs.push_back({SectionKind::kIndexerKeys, idx});
+    secs.push_back({SectionKind::kV4Resume, resume});
+    auto page = EncodePageSections(spec, secs);
+    ASSERT_TRUE(page.ok()) << page.status();
+    auto stripped = StripResumeSection(*page);
+    ASSERT_TRUE(stripped.ok()) << stripped.status();
+    auto rb = ResumeSectionBytes(*page);
+    ASSERT_TRUE(rb.ok()) << rb.status();
+    EXPECT_GT(*rb, 0u);
+    EXPECT_EQ(*rb, page->size() - stripped->size()) << "case " << i;
+    auto none = ResumeSectionBytes(*stripped);
+    ASSERT_TRUE(none.ok());
+    EXPECT_EQ(*none, 0u);
+  }
+  PageSpec mla{LayoutId::kMlaFp8_656, {}, {}, 1, 0, 1};
+  auto mp = EncodePage(mla, bytes(656));
+  ASSERT_TRUE(mp.ok());
+  auto rb = ResumeSectionBytes(*mp);
+  ASSERT_TRUE(rb.ok());
+  EXPECT_EQ(*rb, 0u);
+  (*mp)[3] ^= 1;  // magic
+  EXPECT_FALSE(ResumeSectionBytes(*mp).ok());
 }
 
 // Applied to real encoded pages: a stripped v4 page keeps its compressed sections

@@ -24,6 +24,14 @@ std::vector<TestPage> MakeChain(uint64_t seed, const std::string& tenant, size_t
                                 uint32_t tokens = 4, uint32_t layers = 1,
                                 std::optional<BlockKey> parent = std::nullopt);
 
+// A chain of v4-fp8-584 pages (256 tokens, 3 layers) under tenant `tenant`, one per entry
+// of `resume_sizes`: a kv section of `kv_blocks` x 576 random bytes, an indexer-keys section
+// of 576 random bytes and, when resume_sizes[i] > 0, a resume section of that many random
+// bytes. Deterministic in the arguments, like MakeChain. meta.resume_role is kTurnEnd.
+std::vector<TestPage> MakeV4Chain(uint64_t seed, const std::string& tenant,
+                                  const std::vector<size_t>& resume_sizes, uint32_t kv_blocks = 2,
+                                  std::optional<BlockKey> parent = std::nullopt);
+
 // The keys of a chain.
 std::vector<BlockKey> KeysOf(const std::vector<TestPage>& chain);
 

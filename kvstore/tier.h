@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "kvstore/block_key.h"
+#include "kvstore/resume_policy.h"
 
 namespace kv {
 
@@ -46,7 +47,15 @@ struct PageMeta {
   uint64_t size = 0;    // encoded page bytes
   bool sealed = false;  // set by Seal(); only sealed pages are listed
   absl::Time last_access = absl::UnixEpoch();
+  // Why the publisher kept a resume section on this page (resume_policy.h); only matters
+  // for v4-fp8-584 pages that carry one. Set by the publisher.
+  PageRole resume_role = PageRole::kTurnEnd;
+  // Bytes the page would shrink by if its resume section were stripped; 0 when it has none.
+  // Computed by the TieredStore from the page (callers' values are ignored);
+  // kResumeBytesUnknown for pages listed from an nvme record older than the field.
+  uint64_t resume_bytes = 0;
 };
+inline constexpr uint64_t kResumeBytesUnknown = ~uint64_t{0};
 
 // Where a page lives inside a registered memory region (for the transport's RMA).
 struct PageLocation {

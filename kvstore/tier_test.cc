@@ -275,6 +275,39 @@ TEST(NvmeTierTest, MetaEncodingRoundTripsAndRejectsGarbage) {
   EXPECT_TRUE(absl::IsDataLoss(DecodePageMeta(p.meta.key, bad_version).status()));
 }
 
+// Version-2 records carry the resume role and bytes; version-1 records (written before
+// them) still decode, as a turn end whose resume size is unknown for v4 pages.
+TEST(NvmeTierTest, MetaEncodingResumeFieldsAndVersionOne) {
+  auto p = MakeChain(19, "tenant-x", 1)[0];
+  p.meta.sealed = true;
+  p.meta.layout = "v4-fp8-584";
+  p.meta.resume_role = PageRole::kCheckpoint;
+  p.meta.resume_bytes = 123456;
+  std::string enc = EncodePageMeta(p.meta);
+  auto dec = DecodePageMeta(p.meta.key, enc);
+  ASSERT_TRUE(dec.ok()) << dec.status();
+  EXPECT_EQ(dec->resume_role, PageRole::kCheckpoint);
+  EXPECT_EQ(dec->resume_bytes, 123456u);
+  std::string v1 = enc.substr(0, enc.size() - 9);
+  v1[0] = 1;
+  dec = DecodePageMeta(p.meta.key, v1);
+  ASSERT_TRUE(dec.ok()) << dec.status();
+  EXPECT_EQ(dec->resume_role, PageRole::kTurnEnd);
+  EXPECT_EQ(dec->resume_bytes, kResumeBytesUnknown);
+  EXPECT_EQ(dec->layout, "v4-fp8-584");
+  EXPECT_EQ(dec->size, p.meta.size);
+  EXPECT_TRUE(absl::IsDataLoss(DecodePageMeta(p.meta.key, v1 + "x").status()));
+  std::string bad_role = enc;
+  bad_role[enc.size() - 9] = 9;
+  EXPECT_TRUE(absl::IsDataLoss(DecodePageMeta(p.meta.key, bad_role).status()));
+  p.meta.layout = "mla-fp8-656";
+  v1 = EncodePageMeta(p.meta).substr(0, EncodePageMeta(p.meta).size() - 9);
+  v1[0] = 1;
+  dec = DecodePageMeta(p.meta.key, v1);
+  ASSERT_TRUE(dec.ok());
+  EXPECT_EQ(dec->resume_bytes, 0u);
+}
+
 TEST(NvmeTierTest, OpenRejectsEmptyPath) {
   EXPECT_TRUE(absl::IsInvalidArgument(NvmeTier::Open({}).status()));
 }

@@ -60,6 +60,10 @@ TieredStore::TieredStore(TieredStoreOptions options,
                                        "Leases that expired while pages were lent");
   metrics_->expired =
       reg->GetCounter("kvstrata_store_expired_leases_total", "Leases released by their deadline");
+  metrics_->resume_strips = reg->GetCounter("kvstrata_store_resume_strips_total",
+                                            "Pages whose v4 resume section the store stripped");
+  metrics_->resume_bytes_freed = reg->GetCounter("kvstrata_store_resume_bytes_freed_total",
+                                                 "Tier bytes freed by stripping resume sections");
   metrics_->lookup_seconds = reg->GetHistogram(
       "kvstrata_store_lookup_seconds", "Longest-prefix lookup latency", Histogram::LatencyBounds());
   if (options_.background_threads > 0) {
@@ -110,6 +114,8 @@ PageMeta TieredStore::MetaOf(const IndexEntry& e) const {
   m.size = e.size;
   m.sealed = true;
   m.last_access = e.last_access;
+  m.resume_role = e.resume_role;
+  m.resume_bytes = e.resume_bytes;
   return m;
 }
 

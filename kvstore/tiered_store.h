@@ -23,6 +23,11 @@
 //     page to host (async on a background thread). A full tier evicts leaf-first LRU victims
 //     (PrefixIndex), demoting them one tier down when that tier exists, else dropping them.
 //     A hit served from nvme is promoted to host. Each behaviour is an option.
+//   - Resume sections (v4-fp8-584, kvstore/resume_policy.h): each indexed page records its
+//     PageRole and the bytes stripping its resume section would free. DropResume() strips
+//     chosen pages; a full tier first strips resume sections of its pages in
+//     ResumeStripPriority order (never shared-prefix ends) and only then evicts. A strip
+//     rewrites every resident copy (same key, smaller size); demotion never strips.
 //   - Quotas cap each namespace's bytes per tier; a namespace over quota evicts its own
 //     pages first and never another tenant's.
 //   - Restart: Open() rebuilds the index from the nvme tier's sealed pages (orphans whose
@@ -62,13 +67,14 @@ absl::Status VerifyPage(std::span<const uint8_t> page, const PageMeta& meta);
 using PageVerifier = std::function<absl::Status(std::span<const uint8_t>, const PageMeta&)>;
 
 struct TieredStoreOptions {
-  Clock* clock = nullptr;              // nullptr: Clock::Real()
-  MetricsRegistry* metrics = nullptr;  // nullptr: MetricsRegistry::Default()
-  bool write_back = true;              // copy sealed device pages to host
-  bool demote_on_pressure = true;      // evicted pages move one tier down
-  bool promote_on_hit = true;          // nvme hits are copied into host
-  bool leaf_first = true;              // false: plain LRU order (children still pin parents)
-  int background_threads = 1;          // write-back workers; 0 runs write-back inline
+  Clock* clock = nullptr;                // nullptr: Clock::Real()
+  MetricsRegistry* metrics = nullptr;    // nullptr: MetricsRegistry::Default()
+  bool write_back = true;                // copy sealed device pages to host
+  bool demote_on_pressure = true;        // evicted pages move one tier down
+  bool promote_on_hit = true;            // nvme hits are copied into host
+  bool leaf_first = true;                // false: plain LRU order (children still pin parents)
+  bool strip_resume_on_pressure = true;  // a full tier strips resume sections before evicting
+  int background_threads = 1;            // write-back workers; 0 runs write-back inline
   absl::Duration pending_timeout = absl::Seconds(60);
   absl::Duration max_lease = absl::Minutes(10);
   absl::Duration default_retention = absl::ZeroDuration();
@@ -100,6 +106,8 @@ struct StoreStats {
   uint64_t active_leases = 0;
   uint64_t poisoned_leases = 0;
   uint64_t expired_leases = 0;
+  uint64_t resume_strips = 0;       // pages whose resume section was stripped (any cause)
+  uint64_t resume_bytes_freed = 0;  // tier bytes those strips freed, summed over copies
 };
 
 class TieredStore {
@@ -158,6 +166,20 @@ class TieredStore {
   // Session retention: gives `keys` (those cached) a soft priority of `ttl` beyond their
   // last access, refreshed now. Returns how many keys were cached.
   size_t Retain(std::span<const BlockKey> keys, absl::Duration ttl);
+  // Strips the resume section of each cached, unpinned key whose page has one: every
+  // resident copy is replaced by StripResumeSection(copy), same key, smaller size, and the
+  // index and per-namespace charges follow. Returns the tier bytes freed, summed over all
+  // copies (one copy: exactly the entry's resume bytes). Skipped without error: keys not
+  // cached, pinned (leases, in-flight reads, quarantine), without a resume section, or whose
+  // copy failed verification (that copy is quarantined as Read does) or could not be read.
+  // If a tier cannot take the stripped copy, the original goes back; the entry keeps one
+  // size, so once some tier holds the stripped copy, tiers left with the original drop it
+  // (counted as evictions), and a copy lost in between is handled as a quarantined one.
+  // Crash safety: an nvme copy is erased before its stripped copy is written, so a crash
+  // in between loses that page (a miss; Open() drops its orphaned descendants). Errors:
+  // Internal if the index refuses a bookkeeping step (a bug).
+  absl::StatusOr<uint64_t> DropResume(std::span<const BlockKey> keys);
+
   // Evicts (demoting where enabled) until `bytes` are freed in `tier` or nothing more is
   // evictable. Returns the bytes freed. InvalidArgument if the tier is absent.
   absl::StatusOr<uint64_t> Evict(TierKind tier, uint64_t bytes);
@@ -189,6 +211,8 @@ class TieredStore {
     std::array<Gauge*, kNumTiers> bytes;
     Counter* poisoned;
     Counter* expired;
+    Counter* resume_strips;
+    Counter* resume_bytes_freed;
     Histogram* lookup_seconds;
   };
 
@@ -203,6 +227,15 @@ class TieredStore {
   absl::Status MakeRoomLocked(int t, const std::string& ns, uint64_t size)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status EvictLocked(int t, const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Strips one page's resume section in every tier (DropResume); returns bytes freed, 0 if
+  // skipped. tiered_store_resume.cc.
+  absl::StatusOr<uint64_t> StripResumeLocked(const BlockKey& key)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Pressure stripping in tier t (namespace `ns` only when non-null) until `has_room` says
+  // so or no candidate is left. Returns whether `has_room` holds at the end.
+  absl::StatusOr<bool> StripForPressureLocked(int t, const std::string* ns,
+                                              const std::function<bool()>& has_room)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CopyIntoTierLocked(int t, const PageMeta& meta, std::span<const uint8_t> bytes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int ServingTierLocked(const IndexEntry& e, bool lendable) const

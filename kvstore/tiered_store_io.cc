@@ -5,6 +5,7 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/resume_policy.h"
 #include "kvstore/tiered_store.h"
 
 namespace kv {
@@ -126,10 +127,19 @@ absl::Status TieredStore::MakeRoomLocked(int t, const std::string& ns, uint64_t 
     return absl::ResourceExhaustedError(StrCat("page of ", fp, " bytes exceeds ", ns, "'s ",
                                                TierName(tier->kind()), " quota of ", quota));
   }
+  auto quota_ok_now = [&] {
+    return quota == 0 || usage_[ns][t] + static_cast<int64_t>(fp) <= static_cast<int64_t>(quota);
+  };
+  auto has_room = [&] { return quota_ok_now() && tier->HasRoom(size); };
+  if (options_.strip_resume_on_pressure && !index_.ResumeKeys().empty() && !has_room()) {
+    // Resume sections go before any page (resume_policy.h): strip, then evict if still full.
+    ASSIGN_OR_RETURN(bool room,
+                     StripForPressureLocked(t, quota_ok_now() ? nullptr : &ns, has_room));
+    if (room) return absl::OkStatus();
+  }
   bool can_demote = options_.demote_on_pressure && LowerTier(t) >= 0;
   for (int i = 0; i < kMaxEvictionsPerWrite; ++i) {
-    bool quota_ok =
-        quota == 0 || usage_[ns][t] + static_cast<int64_t>(fp) <= static_cast<int64_t>(quota);
+    bool quota_ok = quota_ok_now();
     if (quota_ok && tier->HasRoom(size)) return absl::OkStatus();
     std::optional<BlockKey> victim =
         index_.PickVictim(static_cast<TierKind>(t), quota_ok ? nullptr : &ns, can_demote);
@@ -291,6 +301,10 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
         StrCat("Write: meta size ", meta.size, " != ", page.size(), " page bytes"));
   }
   RETURN_IF_ERROR(options_.verify(page, meta));
+  // The stripped size comes from the header and section table alone (no second checksum
+  // pass, no copy); the page was just verified.
+  uint64_t resume_bytes = 0;
+  if (absl::StatusOr<uint64_t> rb = ResumeSectionBytes(page); rb.ok()) resume_bytes = *rb;
   MutexLock l(&mu_);
   absl::Time now = Now();
   ReapLocked(now);
@@ -303,6 +317,7 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
   PageMeta m = meta;
   m.sealed = false;
   m.last_access = now;
+  m.resume_bytes = resume_bytes;
   RETURN_IF_ERROR(tiers_[t]->Write(
       m, std::string_view(reinterpret_cast<const char*>(page.data()), page.size())));
   Charge(m.ns, t, static_cast<int64_t>(tiers_[t]->Footprint(m.size)));
