@@ -52,8 +52,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
                      MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));
   }
   log::Info("serve_started", "role", "all", "address", s->grpc_->address(), "metrics_port",
-            s->metrics_port(), "model", s->node_->model_dir(), "layout", o.node.kv_layout,
-            "data_dir", o.node.data_dir, "tenants",
+            s->metrics_port(), "model", s->node_->model_dir(), "layout",
+            s->node_->model().layout().name, "data_dir", o.node.data_dir, "tenants",
             s->requires_token_ ? "tokens file" : "built-in tenant default");
   return s;
 }

@@ -70,7 +70,7 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
   if (!o.membership.etcd.empty()) RETURN_IF_ERROR(ListenHost(o.membership.etcd).status());
   if (o.role == "store") RETURN_IF_ERROR(prefill::ValidateNodeOptions(o.node));
   if (o.node.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
-  RETURN_IF_ERROR(kernels::ParseLayout(o.node.kv_layout).status());
+  if (!o.node.kv_layout.empty()) RETURN_IF_ERROR(kernels::ParseLayout(o.node.kv_layout).status());
   RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file).status());
   return absl::OkStatus();
 }
@@ -109,7 +109,9 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   State& s = *server->s_;
   ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership));
   ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication}));
-  const kernels::KvLayout layout = *kernels::ParseLayout(o.node.kv_layout);
+  const kernels::KvLayout layout = o.node.kv_layout.empty()
+                                       ? kernels::KvLayout::kMlaFp8_656
+                                       : *kernels::ParseLayout(o.node.kv_layout);
 
   pb::NodeInfo self;
   GrpcServerOptions go;
@@ -137,6 +139,13 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   } else {
     ASSIGN_OR_RETURN(model::ModelConfig config,
                      model::LoadModelConfig(StrCat(model_dir, "/config.json")));
+    if (config.IsV4()) {
+      return absl::UnimplementedError(
+          StrCat("--role=", o.role, ": ", model_dir,
+                 " is a DeepSeek-V4 model; the disaggregated "
+                 "roles hand MLA blocks over, so serve V4 models with --role=all "
+                 "(docs/serving.md)"));
+    }
     RETURN_IF_ERROR(model::ValidateForRuntime(config));
     ASSIGN_OR_RETURN(Digest256 fingerprint, model::ModelFingerprint(model_dir));
     const LayoutInfo info = *LookupLayout(kernels::LayoutName(layout));

@@ -27,7 +27,7 @@ std::string_view FinishReasonName(FinishReason r) {
   return "length";
 }
 
-absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const model::Transformer* model,
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ServingModel* model,
                                                        TieredStore* store, EngineOptions options) {
   if (model == nullptr) return absl::InvalidArgumentError("Engine: no model");
   if (store == nullptr) return absl::InvalidArgumentError("Engine: no tiered store");
@@ -37,21 +37,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const model::Transformer*
   if (options.write_back_threads < 1) {
     return absl::InvalidArgumentError("Engine: write_back_threads must be >= 1");
   }
-  ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(kernels::LayoutName(options.layout)));
+  if (options.resume_checkpoint_pages < 0) {
+    return absl::InvalidArgumentError("Engine: resume_checkpoint_pages must be >= 0");
+  }
   std::unique_ptr<Engine> e(new Engine(model, store, std::move(options)));
-  e->page_tokens_ = static_cast<int>(info.default_page_tokens);
-  PageSpec spec{.layout = info.id,
-                .token_count = info.default_page_tokens,
-                .first_layer = 0,
-                .layer_count = static_cast<uint32_t>(model->config().num_hidden_layers)};
-  ASSIGN_OR_RETURN(e->page_bytes_, EncodedPageBytes(spec));
-  e->tenant_params_.model_fingerprint = model->weights().fingerprint;
-  e->tenant_params_.layout_id = std::string(info.name);
-  e->tenant_params_.page_tokens = info.default_page_tokens;
+  e->page_tokens_ = model->page_tokens();
+  e->page_bytes_ = model->page_bytes();
+  e->tenant_params_.model_fingerprint = model->fingerprint();
+  e->tenant_params_.layout_id = std::string(model->layout().name);
+  e->tenant_params_.page_tokens = model->layout().default_page_tokens;
   return e;
 }
 
-Engine::Engine(const model::Transformer* model, TieredStore* store, EngineOptions options)
+Engine::Engine(const ServingModel* model, TieredStore* store, EngineOptions options)
     : model_(model),
       store_(store),
       options_(std::move(options)),
@@ -221,6 +219,8 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
   std::vector<std::string> ns;
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                    Keys(req.prompt, req.tenant, req.shared_prefix_tokens, &ns));
+  const int64_t shared_blocks =
+      std::min<int64_t>(static_cast<int64_t>(keys.size()), req.shared_prefix_tokens / page_tokens_);
   const bool read_cache = req.policy == CachePolicy::kAuto || req.policy == CachePolicy::kForceLoad;
   const int64_t usable =
       std::min<int64_t>(static_cast<int64_t>(keys.size()), (n - 1) / page_tokens_);
@@ -241,9 +241,18 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
   const int64_t to_load = st.cost.load_blocks;
   if (req.on_plan) req.on_plan(st.cost);
 
-  ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv, model_->NewCache(options_.layout, total));
+  ASSIGN_OR_RETURN(std::unique_ptr<ServingSequence> kv, model_->NewSequence(total));
   const absl::Time load_start = clock->Now();
-  const int64_t loaded = to_load > 0 ? LoadPrefix(keys, hit.tiers, to_load, kv.get(), &st) : 0;
+  int64_t loaded = to_load > 0 ? LoadPrefix(keys, hit.tiers, to_load, kv.get(), &st) : 0;
+  if (!kv->can_continue()) {
+    // A V4 import failed after pages without resume sections went in: start over cold
+    // rather than continue from a state the pages do not hold.
+    log::Warn("prefix_load_discarded", "blocks", loaded);
+    ASSIGN_OR_RETURN(kv, model_->NewSequence(total));
+    loaded = 0;
+    st.tier_hits.clear();
+    st.bytes_loaded = 0;
+  }
   st.load_time = clock->Now() - load_start;
   const int64_t start_pos = loaded * page_tokens_;
   st.cached_tokens = start_pos;
@@ -251,8 +260,8 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
 
   const absl::Time prefill_start = clock->Now();
   ASSIGN_OR_RETURN(std::vector<float> logits,
-                   model_->Prefill(std::span<const int32_t>(req.prompt).subspan(start_pos),
-                                   start_pos, kv.get(), {.chunk_tokens = options_.prefill_chunk}));
+                   kv->Prefill(std::span<const int32_t>(req.prompt).subspan(start_pos), start_pos,
+                               options_.prefill_chunk));
   st.prefill_time = clock->Now() - prefill_start;
   cost_.RecordPrefill(n - start_pos, st.prefill_time);
 
@@ -275,8 +284,8 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
       // Write-back of the new prompt pages, after the first token (off the critical path).
       if (publish) {
         const int64_t from = std::max<int64_t>(loaded, static_cast<int64_t>(hit.matched));
-        st.published_pages +=
-            QueuePublish(*kv, keys, ns, from, static_cast<int64_t>(keys.size()), retention, {});
+        st.published_pages += QueuePublish(*kv, keys, ns, from, static_cast<int64_t>(keys.size()),
+                                           shared_blocks, retention, {});
       }
     }
     if (!keep_going) {
@@ -292,7 +301,7 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
       break;
     }
     if (i + 1 == req.max_tokens) break;  // the last token needs no forward pass
-    ASSIGN_OR_RETURN(logits, model_->DecodeStep(tok, kv->num_tokens(), kv.get()));
+    ASSIGN_OR_RETURN(logits, kv->DecodeStep(tok));
   }
   st.decode_time = clock->Now() - first;
   st.output_tokens = static_cast<int64_t>(out.tokens.size());
@@ -303,7 +312,7 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
   if (publish && !out.tokens.empty() &&
       kv->num_tokens() + 1 == n + static_cast<int64_t>(out.tokens.size()) &&
       (kv->num_tokens() + 1) % page_tokens_ == 0) {
-    RETURN_IF_ERROR(model_->DecodeStep(out.tokens.back(), kv->num_tokens(), kv.get()).status());
+    RETURN_IF_ERROR(kv->DecodeStep(out.tokens.back()).status());
   }
   if (publish) {
     std::vector<int32_t> convo(req.prompt);
@@ -314,9 +323,9 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
                      Keys(convo, req.tenant, req.shared_prefix_tokens, &convo_ns));
     std::vector<BlockKey> retain;
     if (retention && *retention > absl::ZeroDuration()) retain = convo_keys;
-    st.published_pages +=
-        QueuePublish(*kv, convo_keys, convo_ns, static_cast<int64_t>(keys.size()),
-                     static_cast<int64_t>(convo_keys.size()), retention, std::move(retain));
+    st.published_pages += QueuePublish(*kv, convo_keys, convo_ns, static_cast<int64_t>(keys.size()),
+                                       static_cast<int64_t>(convo_keys.size()), shared_blocks,
+                                       retention, std::move(retain));
   }
   st.total_time = clock->Now() - start;
   return out;

@@ -23,8 +23,17 @@
 //      session hits it all; with a session id they get the store's retention hint.
 //
 // Exactness: a page holds the exact KV bytes the model computed, and the model's output
-// depends only on those bytes (model/transformer.h), so a warm request generates exactly the
-// tokens a cold one does.
+// depends only on those bytes (model/transformer.h, model/v4_model.h), so a warm request
+// generates exactly the tokens a cold one does.
+//
+// Models. The engine serves any ServingModel (prefill/serving_model.h): DeepSeek MLA models
+// with 64-token mla-* pages, and DeepSeek-V4 models with 256-token v4-fp8-584 pages. V4
+// pages carry a resume section only where the resume policy keeps one (kvstore/
+// resume_policy.h): at the shared-prefix end, at the prompt's and the turn's last full page,
+// and every `resume_checkpoint_pages` pages of a chain; each is published with its PageRole
+// so the store can strip it under pressure. A cached V4 run is loaded only up to its last
+// page with a resume section (a sequence can be continued only from there); the pages after
+// it are recomputed, byte-identical.
 //
 // Thread-safety: Generate/Lookup/Counters are safe to call concurrently; each request has
 // its own KvCache (the Transformer is immutable). The engine does not own the model or the
@@ -47,10 +56,11 @@
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_format.h"
+#include "kvstore/resume_policy.h"
 #include "kvstore/tiered_store.h"
 #include "model/sampling.h"
-#include "model/transformer.h"
 #include "prefill/cost_model.h"
+#include "prefill/serving_model.h"
 
 namespace kv::prefill {
 
@@ -65,7 +75,6 @@ enum class FinishReason { kLength, kEos, kStopToken, kCancelled };
 std::string_view FinishReasonName(FinishReason r);
 
 struct EngineOptions {
-  kernels::KvLayout layout = kernels::KvLayout::kMlaFp8_656;
   Clock* clock = nullptr;                                // nullptr: Clock::Real()
   MetricsRegistry* metrics = nullptr;                    // nullptr: MetricsRegistry::Default()
   absl::Duration lease = absl::Seconds(30);              // pin lease while loading pages
@@ -73,6 +82,10 @@ struct EngineOptions {
   absl::Duration max_retention = absl::Hours(24);
   int64_t prefill_chunk = 256;
   int write_back_threads = 1;  // 1 keeps publishes in chain order
+  // V4 pages: keep a resume section on every Nth page of a chain (PageRole::kCheckpoint), so
+  // a request that shares only part of a chain resumes at most N - 1 pages before its end.
+  // 0: only at shared-prefix, prompt and turn ends.
+  int64_t resume_checkpoint_pages = 4;
   CostModelOptions cost;
 };
 
@@ -165,8 +178,8 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, c
 
 class Engine {
  public:
-  // InvalidArgument for a null model/store or a layout the page format does not know.
-  static absl::StatusOr<std::unique_ptr<Engine>> Create(const model::Transformer* model,
+  // InvalidArgument for a null model/store or bad options.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const ServingModel* model,
                                                         TieredStore* store, EngineOptions options);
   ~Engine();
 
@@ -185,12 +198,12 @@ class Engine {
   void WaitIdle();
   EngineCounters Counters();
   CostModel& cost_model() { return cost_; }
-  const model::Transformer& model() const { return *model_; }
+  const ServingModel& model() const { return *model_; }
   TieredStore& store() { return *store_; }
   const KeyParams& key_params() const { return tenant_params_; }  // ns unset
   int page_tokens() const { return page_tokens_; }
   uint64_t page_bytes() const { return page_bytes_; }
-  kernels::KvLayout layout() const { return options_.layout; }
+  const LayoutInfo& layout() const { return model_->layout(); }
 
  private:
   struct Metrics;
@@ -198,28 +211,34 @@ class Engine {
     std::vector<BlockKey> keys;  // their keys
     std::vector<BlockKey> parents;
     std::vector<std::string> ns;  // KeyNamespace::ToString()
-    std::vector<std::string> kv;  // ExportBlock bytes
+    std::vector<std::string> kv;  // ServingSequence::ExportBlock results
+    std::vector<PageRole> roles;  // the resume policy's role of each page
     std::optional<absl::Duration> retention;
     std::vector<BlockKey> retain;  // whole chain to refresh the retention hint of
   };
-  Engine(const model::Transformer* model, TieredStore* store, EngineOptions options);
+  Engine(const ServingModel* model, TieredStore* store, EngineOptions options);
 
   absl::Status Validate(const GenerateRequest& req) const;
   // Keys of every full block of `tokens` (shared prefix first) and their namespaces.
   absl::StatusOr<std::vector<BlockKey>> Keys(std::span<const int32_t> tokens,
                                              const std::string& tenant, int64_t shared_tokens,
                                              std::vector<std::string>* ns) const;
-  // Steps 2-4: loads up to `plan.load_blocks` pages into `kv`; returns blocks loaded.
+  // Steps 2-4: loads up to `blocks` pages into `seq` (V4: up to the last one a sequence can
+  // continue from); returns blocks loaded.
   int64_t LoadPrefix(std::span<const BlockKey> keys, std::span<const TierKind> tiers,
-                     int64_t blocks, model::KvCache* kv, RequestStats* stats);
-  // Exports blocks [from, to) of `kv` and queues their publishing.
-  int64_t QueuePublish(const model::KvCache& kv, std::span<const BlockKey> keys,
+                     int64_t blocks, ServingSequence* seq, RequestStats* stats);
+  // Exports blocks [from, to) of `seq` and queues their publishing. `shared_blocks` leading
+  // blocks are the shared prefix; block to - 1 ends the prompt or the turn.
+  int64_t QueuePublish(const ServingSequence& seq, std::span<const BlockKey> keys,
                        std::span<const std::string> ns, int64_t from, int64_t to,
-                       std::optional<absl::Duration> retention, std::vector<BlockKey> retain);
+                       int64_t shared_blocks, std::optional<absl::Duration> retention,
+                       std::vector<BlockKey> retain);
+  // The resume policy's role of block b of a chain published up to `end` (exclusive).
+  PageRole RoleOf(int64_t b, int64_t end, int64_t shared_blocks) const;
   void PublishPending(const Pending& p);
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& req);
 
-  const model::Transformer* model_;
+  const ServingModel* model_;
   TieredStore* store_;
   const EngineOptions options_;
   KeyParams tenant_params_;

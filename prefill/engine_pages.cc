@@ -40,7 +40,7 @@ absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, c
 }
 
 int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierKind> tiers,
-                           int64_t blocks, model::KvCache* kv, RequestStats* stats) {
+                           int64_t blocks, ServingSequence* seq, RequestStats* stats) {
   Clock* clock = options_.clock ? options_.clock : Clock::Real();
   std::span<const BlockKey> want = keys.subspan(0, static_cast<size_t>(blocks));
   absl::StatusOr<TieredStore::PinHandle> pin = store_->Pin(want, clock->Now() + options_.lease);
@@ -48,22 +48,31 @@ int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierK
     log::Info("prefix_pin_failed", "blocks", blocks, "error", pin.status().ToString());
     return 0;
   }
-  auto layout = LookupLayout(kernels::LayoutName(options_.layout));
   const int layers = static_cast<int>(model_->config().num_hidden_layers);
-  std::vector<uint8_t> buf(page_bytes_);
+  // A run of verified pages not yet imported: V4 pages after the last resumable one wait
+  // here until a page with a resume section makes the run continuable (else they are
+  // dropped, and recomputed).
+  struct Held {
+    std::vector<uint8_t> bytes;
+    TierKind tier;
+  };
+  std::vector<Held> held;
   int64_t loaded = 0;
   for (int64_t i = 0; i < blocks; ++i) {
     const absl::Time t0 = clock->Now();
+    std::vector<uint8_t> buf(page_bytes_);
     absl::StatusOr<size_t> n = store_->Read(*pin, want[i], buf);
     absl::Status s = n.status();
+    bool resumable = false;
     if (s.ok()) {
-      absl::StatusOr<PageView> view = DecodePage(std::span<const uint8_t>(buf.data(), *n));
+      buf.resize(*n);
+      absl::StatusOr<PageView> view = DecodePage(buf);
       s = view.status();
       if (s.ok()) {
-        s = CheckPage(*view, want[i], i == 0 ? BlockKey::Zero() : want[i - 1], *layout,
+        s = CheckPage(*view, want[i], i == 0 ? BlockKey::Zero() : want[i - 1], model_->layout(),
                       page_tokens_, layers);
       }
-      if (s.ok()) s = kv->AppendBlock(view->kv());
+      if (s.ok()) resumable = model_->resumable(*view);
     }
     if (!s.ok()) {  // a miss from here on: the rest is recomputed
       log::Warn("prefix_load_stopped", "block", i, "key", want[i].Hex(), "error", s.ToString());
@@ -71,19 +80,35 @@ int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierK
     }
     const TierKind tier = tiers[static_cast<size_t>(i)];
     cost_.RecordRead(tier, *n, clock->Now() - t0);
-    metrics_->pages_loaded[static_cast<int>(tier)]->Inc();
-    metrics_->bytes_loaded[static_cast<int>(tier)]->Inc(static_cast<double>(*n));
-    auto it = std::find_if(stats->tier_hits.begin(), stats->tier_hits.end(),
-                           [&](const TierHit& h) { return h.tier == tier; });
-    if (it == stats->tier_hits.end()) {
-      stats->tier_hits.push_back(TierHit{.tier = tier});
-      it = stats->tier_hits.end() - 1;
+    held.push_back(Held{std::move(buf), tier});
+    if (!resumable) continue;
+    for (Held& h : held) {  // import the run up to this resumable page
+      absl::StatusOr<PageView> view = DecodePage(h.bytes);
+      s = view.ok() ? seq->ImportPage(h.bytes, *view) : view.status();
+      if (!s.ok()) break;
+      const uint64_t size = h.bytes.size();
+      metrics_->pages_loaded[static_cast<int>(h.tier)]->Inc();
+      metrics_->bytes_loaded[static_cast<int>(h.tier)]->Inc(static_cast<double>(size));
+      auto it = std::find_if(stats->tier_hits.begin(), stats->tier_hits.end(),
+                             [&](const TierHit& th) { return th.tier == h.tier; });
+      if (it == stats->tier_hits.end()) {
+        stats->tier_hits.push_back(TierHit{.tier = h.tier});
+        it = stats->tier_hits.end() - 1;
+      }
+      ++it->pages;
+      it->tokens += page_tokens_;
+      it->bytes += size;
+      stats->bytes_loaded += size;
+      ++loaded;
     }
-    ++it->pages;
-    it->tokens += page_tokens_;
-    it->bytes += *n;
-    stats->bytes_loaded += *n;
-    ++loaded;
+    held.clear();
+    if (!s.ok()) {  // the runtime refused a page CheckPage accepted: stop here
+      log::Warn("prefix_import_failed", "block", loaded, "error", s.ToString());
+      break;
+    }
+  }
+  if (!held.empty()) {
+    log::Info("prefix_load_trimmed", "pages_without_resume", held.size(), "loaded", loaded);
   }
   absl::Status u = store_->Unpin(*pin);
   if (!u.ok()) log::Info("prefix_unpin_failed", "error", u.ToString());  // lease expired
@@ -92,21 +117,37 @@ int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierK
   return loaded;
 }
 
-int64_t Engine::QueuePublish(const model::KvCache& kv, std::span<const BlockKey> keys,
+PageRole Engine::RoleOf(int64_t b, int64_t end, int64_t shared_blocks) const {
+  if (b + 1 == shared_blocks) return PageRole::kSharedPrefixEnd;
+  if (b + 1 == end) return PageRole::kTurnEnd;
+  const int64_t every = options_.resume_checkpoint_pages;
+  if (every > 0 && (b + 1) % every == 0) return PageRole::kCheckpoint;
+  return PageRole::kInterior;
+}
+
+int64_t Engine::QueuePublish(const ServingSequence& seq, std::span<const BlockKey> keys,
                              std::span<const std::string> ns, int64_t from, int64_t to,
-                             std::optional<absl::Duration> retention,
+                             int64_t shared_blocks, std::optional<absl::Duration> retention,
                              std::vector<BlockKey> retain) {
   auto p = std::make_shared<Pending>();
   for (int64_t i = from; i < to; ++i) {
-    absl::StatusOr<std::string> bytes = kv.ExportBlock(i);
+    const BlockKey parent = i == 0 ? BlockKey::Zero() : keys[i - 1];
+    const PageRole role = RoleOf(i, to, shared_blocks);
+    // At publish every session is live and no tier is under pressure: the policy keeps the
+    // resume section of every page but interior ones (kvstore/resume_policy.h).
+    const bool with_resume =
+        model_->pages_have_resume() &&
+        DecideResumeSection({.role = role, .session_live = true}) == ResumeDecision::kKeep;
+    absl::StatusOr<std::string> bytes = seq.ExportBlock(i, with_resume, keys[i], parent);
     if (!bytes.ok()) {
       log::Warn("publish_export_failed", "block", i, "error", bytes.status().ToString());
       break;
     }
     p->keys.push_back(keys[i]);
-    p->parents.push_back(i == 0 ? BlockKey::Zero() : keys[i - 1]);
+    p->parents.push_back(parent);
     p->ns.push_back(ns[i]);
     p->kv.push_back(*std::move(bytes));
+    p->roles.push_back(role);
   }
   p->retention = retention;
   p->retain = std::move(retain);
@@ -117,21 +158,18 @@ int64_t Engine::QueuePublish(const model::KvCache& kv, std::span<const BlockKey>
 }
 
 void Engine::PublishPending(const Pending& p) {
-  auto layout = LookupLayout(kernels::LayoutName(options_.layout));
-  const uint32_t layers = static_cast<uint32_t>(model_->config().num_hidden_layers);
   int64_t published = 0, errors = 0;
   for (size_t i = 0; i < p.keys.size(); ++i) {
-    const std::string& kvb = p.kv[i];
-    absl::StatusOr<std::vector<uint8_t>> page = EncodeBlockPage(
-        *layout, p.keys[i], p.parents[i], page_tokens_, static_cast<int>(layers),
-        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kvb.data()), kvb.size()));
+    absl::StatusOr<std::vector<uint8_t>> page =
+        model_->EncodeExported(p.kv[i], p.keys[i], p.parents[i]);
     absl::Status s = page.status();
     if (s.ok()) {
       PageMeta meta{.key = p.keys[i],
                     .parent = p.parents[i],
                     .ns = p.ns[i],
-                    .layout = std::string(layout->name),
-                    .size = page->size()};
+                    .layout = std::string(model_->layout().name),
+                    .size = page->size(),
+                    .resume_role = p.roles[i]};
       s = store_->Publish(meta, *page, p.retention);
     }
     if (s.ok()) {

@@ -89,7 +89,7 @@ TEST_F(EngineTest, WarmEqualsColdBf16AndMatchesLocalGenerate) {
   local.prompt = prompt;
   local.max_tokens = r.max_tokens;
   local.layout = kernels::KvLayout::kMlaBf16_1152;
-  auto ref = model::GenerateLocal(node_->model(), local);
+  auto ref = model::GenerateLocal(*node_->transformer(), local);
   ASSERT_TRUE(ref.ok()) << ref.status();
   EXPECT_EQ(cold.tokens, ref->tokens);
 

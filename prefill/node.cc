@@ -29,7 +29,14 @@ absl::StatusOr<std::unique_ptr<Tier>> SlabOf(TierKind kind, uint64_t bytes, uint
 
 absl::Status ValidateNodeOptions(const NodeOptions& o) {
   if (o.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
-  RETURN_IF_ERROR(kernels::ParseLayout(o.kv_layout).status());
+  if (!o.kv_layout.empty()) {
+    absl::StatusOr<LayoutInfo> layout = LookupLayout(std::string_view(o.kv_layout));
+    if (!layout.ok() || !layout->supported) {
+      return absl::InvalidArgumentError(StrCat("unknown KV layout '", o.kv_layout,
+                                               "' (expected mla-fp8-656, mla-bf16-1152 or "
+                                               "v4-fp8-584)"));
+    }
+  }
   if (o.slab_bytes < (64u << 10)) {
     return absl::InvalidArgumentError("slab size must be at least 64 KiB");
   }
@@ -102,21 +109,20 @@ absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptio
   std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
   node->options_ = options;
   ASSIGN_OR_RETURN(node->model_dir_, EnsureModelDir(options));
-  ASSIGN_OR_RETURN(node->model_, model::Transformer::Load(node->model_dir_,
-                                                          {.max_context = options.max_context}));
+  ASSIGN_OR_RETURN(node->model_,
+                   LoadServingModel(node->model_dir_, options.kv_layout, options.max_context));
   ASSIGN_OR_RETURN(node->store_, OpenStore(options));
-  engine_options.layout = *kernels::ParseLayout(options.kv_layout);
   if (engine_options.clock == nullptr) engine_options.clock = options.clock;
   if (engine_options.metrics == nullptr) engine_options.metrics = options.metrics;
   ASSIGN_OR_RETURN(node->engine_,
-                   Engine::Create(node->model_.get(), node->store_.get(), engine_options));
+                   Engine::Create(node->model_.serving.get(), node->store_.get(), engine_options));
   return node;
 }
 
 EmbeddedNode::~EmbeddedNode() {
   engine_.reset();  // drains write-back into the store
   store_.reset();
-  model_.reset();
+  model_.serving.reset();  // the serving view first, then the runtime it points into
 }
 
 }  // namespace kv::prefill

@@ -1,7 +1,8 @@
 // EmbeddedNode: everything `kvstrata serve --role=all` runs in one process, minus gRPC:
-// the model (created as the seeded tiny-v3 reference model on first start when no model
-// directory is given), the tiered store (device and host slab tiers in memory, the nvme
-// tier in RocksDB under the data dir) and the Engine over both.
+// the model (an MLA or a V4 model directory, prefill/serving_model.h; created as the seeded
+// tiny-v3 reference model on first start when no model directory is given), the tiered store
+// (device and host slab tiers in memory, the nvme tier in RocksDB under the data dir) and the
+// Engine over both.
 //
 // Thread-safety: Open() is called once; the returned node's accessors are safe to use from
 // any thread (the Engine and TieredStore are thread-safe). The node owns the model, store
@@ -15,8 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "kvstore/tiered_store.h"
-#include "model/transformer.h"
 #include "prefill/engine.h"
+#include "prefill/serving_model.h"
 
 namespace kv::prefill {
 
@@ -27,13 +28,15 @@ struct NodeOptions {
   uint64_t model_seed = 1;
   // Data directory: the nvme tier lives in DATA_DIR/nvme. Required; created if missing.
   std::string data_dir;
-  std::string kv_layout = "mla-fp8-656";  // or mla-bf16-1152
-  uint64_t device_bytes = 64ull << 20;    // 0: no device tier
-  uint64_t host_bytes = 256ull << 20;     // 0: no host tier
-  uint64_t nvme_bytes = 4ull << 30;       // 0: no nvme tier
-  uint64_t slab_bytes = 4ull << 20;       // slab size of the device/host tiers
-  int64_t max_context = 0;                // 0: the model's default
-  MetricsRegistry* metrics = nullptr;     // nullptr: the default registry
+  // mla-fp8-656 or mla-bf16-1152 for MLA models, v4-fp8-584 for V4 models; empty: the
+  // model's FP8 layout (prefill/serving_model.h ServingLayoutName).
+  std::string kv_layout;
+  uint64_t device_bytes = 64ull << 20;  // 0: no device tier
+  uint64_t host_bytes = 256ull << 20;   // 0: no host tier
+  uint64_t nvme_bytes = 4ull << 30;     // 0: no nvme tier
+  uint64_t slab_bytes = 4ull << 20;     // slab size of the device/host tiers
+  int64_t max_context = 0;              // 0: the model's default
+  MetricsRegistry* metrics = nullptr;   // nullptr: the default registry
   Clock* clock = nullptr;
 };
 
@@ -58,7 +61,10 @@ class EmbeddedNode {
 
   Engine& engine() { return *engine_; }
   TieredStore& store() { return *store_; }
-  const model::Transformer& model() const { return *model_; }
+  const ServingModel& model() const { return *model_.serving; }
+  // The runtime underneath: exactly one of them is set.
+  const model::Transformer* transformer() const { return model_.mla.get(); }
+  const model::V4Model* v4_model() const { return model_.v4.get(); }
   const std::string& model_dir() const { return model_dir_; }
   const NodeOptions& options() const { return options_; }
 
@@ -66,7 +72,7 @@ class EmbeddedNode {
   EmbeddedNode() = default;
   NodeOptions options_;
   std::string model_dir_;
-  std::unique_ptr<model::Transformer> model_;
+  LoadedModel model_;
   std::unique_ptr<TieredStore> store_;
   std::unique_ptr<Engine> engine_;
 };

@@ -47,7 +47,7 @@ struct ServeFlags {
   std::string listen = "127.0.0.1:7070";
   int64_t metrics_port = 9090;
   std::string model_dir;
-  std::string kv_layout = "mla-fp8-656";
+  std::string kv_layout;  // empty: the model's FP8 layout
   std::string data_dir;
   int64_t device_mib = 64;
   int64_t host_mib = 256;
@@ -82,11 +82,18 @@ absl::StatusOr<prefill::NodeOptions> ToNodeOptions(const ServeFlags& f) {
   return n;
 }
 
-// A model directory given explicitly must hold a model this runtime serves.
-absl::Status CheckModelDir(const std::string& dir) {
+// A model directory given explicitly must hold a model the role serves: --role=all serves
+// MLA and V4 models, the disaggregated roles MLA models only (their handoff moves MLA blocks).
+absl::Status CheckModelDir(const std::string& dir, std::string_view role) {
   if (dir.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(model::ModelConfig c, model::LoadModelConfig(StrCat(dir, "/config.json")));
-  return model::ValidateForRuntime(c);
+  if (role == "all") return model::ValidateForAnyRuntime(c);
+  if (c.IsV4() && role != "store") {
+    return absl::UnimplementedError(
+        StrCat("--role=", role, ": ", dir, " is a DeepSeek-V4 model; the disaggregated roles ",
+               "serve MLA models, serve V4 models with --role=all (docs/serving.md)"));
+  }
+  return role == "store" ? absl::OkStatus() : model::ValidateForRuntime(c);
 }
 
 absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
@@ -106,7 +113,7 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
   RETURN_IF_ERROR(cluster::ValidateEmbeddedServerOptions(o));
-  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
+  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir, "all"));
   return o;
 }
 
@@ -129,7 +136,7 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   // A store has no compute memory to cache in: its device tier is off.
   if (f.role == "store") o.node.device_bytes = 0;
   RETURN_IF_ERROR(cluster::ValidateRoleServerOptions(o));
-  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
+  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir, o.role));
   return o;
 }
 
@@ -181,7 +188,9 @@ int RunServe(int argc, char** argv) {
   flags.Int("metrics-port", &f.metrics_port, "HTTP port of /metrics and /healthz (-1: off)");
   flags.String("model-dir", &f.model_dir,
                "model directory; empty: the seeded tiny-v3 model in DATA_DIR/model-tiny-v3");
-  flags.String("kv-layout", &f.kv_layout, "KV page layout: mla-fp8-656 or mla-bf16-1152");
+  flags.String("kv-layout", &f.kv_layout,
+               "KV page layout: mla-fp8-656 (default) or mla-bf16-1152; v4-fp8-584 (default) "
+               "for a DeepSeek-V4 model");
   flags.String("data-dir", &f.data_dir, "data directory (nvme tier); default /tmp/kvstrata-UID");
   flags.Int("device-mib", &f.device_mib, "device tier capacity in MiB (0: no device tier)");
   flags.Int("host-mib", &f.host_mib, "host tier capacity in MiB (0: no host tier)");

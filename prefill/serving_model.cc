@@ -1,0 +1,200 @@
+#include "prefill/serving_model.h"
+
+#include <utility>
+
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "prefill/engine.h"
+
+namespace kv::prefill {
+namespace {
+
+std::span<const uint8_t> Bytes(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+class MlaSequence final : public ServingSequence {
+ public:
+  MlaSequence(const model::Transformer* model, std::unique_ptr<model::KvCache> kv)
+      : model_(model), kv_(std::move(kv)) {}
+  int64_t num_tokens() const override { return kv_->num_tokens(); }
+  absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens, int64_t start_pos,
+                                             int64_t chunk_tokens) override {
+    return model_->Prefill(tokens, start_pos, kv_.get(), {.chunk_tokens = chunk_tokens});
+  }
+  absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) override {
+    return model_->DecodeStep(token, kv_->num_tokens(), kv_.get());
+  }
+  absl::Status ImportPage(std::span<const uint8_t>, const PageView& view) override {
+    return kv_->AppendBlock(view.kv());
+  }
+  bool can_continue() const override { return true; }
+  absl::StatusOr<std::string> ExportBlock(int64_t b, bool, const BlockKey&,
+                                          const BlockKey&) const override {
+    return kv_->ExportBlock(b);
+  }
+
+ private:
+  const model::Transformer* const model_;
+  std::unique_ptr<model::KvCache> kv_;
+};
+
+class MlaServingModel final : public ServingModel {
+ public:
+  MlaServingModel(const model::Transformer* model, kernels::KvLayout layout, LayoutInfo info,
+                  uint64_t page_bytes)
+      : model_(model), layout_(layout), info_(info), page_bytes_(page_bytes) {}
+  const model::ModelConfig& config() const override { return model_->config(); }
+  const Digest256& fingerprint() const override { return model_->weights().fingerprint; }
+  int64_t max_context() const override { return model_->max_context(); }
+  const LayoutInfo& layout() const override { return info_; }
+  uint64_t page_bytes() const override { return page_bytes_; }
+  bool pages_have_resume() const override { return false; }
+  absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
+    ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv, model_->NewCache(layout_, max_tokens));
+    return std::unique_ptr<ServingSequence>(new MlaSequence(model_, std::move(kv)));
+  }
+  absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
+                                                      const BlockKey& key,
+                                                      const BlockKey& parent) const override {
+    return EncodeBlockPage(info_, key, parent, page_tokens(),
+                           static_cast<int>(config().num_hidden_layers), Bytes(exported));
+  }
+
+ private:
+  const model::Transformer* const model_;
+  const kernels::KvLayout layout_;
+  const LayoutInfo info_;
+  const uint64_t page_bytes_;
+};
+
+class V4Sequence final : public ServingSequence {
+ public:
+  V4Sequence(const model::V4Model* model, std::unique_ptr<model::V4Cache> cache)
+      : model_(model), cache_(std::move(cache)) {}
+  int64_t num_tokens() const override { return cache_->num_tokens(); }
+  // Resume snapshots are kept at every page end the forward crosses, so any full page can
+  // be published with its resume section (the Engine's policy picks which).
+  absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens, int64_t start_pos,
+                                             int64_t chunk_tokens) override {
+    return model_->Prefill(tokens, start_pos, cache_.get(),
+                           {.chunk_tokens = chunk_tokens, .keep_page_resume = true});
+  }
+  absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) override {
+    return model_->DecodeStep(token, cache_->num_tokens(), cache_.get());
+  }
+  absl::Status ImportPage(std::span<const uint8_t> page, const PageView&) override {
+    return model_->ImportPage(page, cache_.get());
+  }
+  bool can_continue() const override { return cache_->can_continue(); }
+  absl::StatusOr<std::string> ExportBlock(int64_t b, bool with_resume, const BlockKey& key,
+                                          const BlockKey& parent) const override {
+    if (b < 0 || (b + 1) * model::kV4PageTokens > cache_->num_tokens()) {
+      return absl::OutOfRangeError(StrCat("export: block ", b, " is not a full page of the ",
+                                          cache_->num_tokens(), " tokens"));
+    }
+    ASSIGN_OR_RETURN(std::vector<uint8_t> page, cache_->ExportPage(b, with_resume, key, parent));
+    return std::string(page.begin(), page.end());
+  }
+
+ private:
+  const model::V4Model* const model_;
+  std::unique_ptr<model::V4Cache> cache_;
+};
+
+class V4ServingModel final : public ServingModel {
+ public:
+  V4ServingModel(const model::V4Model* model, LayoutInfo info, uint64_t page_bytes)
+      : model_(model), info_(info), page_bytes_(page_bytes) {}
+  const model::ModelConfig& config() const override { return model_->config(); }
+  const Digest256& fingerprint() const override { return model_->weights().fingerprint; }
+  int64_t max_context() const override { return model_->max_context(); }
+  const LayoutInfo& layout() const override { return info_; }
+  uint64_t page_bytes() const override { return page_bytes_; }
+  bool pages_have_resume() const override { return true; }
+  absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
+    if (max_tokens > model_->max_context()) {
+      return absl::OutOfRangeError(StrCat(
+          "sequence of ", max_tokens, " tokens exceeds the context limit ", model_->max_context()));
+    }
+    return std::unique_ptr<ServingSequence>(
+        new V4Sequence(model_, model_->NewCache(model::V4CacheFormat::kFp8)));
+  }
+  absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
+                                                      const BlockKey& key,
+                                                      const BlockKey& parent) const override {
+    ASSIGN_OR_RETURN(PageView view, DecodePage(Bytes(exported)));
+    if (view.header().key != key || view.header().parent != parent ||
+        view.header().layout.id != info_.id) {
+      return absl::InvalidArgumentError("encode: the exported V4 page is not the requested one");
+    }
+    return std::vector<uint8_t>(exported.begin(), exported.end());
+  }
+
+ private:
+  const model::V4Model* const model_;
+  const LayoutInfo info_;
+  const uint64_t page_bytes_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Transformer* model,
+                                                                 kernels::KvLayout layout) {
+  if (model == nullptr) return absl::InvalidArgumentError("serving model: no model");
+  ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(kernels::LayoutName(layout)));
+  PageSpec spec{.layout = info.id,
+                .token_count = info.default_page_tokens,
+                .first_layer = 0,
+                .layer_count = static_cast<uint32_t>(model->config().num_hidden_layers)};
+  ASSIGN_OR_RETURN(uint64_t bytes, EncodedPageBytes(spec));
+  return std::unique_ptr<ServingModel>(new MlaServingModel(model, layout, info, bytes));
+}
+
+absl::StatusOr<std::unique_ptr<ServingModel>> NewV4ServingModel(const model::V4Model* model) {
+  if (model == nullptr) return absl::InvalidArgumentError("serving model: no model");
+  ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(static_cast<uint16_t>(LayoutId::kV4Fp8_584)));
+  // Page sizes depend on positions only: one full page with its resume section, of any
+  // tokens, has the size every full resumable page has.
+  std::unique_ptr<model::V4Cache> probe = model->NewCache(model::V4CacheFormat::kFp8);
+  std::vector<int32_t> zeros(model::kV4PageTokens, 0);
+  RETURN_IF_ERROR(
+      Annotate(model->Prefill(zeros, 0, probe.get()).status(), "measuring the V4 page size"));
+  ASSIGN_OR_RETURN(std::vector<uint8_t> page, probe->ExportPage(0, /*with_resume=*/true));
+  return std::unique_ptr<ServingModel>(new V4ServingModel(model, info, page.size()));
+}
+
+absl::StatusOr<std::string> ServingLayoutName(const model::ModelConfig& config,
+                                              std::string_view requested) {
+  const std::string_view v4 = "v4-fp8-584";
+  if (config.IsV4()) {
+    if (requested.empty() || requested == v4) return std::string(v4);
+    return absl::InvalidArgumentError(
+        StrCat("KV layout '", requested, "' does not fit a DeepSeek-V4 model: its pages are ", v4));
+  }
+  if (requested.empty()) return std::string("mla-fp8-656");
+  if (requested == v4) {
+    return absl::InvalidArgumentError(
+        StrCat("KV layout '", v4, "' is for DeepSeek-V4 models; this model takes mla-fp8-656 or ",
+               "mla-bf16-1152"));
+  }
+  RETURN_IF_ERROR(kernels::ParseLayout(requested).status());
+  return std::string(requested);
+}
+
+absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string_view layout,
+                                             int64_t max_context) {
+  ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(StrCat(dir, "/config.json")));
+  ASSIGN_OR_RETURN(std::string name, ServingLayoutName(config, layout));
+  LoadedModel m;
+  if (config.IsV4()) {
+    ASSIGN_OR_RETURN(m.v4, model::V4Model::Load(dir, {.max_context = max_context}));
+    ASSIGN_OR_RETURN(m.serving, NewV4ServingModel(m.v4.get()));
+  } else {
+    ASSIGN_OR_RETURN(m.mla, model::Transformer::Load(dir, {.max_context = max_context}));
+    ASSIGN_OR_RETURN(m.serving, NewMlaServingModel(m.mla.get(), *kernels::ParseLayout(name)));
+  }
+  return m;
+}
+
+}  // namespace kv::prefill

@@ -1,0 +1,118 @@
+// ServingModel: the one interface the Engine (prefill/engine.h) serves a model through, so
+// the same request path (keys, lookup, cost plan, page loads, prefill, decode, write-back)
+// runs a DeepSeek MLA model (model::Transformer, mla-fp8-656 / mla-bf16-1152 pages of 64
+// tokens) and a DeepSeek-V4 hybrid-attention model (model::V4Model, v4-fp8-584 pages of 256
+// tokens with optional resume sections, formats.md §4.5 / docs/formats.md §2.7).
+//
+// What differs between the two, and is hidden here:
+//   - Import. An MLA block is its KV bytes (KvCache::AppendBlock). A V4 page is imported whole
+//     (V4Model::ImportPage); a sequence continues only from a page that carried a resume
+//     section (`can_continue()`), so the Engine imports a cached run only up to its last
+//     resumable page (`resumable(view)`).
+//   - Export. An MLA block is exported as raw KV bytes on the request thread and encoded into
+//     a page later, off the critical path (EncodeExported). A V4 page is finished on the
+//     request thread (its resume section is a snapshot of that moment) and EncodeExported
+//     passes it through.
+//   - Page size. MLA pages have one size. V4 page sizes depend only on the page's token
+//     positions (entries closed, window rows, compressor state), so the size of a full page
+//     with its resume section is measured once, at load, on a probe sequence.
+//
+// Thread-safety: a ServingModel is immutable after creation and may be shared by concurrent
+// requests; a ServingSequence belongs to one request (one thread at a time). The model owns
+// the underlying runtime; sequences must not outlive it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/kv_layout.h"
+#include "kvstore/block_key.h"
+#include "kvstore/page_format.h"
+#include "model/config.h"
+#include "model/transformer.h"
+#include "model/v4_model.h"
+
+namespace kv::prefill {
+
+class ServingSequence {
+ public:
+  virtual ~ServingSequence() = default;
+  // Tokens whose KV state the sequence holds.
+  virtual int64_t num_tokens() const = 0;
+  // Runs tokens at [start_pos, start_pos + n) (start_pos == num_tokens()) in chunks of
+  // `chunk_tokens` and returns the last token's logits. The runtime's errors
+  // (FailedPrecondition when the sequence cannot be continued).
+  virtual absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens,
+                                                     int64_t start_pos, int64_t chunk_tokens) = 0;
+  // One decode step of `token` at position num_tokens().
+  virtual absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) = 0;
+  // Appends a verified page (`view` decodes `page`; CheckPage passed) as the next block.
+  // Errors of the runtime's import (nothing changes on error).
+  virtual absl::Status ImportPage(std::span<const uint8_t> page, const PageView& view) = 0;
+  // False after importing pages that end without a resume section (V4 only).
+  virtual bool can_continue() const = 0;
+  // The publishable form of full block `b` (see EncodeExported). `with_resume` asks for a V4
+  // page's resume section (ignored by MLA). OutOfRange for a block that is not full;
+  // FailedPrecondition when the resume state at the block end was not kept.
+  virtual absl::StatusOr<std::string> ExportBlock(int64_t b, bool with_resume, const BlockKey& key,
+                                                  const BlockKey& parent) const = 0;
+};
+
+class ServingModel {
+ public:
+  virtual ~ServingModel() = default;
+  virtual const model::ModelConfig& config() const = 0;
+  virtual const Digest256& fingerprint() const = 0;
+  virtual int64_t max_context() const = 0;
+  // The page layout (mla-fp8-656, mla-bf16-1152 or v4-fp8-584) and its page size in tokens.
+  virtual const LayoutInfo& layout() const = 0;
+  int page_tokens() const { return static_cast<int>(layout().default_page_tokens); }
+  // Bytes of the largest full page this model publishes (with a resume section for V4).
+  virtual uint64_t page_bytes() const = 0;
+  // True when pages may carry resume sections (V4): a run of cached pages is usable only up
+  // to its last page that has one.
+  virtual bool pages_have_resume() const = 0;
+  // Whether a sequence can continue right after importing `view`.
+  bool resumable(const PageView& view) const { return !pages_have_resume() || view.has_resume(); }
+  // An empty sequence for up to `max_tokens` tokens. The runtime's errors.
+  virtual absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(
+      int64_t max_tokens) const = 0;
+  // The encoded page of an ExportBlock result (MLA: encodes the KV bytes as a page of every
+  // layer; V4: checks and returns the page). InvalidArgument for bytes of the wrong size.
+  virtual absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
+                                                              const BlockKey& key,
+                                                              const BlockKey& parent) const = 0;
+};
+
+// An MLA model served in `layout`. Does not own the transformer, which must outlive it.
+absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Transformer* model,
+                                                                 kernels::KvLayout layout);
+// A V4 model served as v4-fp8-584 pages. Does not own the model, which must outlive it.
+// Errors of the probe that measures the page size.
+absl::StatusOr<std::unique_ptr<ServingModel>> NewV4ServingModel(const model::V4Model* model);
+
+// A model directory loaded for serving: the runtime its config.json names and the serving
+// view over it.
+struct LoadedModel {
+  std::unique_ptr<model::Transformer> mla;  // set for DeepSeek V3-style (MLA) models
+  std::unique_ptr<model::V4Model> v4;       // set for DeepSeek-V4 models
+  std::unique_ptr<ServingModel> serving;
+};
+
+// The page layout a model serves: `requested` when it fits the model, the model's FP8
+// default when `requested` is empty (mla-fp8-656; v4-fp8-584 for V4). InvalidArgument naming
+// both when the layout does not fit the model (an MLA layout for a V4 model or the reverse)
+// or is unknown.
+absl::StatusOr<std::string> ServingLayoutName(const model::ModelConfig& config,
+                                              std::string_view requested);
+// Loads the model in `dir` (config.json + model.safetensors) for serving in `layout`
+// (ServingLayoutName). Errors name the directory and the failing part.
+absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string_view layout,
+                                             int64_t max_context);
+
+}  // namespace kv::prefill
