@@ -186,14 +186,12 @@ int RunGenerateClient(const GenerateClientFlags& f) {
   absl::StatusOr<std::unique_ptr<ClusterClient>> client = ClusterClient::Connect(f.addr, f.token);
   if (client.ok()) {
     const bool raw = f.raw;
+    // The token ids, shown exactly as local generation shows them (the text field is
+    // UTF-8 for clients, so bytes that are not valid UTF-8 are replaced there).
     out = (*client)->Generate(*req, f.timeout, [raw](const pb::GeneratedTokens& t) {
       std::string text;
-      if (raw) {
-        text = t.text();
-      } else {
-        std::vector<int32_t> ids(t.token_ids().begin(), t.token_ids().end());
-        auto d = model::ByteTokenizer::Decode(ids, /*render_specials=*/false);
-        text = d.ok() ? *d : t.text();
+      for (uint32_t id : t.token_ids()) {
+        text += model::ByteTokenizer::Show(static_cast<int32_t>(id), raw);
       }
       std::fwrite(text.data(), 1, text.size(), stdout);
       std::fflush(stdout);

@@ -78,7 +78,7 @@ struct GenerateClientFlags {
   absl::Duration retention = absl::ZeroDuration();  // 0: the server's default
   absl::Duration timeout = absl::Minutes(2);
   std::string cache_policy = "auto";  // auto|force-load|force-recompute|bypass
-  bool raw = false;                   // print special tokens as markers
+  bool raw = false;                   // bytes as-is (default: escape non-printable as \xNN)
 };
 
 // `kvstrata generate --addr=...`: streams the text to stdout, then prints the stats.

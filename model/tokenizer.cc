@@ -59,4 +59,12 @@ absl::StatusOr<std::string> ByteTokenizer::Decode(const std::vector<int32_t>& id
   return out;
 }
 
+std::string ByteTokenizer::Show(int32_t id, bool raw) {
+  if (id < 0 || id >= kVocabSize) return absl::StrCat("<|id ", id, "|>");
+  if (id >= 256) return std::string(SpecialName(id));
+  if (raw || (id >= 0x20 && id < 0x7f) || id == '\n') return std::string(1, static_cast<char>(id));
+  static constexpr char kHex[] = "0123456789abcdef";
+  return std::string{'\\', 'x', kHex[id >> 4], kHex[id & 15]};
+}
+
 }  // namespace kv::model

@@ -40,6 +40,11 @@ class ByteTokenizer {
   static absl::StatusOr<std::string> Decode(const std::vector<int32_t>& ids, bool render_specials);
   // "<|bos|>", "<|user|>", ...; empty for a byte id or an out-of-range id.
   static std::string_view SpecialName(int32_t id);
+  // How the CLI shows one generated token: with `raw` its bytes as-is (specials as their
+  // <|name|> markers); otherwise printable ASCII and newlines as-is, other bytes as \xNN
+  // (a random-weight model emits arbitrary bytes) and specials as markers. Ids outside the
+  // vocabulary as <|id N|>.
+  static std::string Show(int32_t id, bool raw);
 };
 
 }  // namespace kv::model

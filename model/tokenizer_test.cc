@@ -44,5 +44,17 @@ TEST(TokenizerTest, OutOfRangeIdIsAnError) {
   EXPECT_EQ(ByteTokenizer::SpecialName(ByteTokenizer::kEos), "<|eos|>");
 }
 
+TEST(TokenizerTest, ShowEscapesLikeTheCli) {
+  EXPECT_EQ(ByteTokenizer::Show('a', false), "a");
+  EXPECT_EQ(ByteTokenizer::Show('\n', false), "\n");
+  EXPECT_EQ(ByteTokenizer::Show(0xc9, false), "\\xc9");
+  EXPECT_EQ(ByteTokenizer::Show(0x07, false), "\\x07");
+  EXPECT_EQ(ByteTokenizer::Show(0xc9, true), std::string(1, '\xc9'));
+  EXPECT_EQ(ByteTokenizer::Show(ByteTokenizer::kUser, false), "<|user|>");
+  EXPECT_EQ(ByteTokenizer::Show(ByteTokenizer::kUser, true), "<|user|>");
+  EXPECT_EQ(ByteTokenizer::Show(ByteTokenizer::kVocabSize, false), "<|id 267|>");
+  EXPECT_EQ(ByteTokenizer::Show(-1, true), "<|id -1|>");
+}
+
 }  // namespace
 }  // namespace kv::model

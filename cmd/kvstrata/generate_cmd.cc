@@ -81,14 +81,8 @@ absl::Status RunLocalGenerate(const GenerateFlags& f) {
   openblas_set_num_threads(1);
   const bool raw = f.raw;
   req.on_token = [raw](int32_t tok) {
-    if (raw || (tok >= 0x20 && tok < 0x7f) || tok == '\n') {
-      auto text = model::ByteTokenizer::Decode({tok}, /*render_specials=*/true);
-      if (text.ok()) std::fwrite(text->data(), 1, text->size(), stdout);
-    } else if (tok < 256) {
-      std::printf("\\x%02x", tok);  // a random-weight model emits arbitrary bytes
-    } else {
-      std::printf("%s", std::string(model::ByteTokenizer::SpecialName(tok)).c_str());
-    }
+    const std::string shown = model::ByteTokenizer::Show(tok, raw);
+    std::fwrite(shown.data(), 1, shown.size(), stdout);
     std::fflush(stdout);
   };
   model::GenerateResult r;
