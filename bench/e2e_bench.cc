@@ -1,7 +1,10 @@
 // `kvstrata bench e2e`: time to first token through the real Cluster API, by prompt length and
 // by where the prompt's KV is cached, plus TTFT under concurrency.
 //
-// States (each a server on loopback driven by the real gRPC client, seeded tiny-v3 model):
+// States (each a server on loopback driven by the real gRPC client, seeded tiny-v3 model, or
+// tiny-v4 with --model=tiny-v4: DeepSeek-V4 hybrid attention, 256-token v4-fp8-584 pages; the
+// remote state needs the disaggregated roles, which serve MLA models only, so V4 runs the
+// host and nvme states):
 //   cold    nothing cached: the whole prompt is computed (the first request of each prompt);
 //   host    the prompt's pages in the host tier of `serve --role=all` (device tier off);
 //   nvme    the pages only in the nvme tier (RocksDB) of `serve --role=all`;
@@ -34,6 +37,8 @@
 #include "core/config.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "model/config.h"
+#include "model/weights.h"
 
 namespace kv::bench {
 namespace {
@@ -111,6 +116,7 @@ struct Options {
   std::vector<int64_t> lengths, concurrency;
   int64_t concurrent_length = 1024;
   int64_t max_tokens = 4;
+  std::string model = "tiny-v3";  // or tiny-v4
   std::string json, svg, dir;
 };
 
@@ -154,7 +160,10 @@ struct Distributed {
 absl::Status Run(const Options& opt) {
   BenchReport rep("e2e");
   const double memcpy_gbps = MeasureMemcpyGBps(256ull << 20);
-  rep.Note("model", "tiny-v3 (seeded), mla-fp8-656 pages");
+  const bool v4 = opt.model == "tiny-v4";
+  const int64_t page_tokens = v4 ? 256 : 64;
+  rep.Note("model", v4 ? "tiny-v4 (seeded), v4-fp8-584 pages of 256 tokens"
+                       : "tiny-v3 (seeded), mla-fp8-656 pages of 64 tokens");
   rep.Note("warm policy", "CACHE_POLICY_FORCE_LOAD");
   rep.Note("max_tokens", StrCat(opt.max_tokens));
   std::vector<Series> plot;
@@ -174,13 +183,18 @@ absl::Status Run(const Options& opt) {
     o.node.slab_bytes = 1ull << 20;
     return cluster::EmbeddedServer::Start(o);
   };
-  {  // the shared model directory
+  if (v4) {  // the shared model directory
+    ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v4"));
+    RETURN_IF_ERROR(model::WriteRandomModel(c, 1, StrCat(opt.dir, "/model")));
+  } else {
     prefill::NodeOptions no;
     no.data_dir = StrCat(opt.dir, "/model-src");
     ASSIGN_OR_RETURN(std::string src, prefill::EnsureModelDir(no));
     std::filesystem::rename(src, StrCat(opt.dir, "/model"));
   }
-  for (const std::string state : {"host", "nvme", "remote"}) {
+  std::vector<std::string> states = {"host", "nvme"};
+  if (!v4) states.push_back("remote");
+  for (const std::string& state : states) {
     std::unique_ptr<cluster::EmbeddedServer> server;
     Distributed dist;
     std::string address;
@@ -201,7 +215,7 @@ absl::Status Run(const Options& opt) {
                    static_cast<long>(n));
       ASSIGN_OR_RETURN(Sample cold,
                        Generate(*client, prompt, pb::CACHE_POLICY_AUTO, opt.max_tokens));
-      const uint32_t blocks = static_cast<uint32_t>((n - 1) / 64);
+      const uint32_t blocks = static_cast<uint32_t>((n - 1) / page_tokens);
       RETURN_IF_ERROR(WaitCached(*client, prompt, blocks));
       std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: warm ...\r", state.c_str(),
                    static_cast<long>(n));
@@ -252,8 +266,8 @@ absl::Status Run(const Options& opt) {
           prompts.push_back(MakePrompt(opt.concurrent_length, 1000 * c + i));
         if (warm) {
           for (const auto& p : prompts) {
-            RETURN_IF_ERROR(
-                WaitCached(*client, p, static_cast<uint32_t>((opt.concurrent_length - 1) / 64)));
+            RETURN_IF_ERROR(WaitCached(
+                *client, p, static_cast<uint32_t>((opt.concurrent_length - 1) / page_tokens)));
           }
         }
         std::vector<absl::StatusOr<Sample>> results(c, absl::UnknownError("not run"));
@@ -298,8 +312,9 @@ absl::Status Run(const Options& opt) {
   rep.Print();
   RETURN_IF_ERROR(rep.WriteJson(opt.json));
   if (!opt.svg.empty()) {
-    RETURN_IF_ERROR(WriteSvgPlot(opt.svg, "kvstrata e2e: TTFT vs prompt length (tiny-v3, CPU)",
-                                 "prompt tokens", "TTFT (ms)", plot, /*log_x=*/true));
+    RETURN_IF_ERROR(
+        WriteSvgPlot(opt.svg, StrCat("kvstrata e2e: TTFT vs prompt length (", opt.model, ", CPU)"),
+                     "prompt tokens", "TTFT (ms)", plot, /*log_x=*/true));
   }
   return absl::OkStatus();
 }
@@ -312,6 +327,7 @@ int RunE2eBench(int argc, char** argv) {
   flags.String("concurrency", &concurrency, "concurrent clients, comma-separated");
   flags.Int("concurrent-length", &opt.concurrent_length, "prompt tokens in the concurrency runs");
   flags.Int("max-tokens", &opt.max_tokens, "tokens generated per request");
+  flags.String("model", &opt.model, "tiny-v3 (MLA, all states) or tiny-v4 (V4, host and nvme)");
   flags.String("json", &opt.json, "write the report as JSON to FILE");
   flags.String("svg", &opt.svg, "write TTFT vs prompt length as an SVG plot to FILE");
   return RunSuite(flags, argc, argv, [&]() -> absl::Status {
@@ -324,6 +340,10 @@ int RunE2eBench(int argc, char** argv) {
     }
     if (opt.concurrent_length < 65 || opt.concurrent_length > 32768) {
       return absl::InvalidArgumentError("--concurrent-length must be in 65..32768");
+    }
+    if (opt.model != "tiny-v3" && opt.model != "tiny-v4") {
+      return absl::InvalidArgumentError(
+          StrCat("--model must be tiny-v3 or tiny-v4, got '", opt.model, "'"));
     }
     if (opt.max_tokens < 1 || opt.max_tokens > 256) {
       return absl::InvalidArgumentError("--max-tokens must be in 1..256");
