@@ -17,6 +17,7 @@
 #include "kvstore/page_format.h"
 #include "model/config.h"
 #include "model/weights.h"
+#include "prefill/serving_model.h"
 #include "transport/ucx_transport.h"
 
 namespace kv::cluster {
@@ -29,7 +30,7 @@ struct RoleServer::State {
   std::unique_ptr<Membership> membership;
   std::unique_ptr<PagePool> pool;
   std::unique_ptr<TieredStore> store;
-  std::unique_ptr<model::Transformer> model;
+  prefill::LoadedModel model;
   std::unique_ptr<transport::Transport> transport;
   std::unique_ptr<RouterBackend> router;
   std::unique_ptr<ClusterService> cluster;
@@ -70,7 +71,12 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
   if (!o.membership.etcd.empty()) RETURN_IF_ERROR(ListenHost(o.membership.etcd).status());
   if (o.role == "store") RETURN_IF_ERROR(prefill::ValidateNodeOptions(o.node));
   if (o.node.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
-  if (!o.node.kv_layout.empty()) RETURN_IF_ERROR(kernels::ParseLayout(o.node.kv_layout).status());
+  if (!o.node.kv_layout.empty()) {
+    absl::StatusOr<LayoutInfo> layout = LookupLayout(std::string_view(o.node.kv_layout));
+    if (!layout.ok() || !layout->supported) {
+      return absl::InvalidArgumentError(StrCat("unknown KV layout '", o.node.kv_layout, "'"));
+    }
+  }
   RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file).status());
   return absl::OkStatus();
 }
@@ -96,7 +102,7 @@ void RoleServer::Shutdown() {
   s_->transport.reset();
   s_->pool.reset();
   s_->store.reset();
-  s_->model.reset();
+  s_->model = prefill::LoadedModel();  // the serving view and the runtime
   s_->membership.reset();
   log::Info("serve_stopped");
 }
@@ -109,9 +115,6 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   State& s = *server->s_;
   ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership));
   ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication}));
-  const kernels::KvLayout layout = o.node.kv_layout.empty()
-                                       ? kernels::KvLayout::kMlaFp8_656
-                                       : *kernels::ParseLayout(o.node.kv_layout);
 
   pb::NodeInfo self;
   GrpcServerOptions go;
@@ -139,16 +142,10 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   } else {
     ASSIGN_OR_RETURN(model::ModelConfig config,
                      model::LoadModelConfig(StrCat(model_dir, "/config.json")));
-    if (config.IsV4()) {
-      return absl::UnimplementedError(
-          StrCat("--role=", o.role, ": ", model_dir,
-                 " is a DeepSeek-V4 model; the disaggregated "
-                 "roles hand MLA blocks over, so serve V4 models with --role=all "
-                 "(docs/serving.md)"));
-    }
-    RETURN_IF_ERROR(model::ValidateForRuntime(config));
+    RETURN_IF_ERROR(model::ValidateForAnyRuntime(config));
+    ASSIGN_OR_RETURN(std::string layout_name, prefill::ServingLayoutName(config, o.node.kv_layout));
     ASSIGN_OR_RETURN(Digest256 fingerprint, model::ModelFingerprint(model_dir));
-    const LayoutInfo info = *LookupLayout(kernels::LayoutName(layout));
+    const LayoutInfo info = *LookupLayout(std::string_view(layout_name));
     KeyParams kp;
     kp.model_fingerprint = fingerprint;
     kp.layout_id = std::string(info.name);
@@ -164,11 +161,20 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
       ro.max_context = o.node.max_context > 0
                            ? o.node.max_context
                            : std::min<int64_t>(config.max_position_embeddings, 32768);
-      PageSpec spec{.layout = info.id,
-                    .token_count = static_cast<uint32_t>(info.default_page_tokens),
-                    .first_layer = 0,
-                    .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
-      ASSIGN_OR_RETURN(ro.page_bytes, EncodedPageBytes(spec));
+      // The cost model's page size. A V4 page's size depends on its layer mix and resume
+      // section (the router does not load the model to measure it): 256 tokens of 584-B
+      // records per layer bounds it within a small factor.
+      ro.raw_handoff = !config.IsV4();
+      if (config.IsV4()) {
+        ro.page_bytes =
+            uint64_t{info.record_bytes} * info.default_page_tokens * config.num_hidden_layers;
+      } else {
+        PageSpec spec{.layout = info.id,
+                      .token_count = static_cast<uint32_t>(info.default_page_tokens),
+                      .first_layer = 0,
+                      .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
+        ASSIGN_OR_RETURN(ro.page_bytes, EncodedPageBytes(spec));
+      }
       s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(), ro);
       ClusterServiceOptions co;
       co.node_id = o.node_id;
@@ -180,7 +186,7 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
     } else {
       self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
       ASSIGN_OR_RETURN(s.model,
-                       model::Transformer::Load(model_dir, {.max_context = o.node.max_context}));
+                       prefill::LoadServingModel(model_dir, layout_name, o.node.max_context));
       ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create());
       pb::TransportEndpoint* e = self.add_transports();
       e->set_kind(pb::TRANSPORT_KIND_UCX);
@@ -189,12 +195,11 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
       wo.node_id = o.node_id;
       wo.prefill = o.role == "prefill";
       wo.decode = o.role == "decode";
-      wo.layout = layout;
       wo.worker_threads = o.worker_threads;
       wo.handoff_timeout = o.handoff_timeout;
       wo.metrics = o.node.metrics;
-      s.worker =
-          std::make_unique<WorkerService>(s.model.get(), s.transport.get(), s.pool.get(), auth, wo);
+      s.worker = std::make_unique<WorkerService>(s.model.serving.get(), s.model.mla.get(),
+                                                 s.transport.get(), s.pool.get(), auth, wo);
       go.services = {s.worker.get()};
       go.health_service_names = {pb::Worker::service_full_name()};
     }

@@ -160,6 +160,39 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Generate(const prefill::G
   return r;
 }
 
+namespace {
+// A cached run of the chain's first blocks `keys`, pinned under `lease` on `prefix`'s home.
+void AddCachedRun(const PoolPrefix& prefix, std::span<const BlockKey> keys,
+                  const std::string& lease, pb::CachedRun* run) {
+  run->set_node_id(prefix.node_id);
+  run->set_grpc_address(prefix.grpc_address);
+  run->set_first_block(0);
+  for (const BlockKey& k : keys) run->add_keys(std::string(k.bytes.begin(), k.bytes.end()));
+  run->set_lease_id(lease);
+}
+}  // namespace
+
+void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st) {
+  cost_.RecordPrefill(st->recomputed_tokens, st->prefill_time);
+  const int64_t loaded_blocks = st->cached_tokens / options_.key_params.page_tokens;
+  if (loaded_blocks <= 0) return;
+  for (int64_t b = 0; b < loaded_blocks && b < plan.prefix.blocks(); ++b) {
+    const TierKind tier = plan.prefix.tiers[b];
+    auto it = std::find_if(st->tier_hits.begin(), st->tier_hits.end(),
+                           [&](const prefill::TierHit& h) { return h.tier == tier; });
+    if (it == st->tier_hits.end()) {
+      st->tier_hits.push_back({.tier = tier, .node_id = plan.prefix.node_id, .remote = true});
+      it = st->tier_hits.end() - 1;
+    }
+    ++it->pages;
+    it->tokens += options_.key_params.page_tokens;
+    it->bytes += options_.page_bytes;
+    st->bytes_loaded += options_.page_bytes;
+  }
+  // RecordRead ignores an unmeasured (zero) load time.
+  cost_.RecordRead(plan.prefix.tiers[0], st->bytes_loaded, st->load_time);
+}
+
 absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::GenerateRequest& req,
                                                            Route* route) {
   const absl::Time start = absl::Now();
@@ -167,12 +200,18 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req));
   const BlockKey root = plan.keys.empty() ? BlockKey::Zero() : plan.keys[0];
   ASSIGN_OR_RETURN(pb::NodeInfo decode, Pick(pb::ROLE_DECODE, root, ""));
-  // Without a live prefill worker the decode worker computes the prompt itself.
-  absl::StatusOr<pb::NodeInfo> picked = Pick(pb::ROLE_PREFILL, root, plan.prefix.grpc_address);
+  // Without a live prefill worker the decode worker computes the prompt itself; without a
+  // raw-block handoff (V4) it always does, loading the planned cached run itself.
+  absl::StatusOr<pb::NodeInfo> picked =
+      options_.raw_handoff ? Pick(pb::ROLE_PREFILL, root, plan.prefix.grpc_address)
+                           : absl::StatusOr<pb::NodeInfo>(absl::FailedPreconditionError(
+                                 StrCat(options_.key_params.layout_id,
+                                        " pages are not handed over: the decode worker loads "
+                                        "and computes the prompt")));
   pb::NodeInfo prefill;
   if (picked.ok()) {
     prefill = *std::move(picked);
-  } else {
+  } else if (options_.raw_handoff) {
     plan.cost.load_blocks = 0;
     plan.cost.load_tokens = 0;
     plan.cost.recompute_tokens = static_cast<int64_t>(req.prompt.size());
@@ -245,6 +284,10 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     if (req.retention_ttl) SetDuration(*req.retention_ttl, s->mutable_retention_ttl());
     s->add_transports(pb::TRANSPORT_KIND_UCX);
     s->set_skip_publish(req.policy == prefill::CachePolicy::kBypass);
+    if (!options_.raw_handoff && !lease.empty() && pinned > 0) {
+      AddCachedRun(plan.prefix, std::span<const BlockKey>(plan.keys).first(pinned), lease,
+                   s->add_cached());
+    }
     if (!dstream->Write(m)) return FromGrpcStatus(dstream->Finish());
   }
   pb::DecodeResponse dr;
@@ -270,14 +313,8 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     p.set_shared_prefix_tokens(
         static_cast<uint32_t>(std::max<int64_t>(0, req.shared_prefix_tokens)));
     if (!lease.empty() && pinned > 0) {
-      pb::CachedRun* run = p.add_cached();
-      run->set_node_id(plan.prefix.node_id);
-      run->set_grpc_address(plan.prefix.grpc_address);
-      run->set_first_block(0);
-      for (int64_t i = 0; i < pinned; ++i) {
-        run->add_keys(std::string(plan.keys[i].bytes.begin(), plan.keys[i].bytes.end()));
-      }
-      run->set_lease_id(lease);
+      AddCachedRun(plan.prefix, std::span<const BlockKey>(plan.keys).first(pinned), lease,
+                   p.add_cached());
     }
     pb::HandoffTarget* t = p.mutable_target();
     t->set_handoff_id(ready.handoff_id());
@@ -321,25 +358,8 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     st.load_time = FromProto(done.load_time());
     st.prefill_time = FromProto(done.compute_time());
     st.published_pages += done.published_pages();
-    cost_.RecordPrefill(st.recomputed_tokens, st.prefill_time);
-    const int64_t loaded_blocks = st.cached_tokens / options_.key_params.page_tokens;
-    if (loaded_blocks > 0) {  // RecordRead ignores an unmeasured (zero) load time
-      for (int64_t b = 0; b < loaded_blocks && b < plan.prefix.blocks(); ++b) {
-        const TierKind tier = plan.prefix.tiers[b];
-        auto it = std::find_if(st.tier_hits.begin(), st.tier_hits.end(),
-                               [&](const prefill::TierHit& h) { return h.tier == tier; });
-        if (it == st.tier_hits.end()) {
-          st.tier_hits.push_back({.tier = tier, .node_id = plan.prefix.node_id, .remote = true});
-          it = st.tier_hits.end() - 1;
-        }
-        ++it->pages;
-        it->tokens += options_.key_params.page_tokens;
-        it->bytes += options_.page_bytes;
-        st.bytes_loaded += options_.page_bytes;
-      }
-      cost_.RecordRead(plan.prefix.tiers[0], st.bytes_loaded, st.load_time);
-    }
-  } else {
+    AccountLoad(plan, &st);
+  } else if (options_.raw_handoff) {
     log::Warn("router_prefill_failed", "node", prefill.node_id(), "error",
               prefill_status.ToString());
     kv::MutexLock l(&mu_);
@@ -362,6 +382,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     }
   }
   // 4. The decode worker's tokens.
+  pb::DecodeDone done_stats;
   bool finished = false;
   bool cancel_sent = !keep_going;
   while (dstream->Read(&dr)) {
@@ -380,6 +401,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
       }
     } else if (dr.has_done()) {
       const pb::DecodeDone& d = dr.done();
+      done_stats = d;
       st.decode_time = FromProto(d.decode_time());
       st.published_pages += d.published_pages();
       switch (d.finish_reason()) {
@@ -406,9 +428,16 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
                " failed: ", ds.ok() ? "stream ended without DecodeDone" : ds.ToString())));
   }
   if (!keep_going) out.finish = prefill::FinishReason::kCancelled;
-  if (!prefill_status.ok()) {  // the decode worker computed the whole prompt
-    st.cached_tokens = 0;
-    st.recomputed_tokens = st.prompt_tokens;
+  if (!prefill_status.ok()) {  // the decode worker computed the prompt, from its cached run
+    st.cached_tokens = done_stats.cached_tokens();
+    st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;
+    st.load_time = FromProto(done_stats.load_time());
+    st.prefill_time = FromProto(done_stats.compute_time());
+    AccountLoad(plan, &st);
+    if (st.cached_tokens > 0) {  // the decode worker read the pages from the store over gRPC
+      st.transport = "grpc";
+      st.bytes_transferred = st.bytes_loaded;
+    }
   }
   st.output_tokens = static_cast<int64_t>(tokens.size());
   st.total_time = absl::Now() - start;

@@ -42,6 +42,10 @@ struct RouterOptions {
   uint64_t page_bytes = 0;  // encoded page size (for the cost model)
   int64_t vocab_size = 0;
   int64_t max_context = 0;
+  // False for models whose KV is not handed over as raw blocks (V4, v4-fp8-584): no prefill
+  // worker is used; the decode worker loads the pinned cached run itself and computes the
+  // rest of the prompt.
+  bool raw_handoff = true;
   absl::Duration lease = absl::Seconds(30);
   absl::Duration max_request_time = absl::Minutes(5);
   prefill::CostModelOptions cost;
@@ -72,6 +76,9 @@ class RouterBackend final : public ServingBackend {
   struct Plan;
   absl::StatusOr<Plan> MakePlan(const prefill::GenerateRequest& req);
   absl::StatusOr<prefill::GenerateResult> Run(const prefill::GenerateRequest& req, Route* route);
+  // Feeds the cost model with a served request and fills its tier hits from the plan's
+  // prefix for the blocks it loaded.
+  void AccountLoad(const Plan& plan, prefill::RequestStats* st);
   // The live member with `role` best for a chain rooted at `root` near `near_address`.
   absl::StatusOr<kvstrata::v1::NodeInfo> Pick(kvstrata::v1::Role role, const BlockKey& root,
                                               const std::string& near_address);

@@ -186,13 +186,20 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
     absl::Time deadline, const std::function<void(const pb::PrefillProgress&)>& progress) {
   const absl::Time t0 = absl::Now();
   RETURN_IF_ERROR(CheckKeySpace(r.key_space()));
+  if (mla_ == nullptr) {
+    return absl::FailedPreconditionError(
+        StrCat("this worker serves ", params_.layout_id,
+               " pages, which are not handed over as raw KV blocks: its decode workers compute "
+               "prompts themselves"));
+  }
   ASSIGN_OR_RETURN(std::vector<int32_t> tokens, Tokens(r.token_ids()));
   ASSIGN_OR_RETURN(model::SamplingParams sampling, ToSampling(r.sampling()));
   const int64_t n = static_cast<int64_t>(tokens.size());
   std::vector<std::string> ns;
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                    prefill::RequestKeys(params_, tokens, tenant, r.shared_prefix_tokens(), &ns));
-  ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv, model_->NewCache(options_.layout, n));
+  ASSIGN_OR_RETURN(kernels::KvLayout mla_layout, kernels::ParseLayout(params_.layout_id));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv, mla_->NewCache(mla_layout, n));
   const int64_t pt = page_tokens_, bb = kv->block_bytes(), rb = kv->record_bytes();
   const int64_t nblocks = (n + pt - 1) / pt;
   const int layers = model_->config().num_hidden_layers;
@@ -331,8 +338,8 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
       }
       return absl::OkStatus();
     };
-    logits = model_->Prefill(std::span<const int32_t>(tokens).subspan(start_pos), start_pos,
-                             kv.get(), po);
+    logits =
+        mla_->Prefill(std::span<const int32_t>(tokens).subspan(start_pos), start_pos, kv.get(), po);
     status = logits.status();
   }
   const absl::Duration compute_time = absl::Now() - compute_start;
@@ -394,15 +401,12 @@ int64_t WorkerService::Publish(std::span<const BlockKey> keys, std::span<const s
                                int64_t from, std::span<const std::string> blocks,
                                const std::string& session, absl::Duration retention,
                                const std::string& authorization) {
-  auto layout = LookupLayout(params_.layout_id);
-  if (!layout.ok() || pool_ == nullptr || keys.empty()) return 0;
+  if (pool_ == nullptr || keys.empty()) return 0;
   std::vector<PoolPage> pages;
   for (size_t i = 0; i < blocks.size(); ++i) {
     const int64_t b = from + static_cast<int64_t>(i);
-    absl::StatusOr<std::vector<uint8_t>> page = prefill::EncodeBlockPage(
-        *layout, keys[b], b == 0 ? BlockKey::Zero() : keys[b - 1], page_tokens_,
-        model_->config().num_hidden_layers,
-        {reinterpret_cast<const uint8_t*>(blocks[i].data()), blocks[i].size()});
+    absl::StatusOr<std::vector<uint8_t>> page =
+        model_->EncodeExported(blocks[i], keys[b], b == 0 ? BlockKey::Zero() : keys[b - 1]);
     if (!page.ok()) {
       log::Warn("publish_encode_failed", "block", b, "error", page.status().ToString());
       break;
@@ -533,6 +537,11 @@ class DecodeReactor final
     Close(s);
   }
   absl::Status Run();
+  // Local prefill: loads the cached run DecodeStart names (pinned by the router) into `seq`,
+  // verified, up to `usable` blocks and the last page a sequence can continue from. Returns
+  // the blocks loaded (0 on any trouble: the prompt is then computed).
+  int64_t LoadCached(const pb::DecodeStart& st, std::span<const BlockKey> keys, int64_t usable,
+                     prefill::ServingSequence* seq);
 
   WorkerService* const svc_;
   const std::string authorization_;
@@ -561,15 +570,16 @@ absl::Status DecodeReactor::Run() {
     return absl::OutOfRangeError(StrCat("prompt (", n, " tokens) + max_new_tokens (", max_tokens,
                                         ") exceeds the context limit ", w.model_->max_context()));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv,
-                   w.model_->NewCache(w.options_.layout, n + max_tokens));
-  const int64_t pt = w.page_tokens_, bb = kv->block_bytes();
+  ASSIGN_OR_RETURN(std::unique_ptr<prefill::ServingSequence> kv,
+                   w.model_->NewSequence(n + max_tokens));
+  const int64_t pt = w.page_tokens_, bb = w.model_->raw_block_bytes();
   const int64_t nblocks = (n + pt - 1) / pt;
 
-  // The destination, poisoned so that a byte nobody wrote can never pass for KV.
+  // The destination, poisoned so that a byte nobody wrote can never pass for KV. A model
+  // without raw blocks (V4) offers none: its prompt is computed here.
   auto buffer = std::make_shared<std::vector<uint8_t>>(static_cast<size_t>(nblocks * bb), 0xFF);
   std::optional<transport::RegisteredRegion> region;
-  if (w.transport_ != nullptr) {
+  if (w.transport_ != nullptr && bb > 0) {
     absl::StatusOr<transport::RegisteredRegion> reg =
         w.transport_->Register(buffer->data(), buffer->size(), transport::MemoryKind::kHost);
     if (reg.ok())
@@ -627,8 +637,8 @@ absl::Status DecodeReactor::Run() {
     }
     if (intact) {
       for (int64_t b = 0; b < nblocks; ++b) {
-        RETURN_IF_ERROR(kv->AppendBlock({buffer->data() + b * bb, static_cast<size_t>(bb)},
-                                        std::min(pt, n - b * pt)));
+        RETURN_IF_ERROR(kv->AppendRawBlock({buffer->data() + b * bb, static_cast<size_t>(bb)},
+                                           std::min(pt, n - b * pt)));
       }
       imported = true;
     }
@@ -637,21 +647,36 @@ absl::Status DecodeReactor::Run() {
     (intact ? w.metrics_->handoff_verified : w.metrics_->handoff_rejected)->Inc();
   }
   release();
+  ASSIGN_OR_RETURN(std::vector<BlockKey> prompt_keys,
+                   prefill::RequestKeys(w.params_, prompt, *tenant_, st.shared_prefix_tokens(),
+                                        /*ns=*/nullptr));
   model::Sampler sampler(sampling);
   std::vector<int32_t> out;
   std::vector<float> logits;
+  int64_t loaded = 0;
+  absl::Duration load_time, compute_time;
   if (imported) {
     out.push_back(static_cast<int32_t>(pr.first_token_id()));
     sampler.Skip(1);  // the prefill worker drew the first token's random number
   } else {
-    kv->Reset();
     {
       kv::MutexLock l(&w.mu_);
       ++w.counters_.local_prefills;
     }
     w.metrics_->local_prefill->Inc();
-    ASSIGN_OR_RETURN(
-        logits, w.model_->Prefill(prompt, 0, kv.get(), {.chunk_tokens = w.options_.prefill_chunk}));
+    ASSIGN_OR_RETURN(kv, w.model_->NewSequence(n + max_tokens));
+    const absl::Time load_start = absl::Now();
+    loaded = LoadCached(st, prompt_keys, (n - 1) / pt, kv.get());
+    if (!kv->can_continue()) {  // a failed import after pages without resume sections
+      ASSIGN_OR_RETURN(kv, w.model_->NewSequence(n + max_tokens));
+      loaded = 0;
+    }
+    load_time = absl::Now() - load_start;
+    const absl::Time compute_start = absl::Now();
+    const int64_t start_pos = loaded * pt;
+    ASSIGN_OR_RETURN(logits, kv->Prefill(std::span<const int32_t>(prompt).subspan(start_pos),
+                                         start_pos, w.options_.prefill_chunk));
+    compute_time = absl::Now() - compute_start;
     ASSIGN_OR_RETURN(int32_t tok, sampler.Sample(logits));
     out.push_back(tok);
     pb::DecodeResponse m;
@@ -681,7 +706,7 @@ absl::Status DecodeReactor::Run() {
       finish = pb::FINISH_REASON_CANCELLED;
       break;
     }
-    ASSIGN_OR_RETURN(logits, w.model_->DecodeStep(out.back(), kv->num_tokens(), kv.get()));
+    ASSIGN_OR_RETURN(logits, kv->DecodeStep(out.back()));
     ASSIGN_OR_RETURN(int32_t tok, sampler.Sample(logits));
     pb::DecodeResponse m;
     m.mutable_tokens()->add_token_ids(static_cast<uint32_t>(tok));
@@ -697,7 +722,7 @@ absl::Status DecodeReactor::Run() {
     // The last sampled token has no KV yet; compute it when it completes a page.
     if (kv->num_tokens() + 1 == n + static_cast<int64_t>(out.size()) &&
         (kv->num_tokens() + 1) % pt == 0) {
-      RETURN_IF_ERROR(w.model_->DecodeStep(out.back(), kv->num_tokens(), kv.get()).status());
+      RETURN_IF_ERROR(kv->DecodeStep(out.back()).status());
     }
     std::vector<int32_t> convo(prompt);
     convo.insert(convo.end(), out.begin(), out.end());
@@ -709,9 +734,18 @@ absl::Status DecodeReactor::Run() {
     if (!keys.empty()) {
       absl::StatusOr<PoolPrefix> have = w.pool_->Lookup(keys, authorization_);
       const int64_t from = have.ok() ? have->blocks() : 0;
+      const int64_t shared_blocks =
+          std::min<int64_t>(static_cast<int64_t>(keys.size()), st.shared_prefix_tokens() / pt);
+      const int64_t reuse_blocks = (n - 1) / pt;  // what a repeat of the prompt can load
       std::vector<std::string> blocks;
       for (int64_t b = from; b < static_cast<int64_t>(keys.size()); ++b) {
-        ASSIGN_OR_RETURN(std::string bytes, kv->ExportBlock(b));
+        // Resume sections (V4) where prefill::Engine keeps them.
+        const PageRole role =
+            prefill::PublishRole(b, shared_blocks, reuse_blocks, static_cast<int64_t>(keys.size()),
+                                 w.options_.resume_checkpoint_pages);
+        ASSIGN_OR_RETURN(std::string bytes,
+                         kv->ExportBlock(b, prefill::KeepsResumeAtPublish(role), keys[b],
+                                         b == 0 ? BlockKey::Zero() : keys[b - 1]));
         blocks.push_back(std::move(bytes));
       }
       absl::Duration retention = absl::ZeroDuration();
@@ -726,6 +760,10 @@ absl::Status DecodeReactor::Run() {
   {
     kv::MutexLock l(&w.mu_);
     w.counters_.output_tokens += out.size();
+    if (!imported) {
+      w.counters_.cached_tokens += static_cast<uint64_t>(loaded * pt);
+      w.counters_.recomputed_tokens += static_cast<uint64_t>(n - loaded * pt);
+    }
   }
   pb::DecodeResponse m;
   pb::DecodeDone* d = m.mutable_done();
@@ -733,26 +771,70 @@ absl::Status DecodeReactor::Run() {
   d->set_output_tokens(static_cast<uint32_t>(out.size()));
   SetDuration(decode_time, d->mutable_decode_time());
   d->set_published_pages(static_cast<uint32_t>(published));
+  if (!imported) {
+    d->set_cached_tokens(static_cast<uint32_t>(loaded * pt));
+    d->set_recomputed_tokens(static_cast<uint32_t>(n - loaded * pt));
+    SetDuration(load_time, d->mutable_load_time());
+    SetDuration(compute_time, d->mutable_compute_time());
+  }
   Push(std::move(m));
   return absl::OkStatus();
 }
 
+int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const BlockKey> keys,
+                                  int64_t usable, prefill::ServingSequence* seq) {
+  WorkerService& w = *svc_;
+  if (w.pool_ == nullptr || st.cached().empty()) return 0;
+  const pb::CachedRun& run = st.cached(0);  // the router plans one run, from block 0
+  if (run.first_block() != 0) return 0;
+  std::vector<BlockKey> want;
+  for (const std::string& k : run.keys()) {
+    if (k.size() != 32 || static_cast<int64_t>(want.size()) >= usable ||
+        want.size() >= keys.size()) {
+      break;
+    }
+    BlockKey key;
+    std::memcpy(key.bytes.data(), k.data(), 32);
+    if (key != keys[want.size()]) break;  // not this request's chain: ignore
+    want.push_back(key);
+  }
+  if (want.empty()) return 0;
+  const absl::Time step = std::min(deadline_, absl::Now() + w.options_.handoff_timeout);
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
+      w.pool_->Read(run.grpc_address(), want, run.lease_id(), authorization_, step);
+  if (!pages.ok()) {
+    log::Warn("decode_cache_read_failed", "node", run.node_id(), "error",
+              pages.status().ToString());
+    return 0;
+  }
+  uint64_t bytes = 0;
+  for (const auto& p : *pages) bytes += p.size();
+  absl::StatusOr<int64_t> n =
+      prefill::ImportResumable(*w.model_, seq, *pages, want, BlockKey::Zero());
+  if (!n.ok()) return 0;  // the caller sees !seq->can_continue()
+  kv::MutexLock l(&w.mu_);
+  w.counters_.bytes_loaded += bytes;
+  w.metrics_->bytes_loaded->Inc(static_cast<double>(bytes));
+  return *n;
+}
+
 // ---- the service --------------------------------------------------------------------------
 
-WorkerService::WorkerService(const model::Transformer* model, transport::Transport* transport,
-                             PagePool* pool, TenantAuth auth, WorkerServiceOptions options)
+WorkerService::WorkerService(const prefill::ServingModel* model, const model::Transformer* mla,
+                             transport::Transport* transport, PagePool* pool, TenantAuth auth,
+                             WorkerServiceOptions options)
     : model_(model),
+      mla_(mla),
       transport_(transport),
       pool_(pool),
       auth_(std::move(auth)),
       options_(std::move(options)),
       publish_pool_(std::make_unique<ThreadPool>(1)),
       pool_threads_(std::make_unique<ThreadPool>(std::max(1, options_.worker_threads))) {
-  const LayoutInfo info = *LookupLayout(kernels::LayoutName(options_.layout));
-  params_.model_fingerprint = model->weights().fingerprint;
-  params_.layout_id = std::string(info.name);
-  params_.page_tokens = info.default_page_tokens;
-  page_tokens_ = static_cast<int>(info.default_page_tokens);
+  params_.model_fingerprint = model->fingerprint();
+  params_.layout_id = std::string(model->layout().name);
+  params_.page_tokens = model->layout().default_page_tokens;
+  page_tokens_ = model->page_tokens();
   MetricsRegistry* reg = options_.metrics ? options_.metrics : &MetricsRegistry::Default();
   metrics_ = std::make_unique<Metrics>();
   auto counter = [&](const char* name, const char* help, std::string_view label = {},

@@ -12,9 +12,14 @@
 //   Decode (bidirectional): on DecodeStart, allocate and register the destination (one
 //     region, one KvCache block per prompt block, poisoned with 0xFF) and answer
 //     HandoffReady; on PrefillResult, verify every block's checksum and import the KV (or,
-//     when the handoff failed or was skipped, compute the prompt locally: a failed transfer
-//     costs time, never correctness); then generate, stream tokens, and at the end of the
-//     turn publish the conversation's full pages so the next turn hits all of it.
+//     when the handoff failed or was skipped, compute the prompt locally, first loading the
+//     cached runs DecodeStart names from the pool: a failed transfer costs time, never
+//     correctness); then generate, stream tokens, and at the end of the turn publish the
+//     conversation's full pages so the next turn hits all of it.
+//   V4 models (v4-fp8-584 pages) have no raw-block handoff: their decode worker always takes
+//     the local path (HandoffReady without a destination), loading cached pages up to the
+//     last one with a resume section, and publishes pages with resume sections where the
+//     policy keeps them (kvstore/resume_policy.h, as prefill::Engine does).
 //
 // Every call is authenticated with the caller's bearer token (the router forwards the end
 // user's); the tenant comes from the token only, and the same token goes on to the stores.
@@ -45,6 +50,7 @@
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
 #include "model/transformer.h"
+#include "prefill/serving_model.h"
 #include "proto/kvstrata/v1/worker.grpc.pb.h"
 #include "transport/transport.h"
 
@@ -54,10 +60,11 @@ struct WorkerServiceOptions {
   std::string node_id = "worker";
   bool prefill = true;  // serves Prefill (else FAILED_PRECONDITION)
   bool decode = true;   // serves Decode
-  kernels::KvLayout layout = kernels::KvLayout::kMlaFp8_656;
   int worker_threads = 2;
   int max_queued = 64;
   int64_t prefill_chunk = 256;
+  // V4 pages: a resume section every Nth page of a chain (prefill::PublishRole).
+  int64_t resume_checkpoint_pages = 4;
   absl::Duration handoff_timeout = absl::Seconds(30);
   absl::Duration max_request_time = absl::Minutes(5);
   absl::Duration max_retention = absl::Hours(24);
@@ -74,10 +81,15 @@ struct WorkerCounters {
 
 class WorkerService final : public kvstrata::v1::Worker::CallbackService {
  public:
-  // `transport` may be null for a prefill-only worker that never hands off (then Prefill
-  // with a target fails) and for decode workers that always recompute.
-  WorkerService(const model::Transformer* model, transport::Transport* transport, PagePool* pool,
-                TenantAuth auth, WorkerServiceOptions options);
+  // `model` is what the worker serves (prefill/serving_model.h); `mla` its MLA transformer,
+  // which the Prefill call's layer-by-layer handoff needs (null for a V4 model: its decode
+  // workers compute prompts themselves, loading cached pages from the pool, and Prefill
+  // answers FAILED_PRECONDITION). `transport` may be null for a prefill-only worker that
+  // never hands off (then Prefill with a target fails) and for decode workers that always
+  // recompute.
+  WorkerService(const prefill::ServingModel* model, const model::Transformer* mla,
+                transport::Transport* transport, PagePool* pool, TenantAuth auth,
+                WorkerServiceOptions options);
   ~WorkerService() override;
 
   grpc::ServerWriteReactor<kvstrata::v1::PrefillResponse>* Prefill(
@@ -106,8 +118,9 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
       const kvstrata::v1::PrefillRequest& r, const std::string& tenant,
       const std::string& authorization, absl::Time deadline,
       const std::function<void(const kvstrata::v1::PrefillProgress&)>& progress);
-  // Encodes `blocks` (ExportBlock bytes of chain blocks from, from + 1, ...) as pages and
-  // publishes them to the pool in chain order; returns pages stored or already present.
+  // Encodes `blocks` (ServingSequence::ExportBlock results of chain blocks from, from + 1,
+  // ...) as pages and publishes them to the pool in chain order; returns pages stored or
+  // already present.
   int64_t Publish(std::span<const BlockKey> keys, std::span<const std::string> ns, int64_t from,
                   std::span<const std::string> blocks, const std::string& session,
                   absl::Duration retention, const std::string& authorization);
@@ -117,7 +130,8 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   // Keeps memory a transport may still touch alive until the service dies.
   void Bury(std::shared_ptr<void> memory);
 
-  const model::Transformer* const model_;
+  const prefill::ServingModel* const model_;
+  const model::Transformer* const mla_;
   transport::Transport* const transport_;
   PagePool* const pool_;
   const TenantAuth auth_;

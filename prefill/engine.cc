@@ -285,7 +285,7 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
       if (publish) {
         const int64_t from = std::max<int64_t>(loaded, static_cast<int64_t>(hit.matched));
         st.published_pages += QueuePublish(*kv, keys, ns, from, static_cast<int64_t>(keys.size()),
-                                           shared_blocks, retention, {});
+                                           shared_blocks, usable, retention, {});
       }
     }
     if (!keep_going) {
@@ -325,7 +325,7 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
     if (retention && *retention > absl::ZeroDuration()) retain = convo_keys;
     st.published_pages += QueuePublish(*kv, convo_keys, convo_ns, static_cast<int64_t>(keys.size()),
                                        static_cast<int64_t>(convo_keys.size()), shared_blocks,
-                                       retention, std::move(retain));
+                                       usable, retention, std::move(retain));
   }
   st.total_time = clock->Now() - start;
   return out;

@@ -29,14 +29,15 @@
 // Models. The engine serves any ServingModel (prefill/serving_model.h): DeepSeek MLA models
 // with 64-token mla-* pages, and DeepSeek-V4 models with 256-token v4-fp8-584 pages. V4
 // pages carry a resume section only where the resume policy keeps one (kvstore/
-// resume_policy.h): at the shared-prefix end, at the prompt's and the turn's last full page,
-// and every `resume_checkpoint_pages` pages of a chain; each is published with its PageRole
+// resume_policy.h, PublishRole below): at the shared-prefix end, at the last page a repeat
+// of the prompt can load, at the turn's last full page, and every `resume_checkpoint_pages`
+// pages of a chain; each is published with its PageRole
 // so the store can strip it under pressure. A cached V4 run is loaded only up to its last
 // page with a resume section (a sequence can be continued only from there); the pages after
 // it are recomputed, byte-identical.
 //
 // Thread-safety: Generate/Lookup/Counters are safe to call concurrently; each request has
-// its own KvCache (the Transformer is immutable). The engine does not own the model or the
+// its own ServingSequence (the model is immutable). The engine does not own the model or the
 // store; both must outlive it. The destructor waits for queued write-backs.
 #pragma once
 
@@ -171,6 +172,18 @@ absl::StatusOr<std::vector<BlockKey>> RequestKeys(const KeyParams& params,
 // mismatch.
 absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
                        const LayoutInfo& layout, int page_tokens, int layers);
+// The resume-policy role (kvstore/resume_policy.h) a publisher gives chain block b: the last
+// block of the shared prefix (`shared_blocks` blocks), the last block a repeat of the prompt
+// can load (`reuse_blocks` = (prompt tokens - 1) / page_tokens: at least one prompt token is
+// always computed, so for a prompt of whole pages that is the page before its last) and the
+// last block of the turn (`turn_blocks`) are ends; every `checkpoint_pages`-th block (0:
+// none) is a checkpoint; the rest are interior. With KeepsResumeAtPublish: which V4 pages
+// carry a resume section when published (at publish every session is live and no tier is
+// under pressure).
+PageRole PublishRole(int64_t b, int64_t shared_blocks, int64_t reuse_blocks, int64_t turn_blocks,
+                     int64_t checkpoint_pages);
+bool KeepsResumeAtPublish(PageRole role);
+
 // Encodes one full KvCache block (ExportBlock bytes) as a page of all `layers`.
 absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
                                                      const BlockKey& parent, int page_tokens,
@@ -228,13 +241,13 @@ class Engine {
   int64_t LoadPrefix(std::span<const BlockKey> keys, std::span<const TierKind> tiers,
                      int64_t blocks, ServingSequence* seq, RequestStats* stats);
   // Exports blocks [from, to) of `seq` and queues their publishing. `shared_blocks` leading
-  // blocks are the shared prefix; block to - 1 ends the prompt or the turn.
+  // blocks are the shared prefix, `reuse_blocks` what a repeat of the prompt can load; block
+  // to - 1 ends the prompt or the turn (PublishRole).
   int64_t QueuePublish(const ServingSequence& seq, std::span<const BlockKey> keys,
                        std::span<const std::string> ns, int64_t from, int64_t to,
-                       int64_t shared_blocks, std::optional<absl::Duration> retention,
-                       std::vector<BlockKey> retain);
-  // The resume policy's role of block b of a chain published up to `end` (exclusive).
-  PageRole RoleOf(int64_t b, int64_t end, int64_t shared_blocks) const;
+                       int64_t shared_blocks, int64_t reuse_blocks,
+                       std::optional<absl::Duration> retention, std::vector<BlockKey> retain);
+
   void PublishPending(const Pending& p);
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& req);
 

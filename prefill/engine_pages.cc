@@ -48,96 +48,68 @@ int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierK
     log::Info("prefix_pin_failed", "blocks", blocks, "error", pin.status().ToString());
     return 0;
   }
-  const int layers = static_cast<int>(model_->config().num_hidden_layers);
-  // A run of verified pages not yet imported: V4 pages after the last resumable one wait
-  // here until a page with a resume section makes the run continuable (else they are
-  // dropped, and recomputed).
-  struct Held {
-    std::vector<uint8_t> bytes;
-    TierKind tier;
-  };
-  std::vector<Held> held;
-  int64_t loaded = 0;
+  std::vector<std::vector<uint8_t>> pages;
   for (int64_t i = 0; i < blocks; ++i) {
     const absl::Time t0 = clock->Now();
     std::vector<uint8_t> buf(page_bytes_);
     absl::StatusOr<size_t> n = store_->Read(*pin, want[i], buf);
-    absl::Status s = n.status();
-    bool resumable = false;
-    if (s.ok()) {
-      buf.resize(*n);
-      absl::StatusOr<PageView> view = DecodePage(buf);
-      s = view.status();
-      if (s.ok()) {
-        s = CheckPage(*view, want[i], i == 0 ? BlockKey::Zero() : want[i - 1], model_->layout(),
-                      page_tokens_, layers);
-      }
-      if (s.ok()) resumable = model_->resumable(*view);
-    }
-    if (!s.ok()) {  // a miss from here on: the rest is recomputed
-      log::Warn("prefix_load_stopped", "block", i, "key", want[i].Hex(), "error", s.ToString());
+    if (!n.ok()) {  // a miss from here on: the rest is recomputed
+      log::Warn("prefix_load_stopped", "block", i, "key", want[i].Hex(), "error",
+                n.status().ToString());
       break;
     }
-    const TierKind tier = tiers[static_cast<size_t>(i)];
-    cost_.RecordRead(tier, *n, clock->Now() - t0);
-    held.push_back(Held{std::move(buf), tier});
-    if (!resumable) continue;
-    for (Held& h : held) {  // import the run up to this resumable page
-      absl::StatusOr<PageView> view = DecodePage(h.bytes);
-      s = view.ok() ? seq->ImportPage(h.bytes, *view) : view.status();
-      if (!s.ok()) break;
-      const uint64_t size = h.bytes.size();
-      metrics_->pages_loaded[static_cast<int>(h.tier)]->Inc();
-      metrics_->bytes_loaded[static_cast<int>(h.tier)]->Inc(static_cast<double>(size));
-      auto it = std::find_if(stats->tier_hits.begin(), stats->tier_hits.end(),
-                             [&](const TierHit& th) { return th.tier == h.tier; });
-      if (it == stats->tier_hits.end()) {
-        stats->tier_hits.push_back(TierHit{.tier = h.tier});
-        it = stats->tier_hits.end() - 1;
-      }
-      ++it->pages;
-      it->tokens += page_tokens_;
-      it->bytes += size;
-      stats->bytes_loaded += size;
-      ++loaded;
-    }
-    held.clear();
-    if (!s.ok()) {  // the runtime refused a page CheckPage accepted: stop here
-      log::Warn("prefix_import_failed", "block", loaded, "error", s.ToString());
-      break;
-    }
+    buf.resize(*n);
+    cost_.RecordRead(tiers[static_cast<size_t>(i)], *n, clock->Now() - t0);
+    pages.push_back(std::move(buf));
   }
-  if (!held.empty()) {
-    log::Info("prefix_load_trimmed", "pages_without_resume", held.size(), "loaded", loaded);
-  }
+  absl::StatusOr<int64_t> imported = ImportResumable(*model_, seq, pages, want, BlockKey::Zero());
   absl::Status u = store_->Unpin(*pin);
   if (!u.ok()) log::Info("prefix_unpin_failed", "error", u.ToString());  // lease expired
+  if (!imported.ok()) return 0;  // the caller sees !seq->can_continue() and starts over
+  for (int64_t i = 0; i < *imported; ++i) {
+    const TierKind tier = tiers[static_cast<size_t>(i)];
+    const uint64_t size = pages[i].size();
+    metrics_->pages_loaded[static_cast<int>(tier)]->Inc();
+    metrics_->bytes_loaded[static_cast<int>(tier)]->Inc(static_cast<double>(size));
+    auto it = std::find_if(stats->tier_hits.begin(), stats->tier_hits.end(),
+                           [&](const TierHit& h) { return h.tier == tier; });
+    if (it == stats->tier_hits.end()) {
+      stats->tier_hits.push_back(TierHit{.tier = tier});
+      it = stats->tier_hits.end() - 1;
+    }
+    ++it->pages;
+    it->tokens += page_tokens_;
+    it->bytes += size;
+    stats->bytes_loaded += size;
+  }
   std::sort(stats->tier_hits.begin(), stats->tier_hits.end(),
             [](const TierHit& a, const TierHit& b) { return a.tier < b.tier; });
-  return loaded;
+  return *imported;
 }
 
-PageRole Engine::RoleOf(int64_t b, int64_t end, int64_t shared_blocks) const {
+PageRole PublishRole(int64_t b, int64_t shared_blocks, int64_t reuse_blocks, int64_t turn_blocks,
+                     int64_t checkpoint_pages) {
   if (b + 1 == shared_blocks) return PageRole::kSharedPrefixEnd;
-  if (b + 1 == end) return PageRole::kTurnEnd;
-  const int64_t every = options_.resume_checkpoint_pages;
-  if (every > 0 && (b + 1) % every == 0) return PageRole::kCheckpoint;
+  if (b + 1 == reuse_blocks || b + 1 == turn_blocks) return PageRole::kTurnEnd;
+  if (checkpoint_pages > 0 && (b + 1) % checkpoint_pages == 0) return PageRole::kCheckpoint;
   return PageRole::kInterior;
+}
+
+bool KeepsResumeAtPublish(PageRole role) {
+  return DecideResumeSection({.role = role, .session_live = true}) == ResumeDecision::kKeep;
 }
 
 int64_t Engine::QueuePublish(const ServingSequence& seq, std::span<const BlockKey> keys,
                              std::span<const std::string> ns, int64_t from, int64_t to,
-                             int64_t shared_blocks, std::optional<absl::Duration> retention,
+                             int64_t shared_blocks, int64_t reuse_blocks,
+                             std::optional<absl::Duration> retention,
                              std::vector<BlockKey> retain) {
   auto p = std::make_shared<Pending>();
   for (int64_t i = from; i < to; ++i) {
     const BlockKey parent = i == 0 ? BlockKey::Zero() : keys[i - 1];
-    const PageRole role = RoleOf(i, to, shared_blocks);
-    // At publish every session is live and no tier is under pressure: the policy keeps the
-    // resume section of every page but interior ones (kvstore/resume_policy.h).
-    const bool with_resume =
-        model_->pages_have_resume() &&
-        DecideResumeSection({.role = role, .session_live = true}) == ResumeDecision::kKeep;
+    const PageRole role =
+        PublishRole(i, shared_blocks, reuse_blocks, to, options_.resume_checkpoint_pages);
+    const bool with_resume = model_->pages_have_resume() && KeepsResumeAtPublish(role);
     absl::StatusOr<std::string> bytes = seq.ExportBlock(i, with_resume, keys[i], parent);
     if (!bytes.ok()) {
       log::Warn("publish_export_failed", "block", i, "error", bytes.status().ToString());

@@ -142,6 +142,23 @@ TEST_F(EngineV4Test, ServesV4PagesWarmEqualsColdAndLocal) {
   EXPECT_GT(warm.stats.bytes_loaded, 0u);
 }
 
+TEST_F(EngineV4Test, PromptOfWholePagesResumesFromThePageBeforeItsLast) {
+  // A repeat of a 512-token prompt can load only (512 - 1) / 256 = 1 page (one prompt token
+  // is always computed), so page 0 must carry a resume section although the prompt ends
+  // after page 1.
+  Open({.resume_checkpoint_pages = 0});
+  GenerateRequest r = Req(Tokens("two whole pages", 512));
+  const std::vector<int32_t> ref = Local(r);
+  EXPECT_EQ(Gen(r).tokens, ref);
+  const std::vector<BlockKey> keys = Keys(r.prompt);
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_TRUE(HasResume(keys[0]));
+  EXPECT_TRUE(HasResume(keys[1]));
+  GenerateResult again = Gen(Req(r.prompt, "s2"));
+  EXPECT_EQ(again.tokens, ref);
+  EXPECT_EQ(again.stats.cached_tokens, 256);
+}
+
 TEST_F(EngineV4Test, NextTurnResumesFromTheTurnEnd) {
   Open();
   GenerateRequest t1 = Req(Tokens("turn one", 500));

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
 #include "prefill/engine.h"
@@ -29,6 +30,9 @@ class MlaSequence final : public ServingSequence {
     return kv_->AppendBlock(view.kv());
   }
   bool can_continue() const override { return true; }
+  absl::Status AppendRawBlock(std::span<const uint8_t> bytes, int64_t tokens) override {
+    return kv_->AppendBlock(bytes, tokens);
+  }
   absl::StatusOr<std::string> ExportBlock(int64_t b, bool, const BlockKey&,
                                           const BlockKey&) const override {
     return kv_->ExportBlock(b);
@@ -49,6 +53,9 @@ class MlaServingModel final : public ServingModel {
   int64_t max_context() const override { return model_->max_context(); }
   const LayoutInfo& layout() const override { return info_; }
   uint64_t page_bytes() const override { return page_bytes_; }
+  int64_t raw_block_bytes() const override {
+    return int64_t{model_->config().num_hidden_layers} * page_tokens() * info_.record_bytes;
+  }
   bool pages_have_resume() const override { return false; }
   absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
     ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv, model_->NewCache(layout_, max_tokens));
@@ -87,6 +94,9 @@ class V4Sequence final : public ServingSequence {
     return model_->ImportPage(page, cache_.get());
   }
   bool can_continue() const override { return cache_->can_continue(); }
+  absl::Status AppendRawBlock(std::span<const uint8_t>, int64_t) override {
+    return absl::UnimplementedError("a V4 sequence takes pages, not raw KV blocks");
+  }
   absl::StatusOr<std::string> ExportBlock(int64_t b, bool with_resume, const BlockKey& key,
                                           const BlockKey& parent) const override {
     if (b < 0 || (b + 1) * model::kV4PageTokens > cache_->num_tokens()) {
@@ -111,6 +121,7 @@ class V4ServingModel final : public ServingModel {
   int64_t max_context() const override { return model_->max_context(); }
   const LayoutInfo& layout() const override { return info_; }
   uint64_t page_bytes() const override { return page_bytes_; }
+  int64_t raw_block_bytes() const override { return 0; }
   bool pages_have_resume() const override { return true; }
   absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
     if (max_tokens > model_->max_context()) {
@@ -138,6 +149,45 @@ class V4ServingModel final : public ServingModel {
 };
 
 }  // namespace
+
+absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequence* seq,
+                                        std::span<const std::vector<uint8_t>> pages,
+                                        std::span<const BlockKey> keys, const BlockKey& parent) {
+  const int layers = static_cast<int>(model.config().num_hidden_layers);
+  // How many of `pages` a sequence can continue after: all verified ones up to the last
+  // resumable one.
+  int64_t usable = 0;
+  std::vector<PageView> views;
+  for (size_t i = 0; i < pages.size() && i < keys.size(); ++i) {
+    absl::StatusOr<PageView> view = DecodePage(pages[i]);
+    absl::Status s = view.status();
+    if (s.ok()) {
+      s = CheckPage(*view, keys[i], i == 0 ? parent : keys[i - 1], model.layout(),
+                    model.page_tokens(), layers);
+    }
+    if (!s.ok()) {
+      log::Warn("prefix_load_stopped", "block", i, "key", keys[i].Hex(), "error", s.ToString());
+      break;
+    }
+    if (model.resumable(*view)) usable = static_cast<int64_t>(i) + 1;
+    views.push_back(*std::move(view));
+  }
+  if (usable < static_cast<int64_t>(pages.size())) {
+    log::Info("prefix_load_trimmed", "pages", pages.size(), "resumable", usable);
+  }
+  for (int64_t i = 0; i < usable; ++i) {
+    absl::Status s = seq->ImportPage(pages[i], views[i]);
+    if (!s.ok()) {  // the runtime refused a page CheckPage accepted
+      log::Warn("prefix_import_failed", "block", i, "error", s.ToString());
+      if (!seq->can_continue()) {
+        return absl::FailedPreconditionError(StrCat(
+            "import stopped at page ", i, " after pages without a resume section: ", s.message()));
+      }
+      return i;
+    }
+  }
+  return usable;
+}
 
 absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Transformer* model,
                                                                  kernels::KvLayout layout) {

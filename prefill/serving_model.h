@@ -56,6 +56,10 @@ class ServingSequence {
   virtual absl::Status ImportPage(std::span<const uint8_t> page, const PageView& view) = 0;
   // False after importing pages that end without a resume section (V4 only).
   virtual bool can_continue() const = 0;
+  // Appends raw KV block bytes (ServingModel::raw_block_bytes() of them) of which the first
+  // `tokens` positions are valid: the prefill worker's handoff. Unimplemented for a model
+  // without raw blocks (V4); otherwise KvCache::AppendBlock's errors.
+  virtual absl::Status AppendRawBlock(std::span<const uint8_t> bytes, int64_t tokens) = 0;
   // The publishable form of full block `b` (see EncodeExported). `with_resume` asks for a V4
   // page's resume section (ignored by MLA). OutOfRange for a block that is not full;
   // FailedPrecondition when the resume state at the block end was not kept.
@@ -74,6 +78,9 @@ class ServingModel {
   int page_tokens() const { return static_cast<int>(layout().default_page_tokens); }
   // Bytes of the largest full page this model publishes (with a resume section for V4).
   virtual uint64_t page_bytes() const = 0;
+  // Bytes of one raw KV block (all layers) a prefill worker can hand over; 0 when the model
+  // has none (V4: its state is more than per-token records, it moves as pages).
+  virtual int64_t raw_block_bytes() const = 0;
   // True when pages may carry resume sections (V4): a run of cached pages is usable only up
   // to its last page that has one.
   virtual bool pages_have_resume() const = 0;
@@ -88,6 +95,16 @@ class ServingModel {
                                                               const BlockKey& key,
                                                               const BlockKey& parent) const = 0;
 };
+
+// Imports `pages` (verified page bytes of chain blocks first, first + 1, ... where `first` =
+// seq->num_tokens() / page_tokens, and `keys` their keys) into `seq`, up to the last page a
+// sequence can continue from (every page for MLA): each is checked (CheckPage) and
+// imported in order. Returns the pages imported; stops at the first page that fails (a miss
+// from there on, logged). When a failure leaves `seq` unable to continue (V4 pages without a
+// resume section went in), returns FailedPrecondition: the caller starts a fresh sequence.
+absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequence* seq,
+                                        std::span<const std::vector<uint8_t>> pages,
+                                        std::span<const BlockKey> keys, const BlockKey& parent);
 
 // An MLA model served in `layout`. Does not own the transformer, which must outlive it.
 absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Transformer* model,

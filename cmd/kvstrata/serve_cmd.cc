@@ -82,18 +82,11 @@ absl::StatusOr<prefill::NodeOptions> ToNodeOptions(const ServeFlags& f) {
   return n;
 }
 
-// A model directory given explicitly must hold a model the role serves: --role=all serves
-// MLA and V4 models, the disaggregated roles MLA models only (their handoff moves MLA blocks).
-absl::Status CheckModelDir(const std::string& dir, std::string_view role) {
+// A model directory given explicitly must hold a model this runtime serves (MLA or V4).
+absl::Status CheckModelDir(const std::string& dir) {
   if (dir.empty()) return absl::OkStatus();
   ASSIGN_OR_RETURN(model::ModelConfig c, model::LoadModelConfig(StrCat(dir, "/config.json")));
-  if (role == "all") return model::ValidateForAnyRuntime(c);
-  if (c.IsV4() && role != "store") {
-    return absl::UnimplementedError(
-        StrCat("--role=", role, ": ", dir, " is a DeepSeek-V4 model; the disaggregated roles ",
-               "serve MLA models, serve V4 models with --role=all (docs/serving.md)"));
-  }
-  return role == "store" ? absl::OkStatus() : model::ValidateForRuntime(c);
+  return model::ValidateForAnyRuntime(c);
 }
 
 absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
@@ -113,7 +106,7 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
   RETURN_IF_ERROR(cluster::ValidateEmbeddedServerOptions(o));
-  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir, "all"));
+  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
   return o;
 }
 
@@ -136,7 +129,7 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   // A store has no compute memory to cache in: its device tier is off.
   if (f.role == "store") o.node.device_bytes = 0;
   RETURN_IF_ERROR(cluster::ValidateRoleServerOptions(o));
-  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir, o.role));
+  RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
   return o;
 }
 

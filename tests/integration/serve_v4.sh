@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The embedded cluster serves a DeepSeek-V4 model (tiny-v4, v4-fp8-584 pages of 256 tokens)
-# with prefix reuse across sessions, through the real gRPC Cluster API and client:
+# A kvstrata cluster serves a DeepSeek-V4 model (tiny-v4, v4-fp8-584 pages of 256 tokens)
+# with prefix reuse across sessions, through the real gRPC Cluster API and client, twice:
+# the embedded cluster (serve --role=all), then the disaggregated one as separate processes
+# (a store, a decode worker and a router over static membership; the decode worker loads
+# the pinned pages from the store over gRPC and computes the rest). In each:
 #   1. session a: a shared system prompt (512 tokens, --shared-prefix-tokens) + a question:
 #      a cold request, publishes its pages;
 #   2. session b: the same system prompt + another question: loads the 2 shared pages (the
@@ -13,23 +16,33 @@
 set -euo pipefail
 bin=$1
 work=$(mktemp -d "${2:-/tmp}/serve-v4.XXXXXX")
-pid=""
-cleanup() { [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"; }
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
+}
 trap cleanup EXIT
 export OPENBLAS_NUM_THREADS=1
 
 "$bin" model init --preset=tiny-v4 --out="$work/model" --seed=3 >/dev/null
-"$bin" serve --role=all --listen=127.0.0.1:0 --metrics-port=-1 --data-dir="$work/data" \
-  --model-dir="$work/model" --device-mib=16 --host-mib=32 --nvme-mib=256 >"$work/serve.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 120); do
-  grep -q "listening on" "$work/serve.log" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/serve.log"; echo "serve exited early"; exit 1; }
-  sleep 0.5
-done
-grep -q "layout=v4-fp8-584" "$work/serve.log" || { cat "$work/serve.log"; echo "not serving v4-fp8-584"; exit 1; }
-addr=$(grep -o 'listening on [0-9.:]*' "$work/serve.log" | head -n 1 | awk '{print $3}')
-[ -n "$addr" ] || { cat "$work/serve.log"; echo "serve did not start in 60 s"; exit 1; }
+# start NAME FLAGS...: starts a serve process on a free loopback port; sets $addr.
+start() {
+  local name=$1
+  shift
+  "$bin" serve --listen=127.0.0.1:0 --metrics-port=-1 --data-dir="$work/$name" \
+    --model-dir="$work/model" "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  addr=""
+  for _ in $(seq 1 120); do
+    addr=$(grep -o 'listening on [0-9.:]*' "$work/$name.log" | head -n 1 | awk '{print $3}' || true)
+    [ -n "$addr" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.5
+  done
+  cat "$work/$name.log"
+  echo "$name did not start in 60 s"
+  exit 1
+}
 
 system=""
 while [ ${#system} -lt 600 ]; do system+="<|system|>You are a travel agent; plan every trip with care. "; done
@@ -49,30 +62,52 @@ local_ref() {  # prompt out
 }
 cached() { grep -o 'tokens: [0-9]* cached' "$1" | awk '{print $2}'; }
 
-cluster a "$prompt_a" "$work/a.out"
-cluster b "$prompt_b" "$work/b.out"
-cluster c "$prompt_a" "$work/c.out"
 local_ref "$prompt_a" "$work/a.ref"
 local_ref "$prompt_b" "$work/b.ref"
 
 fail=0
 check() { if [ "$2" != "$3" ]; then echo "FAIL: $1: got '$2', want '$3'"; fail=1; else echo "ok: $1 = $2"; fi; }
-check "session a cached tokens (cold)" "$(cached "$work/a.out")" 0
-check "session b cached tokens (shared system prompt)" "$(cached "$work/b.out")" 512
-check "session c cached tokens (same prompt as a)" "$(cached "$work/c.out")" 768
-[ "$(text "$work/a.out")" == "$(text "$work/a.ref")" ] && echo "ok: session a == local" || { echo "FAIL: session a differs from local"; fail=1; }
-[ "$(text "$work/b.out")" == "$(text "$work/b.ref")" ] && echo "ok: session b == local" || { echo "FAIL: session b differs from local"; fail=1; }
-[ "$(text "$work/c.out")" == "$(text "$work/a.ref")" ] && echo "ok: session c == local" || { echo "FAIL: session c differs from local"; fail=1; }
-grep -q "CACHE_DECISION_LOAD" "$work/b.out" || { echo "FAIL: session b did not load"; fail=1; }
+same() {  # label out ref
+  if [ "$(text "$2")" == "$(text "$3")" ]; then echo "ok: $1 == local"; else echo "FAIL: $1 differs from local"; fail=1; fi
+}
+# sessions LABEL: the three sessions against $addr (a fresh cluster), checked.
+sessions() {
+  local l=$1
+  # The embedded engine publishes a prompt's pages off the critical path (after the first
+  # token): give its write-back a moment (3 pages of ~0.3 MB) before the next session.
+  cluster "$l-a" "$prompt_a" "$work/$l-a.out"
+  sleep 1
+  cluster "$l-b" "$prompt_b" "$work/$l-b.out"
+  sleep 1
+  cluster "$l-c" "$prompt_a" "$work/$l-c.out"
+  check "$l: session a cached tokens (cold)" "$(cached "$work/$l-a.out")" 0
+  check "$l: session b cached tokens (shared system prompt)" "$(cached "$work/$l-b.out")" 512
+  check "$l: session c cached tokens (same prompt as a)" "$(cached "$work/$l-c.out")" 768
+  same "$l: session a" "$work/$l-a.out" "$work/a.ref"
+  same "$l: session b" "$work/$l-b.out" "$work/b.ref"
+  same "$l: session c" "$work/$l-c.out" "$work/a.ref"
+  grep -q "CACHE_DECISION_LOAD" "$work/$l-b.out" || { echo "FAIL: $l: session b did not load"; fail=1; }
+}
+
+start all --role=all --device-mib=16 --host-mib=32 --nvme-mib=256
+grep -q "layout=v4-fp8-584" "$work/all.log" || { cat "$work/all.log"; echo "not serving v4-fp8-584"; exit 1; }
+sessions embedded
+all_pid=${pids[-1]}
+kill -TERM "$all_pid"
+for _ in $(seq 1 100); do kill -0 "$all_pid" 2>/dev/null || break; sleep 0.1; done
+rc=0
+wait "$all_pid" || rc=$?
+[ "$rc" -eq 0 ] || { cat "$work/all.log"; echo "serve --role=all exited with $rc after SIGTERM"; exit 1; }
+
+start store --role=store --host-mib=64 --nvme-mib=256
+store=$addr
+start decode --role=decode --members="store=$store@store"
+decode=$addr
+start router --role=router --members="store=$store@store,decode=$decode@decode"
+sessions distributed
+
 if [ $fail -ne 0 ]; then
-  for f in a.out b.out c.out a.ref b.ref; do echo "== $f"; cat "$work/$f"; done
+  for f in "$work"/*.out "$work"/*.ref; do echo "== $f"; cat "$f"; done
   exit 1
 fi
-
-kill -TERM "$pid"
-for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-rc=0
-wait "$pid" || rc=$?
-pid=""
-[ "$rc" -eq 0 ] || { cat "$work/serve.log"; echo "serve exited with $rc after SIGTERM"; exit 1; }
 echo "serve v4 ok"
