@@ -2,9 +2,9 @@
 // by where the prompt's KV is cached, plus TTFT under concurrency.
 //
 // States (each a server on loopback driven by the real gRPC client, seeded tiny-v3 model, or
-// tiny-v4 with --model=tiny-v4: DeepSeek-V4 hybrid attention, 256-token v4-fp8-584 pages; the
-// remote state needs the disaggregated roles, which serve MLA models only, so V4 runs the
-// host and nvme states):
+// tiny-v4 with --model=tiny-v4: DeepSeek-V4 hybrid attention, 256-token v4-fp8-584 pages; in
+// its remote state the decode worker reads the pages from the store itself, there is no
+// prefill->decode handoff, docs/design-notes.md item 12):
 //   cold    nothing cached: the whole prompt is computed (the first request of each prompt);
 //   host    the prompt's pages in the host tier of `serve --role=all` (device tier off);
 //   nvme    the pages only in the nvme tier (RocksDB) of `serve --role=all`;
@@ -192,9 +192,7 @@ absl::Status Run(const Options& opt) {
     ASSIGN_OR_RETURN(std::string src, prefill::EnsureModelDir(no));
     std::filesystem::rename(src, StrCat(opt.dir, "/model"));
   }
-  std::vector<std::string> states = {"host", "nvme"};
-  if (!v4) states.push_back("remote");
-  for (const std::string& state : states) {
+  for (const std::string state : {"host", "nvme", "remote"}) {
     std::unique_ptr<cluster::EmbeddedServer> server;
     Distributed dist;
     std::string address;
@@ -327,7 +325,7 @@ int RunE2eBench(int argc, char** argv) {
   flags.String("concurrency", &concurrency, "concurrent clients, comma-separated");
   flags.Int("concurrent-length", &opt.concurrent_length, "prompt tokens in the concurrency runs");
   flags.Int("max-tokens", &opt.max_tokens, "tokens generated per request");
-  flags.String("model", &opt.model, "tiny-v3 (MLA, all states) or tiny-v4 (V4, host and nvme)");
+  flags.String("model", &opt.model, "tiny-v3 (MLA) or tiny-v4 (DeepSeek-V4)");
   flags.String("json", &opt.json, "write the report as JSON to FILE");
   flags.String("svg", &opt.svg, "write TTFT vs prompt length as an SVG plot to FILE");
   return RunSuite(flags, argc, argv, [&]() -> absl::Status {

@@ -172,11 +172,15 @@ void AddCachedRun(const PoolPrefix& prefix, std::span<const BlockKey> keys,
 }
 }  // namespace
 
-void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st) {
+void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st, uint64_t bytes) {
   cost_.RecordPrefill(st->recomputed_tokens, st->prefill_time);
-  const int64_t loaded_blocks = st->cached_tokens / options_.key_params.page_tokens;
+  const int64_t loaded_blocks =
+      std::min(st->cached_tokens / options_.key_params.page_tokens, plan.prefix.blocks());
   if (loaded_blocks <= 0) return;
-  for (int64_t b = 0; b < loaded_blocks && b < plan.prefix.blocks(); ++b) {
+  // Bytes per page: measured when the worker reported them, else the configured page size.
+  const uint64_t page =
+      bytes > 0 ? bytes / static_cast<uint64_t>(loaded_blocks) : options_.page_bytes;
+  for (int64_t b = 0; b < loaded_blocks; ++b) {
     const TierKind tier = plan.prefix.tiers[b];
     auto it = std::find_if(st->tier_hits.begin(), st->tier_hits.end(),
                            [&](const prefill::TierHit& h) { return h.tier == tier; });
@@ -186,8 +190,8 @@ void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st) {
     }
     ++it->pages;
     it->tokens += options_.key_params.page_tokens;
-    it->bytes += options_.page_bytes;
-    st->bytes_loaded += options_.page_bytes;
+    it->bytes += page;
+    st->bytes_loaded += page;
   }
   // RecordRead ignores an unmeasured (zero) load time.
   cost_.RecordRead(plan.prefix.tiers[0], st->bytes_loaded, st->load_time);
@@ -358,7 +362,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     st.load_time = FromProto(done.load_time());
     st.prefill_time = FromProto(done.compute_time());
     st.published_pages += done.published_pages();
-    AccountLoad(plan, &st);
+    AccountLoad(plan, &st, /*bytes=*/0);
   } else if (options_.raw_handoff) {
     log::Warn("router_prefill_failed", "node", prefill.node_id(), "error",
               prefill_status.ToString());
@@ -433,7 +437,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;
     st.load_time = FromProto(done_stats.load_time());
     st.prefill_time = FromProto(done_stats.compute_time());
-    AccountLoad(plan, &st);
+    AccountLoad(plan, &st, done_stats.bytes_loaded());
     if (st.cached_tokens > 0) {  // the decode worker read the pages from the store over gRPC
       st.transport = "grpc";
       st.bytes_transferred = st.bytes_loaded;

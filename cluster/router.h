@@ -77,8 +77,9 @@ class RouterBackend final : public ServingBackend {
   absl::StatusOr<Plan> MakePlan(const prefill::GenerateRequest& req);
   absl::StatusOr<prefill::GenerateResult> Run(const prefill::GenerateRequest& req, Route* route);
   // Feeds the cost model with a served request and fills its tier hits from the plan's
-  // prefix for the blocks it loaded.
-  void AccountLoad(const Plan& plan, prefill::RequestStats* st);
+  // prefix for the blocks it loaded; `bytes` is what the worker reported reading for them
+  // (0: unknown, the configured page size is used).
+  void AccountLoad(const Plan& plan, prefill::RequestStats* st, uint64_t bytes);
   // The live member with `role` best for a chain rooted at `root` near `near_address`.
   absl::StatusOr<kvstrata::v1::NodeInfo> Pick(kvstrata::v1::Role role, const BlockKey& root,
                                               const std::string& near_address);

@@ -539,9 +539,10 @@ class DecodeReactor final
   absl::Status Run();
   // Local prefill: loads the cached run DecodeStart names (pinned by the router) into `seq`,
   // verified, up to `usable` blocks and the last page a sequence can continue from. Returns
-  // the blocks loaded (0 on any trouble: the prompt is then computed).
+  // the blocks loaded (0 on any trouble: the prompt is then computed) and adds their page
+  // bytes to *bytes_loaded.
   int64_t LoadCached(const pb::DecodeStart& st, std::span<const BlockKey> keys, int64_t usable,
-                     prefill::ServingSequence* seq);
+                     prefill::ServingSequence* seq, uint64_t* bytes_loaded);
 
   WorkerService* const svc_;
   const std::string authorization_;
@@ -654,6 +655,7 @@ absl::Status DecodeReactor::Run() {
   std::vector<int32_t> out;
   std::vector<float> logits;
   int64_t loaded = 0;
+  uint64_t bytes_loaded = 0;
   absl::Duration load_time, compute_time;
   if (imported) {
     out.push_back(static_cast<int32_t>(pr.first_token_id()));
@@ -666,10 +668,11 @@ absl::Status DecodeReactor::Run() {
     w.metrics_->local_prefill->Inc();
     ASSIGN_OR_RETURN(kv, w.model_->NewSequence(n + max_tokens));
     const absl::Time load_start = absl::Now();
-    loaded = LoadCached(st, prompt_keys, (n - 1) / pt, kv.get());
+    loaded = LoadCached(st, prompt_keys, (n - 1) / pt, kv.get(), &bytes_loaded);
     if (!kv->can_continue()) {  // a failed import after pages without resume sections
       ASSIGN_OR_RETURN(kv, w.model_->NewSequence(n + max_tokens));
       loaded = 0;
+      bytes_loaded = 0;
     }
     load_time = absl::Now() - load_start;
     const absl::Time compute_start = absl::Now();
@@ -776,13 +779,15 @@ absl::Status DecodeReactor::Run() {
     d->set_recomputed_tokens(static_cast<uint32_t>(n - loaded * pt));
     SetDuration(load_time, d->mutable_load_time());
     SetDuration(compute_time, d->mutable_compute_time());
+    d->set_bytes_loaded(bytes_loaded);
   }
   Push(std::move(m));
   return absl::OkStatus();
 }
 
 int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const BlockKey> keys,
-                                  int64_t usable, prefill::ServingSequence* seq) {
+                                  int64_t usable, prefill::ServingSequence* seq,
+                                  uint64_t* bytes_loaded) {
   WorkerService& w = *svc_;
   if (w.pool_ == nullptr || st.cached().empty()) return 0;
   const pb::CachedRun& run = st.cached(0);  // the router plans one run, from block 0
@@ -807,14 +812,17 @@ int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const Blo
               pages.status().ToString());
     return 0;
   }
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;  // everything read, also pages past the last resumable one
   for (const auto& p : *pages) bytes += p.size();
+  {
+    kv::MutexLock l(&w.mu_);
+    w.counters_.bytes_loaded += bytes;
+  }
+  w.metrics_->bytes_loaded->Inc(static_cast<double>(bytes));
   absl::StatusOr<int64_t> n =
       prefill::ImportResumable(*w.model_, seq, *pages, want, BlockKey::Zero());
   if (!n.ok()) return 0;  // the caller sees !seq->can_continue()
-  kv::MutexLock l(&w.mu_);
-  w.counters_.bytes_loaded += bytes;
-  w.metrics_->bytes_loaded->Inc(static_cast<double>(bytes));
+  for (int64_t i = 0; i < *n; ++i) *bytes_loaded += (*pages)[i].size();
   return *n;
 }
 
