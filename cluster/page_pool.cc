@@ -130,7 +130,7 @@ class GrpcPagePool final : public PagePool {
       SetDuration(options.retention, wo.mutable_retention_ttl());
     }
     std::vector<PageStoreClient::PageToWrite> writes;
-    for (const PoolPage& p : pages) writes.push_back({p.key, p.bytes});
+    for (const PoolPage& p : pages) writes.push_back({p.key, p.bytes, p.resume_role});
     int64_t best = -1;
     absl::Status last;
     for (const pb::NodeInfo& home : homes) {

@@ -41,7 +41,8 @@ struct PoolPrefix {
 // A page to publish: the encoded page and its index metadata.
 struct PoolPage {
   BlockKey key;
-  std::vector<uint8_t> bytes;  // EncodePage output
+  std::vector<uint8_t> bytes;                 // EncodePage output
+  PageRole resume_role = PageRole::kTurnEnd;  // why a V4 page kept its resume section
 };
 
 struct PoolWriteOptions {

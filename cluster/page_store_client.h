@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "kvstore/block_key.h"
+#include "kvstore/resume_policy.h"
 #include "proto/kvstrata/v1/page_store.grpc.pb.h"
 
 namespace kv::cluster {
@@ -48,7 +49,8 @@ class PageStoreClient {
   };
   struct PageToWrite {
     BlockKey key;
-    std::span<const uint8_t> bytes;  // a whole encoded page; borrowed for the call
+    std::span<const uint8_t> bytes;             // a whole encoded page; borrowed for the call
+    PageRole resume_role = PageRole::kTurnEnd;  // kvstore/resume_policy.h
   };
   struct WriteResult {
     BlockKey key;

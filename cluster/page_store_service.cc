@@ -202,7 +202,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
     if (!publish_) return StartRead(&msg_);
     if (!svc_->pool_->Schedule([this] {
           *resp_->add_results() =
-              svc_->PublishPage(caller_, options_, cur_->key, std::move(cur_->bytes));
+              svc_->PublishPage(caller_, options_, cur_->key, std::move(cur_->bytes), cur_->role);
           cur_.reset();
           publish_ = false;
           StartRead(&msg_);
@@ -218,6 +218,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
  private:
   struct Page {
     BlockKey key;
+    PageRole role = PageRole::kTurnEnd;
     uint64_t total = 0;
     uint64_t received = 0;
     std::string bytes;
@@ -276,6 +277,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
   void StartPage(const BlockKey& key, const pb::PageChunk& c) {
     cur_.emplace();
     cur_->key = key;
+    cur_->role = FromProto(c.resume_role());
     cur_->total = c.total_bytes();
     if (c.section() != pb::SECTION_KIND_UNSPECIFIED) {
       Reject(absl::UnimplementedError("section writes are not supported; send whole pages"),
@@ -840,7 +842,8 @@ pb::PageWriteResult PageStoreService::Reject(const BlockKey& key, absl::Status w
 }
 
 pb::PageWriteResult PageStoreService::PublishPage(const Caller& c, const pb::WriteOptions& o,
-                                                  const BlockKey& key, std::string bytes) {
+                                                  const BlockKey& key, std::string bytes,
+                                                  PageRole resume_role) {
   const std::span<const uint8_t> page(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   absl::StatusOr<PageView> view = DecodePage(page);
   if (!view.ok()) {
@@ -914,6 +917,7 @@ pb::PageWriteResult PageStoreService::PublishPage(const Caller& c, const pb::Wri
   meta.ns = ns;
   meta.layout = std::string(h.layout.name);
   meta.size = bytes.size();
+  meta.resume_role = resume_role;
   std::optional<absl::Duration> retention;
   if (o.has_retention_ttl()) retention = FromProto(o.retention_ttl());
   absl::Status s = store_->Publish(meta, page, retention);

@@ -203,7 +203,8 @@ class PageStoreService final : public kvstrata::v1::PageStore::CallbackService {
                       const std::string& lease_id);
   // Verifies and publishes one fully received page. Returns the result to send.
   kvstrata::v1::PageWriteResult PublishPage(const Caller& c, const kvstrata::v1::WriteOptions& o,
-                                            const BlockKey& key, std::string bytes);
+                                            const BlockKey& key, std::string bytes,
+                                            PageRole resume_role);
   kvstrata::v1::PageWriteResult Reject(const BlockKey& key, absl::Status why,
                                        std::string_view reason);
 

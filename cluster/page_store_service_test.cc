@@ -5,9 +5,11 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <atomic>
 #include <filesystem>
@@ -835,6 +837,34 @@ TEST(PageStoreClientTest, DeadlinesBoundCallsToStalledOrAbsentServers) {
       EXPECT_TRUE(IsRetryable(s)) << s;
     }
     EXPECT_LT(took, absl::Seconds(5)) << "port " << port;
+  }
+}
+
+// A V4 page's resume role crosses WritePages and lands in the store's page metadata (the
+// nvme tier persists it), so the store's pressure policy sees what the publisher decided.
+TEST_F(PageStoreTest, WritePagesCarriesTheResumeRoleToTheStore) {
+  const std::vector<TestPage> chain = testing::MakeV4Chain(11, "acme", {3000, 3000, 3000});
+  const PageRole roles[] = {PageRole::kCheckpoint, PageRole::kSharedPrefixEnd, PageRole::kInterior};
+  pb::WriteOptions o = Options();
+  o.mutable_key_space()->set_layout("v4-fp8-584");
+  o.mutable_key_space()->set_page_tokens(256);
+  std::vector<PageStoreClient::PageToWrite> in;
+  for (size_t i = 0; i < chain.size(); ++i) {
+    in.push_back({chain[i].meta.key, chain[i].bytes, roles[i]});
+  }
+  auto r = Client("tok-a").WritePages(o, in, 1u << 20);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& w : *r) EXPECT_EQ(w.outcome, pb::WRITE_OUTCOME_STORED);
+  // Demote every page to the nvme tier, which persists the metadata, and read it back.
+  ASSERT_TRUE(store_->Evict(TierKind::kHost, 1ull << 30).ok());
+  auto metas = store_->tier(TierKind::kNvme)->List();
+  ASSERT_TRUE(metas.ok()) << metas.status();
+  ASSERT_EQ(metas->size(), chain.size());
+  for (size_t i = 0; i < chain.size(); ++i) {
+    auto it = std::find_if(metas->begin(), metas->end(),
+                           [&](const PageMeta& m) { return m.key == chain[i].meta.key; });
+    ASSERT_NE(it, metas->end());
+    EXPECT_EQ(it->resume_role, roles[i]) << "page " << i << ": " << PageRoleName(it->resume_role);
   }
 }
 

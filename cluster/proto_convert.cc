@@ -33,6 +33,33 @@ absl::Time FromTimestamp(const google::protobuf::Timestamp& t) {
   return absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
 }
 
+pb::ResumeRole ToProto(PageRole role) {
+  switch (role) {
+    case PageRole::kInterior:
+      return pb::RESUME_ROLE_INTERIOR;
+    case PageRole::kTurnEnd:
+      return pb::RESUME_ROLE_TURN_END;
+    case PageRole::kSharedPrefixEnd:
+      return pb::RESUME_ROLE_SHARED_PREFIX_END;
+    case PageRole::kCheckpoint:
+      return pb::RESUME_ROLE_CHECKPOINT;
+  }
+  return pb::RESUME_ROLE_TURN_END;
+}
+
+PageRole FromProto(pb::ResumeRole role) {
+  switch (role) {
+    case pb::RESUME_ROLE_INTERIOR:
+      return PageRole::kInterior;
+    case pb::RESUME_ROLE_SHARED_PREFIX_END:
+      return PageRole::kSharedPrefixEnd;
+    case pb::RESUME_ROLE_CHECKPOINT:
+      return PageRole::kCheckpoint;
+    default:
+      return PageRole::kTurnEnd;
+  }
+}
+
 TierKind FromProto(pb::Tier tier) {
   switch (tier) {
     case pb::TIER_DEVICE:

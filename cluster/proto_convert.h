@@ -15,6 +15,7 @@
 #include "kvstore/tiered_store.h"
 #include "prefill/engine.h"
 #include "proto/kvstrata/v1/cluster.pb.h"
+#include "proto/kvstrata/v1/page_store.pb.h"
 
 namespace kv::cluster {
 
@@ -26,6 +27,9 @@ absl::Time FromTimestamp(const google::protobuf::Timestamp& t);
 kvstrata::v1::Tier ToProto(TierKind tier);
 // The tier a proto names; TIER_UNSPECIFIED (and unknown values) map to nvme, the slowest.
 TierKind FromProto(kvstrata::v1::Tier tier);
+// Resume-section roles (kvstore/resume_policy.h); unspecified or unknown values are turn ends.
+kvstrata::v1::ResumeRole ToProto(PageRole role);
+PageRole FromProto(kvstrata::v1::ResumeRole role);
 // "device", "host", "nvme", or "unspecified".
 std::string TierProtoName(kvstrata::v1::Tier tier);
 kvstrata::v1::CacheDecision ToProto(prefill::CacheDecision d);

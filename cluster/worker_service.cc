@@ -377,7 +377,7 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
     publish_pool_->Schedule([this, keys = std::move(keys), ns = std::move(ns),
                              blocks = std::move(blocks), loaded, authorization,
                              session = r.session_id(), retention] {
-      (void)Publish(keys, ns, loaded, blocks, session, retention, authorization);
+      (void)Publish(keys, ns, loaded, blocks, {}, session, retention, authorization);
     });
   }
   {
@@ -399,8 +399,8 @@ namespace kv::cluster {
 
 int64_t WorkerService::Publish(std::span<const BlockKey> keys, std::span<const std::string> ns,
                                int64_t from, std::span<const std::string> blocks,
-                               const std::string& session, absl::Duration retention,
-                               const std::string& authorization) {
+                               std::span<const PageRole> roles, const std::string& session,
+                               absl::Duration retention, const std::string& authorization) {
   if (pool_ == nullptr || keys.empty()) return 0;
   std::vector<PoolPage> pages;
   for (size_t i = 0; i < blocks.size(); ++i) {
@@ -411,7 +411,7 @@ int64_t WorkerService::Publish(std::span<const BlockKey> keys, std::span<const s
       log::Warn("publish_encode_failed", "block", b, "error", page.status().ToString());
       break;
     }
-    pages.push_back({keys[b], *std::move(page)});
+    pages.push_back({keys[b], *std::move(page), i < roles.size() ? roles[i] : PageRole::kTurnEnd});
   }
   PoolWriteOptions wo;
   wo.key_space.set_model_fingerprint(
@@ -741,6 +741,7 @@ absl::Status DecodeReactor::Run() {
           std::min<int64_t>(static_cast<int64_t>(keys.size()), st.shared_prefix_tokens() / pt);
       const int64_t reuse_blocks = (n - 1) / pt;  // what a repeat of the prompt can load
       std::vector<std::string> blocks;
+      std::vector<PageRole> roles;
       for (int64_t b = from; b < static_cast<int64_t>(keys.size()); ++b) {
         // Resume sections (V4) where prefill::Engine keeps them.
         const PageRole role =
@@ -750,6 +751,7 @@ absl::Status DecodeReactor::Run() {
                          kv->ExportBlock(b, prefill::KeepsResumeAtPublish(role), keys[b],
                                          b == 0 ? BlockKey::Zero() : keys[b - 1]));
         blocks.push_back(std::move(bytes));
+        roles.push_back(role);
       }
       absl::Duration retention = absl::ZeroDuration();
       if (!st.session_id().empty()) {
@@ -757,7 +759,8 @@ absl::Status DecodeReactor::Run() {
             st.has_retention_ttl() ? FromProto(st.retention_ttl()) : w.options_.default_retention,
             w.options_.max_retention);
       }
-      published = w.Publish(keys, ns, from, blocks, st.session_id(), retention, authorization_);
+      published =
+          w.Publish(keys, ns, from, blocks, roles, st.session_id(), retention, authorization_);
     }
   }
   {

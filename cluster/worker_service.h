@@ -119,11 +119,12 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
       const std::string& authorization, absl::Time deadline,
       const std::function<void(const kvstrata::v1::PrefillProgress&)>& progress);
   // Encodes `blocks` (ServingSequence::ExportBlock results of chain blocks from, from + 1,
-  // ...) as pages and publishes them to the pool in chain order; returns pages stored or
-  // already present.
+  // ...) as pages and publishes them to the pool in chain order, each with its resume role
+  // (`roles`, parallel to blocks; empty: turn ends); returns pages stored or already present.
   int64_t Publish(std::span<const BlockKey> keys, std::span<const std::string> ns, int64_t from,
-                  std::span<const std::string> blocks, const std::string& session,
-                  absl::Duration retention, const std::string& authorization);
+                  std::span<const std::string> blocks, std::span<const PageRole> roles,
+                  const std::string& session, absl::Duration retention,
+                  const std::string& authorization);
   // Admission of a call: the caller's authentication, the role, the queue bound (counts the
   // call in in_flight_ on success).
   absl::Status Admit(const absl::Status& auth, bool has_role, std::string_view role);
