@@ -69,7 +69,11 @@ class GrpcPagePool final : public PagePool {
       best.node_id = home.node_id();
       best.grpc_address = home.grpc_address();
       best.tiers.clear();
-      for (const pb::BlockLocation& b : r->blocks()) best.tiers.push_back(FromProto(b.tier()));
+      best.has_resume.clear();
+      for (const pb::BlockLocation& b : r->blocks()) {
+        best.tiers.push_back(FromProto(b.tier()));
+        best.has_resume.push_back(b.has_resume());
+      }
     }
     return best;
   }

@@ -32,9 +32,10 @@ namespace kv::cluster {
 
 // The longest cached prefix of a chain on its best home.
 struct PoolPrefix {
-  std::string node_id;          // empty when no home holds any block (or there is no home)
-  std::string grpc_address;     // of node_id
-  std::vector<TierKind> tiers;  // tier of each cached block, in chain order
+  std::string node_id;           // empty when no home holds any block (or there is no home)
+  std::string grpc_address;      // of node_id
+  std::vector<TierKind> tiers;   // tier of each cached block, in chain order
+  std::vector<bool> has_resume;  // each cached block's page carries a resume section (V4)
   int64_t blocks() const { return static_cast<int64_t>(tiers.size()); }
 };
 

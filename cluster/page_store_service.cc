@@ -417,6 +417,7 @@ void PageStoreService::Count(std::string_view rpc, const absl::Status& status) {
 }
 
 size_t PageStoreService::VisiblePrefix(const Caller& c, std::span<const BlockKey> keys,
+                                       std::vector<bool>* has_resume,
                                        std::vector<TierKind>* tiers) {
   TieredStore::LookupResult r = store_->Lookup(keys);
   kv::MutexLock l(&mu_);
@@ -430,6 +431,7 @@ size_t PageStoreService::VisiblePrefix(const Caller& c, std::span<const BlockKey
     if (it != dir_.end() && it->second.writers == 0) dir_.erase(it);
   }
   if (tiers != nullptr) tiers->assign(r.tiers.begin(), r.tiers.begin() + n);
+  if (has_resume != nullptr) has_resume->assign(r.has_resume.begin(), r.has_resume.begin() + n);
   return n;
 }
 
@@ -471,7 +473,8 @@ absl::Status PageStoreService::DoLookup(const Caller& c, const pb::LookupBlocksR
   absl::flat_hash_set<int> filter(req.tiers().begin(), req.tiers().end());
   filter.erase(pb::TIER_UNSPECIFIED);
   std::vector<TierKind> tiers;
-  const size_t n = VisiblePrefix(c, keys, &tiers);
+  std::vector<bool> has_resume;  // the store's, current after pressure strips
+  const size_t n = VisiblePrefix(c, keys, &has_resume, &tiers);
   resp->set_node_id(options_.node_id);
   uint32_t found = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -492,7 +495,7 @@ absl::Status PageStoreService::DoLookup(const Caller& c, const pb::LookupBlocksR
     loc->set_token_count(e.token_count);
     loc->mutable_layers()->set_begin(e.first_layer);
     loc->mutable_layers()->set_end(e.first_layer + e.layer_count);
-    loc->set_has_resume(e.has_resume);
+    loc->set_has_resume(has_resume[i]);
     ++found;
   }
   resp->set_prefix_blocks(found);
@@ -591,7 +594,7 @@ absl::Status PageStoreService::DoPin(const Caller& c, const pb::PinBlocksRequest
   size_t n = 0;
   TieredStore::PinHandle handle = 0;
   for (int attempt = 0; !keys.empty(); ++attempt) {
-    n = VisiblePrefix(c, keys, &tiers);
+    n = VisiblePrefix(c, keys, nullptr, &tiers);
     if (n == 0) break;
     absl::StatusOr<TieredStore::PinHandle> h = store_->Pin({keys.data(), n}, deadline);
     if (h.ok()) {

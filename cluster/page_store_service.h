@@ -182,7 +182,7 @@ class PageStoreService final : public kvstrata::v1::PageStore::CallbackService {
   // Longest prefix of `keys` that is cached and visible to `c`; prunes the first missing key
   // from the directory.
   size_t VisiblePrefix(const Caller& c, std::span<const BlockKey> keys,
-                       std::vector<TierKind>* tiers);
+                       std::vector<bool>* has_resume, std::vector<TierKind>* tiers);
   // Fills token count/layers of a directory entry by reading the page header once.
   absl::Status FillHeader(const BlockKey& key);
 

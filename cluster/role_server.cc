@@ -165,6 +165,7 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
       // section (the router does not load the model to measure it): 256 tokens of 584-B
       // records per layer bounds it within a small factor.
       ro.raw_handoff = !config.IsV4();
+      ro.pages_have_resume = config.IsV4();
       if (config.IsV4()) {
         ro.page_bytes =
             uint64_t{info.record_bytes} * info.default_page_tokens * config.num_hidden_layers;

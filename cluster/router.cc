@@ -95,10 +95,13 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const prefill::Gener
         pool_->Lookup(std::span<const BlockKey>(plan.keys).subspan(0, usable), req.authorization);
     if (p.ok()) plan.prefix = *std::move(p);
   }
-  plan.cost = cost_.Plan(plan.prefix.tiers, options_.page_bytes, pt);
-  if (req.policy == prefill::CachePolicy::kForceLoad && plan.prefix.blocks() > 0) {
+  const int64_t continuable = prefill::ContinuableBlocks(
+      options_.pages_have_resume, plan.prefix.has_resume, plan.prefix.blocks());
+  plan.cost = cost_.Plan(std::span<const TierKind>(plan.prefix.tiers).first(continuable),
+                         options_.page_bytes, pt);
+  if (req.policy == prefill::CachePolicy::kForceLoad && continuable > 0) {
     plan.cost.decision = prefill::CacheDecision::kLoad;
-    plan.cost.load_blocks = plan.prefix.blocks();
+    plan.cost.load_blocks = continuable;
     plan.cost.load_tokens = plan.cost.load_blocks * pt;
     plan.cost.recompute_tokens = 0;
     plan.cost.reason =

@@ -46,6 +46,9 @@ struct RouterOptions {
   // worker is used; the decode worker loads the pinned cached run itself and computes the
   // rest of the prompt.
   bool raw_handoff = true;
+  // True when pages may carry resume sections (V4): a cached run is planned only up to its
+  // last page that has one.
+  bool pages_have_resume = false;
   absl::Duration lease = absl::Seconds(30);
   absl::Duration max_request_time = absl::Minutes(5);
   prefill::CostModelOptions cost;

@@ -220,6 +220,7 @@ TieredStore::LookupResult TieredStore::Lookup(std::span<const BlockKey> chain) {
       }
       const IndexEntry* e = index_.Find(chain[i]);
       r.tiers.push_back(static_cast<TierKind>(ServingTierLocked(*e, false)));
+      r.has_resume.push_back(e->resume_bytes != 0);
       for (int t = 0; t < kNumTiers; ++t) hits[t] += (e->residency >> t) & 1u;
     }
     for (int t = 0; t < kNumTiers; ++t) {

@@ -116,6 +116,9 @@ class TieredStore {
   struct LookupResult {
     size_t matched = 0;           // blocks of the chain cached, from the start
     std::vector<TierKind> tiers;  // fastest tier of each matched block
+    // Per matched block: its page carries a resume section (v4-fp8-584), or may (a page
+    // recovered from an old nvme record whose size is not known yet).
+    std::vector<bool> has_resume;
   };
   struct Loan {
     std::span<const uint8_t> bytes;

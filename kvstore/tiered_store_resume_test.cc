@@ -123,6 +123,19 @@ TEST(TieredStoreResumeTest, DropResumeFreesExactlyTheResumeBytes) {
 }
 
 // Every resident copy (device and host) is rewritten; the entry keeps one size.
+TEST(TieredStoreResumeTest, LookupReportsWhichPagesCarryAResumeSection) {
+  auto chain = MakeV4Chain(3, "a", {0, 4000, 0, 4000});
+  auto f = MakeStore({0, 1 << 20, 0});
+  for (const auto& p : chain) ASSERT_TRUE(f->store->Publish(p.meta, p.bytes).ok());
+  const std::vector<BlockKey> keys = KeysOf(chain);
+  TieredStore::LookupResult r = f->store->Lookup(keys);
+  ASSERT_EQ(r.matched, 4u);
+  EXPECT_EQ(r.has_resume, (std::vector<bool>{false, true, false, true}));
+  ASSERT_TRUE(f->store->DropResume({&keys[3], 1}).ok());
+  r = f->store->Lookup(keys);
+  EXPECT_EQ(r.has_resume, (std::vector<bool>{false, true, false, false}));
+}
+
 TEST(TieredStoreResumeTest, DropResumeRewritesEveryTier) {
   auto chain = MakeV4Chain(3, "a", {3000, 9000});
   auto f = MakeStore({1 << 20, 1 << 20, 0});

@@ -178,9 +178,11 @@ absl::StatusOr<LookupInfo> Engine::Lookup(const std::vector<int32_t>& prompt,
   TieredStore::LookupResult hit = store_->Lookup(info.keys);
   info.cached_blocks = static_cast<int64_t>(hit.matched);
   info.tiers = hit.tiers;
-  // The plan a Generate would make: at least one prompt token is always computed.
-  const int64_t usable =
-      std::min<int64_t>(info.cached_blocks, (info.prompt_tokens - 1) / page_tokens_);
+  // The plan a Generate would make: at least one prompt token is always computed, and a V4
+  // run is loaded only up to its last page with a resume section.
+  const int64_t usable = ContinuableBlocks(
+      model_->pages_have_resume(), hit.has_resume,
+      std::min<int64_t>(info.cached_blocks, (info.prompt_tokens - 1) / page_tokens_));
   info.cost = cost_.Plan(std::span<const TierKind>(info.tiers).subspan(0, usable), page_bytes_,
                          page_tokens_);
   return info;
@@ -228,10 +230,14 @@ absl::StatusOr<GenerateResult> Engine::Run(const GenerateRequest& req) {
   if (read_cache && usable > 0) {
     hit = store_->Lookup(std::span<const BlockKey>(keys).subspan(0, usable));
   }
-  st.cost = cost_.Plan(hit.tiers, page_bytes_, page_tokens_);
-  if (req.policy == CachePolicy::kForceLoad && hit.matched > 0) {
+  // What the plan may count on loading (V4: up to the last page with a resume section).
+  const int64_t continuable = ContinuableBlocks(model_->pages_have_resume(), hit.has_resume,
+                                                static_cast<int64_t>(hit.matched));
+  st.cost = cost_.Plan(std::span<const TierKind>(hit.tiers).first(continuable), page_bytes_,
+                       page_tokens_);
+  if (req.policy == CachePolicy::kForceLoad && continuable > 0) {
     st.cost.decision = CacheDecision::kLoad;
-    st.cost.load_blocks = static_cast<int64_t>(hit.matched);
+    st.cost.load_blocks = continuable;
     st.cost.load_tokens = st.cost.load_blocks * page_tokens_;
     st.cost.recompute_tokens = 0;
     st.cost.reason = StrCat("load forced by the request's cache policy; model: ", st.cost.reason);

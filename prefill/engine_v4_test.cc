@@ -218,7 +218,11 @@ TEST_F(EngineV4Test, BranchMidChainResumesFromTheLastCheckpointAndStaysExact) {
   auto look = node_->engine().Lookup(b.prompt, "acme", 0);
   ASSERT_TRUE(look.ok()) << look.status();
   EXPECT_EQ(look->cached_blocks, 3);
+  // The plan counts only what can be continued from: 2 pages, not the 3 cached.
+  EXPECT_EQ(look->cost.decision, CacheDecision::kLoad) << look->cost.reason;
+  EXPECT_EQ(look->cost.load_blocks, 2);
   GenerateResult rb = Gen(b);
+  EXPECT_EQ(rb.stats.cost.load_blocks, 2);
   EXPECT_EQ(rb.tokens, Local(b));
   EXPECT_EQ(rb.stats.cached_tokens, 512);
 }
@@ -237,6 +241,10 @@ TEST_F(EngineV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWrongTokens) 
   ASSERT_TRUE(freed.ok()) << freed.status();
   EXPECT_GT(*freed, 0u);
   EXPECT_FALSE(HasResume(keys[2]));
+  auto look = node_->engine().Lookup(r.prompt, "acme", 0);
+  ASSERT_TRUE(look.ok()) << look.status();
+  EXPECT_EQ(look->cached_blocks, 3);
+  EXPECT_EQ(look->cost.load_blocks, 0);  // nothing to continue from: nothing planned
   GenerateResult again = Gen(Req(r.prompt, "s2"));
   EXPECT_EQ(again.tokens, ref);
   EXPECT_EQ(again.stats.cached_tokens, 0);

@@ -150,6 +150,16 @@ class V4ServingModel final : public ServingModel {
 
 }  // namespace
 
+int64_t ContinuableBlocks(bool pages_have_resume, const std::vector<bool>& has_resume,
+                          int64_t blocks) {
+  if (!pages_have_resume) return blocks;
+  int64_t n = 0;
+  for (int64_t i = 0; i < blocks && i < static_cast<int64_t>(has_resume.size()); ++i) {
+    if (has_resume[i]) n = i + 1;
+  }
+  return n;
+}
+
 absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequence* seq,
                                         std::span<const std::vector<uint8_t>> pages,
                                         std::span<const BlockKey> keys, const BlockKey& parent) {

@@ -106,6 +106,13 @@ absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequen
                                         std::span<const std::vector<uint8_t>> pages,
                                         std::span<const BlockKey> keys, const BlockKey& parent);
 
+// How many of the first `blocks` cached blocks a sequence can be continued after: all of
+// them when pages carry no resume sections (MLA), else up to and including the last block
+// whose page has one (`has_resume`, per cached block, as TieredStore::Lookup and the page
+// pool report it). What a cost plan may count on loading.
+int64_t ContinuableBlocks(bool pages_have_resume, const std::vector<bool>& has_resume,
+                          int64_t blocks);
+
 // An MLA model served in `layout`. Does not own the transformer, which must outlive it.
 absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Transformer* model,
                                                                  kernels::KvLayout layout);
