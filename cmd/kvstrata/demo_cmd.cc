@@ -1,10 +1,11 @@
 // `kvstrata demo`: the agentic workload `make run` shows.
 //
 //   kvstrata demo [--sessions=3] [--turns=4] [--max-tokens=16] [--smoke] [--kv-layout=...]
-//                 [--addr=HOST:PORT [--token=T]]
+//                 [--model=tiny-v3|tiny-v4] [--addr=HOST:PORT [--token=T]]
 //
 // Starts `serve --role=all` in this process on a free loopback port, with a temp data dir
-// and the seeded tiny-v3 model, and drives it through the real gRPC client. With --addr it
+// and the seeded tiny-v3 model (or tiny-v4: DeepSeek-V4 hybrid attention, v4-fp8-584 pages
+// of 256 tokens), and drives it through the real gRPC client. With --addr it
 // drives an existing cluster instead (a router or a `serve --role=all`), e.g. the
 // deploy/rehearse topology. Several agent
 // sessions share one system prompt and tool schemas; each takes several turns, and every
@@ -37,7 +38,9 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "model/config.h"
 #include "model/tokenizer.h"
+#include "model/weights.h"
 
 namespace kv::cmd {
 namespace {
@@ -50,7 +53,8 @@ struct DemoFlags {
   int64_t turns = 4;
   int64_t max_tokens = 16;
   bool smoke = false;
-  std::string kv_layout = "mla-fp8-656";
+  std::string kv_layout;  // empty: the model's FP8 layout
+  std::string model = "tiny-v3";
   std::string addr;   // existing cluster; empty: start serve --role=all here
   std::string token;  // bearer token for --addr
 };
@@ -217,12 +221,20 @@ absl::Status RunDemo(DemoFlags f) {
   o.worker_threads = 1;
   o.node.data_dir = dir;
   o.node.kv_layout = f.kv_layout;
+  if (f.model != "tiny-v3") {  // the default tiny-v3 model is created by the server itself
+    ASSIGN_OR_RETURN(model::ModelConfig config, model::PresetConfig(f.model));
+    o.node.model_dir = dir + "/model";
+    RETURN_IF_ERROR(model::WriteRandomModel(config, o.node.model_seed, o.node.model_dir));
+  }
   o.node.device_bytes = 16ull << 20;  // small: older pages demote to the host tier
   o.node.host_bytes = 64ull << 20;
   o.node.nvme_bytes = 1ull << 30;
   o.node.slab_bytes = 1ull << 20;
-  std::printf("kvstrata demo: starting serve --role=all (tiny-v3, %s pages) in %s ...\n",
-              f.kv_layout.c_str(), dir.c_str());
+  const std::string layout = !f.kv_layout.empty()   ? f.kv_layout
+                             : f.model == "tiny-v4" ? "v4-fp8-584"
+                                                    : "mla-fp8-656";
+  std::printf("kvstrata demo: starting serve --role=all (%s, %s pages) in %s ...\n",
+              f.model.c_str(), layout.c_str(), dir.c_str());
   std::fflush(stdout);
   ASSIGN_OR_RETURN(auto server, cluster::EmbeddedServer::Start(o));
   ASSIGN_OR_RETURN(auto client, cluster::ClusterClient::Connect(server->address(), ""));
@@ -298,7 +310,9 @@ int RunDemoCmd(int argc, char** argv) {
   flags.Int("turns", &f.turns, "turns per session");
   flags.Int("max-tokens", &f.max_tokens, "tokens generated per turn");
   flags.Bool("smoke", &f.smoke, "a short run (2 sessions x 2 turns) for tests");
-  flags.String("kv-layout", &f.kv_layout, "KV page layout: mla-fp8-656 or mla-bf16-1152");
+  flags.String("kv-layout", &f.kv_layout,
+               "KV page layout: mla-fp8-656 (default) or mla-bf16-1152; v4-fp8-584 for tiny-v4");
+  flags.String("model", &f.model, "model preset to serve: tiny-v3 (MLA) or tiny-v4 (DeepSeek-V4)");
   flags.String("addr", &f.addr, "drive an existing cluster (router) at HOST:PORT instead");
   flags.String("token", &f.token, "bearer token for --addr (its tokens file)");
   absl::Status s = flags.Parse(argc, argv);
