@@ -3,12 +3,17 @@
 //    input read (C and Z rows, fp32), one-shot over --tokens tokens;
 //  - sparse attention for one decode query (V4-Flash shape: 64 heads, top-512 CSA entries +
 //    128-token window): GB/s of kv read (selected entries + window, fp32) and queries/s;
-//  - v4-fp8-584 encode: GB/s of fp32 kv read.
+//  - v4-fp8-584 encode: GB/s of fp32 kv read;
+//  - page import (the cache-load path of a V4 request): a tiny-v4 model prefills --pages
+//    256-token pages, exports them (a resume section on the last only, as a cached run
+//    looks), and the run is imported into a fresh cache: GB/s of page bytes, next to the
+//    page decode + checksum verification alone (DecodePage) over the same bytes.
 // The limit, measured in the same run, is single-thread memcpy bandwidth
 // (kv::bench::MeasureMemcpyGBps) over a buffer the size of the compressor input; the ratio
 // says how close each kernel is to just streaming its input. Inputs are fresh random values.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -24,6 +29,11 @@
 #include "kernels/v4/sparse_attention.h"
 #include "kernels/v4/v4_config.h"
 #include "kernels/v4/v4_record.h"
+#include "kvstore/page_format.h"
+#include "model/config.h"
+#include "model/test_util.h"
+#include "model/v4_model.h"
+#include "model/weights.h"
 
 namespace kv::bench {
 namespace {
@@ -40,9 +50,9 @@ absl::StatusOr<double> MedianSecs(int64_t runs, const std::function<absl::Status
   return Median(t);
 }
 
-absl::Status RunV4(int64_t tokens, int64_t runs, const std::string& json) {
-  if (tokens < 128 || runs < 1)
-    return absl::InvalidArgumentError("need --tokens >= 128, --runs >= 1");
+absl::Status RunV4(int64_t tokens, int64_t runs, int64_t pages, const std::string& json) {
+  if (tokens < 128 || runs < 1 || pages < 1 || pages > 64)
+    return absl::InvalidArgumentError("need --tokens >= 128, --runs >= 1, --pages in 1..64");
   kernels::testing::Rng rng;
   const v4::V4Config cfg = v4::V4FlashConfig();
   BenchReport r("v4");
@@ -124,6 +134,51 @@ absl::Status RunV4(int64_t tokens, int64_t runs, const std::string& json) {
            .limit_name = "memcpy 1 thread",
            .limit = limit});
   }
+  {  // page import: the load path of a cached V4 run
+    const std::string dir = model::testing::FreshTempDir("bench-v4-import");
+    ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v4"));
+    RETURN_IF_ERROR(model::WriteRandomModel(c, 1, dir));
+    absl::StatusOr<std::unique_ptr<model::V4Model>> m = model::V4Model::Load(dir);
+    std::filesystem::remove_all(dir);
+    if (!m.ok()) return m.status();
+    std::vector<int32_t> prompt(static_cast<size_t>(pages * model::kV4PageTokens));
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 32 + static_cast<int32_t>(i * 7 % 90);
+    std::unique_ptr<model::V4Cache> src = (*m)->NewCache();
+    RETURN_IF_ERROR((*m)->Prefill(prompt, 0, src.get()).status());
+    std::vector<std::vector<uint8_t>> run;
+    uint64_t bytes = 0;
+    for (int64_t p = 0; p < pages; ++p) {
+      ASSIGN_OR_RETURN(std::vector<uint8_t> page, src->ExportPage(p, p + 1 == pages));
+      bytes += page.size();
+      run.push_back(std::move(page));
+    }
+    ASSIGN_OR_RETURN(double import_secs, MedianSecs(runs, [&]() -> absl::Status {
+                       std::unique_ptr<model::V4Cache> dst = (*m)->NewCache();
+                       for (const auto& page : run)
+                         RETURN_IF_ERROR((*m)->ImportPage(page, dst.get()));
+                       return dst->can_continue() ? absl::OkStatus()
+                                                  : absl::InternalError("import: not resumable");
+                     }));
+    ASSIGN_OR_RETURN(double decode_secs, MedianSecs(runs, [&]() -> absl::Status {
+                       for (const auto& page : run) RETURN_IF_ERROR(DecodePage(page).status());
+                       return absl::OkStatus();
+                     }));
+    const std::string what = kv::StrCat(pages, " tiny-v4 pages, ", bytes, " B");
+    // The limit over a buffer of the run's size (cache-resident like the pages).
+    const double run_limit = MeasureMemcpyGBps(bytes);
+    r.Add({.name = "v4 page import (verify + dequantize + resume)",
+           .value = bytes / import_secs / 1e9,
+           .unit = "GB/s",
+           .limit_name = "memcpy 1 thread, run-sized",
+           .limit = run_limit,
+           .params = {{"run", what}}});
+    r.Add({.name = "v4 page decode + verify only",
+           .value = bytes / decode_secs / 1e9,
+           .unit = "GB/s",
+           .limit_name = "memcpy 1 thread, run-sized",
+           .limit = run_limit,
+           .params = {{"run", what}}});
+  }
   r.Note("threads", "1");
   r.Note("runs", kv::StrCat(runs, " timed runs after a warm-up, median"));
   r.Print();
@@ -131,13 +186,14 @@ absl::Status RunV4(int64_t tokens, int64_t runs, const std::string& json) {
 }
 
 int RunBenchV4(int argc, char** argv) {
-  int64_t tokens = 65536, runs = 5;
+  int64_t tokens = 65536, runs = 5, pages = 4;
   std::string json;
   FlagSet flags("kvstrata bench v4");
   flags.Int("tokens", &tokens, "tokens per compressor run (also the attention query position)");
   flags.Int("runs", &runs, "timed runs (the median is reported)");
+  flags.Int("pages", &pages, "256-token tiny-v4 pages in the page-import run");
   flags.String("json", &json, "also write the report as JSON to this file");
-  return RunSuite(flags, argc, argv, [&] { return RunV4(tokens, runs, json); });
+  return RunSuite(flags, argc, argv, [&] { return RunV4(tokens, runs, pages, json); });
 }
 
 }  // namespace

@@ -128,4 +128,8 @@ KV_HD uint8_t FloatToUe8m0Ceil(float x) {
 void FloatToE4m3(const float* in, uint8_t* out, int64_t n);
 void E4m3ToFloat(const uint8_t* in, float* out, int64_t n);
 
+// E4m3ToFloat of every code 0..255, bit-identical to the scalar form (CPU; built once,
+// thread-safe): table lookups for bulk dequantization.
+const float* E4m3Table();
+
 }  // namespace kv::kernels

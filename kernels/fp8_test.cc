@@ -316,5 +316,18 @@ TEST(MlaRecord, RejectsBadInput) {
   EXPECT_EQ(*ParseLayout("mla-bf16-1152"), KvLayout::kMlaBf16_1152);
 }
 
+TEST(Fp8Test, E4m3TableIsBitIdenticalToTheScalarDecode) {
+  const float* table = E4m3Table();
+  std::vector<uint8_t> codes(256);
+  std::vector<float> bulk(256);
+  for (int c = 0; c < 256; ++c) codes[c] = static_cast<uint8_t>(c);
+  E4m3ToFloat(codes.data(), bulk.data(), 256);
+  for (int c = 0; c < 256; ++c) {
+    const float want = E4m3ToFloat(static_cast<uint8_t>(c));
+    EXPECT_EQ(FloatBits(table[c]), FloatBits(want)) << "code " << c;
+    EXPECT_EQ(FloatBits(bulk[c]), FloatBits(want)) << "code " << c;
+  }
+}
+
 }  // namespace
 }  // namespace kv::kernels

@@ -74,6 +74,7 @@ absl::Status DecodeV4Block(const uint8_t* block, int64_t block_size, int64_t b, 
   RETURN_IF_ERROR(CheckSizes(block, kv, n, b, block_size, V4BlockBytes(b), "DecodeV4Block"));
   RETURN_IF_ERROR(CheckZero(block, b * kV4RecordBytes, block_size, "v4 block"));
   std::vector<float> tmp(static_cast<size_t>(n) * kV4Dim);
+  const float* e4m3 = E4m3Table();
   for (int64_t t = 0; t < n; ++t) {
     const uint8_t* rec = block + t * kV4TokenBytes;
     const uint8_t* sc = block + b * kV4TokenBytes + t * kV4ScaleBytes;
@@ -85,12 +86,18 @@ absl::Status DecodeV4Block(const uint8_t* block, int64_t block_size, int64_t b, 
         return absl::DataLossError(
             kv::StrCat("v4 block token ", t, ": scale ", k, " is NaN (0xFF)"));
       const float s = Ue8m0ToFloat(sc[k]);
+      bool nan = false;
       for (int i = 64 * k; i < 64 * k + 64; ++i) {
-        if ((rec[i] & 0x7F) == 0x7F) {
-          return absl::DataLossError(
-              kv::StrCat("v4 block token ", t, ": e4m3 code at byte ", i, " is NaN"));
+        nan |= (rec[i] & 0x7F) == 0x7F;
+        x[i] = e4m3[rec[i]] * s;
+      }
+      if (nan) {
+        for (int i = 64 * k; i < 64 * k + 64; ++i) {
+          if ((rec[i] & 0x7F) == 0x7F) {
+            return absl::DataLossError(
+                kv::StrCat("v4 block token ", t, ": e4m3 code at byte ", i, " is NaN"));
+          }
         }
-        x[i] = E4m3ToFloat(rec[i]) * s;
       }
     }
     for (int i = 0; i < kV4RopeDim; ++i) {
@@ -125,6 +132,7 @@ absl::Status DecodeIndexerBlock(const uint8_t* block, int64_t block_size, int64_
       CheckSizes(block, keys, n, b, block_size, IndexerBlockBytes(b), "DecodeIndexerBlock"));
   RETURN_IF_ERROR(CheckZero(block, b * kIndexerRecordBytes, block_size, "indexer block"));
   std::vector<float> tmp(static_cast<size_t>(n) * kIndexerDim);
+  const float* e4m3 = E4m3Table();
   for (int64_t t = 0; t < n; ++t) {
     float s;
     std::memcpy(&s, block + b * kIndexerDim + t * 4, 4);
@@ -137,7 +145,7 @@ absl::Status DecodeIndexerBlock(const uint8_t* block, int64_t block_size, int64_
       const uint8_t c = block[t * kIndexerDim + i];
       if ((c & 0x7F) == 0x7F)
         return absl::DataLossError(kv::StrCat("indexer block entry ", t, ": code ", i, " is NaN"));
-      tmp[t * kIndexerDim + i] = E4m3ToFloat(c) * s;
+      tmp[t * kIndexerDim + i] = e4m3[c] * s;
     }
   }
   std::memcpy(keys, tmp.data(), tmp.size() * sizeof(float));
