@@ -822,8 +822,9 @@ int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const Blo
     w.counters_.bytes_loaded += bytes;
   }
   w.metrics_->bytes_loaded->Inc(static_cast<double>(bytes));
+  const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
   absl::StatusOr<int64_t> n =
-      prefill::ImportResumable(*w.model_, seq, *pages, want, BlockKey::Zero());
+      prefill::ImportResumable(*w.model_, seq, spans, want, BlockKey::Zero());
   if (!n.ok()) return 0;  // the caller sees !seq->can_continue()
   for (int64_t i = 0; i < *n; ++i) *bytes_loaded += (*pages)[i].size();
   return *n;

@@ -596,19 +596,29 @@ absl::StatusOr<std::vector<float>> V4Model::Logits(const float* x_row) const {
 
 // ---- page import ------------------------------------------------------------------------------
 
-absl::Status V4Model::ImportPage(std::span<const uint8_t> page, V4Cache* cache) const {
+absl::Status V4Model::CheckImportTarget(const V4Cache* cache) const {
   if (cache == nullptr) return absl::InvalidArgumentError("import page: null cache");
   if (cache->format_ != V4CacheFormat::kFp8) {
     return absl::FailedPreconditionError("import page: v4-fp8-584 pages need an FP8 cache");
   }
   if (cache->broken_) return absl::FailedPreconditionError("import page: the cache is unusable");
-  const int64_t start = cache->num_tokens_;
-  if (start % kV4PageTokens != 0) {
+  if (cache->num_tokens_ % kV4PageTokens != 0) {
     return absl::FailedPreconditionError(
-        kv::StrCat("import page: the cache holds ", start,
+        kv::StrCat("import page: the cache holds ", cache->num_tokens_,
                    " tokens; a page can only be appended at a multiple of ", kV4PageTokens));
   }
+  return absl::OkStatus();
+}
+
+absl::Status V4Model::ImportPage(std::span<const uint8_t> page, V4Cache* cache) const {
+  RETURN_IF_ERROR(CheckImportTarget(cache));
   ASSIGN_OR_RETURN(PageView view, DecodePage(page));
+  return ImportPage(view, cache);
+}
+
+absl::Status V4Model::ImportPage(const PageView& view, V4Cache* cache) const {
+  RETURN_IF_ERROR(CheckImportTarget(cache));
+  const int64_t start = cache->num_tokens_;
   const PageHeader& hdr = view.header();
   const int layers = v4_.num_layers();
   if (hdr.layout.id != LayoutId::kV4Fp8_584) {

@@ -51,6 +51,7 @@
 #include "kernels/v4/compressor.h"
 #include "kernels/v4/v4_config.h"
 #include "kvstore/block_key.h"
+#include "kvstore/page_format.h"
 #include "model/weights.h"
 
 namespace kv::model {
@@ -175,10 +176,14 @@ class V4Model {
   // other than this model's layer mix implies, corrupt records, or a resume section for
   // another position or shape. Nothing changes on error.
   absl::Status ImportPage(std::span<const uint8_t> page, V4Cache* cache) const;
+  // The same for a page already decoded and verified (DecodePage), without decoding it again.
+  absl::Status ImportPage(const PageView& view, V4Cache* cache) const;
 
  private:
   struct Workspace;
   V4Model() = default;
+  // ImportPage's checks of the cache it appends to.
+  absl::Status CheckImportTarget(const V4Cache* cache) const;
   absl::Status RunChunk(std::span<const int32_t> tokens, int64_t start_pos, V4Cache* cache,
                         Workspace& ws, V4Trace* trace) const;
   absl::Status Attention(int layer, int64_t m, int64_t start_pos, V4Cache* cache, Workspace& ws,

@@ -29,139 +29,124 @@ struct Spec {
   std::function<std::vector<float>*(ModelWeights&)> dst;
 };
 
-std::vector<Spec> V4TensorSpecs(const ModelConfig& c);
+double Fan(int64_t in) { return 1.0 / std::sqrt(static_cast<double>(in)); }
 
-std::vector<Spec> TensorSpecs(const ModelConfig& c) {
-  if (c.IsV4()) return V4TensorSpecs(c);
+// Where a tensor of layer i goes.
+using LayerSlot = std::function<std::function<std::vector<float>*(ModelWeights&)>(
+    std::vector<float> LayerWeights::*)>;
+
+// The attention tensors of a DeepSeek V3-style (MLA) layer (formats.md §1.2).
+void AddMlaAttentionSpecs(const ModelConfig& c, const std::string& p, const LayerSlot& L,
+                          std::vector<Spec>& s) {
   const int64_t d = c.hidden_size, h = c.num_attention_heads, r = c.qk_rope_head_dim;
   const int64_t lat = c.kv_lora_rank, qk = c.qk_head_dim(), v = c.v_head_dim;
-  const int64_t inter = c.intermediate_size;
-  auto fan = [](int64_t in) { return 1.0 / std::sqrt(static_cast<double>(in)); };
+  if (c.q_lora_rank == 0) {
+    s.push_back({p + "self_attn.q_proj.weight", {h * qk, d}, 0, Fan(d), L(&LayerWeights::q_proj)});
+  } else {
+    const int64_t q = c.q_lora_rank;
+    s.push_back({p + "self_attn.q_a_proj.weight", {q, d}, 0, Fan(d), L(&LayerWeights::q_a_proj)});
+    s.push_back({p + "self_attn.q_a_layernorm.weight", {q}, 1, 0.05, L(&LayerWeights::q_a_norm)});
+    s.push_back(
+        {p + "self_attn.q_b_proj.weight", {h * qk, q}, 0, Fan(q), L(&LayerWeights::q_b_proj)});
+  }
+  s.push_back({p + "self_attn.kv_a_proj_with_mqa.weight",
+               {lat + r, d},
+               0,
+               Fan(d),
+               L(&LayerWeights::kv_a_proj)});
+  s.push_back({p + "self_attn.kv_a_layernorm.weight", {lat}, 1, 0.05, L(&LayerWeights::kv_a_norm)});
+  s.push_back({p + "self_attn.kv_b_proj.weight",
+               {h * (c.qk_nope_head_dim + v), lat},
+               0,
+               Fan(lat),
+               L(&LayerWeights::kv_b_proj)});
+  // Output projections are damped so each block adds ~0.5 rms to the residual stream.
+  s.push_back(
+      {p + "self_attn.o_proj.weight", {d, h * v}, 0, 0.5 * Fan(h * v), L(&LayerWeights::o_proj)});
+}
+
+// The attention tensors of a DeepSeek-V4 layer (formats.md §4.2-4.4; names after the HF
+// port's modules). Window-only layers have no compressor, HCA layers no indexer.
+void AddV4AttentionSpecs(const ModelConfig& c, int64_t i, const std::string& p, const LayerSlot& L,
+                         std::vector<Spec>& s) {
+  const int64_t d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim;
+  const int64_t q = c.q_lora_rank;
+  const int64_t g = c.o_groups, ol = c.o_lora_rank, ih = c.index_n_heads, id = c.index_head_dim;
+  const int64_t ratio = c.compress_ratios[i];
+  s.push_back({p + "self_attn.q_a_proj.weight", {q, d}, 0, Fan(d), L(&LayerWeights::q_a_proj)});
+  s.push_back({p + "self_attn.q_a_layernorm.weight", {q}, 1, 0.05, L(&LayerWeights::q_a_norm)});
+  s.push_back(
+      {p + "self_attn.q_b_proj.weight", {h * hd, q}, 0, Fan(q), L(&LayerWeights::q_b_proj)});
+  s.push_back({p + "self_attn.kv_proj.weight", {hd, d}, 0, Fan(d), L(&LayerWeights::kv_proj)});
+  s.push_back({p + "self_attn.kv_norm.weight", {hd}, 1, 0.05, L(&LayerWeights::kv_norm)});
+  s.push_back({p + "self_attn.sinks", {h}, 0, 1.0, L(&LayerWeights::attn_sink)});
+  s.push_back({p + "self_attn.o_a_proj.weight",
+               {g * ol, h * hd / g},
+               0,
+               Fan(h * hd / g),
+               L(&LayerWeights::o_a_proj)});
+  // Damped so each block adds ~0.5 rms to the residual stream (as for V3).
+  s.push_back({p + "self_attn.o_b_proj.weight",
+               {d, g * ol},
+               0,
+               0.5 * Fan(g * ol),
+               L(&LayerWeights::o_b_proj)});
+  if (ratio > 0) {
+    const int64_t w = ratio == 4 ? 2 * hd : hd;
+    const std::string cp = p + "self_attn.compressor.";
+    s.push_back({cp + "kv_proj.weight", {w, d}, 0, Fan(d), L(&LayerWeights::comp_kv_proj)});
+    s.push_back({cp + "gate_proj.weight", {w, d}, 0, Fan(d), L(&LayerWeights::comp_gate_proj)});
+    s.push_back({cp + "position_bias", {ratio, w}, 0, 0.5, L(&LayerWeights::comp_bias)});
+    s.push_back({cp + "norm.weight", {hd}, 1, 0.05, L(&LayerWeights::comp_norm)});
+  }
+  if (ratio == 4) {
+    const std::string ip = p + "self_attn.indexer.";
+    s.push_back({ip + "q_b_proj.weight", {ih * id, q}, 0, Fan(q), L(&LayerWeights::idx_q_b_proj)});
+    s.push_back(
+        {ip + "weights_proj.weight", {ih, d}, 0, Fan(d), L(&LayerWeights::idx_weights_proj)});
+    s.push_back(
+        {ip + "compressor.kv_proj.weight", {2 * id, d}, 0, Fan(d), L(&LayerWeights::idx_kv_proj)});
+    s.push_back({ip + "compressor.gate_proj.weight",
+                 {2 * id, d},
+                 0,
+                 Fan(d),
+                 L(&LayerWeights::idx_gate_proj)});
+    s.push_back({ip + "compressor.position_bias", {4, 2 * id}, 0, 0.5, L(&LayerWeights::idx_bias)});
+    s.push_back({ip + "compressor.norm.weight", {id}, 1, 0.05, L(&LayerWeights::idx_norm)});
+  }
+}
+
+// Every tensor of a model, in file order: embedding; per layer the input norm, the
+// attention tensors (MLA or V4), the post-attention norm and the dense SwiGLU MLP; the final
+// norm and lm_head. The order fixes what the seeded generator gives each tensor.
+std::vector<Spec> TensorSpecs(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, inter = c.intermediate_size;
   std::vector<Spec> s;
   s.push_back({"model.embed_tokens.weight", {c.vocab_size, d}, 0, 1.0, [](ModelWeights& w) {
                  return &w.embed;
                }});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = absl::StrCat("model.layers.", i, ".");
-    auto L = [i](std::vector<float> LayerWeights::*m) {
-      return [i, m](ModelWeights& w) { return &(w.layers[i].*m); };
+    const LayerSlot L = [i](std::vector<float> LayerWeights::*m) {
+      return std::function<std::vector<float>*(ModelWeights&)>(
+          [i, m](ModelWeights& w) { return &(w.layers[i].*m); });
     };
     s.push_back({p + "input_layernorm.weight", {d}, 1, 0.05, L(&LayerWeights::input_norm)});
-    if (c.q_lora_rank == 0) {
-      s.push_back(
-          {p + "self_attn.q_proj.weight", {h * qk, d}, 0, fan(d), L(&LayerWeights::q_proj)});
+    if (c.IsV4()) {
+      AddV4AttentionSpecs(c, i, p, L, s);
     } else {
-      const int64_t q = c.q_lora_rank;
-      s.push_back({p + "self_attn.q_a_proj.weight", {q, d}, 0, fan(d), L(&LayerWeights::q_a_proj)});
-      s.push_back({p + "self_attn.q_a_layernorm.weight", {q}, 1, 0.05, L(&LayerWeights::q_a_norm)});
-      s.push_back(
-          {p + "self_attn.q_b_proj.weight", {h * qk, q}, 0, fan(q), L(&LayerWeights::q_b_proj)});
+      AddMlaAttentionSpecs(c, p, L, s);
     }
-    s.push_back({p + "self_attn.kv_a_proj_with_mqa.weight",
-                 {lat + r, d},
-                 0,
-                 fan(d),
-                 L(&LayerWeights::kv_a_proj)});
-    s.push_back(
-        {p + "self_attn.kv_a_layernorm.weight", {lat}, 1, 0.05, L(&LayerWeights::kv_a_norm)});
-    s.push_back({p + "self_attn.kv_b_proj.weight",
-                 {h * (c.qk_nope_head_dim + v), lat},
-                 0,
-                 fan(lat),
-                 L(&LayerWeights::kv_b_proj)});
-    // Output projections are damped so each block adds ~0.5 rms to the residual stream.
-    s.push_back(
-        {p + "self_attn.o_proj.weight", {d, h * v}, 0, 0.5 * fan(h * v), L(&LayerWeights::o_proj)});
     s.push_back({p + "post_attention_layernorm.weight", {d}, 1, 0.05, L(&LayerWeights::post_norm)});
-    s.push_back({p + "mlp.gate_proj.weight", {inter, d}, 0, fan(d), L(&LayerWeights::gate_proj)});
-    s.push_back({p + "mlp.up_proj.weight", {inter, d}, 0, fan(d), L(&LayerWeights::up_proj)});
+    s.push_back({p + "mlp.gate_proj.weight", {inter, d}, 0, Fan(d), L(&LayerWeights::gate_proj)});
+    s.push_back({p + "mlp.up_proj.weight", {inter, d}, 0, Fan(d), L(&LayerWeights::up_proj)});
     s.push_back(
-        {p + "mlp.down_proj.weight", {d, inter}, 0, 0.5 * fan(inter), L(&LayerWeights::down_proj)});
+        {p + "mlp.down_proj.weight", {d, inter}, 0, 0.5 * Fan(inter), L(&LayerWeights::down_proj)});
   }
   s.push_back({"model.norm.weight", {d}, 1, 0.05, [](ModelWeights& w) { return &w.final_norm; }});
   if (!c.tie_word_embeddings) {
     // Logits come out with std ~2: peaked enough that greedy decoding is meaningful.
-    s.push_back({"lm_head.weight", {c.vocab_size, d}, 0, 2.0 * fan(d), [](ModelWeights& w) {
-                   return &w.lm_head;
-                 }});
-  }
-  return s;
-}
-
-// DeepSeek-V4 tensors (formats.md §4.2-4.4; names after the HF port's modules). Window-only
-// layers have no compressor, HCA layers no indexer. The dense SwiGLU MLP, norms, embedding
-// and lm_head are as for V3.
-std::vector<Spec> V4TensorSpecs(const ModelConfig& c) {
-  const int64_t d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim;
-  const int64_t q = c.q_lora_rank, inter = c.intermediate_size;
-  const int64_t g = c.o_groups, ol = c.o_lora_rank, ih = c.index_n_heads, id = c.index_head_dim;
-  auto fan = [](int64_t in) { return 1.0 / std::sqrt(static_cast<double>(in)); };
-  std::vector<Spec> s;
-  s.push_back({"model.embed_tokens.weight", {c.vocab_size, d}, 0, 1.0, [](ModelWeights& w) {
-                 return &w.embed;
-               }});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = absl::StrCat("model.layers.", i, ".");
-    auto L = [i](std::vector<float> LayerWeights::*m) {
-      return [i, m](ModelWeights& w) { return &(w.layers[i].*m); };
-    };
-    const int64_t ratio = c.compress_ratios[i];
-    s.push_back({p + "input_layernorm.weight", {d}, 1, 0.05, L(&LayerWeights::input_norm)});
-    s.push_back({p + "self_attn.q_a_proj.weight", {q, d}, 0, fan(d), L(&LayerWeights::q_a_proj)});
-    s.push_back({p + "self_attn.q_a_layernorm.weight", {q}, 1, 0.05, L(&LayerWeights::q_a_norm)});
-    s.push_back(
-        {p + "self_attn.q_b_proj.weight", {h * hd, q}, 0, fan(q), L(&LayerWeights::q_b_proj)});
-    s.push_back({p + "self_attn.kv_proj.weight", {hd, d}, 0, fan(d), L(&LayerWeights::kv_proj)});
-    s.push_back({p + "self_attn.kv_norm.weight", {hd}, 1, 0.05, L(&LayerWeights::kv_norm)});
-    s.push_back({p + "self_attn.sinks", {h}, 0, 1.0, L(&LayerWeights::attn_sink)});
-    s.push_back({p + "self_attn.o_a_proj.weight",
-                 {g * ol, h * hd / g},
-                 0,
-                 fan(h * hd / g),
-                 L(&LayerWeights::o_a_proj)});
-    // Damped so each block adds ~0.5 rms to the residual stream (as for V3).
-    s.push_back({p + "self_attn.o_b_proj.weight",
-                 {d, g * ol},
-                 0,
-                 0.5 * fan(g * ol),
-                 L(&LayerWeights::o_b_proj)});
-    if (ratio > 0) {
-      const int64_t w = ratio == 4 ? 2 * hd : hd;
-      const std::string cp = p + "self_attn.compressor.";
-      s.push_back({cp + "kv_proj.weight", {w, d}, 0, fan(d), L(&LayerWeights::comp_kv_proj)});
-      s.push_back({cp + "gate_proj.weight", {w, d}, 0, fan(d), L(&LayerWeights::comp_gate_proj)});
-      s.push_back({cp + "position_bias", {ratio, w}, 0, 0.5, L(&LayerWeights::comp_bias)});
-      s.push_back({cp + "norm.weight", {hd}, 1, 0.05, L(&LayerWeights::comp_norm)});
-    }
-    if (ratio == 4) {
-      const std::string ip = p + "self_attn.indexer.";
-      s.push_back(
-          {ip + "q_b_proj.weight", {ih * id, q}, 0, fan(q), L(&LayerWeights::idx_q_b_proj)});
-      s.push_back(
-          {ip + "weights_proj.weight", {ih, d}, 0, fan(d), L(&LayerWeights::idx_weights_proj)});
-      s.push_back({ip + "compressor.kv_proj.weight",
-                   {2 * id, d},
-                   0,
-                   fan(d),
-                   L(&LayerWeights::idx_kv_proj)});
-      s.push_back({ip + "compressor.gate_proj.weight",
-                   {2 * id, d},
-                   0,
-                   fan(d),
-                   L(&LayerWeights::idx_gate_proj)});
-      s.push_back(
-          {ip + "compressor.position_bias", {4, 2 * id}, 0, 0.5, L(&LayerWeights::idx_bias)});
-      s.push_back({ip + "compressor.norm.weight", {id}, 1, 0.05, L(&LayerWeights::idx_norm)});
-    }
-    s.push_back({p + "post_attention_layernorm.weight", {d}, 1, 0.05, L(&LayerWeights::post_norm)});
-    s.push_back({p + "mlp.gate_proj.weight", {inter, d}, 0, fan(d), L(&LayerWeights::gate_proj)});
-    s.push_back({p + "mlp.up_proj.weight", {inter, d}, 0, fan(d), L(&LayerWeights::up_proj)});
-    s.push_back(
-        {p + "mlp.down_proj.weight", {d, inter}, 0, 0.5 * fan(inter), L(&LayerWeights::down_proj)});
-  }
-  s.push_back({"model.norm.weight", {d}, 1, 0.05, [](ModelWeights& w) { return &w.final_norm; }});
-  if (!c.tie_word_embeddings) {
-    s.push_back({"lm_head.weight", {c.vocab_size, d}, 0, 2.0 * fan(d), [](ModelWeights& w) {
+    s.push_back({"lm_head.weight", {c.vocab_size, d}, 0, 2.0 * Fan(d), [](ModelWeights& w) {
                    return &w.lm_head;
                  }});
   }

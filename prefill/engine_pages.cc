@@ -48,19 +48,20 @@ int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierK
     log::Info("prefix_pin_failed", "blocks", blocks, "error", pin.status().ToString());
     return 0;
   }
-  std::vector<std::vector<uint8_t>> pages;
+  // One uninitialized buffer for the run: every page is read into its own slot.
+  std::unique_ptr<uint8_t[]> arena(new uint8_t[static_cast<size_t>(blocks) * page_bytes_]);
+  std::vector<std::span<const uint8_t>> pages;
   for (int64_t i = 0; i < blocks; ++i) {
     const absl::Time t0 = clock->Now();
-    std::vector<uint8_t> buf(page_bytes_);
-    absl::StatusOr<size_t> n = store_->Read(*pin, want[i], buf);
+    std::span<uint8_t> slot(arena.get() + static_cast<size_t>(i) * page_bytes_, page_bytes_);
+    absl::StatusOr<size_t> n = store_->Read(*pin, want[i], slot);
     if (!n.ok()) {  // a miss from here on: the rest is recomputed
       log::Warn("prefix_load_stopped", "block", i, "key", want[i].Hex(), "error",
                 n.status().ToString());
       break;
     }
-    buf.resize(*n);
     cost_.RecordRead(tiers[static_cast<size_t>(i)], *n, clock->Now() - t0);
-    pages.push_back(std::move(buf));
+    pages.push_back(slot.first(*n));
   }
   absl::StatusOr<int64_t> imported = ImportResumable(*model_, seq, pages, want, BlockKey::Zero());
   absl::Status u = store_->Unpin(*pin);

@@ -26,9 +26,7 @@ class MlaSequence final : public ServingSequence {
   absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) override {
     return model_->DecodeStep(token, kv_->num_tokens(), kv_.get());
   }
-  absl::Status ImportPage(std::span<const uint8_t>, const PageView& view) override {
-    return kv_->AppendBlock(view.kv());
-  }
+  absl::Status ImportPage(const PageView& view) override { return kv_->AppendBlock(view.kv()); }
   bool can_continue() const override { return true; }
   absl::Status AppendRawBlock(std::span<const uint8_t> bytes, int64_t tokens) override {
     return kv_->AppendBlock(bytes, tokens);
@@ -90,8 +88,8 @@ class V4Sequence final : public ServingSequence {
   absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) override {
     return model_->DecodeStep(token, cache_->num_tokens(), cache_.get());
   }
-  absl::Status ImportPage(std::span<const uint8_t> page, const PageView&) override {
-    return model_->ImportPage(page, cache_.get());
+  absl::Status ImportPage(const PageView& view) override {
+    return model_->ImportPage(view, cache_.get());
   }
   bool can_continue() const override { return cache_->can_continue(); }
   absl::Status AppendRawBlock(std::span<const uint8_t>, int64_t) override {
@@ -134,9 +132,9 @@ class V4ServingModel final : public ServingModel {
   absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
                                                       const BlockKey& key,
                                                       const BlockKey& parent) const override {
-    ASSIGN_OR_RETURN(PageView view, DecodePage(Bytes(exported)));
-    if (view.header().key != key || view.header().parent != parent ||
-        view.header().layout.id != info_.id) {
+    // The header names the page; its sections are verified by whoever stores it.
+    ASSIGN_OR_RETURN(PageHeader h, DecodePageHeader(Bytes(exported)));
+    if (h.key != key || h.parent != parent || h.layout.id != info_.id) {
       return absl::InvalidArgumentError("encode: the exported V4 page is not the requested one");
     }
     return std::vector<uint8_t>(exported.begin(), exported.end());
@@ -161,7 +159,7 @@ int64_t ContinuableBlocks(bool pages_have_resume, const std::vector<bool>& has_r
 }
 
 absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequence* seq,
-                                        std::span<const std::vector<uint8_t>> pages,
+                                        std::span<const std::span<const uint8_t>> pages,
                                         std::span<const BlockKey> keys, const BlockKey& parent) {
   const int layers = static_cast<int>(model.config().num_hidden_layers);
   // How many of `pages` a sequence can continue after: all verified ones up to the last
@@ -186,7 +184,7 @@ absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequen
     log::Info("prefix_load_trimmed", "pages", pages.size(), "resumable", usable);
   }
   for (int64_t i = 0; i < usable; ++i) {
-    absl::Status s = seq->ImportPage(pages[i], views[i]);
+    absl::Status s = seq->ImportPage(views[i]);
     if (!s.ok()) {  // the runtime refused a page CheckPage accepted
       log::Warn("prefix_import_failed", "block", i, "error", s.ToString());
       if (!seq->can_continue()) {

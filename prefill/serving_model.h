@@ -51,9 +51,9 @@ class ServingSequence {
                                                      int64_t start_pos, int64_t chunk_tokens) = 0;
   // One decode step of `token` at position num_tokens().
   virtual absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) = 0;
-  // Appends a verified page (`view` decodes `page`; CheckPage passed) as the next block.
-  // Errors of the runtime's import (nothing changes on error).
-  virtual absl::Status ImportPage(std::span<const uint8_t> page, const PageView& view) = 0;
+  // Appends a decoded, verified page (CheckPage passed) as the next block. Errors of the
+  // runtime's import (nothing changes on error).
+  virtual absl::Status ImportPage(const PageView& view) = 0;
   // False after importing pages that end without a resume section (V4 only).
   virtual bool can_continue() const = 0;
   // Appends raw KV block bytes (ServingModel::raw_block_bytes() of them) of which the first
@@ -103,7 +103,7 @@ class ServingModel {
 // from there on, logged). When a failure leaves `seq` unable to continue (V4 pages without a
 // resume section went in), returns FailedPrecondition: the caller starts a fresh sequence.
 absl::StatusOr<int64_t> ImportResumable(const ServingModel& model, ServingSequence* seq,
-                                        std::span<const std::vector<uint8_t>> pages,
+                                        std::span<const std::span<const uint8_t>> pages,
                                         std::span<const BlockKey> keys, const BlockKey& parent);
 
 // How many of the first `blocks` cached blocks a sequence can be continued after: all of

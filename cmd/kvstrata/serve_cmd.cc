@@ -144,6 +144,13 @@ sigset_t BlockShutdownSignals() {
   return set;
 }
 
+// Blocks until one of `set` (BlockShutdownSignals) arrives.
+void WaitForShutdownSignal(const sigset_t& set) {
+  int sig = 0;
+  sigwait(&set, &sig);
+  log::Info("serve_signal", "signal", sig);
+}
+
 absl::Status ServeRole(const cluster::RoleServerOptions& o) {
   sigset_t set = BlockShutdownSignals();
   ASSIGN_OR_RETURN(auto server, cluster::RoleServer::Start(o));
@@ -151,9 +158,7 @@ absl::Status ServeRole(const cluster::RoleServerOptions& o) {
               o.role.c_str(), server->address().c_str(), server->advertised().c_str(),
               server->metrics_port());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
-  log::Info("serve_signal", "signal", sig);
+  WaitForShutdownSignal(set);
   server->Shutdown();
   return absl::OkStatus();
 }
@@ -166,9 +171,7 @@ absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
               server->requires_token() ? "bearer tokens required"
                                        : "no tokens file: every call is tenant \"default\"");
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
-  log::Info("serve_signal", "signal", sig);
+  WaitForShutdownSignal(set);
   server->Shutdown();
   return absl::OkStatus();
 }
