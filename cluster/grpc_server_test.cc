@@ -1,5 +1,10 @@
 #include "cluster/grpc_server.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -182,18 +187,23 @@ TEST(GrpcServerTest, BadAddressesAreInvalidArgument) {
 }
 
 TEST(GrpcServerTest, NothingListeningIsUnavailable) {
-  // Bind a port, then free it: nothing listens there any more.
-  std::string address;
-  {
-    auto server = GrpcServer::Start(GrpcServerOptions());
-    ASSERT_TRUE(server.ok()) << server.status();
-    address = (*server)->address();
-  }
+  // A loopback port bound but not listening: connections are refused, and no other process
+  // can take the port while the socket is open (freeing it would race with other tests).
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const std::string address = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
   auto channel = Connect(address);
   auto services = ListServicesByReflection(channel.get(), absl::Seconds(2));
   EXPECT_EQ(services.status().code(), absl::StatusCode::kUnavailable) << services.status();
   auto health = CheckHealth(channel.get(), "", absl::Seconds(2));
   EXPECT_EQ(health.status().code(), absl::StatusCode::kUnavailable) << health.status();
+  close(fd);
 }
 
 }  // namespace

@@ -794,16 +794,18 @@ TEST(PageStoreClientTest, PagesDamagedInTransitAreErrorsNeverBytes) {
   (*server)->Shutdown();
 }
 
-// A loopback TCP listener that accepts connections and never answers.
+// A loopback TCP port that accepts connections and never answers, or (listen = false) is
+// bound but refuses every connection: nothing else can take the port while the object lives,
+// so "absent" stays absent even with other tests opening ports at the same time.
 class SilentListener {
  public:
-  SilentListener() {
+  explicit SilentListener(bool listen = true) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    listen(fd_, 16);
+    if (listen) ::listen(fd_, 16);
     socklen_t len = sizeof(a);
     getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
@@ -819,12 +821,8 @@ class SilentListener {
 TEST(PageStoreClientTest, DeadlinesBoundCallsToStalledOrAbsentServers) {
   auto keys = Keys(Chain(20, Tenant("acme"), 1));
   SilentListener stalled;
-  int absent_port;
-  {
-    SilentListener s;
-    absent_port = s.port();
-  }  // closed: nothing listens there now
-  for (int port : {stalled.port(), absent_port}) {
+  SilentListener absent(/*listen=*/false);  // bound, not listening: connections are refused
+  for (int port : {stalled.port(), absent.port()}) {
     auto ch = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                   grpc::InsecureChannelCredentials());
     PageStoreClient c(ch, "tok-a", absl::Milliseconds(500));
