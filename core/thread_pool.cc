@@ -1,5 +1,9 @@
 #include "core/thread_pool.h"
 
+#include <algorithm>
+#include <atomic>
+#include <memory>
+
 namespace kv {
 
 ThreadPool::ThreadPool(int threads) {
@@ -52,6 +56,51 @@ void ThreadPool::Work() {
     MutexLock l(&mu_);
     --running_;
   }
+}
+
+namespace {
+
+// Shared by the caller and its helpers; helpers hold it by shared_ptr, so one that runs after
+// the caller returned touches only this, never the caller's fn.
+struct ForState {
+  explicit ForState(int64_t n_tasks, const std::function<void(int64_t)>* f) : n(n_tasks), fn(f) {}
+  const int64_t n;
+  const std::function<void(int64_t)>* fn;
+  std::atomic<int64_t> next{0};
+  Mutex mu;
+  int64_t done ABSL_GUARDED_BY(mu) = 0;
+
+  // Claims and runs tasks until none is left.
+  void Drain() {
+    int64_t ran = 0;
+    for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) {
+      (*fn)(i);
+      ++ran;
+    }
+    if (ran > 0) {
+      MutexLock l(&mu);
+      done += ran;
+    }
+  }
+};
+
+}  // namespace
+
+void ParallelFor(ThreadPool* pool, int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  if (pool == nullptr || n == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  auto st = std::make_shared<ForState>(n, &fn);
+  const int64_t helpers = std::min<int64_t>(pool->size(), n - 1);
+  for (int64_t h = 0; h < helpers; ++h) {
+    if (!pool->Schedule([st] { st->Drain(); })) break;  // shut down: the caller runs the rest
+  }
+  st->Drain();
+  MutexLock l(&st->mu);
+  auto all_done = [&st]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(st->mu) { return st->done == st->n; };
+  st->mu.Await(Condition(&all_done));
 }
 
 }  // namespace kv
