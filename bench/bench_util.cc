@@ -1,11 +1,14 @@
 #include "bench/bench_util.h"
 
+#include <spawn.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -117,79 +120,61 @@ double MeasureMemcpyGBps(size_t bytes, int reps) {
   return med > 0 ? static_cast<double>(bytes) / med / 1e9 : 0;
 }
 
-absl::Status WriteSvgPlot(const std::string& path, const std::string& title,
-                          const std::string& x_label, const std::string& y_label,
-                          const std::vector<Series>& series, bool log_x) {
-  constexpr double W = 720, H = 420, L = 70, R = 170, T = 40, B = 50;
-  double xmin = 1e300, xmax = -1e300, ymax = 0;
-  for (const auto& s : series) {
-    for (auto [x, y] : s.points) {
-      const double xv = log_x ? std::log10(std::max(x, 1e-300)) : x;
-      xmin = std::min(xmin, xv);
-      xmax = std::max(xmax, xv);
-      ymax = std::max(ymax, y);
-    }
+namespace {
+
+// bench/plot.py, copied by the build next to the executables as kvstrata-plot.py;
+// KVSTRATA_PLOT_SCRIPT overrides.
+std::string PlotScript() {
+  if (const char* env = std::getenv("KVSTRATA_PLOT_SCRIPT"); env != nullptr && *env != 0) {
+    return env;
   }
-  if (xmin > xmax) return absl::InvalidArgumentError("svg plot: no points");
-  if (xmax == xmin) xmax = xmin + 1;
-  if (ymax <= 0) ymax = 1;
-  ymax *= 1.1;
-  auto px = [&](double x) {
-    const double xv = log_x ? std::log10(std::max(x, 1e-300)) : x;
-    return L + (xv - xmin) / (xmax - xmin) * (W - L - R);
-  };
-  auto py = [&](double y) { return H - B - y / ymax * (H - T - B); };
-  static constexpr const char* kColors[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e",
-                                            "#9467bd", "#8c564b", "#17becf", "#7f7f7f"};
-  std::string svg = absl::StrFormat(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%g\" height=\"%g\" "
-      "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" "
-      "fill=\"white\"/>\n<text x=\"%g\" y=\"22\" font-size=\"15\">%s</text>\n",
-      W, H, L, title);
-  absl::StrAppendFormat(&svg,
-                        "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n"
-                        "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"black\"/>\n",
-                        L, H - B, W - R, H - B, L, T, L, H - B);
-  for (int i = 0; i <= 4; ++i) {
-    const double y = ymax * i / 4;
-    absl::StrAppendFormat(&svg,
-                          "<text x=\"%g\" y=\"%g\" text-anchor=\"end\">%.3g</text>"
-                          "<line x1=\"%g\" y1=\"%g\" x2=\"%g\" y2=\"%g\" stroke=\"#ddd\"/>\n",
-                          L - 6, py(y) + 4, y, L, py(y), W - R, py(y));
+  char exe[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return "kvstrata-plot.py";
+  std::string dir(exe, static_cast<size_t>(n));
+  return dir.substr(0, dir.rfind('/') + 1) + "kvstrata-plot.py";
+}
+
+}  // namespace
+
+absl::Status WritePlotSvg(const std::string& path, const Plot& plot) {
+  size_t points = 0;
+  for (const Series& s : plot.series) points += s.points.size();
+  if (points == 0) return absl::InvalidArgumentError("plot: no points");
+  nlohmann::json spec = {{"title", plot.title},          {"x_label", plot.x_label},
+                         {"y_label", plot.y_label},      {"log_x", plot.log_x},
+                         {"log_y", plot.log_y},          {"kind", plot.bars ? "bars" : "line"},
+                         {"categories", plot.categories}};
+  nlohmann::json series = nlohmann::json::array();
+  for (const Series& s : plot.series) {
+    nlohmann::json pts = nlohmann::json::array();
+    for (auto [x, y] : s.points) pts.push_back({x, y});
+    series.push_back({{"label", s.label}, {"points", pts}});
   }
-  absl::StrAppendFormat(&svg, "<text x=\"%g\" y=\"%g\" text-anchor=\"middle\">%s</text>\n",
-                        (L + W - R) / 2, H - 12, x_label);
-  absl::StrAppendFormat(&svg,
-                        "<text x=\"16\" y=\"%g\" transform=\"rotate(-90 16 %g)\" "
-                        "text-anchor=\"middle\">%s</text>\n",
-                        (T + H - B) / 2, (T + H - B) / 2, y_label);
-  for (size_t si = 0; si < series.size(); ++si) {
-    const auto& s = series[si];
-    const char* color = kColors[si % 8];
-    std::string pts;
-    for (auto [x, y] : s.points) absl::StrAppendFormat(&pts, "%.1f,%.1f ", px(x), py(y));
-    absl::StrAppendFormat(&svg,
-                          "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" "
-                          "points=\"%s\"/>\n",
-                          color, pts);
-    for (auto [x, y] : s.points) {
-      absl::StrAppendFormat(&svg, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", px(x),
-                            py(y), color);
-      absl::StrAppendFormat(&svg,
-                            "<text x=\"%.1f\" y=\"%g\" text-anchor=\"middle\" "
-                            "font-size=\"10\">%g</text>\n",
-                            px(x), H - B + 14, x);
-    }
-    absl::StrAppendFormat(&svg,
-                          "<rect x=\"%g\" y=\"%g\" width=\"12\" height=\"12\" fill=\"%s\"/>"
-                          "<text x=\"%g\" y=\"%g\">%s</text>\n",
-                          W - R + 12, T + 20.0 * si, color, W - R + 30, T + 20.0 * si + 10,
-                          s.label);
+  spec["series"] = series;
+  const std::string spec_path = path + ".plot.json";
+  {
+    std::ofstream out(spec_path);
+    if (!out) return ErrnoToStatus(errno, kv::StrCat("cannot write ", spec_path));
+    out << spec.dump(1) << "\n";
   }
-  svg += "</svg>\n";
-  std::ofstream out(path);
-  if (!out) return ErrnoToStatus(errno, kv::StrCat("cannot write ", path));
-  out << svg;
+  const std::string script = PlotScript();
+  const char* argv[] = {"/usr/bin/python3", script.c_str(), spec_path.c_str(), path.c_str(),
+                        nullptr};
+  pid_t pid = 0;
+  if (int rc = posix_spawn(&pid, argv[0], nullptr, nullptr, const_cast<char**>(argv), environ);
+      rc != 0) {
+    return ErrnoToStatus(rc, "plot: cannot run /usr/bin/python3");
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  std::remove(spec_path.c_str());
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(kv::StrCat("plot: ", script, " failed (exit status ",
+                                          WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                                          "); its message is above"));
+  }
   return absl::OkStatus();
 }
 

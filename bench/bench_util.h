@@ -72,13 +72,25 @@ double Median(std::vector<double> v);
 // Percentile p in [0,100] by nearest rank; 0 for an empty vector.
 double Percentile(std::vector<double> v, double p);
 
-// A line plot as a self-contained SVG. Each series is (label, points).
+// A plot drawn as SVG by matplotlib (bench/plot.py, run with /usr/bin/python3; the build copies
+// it next to the executables as kvstrata-plot.py, KVSTRATA_PLOT_SCRIPT overrides). Axis labels
+// carry their units; use log axes where values span decades.
 struct Series {
   std::string label;
-  std::vector<std::pair<double, double>> points;
+  std::vector<std::pair<double, double>> points;  // (x, y); for bars x indexes `categories`
 };
-absl::Status WriteSvgPlot(const std::string& path, const std::string& title,
-                          const std::string& x_label, const std::string& y_label,
-                          const std::vector<Series>& series, bool log_x = false);
+struct Plot {
+  std::string title;
+  std::string x_label;
+  std::string y_label;
+  bool log_x = false;
+  bool log_y = false;
+  bool bars = false;  // grouped bars over `categories` instead of lines
+  std::vector<std::string> categories;
+  std::vector<Series> series;
+};
+// Writes `plot` to `path` (SVG). InvalidArgument without points; Internal when the plotter
+// fails (python3 or matplotlib missing: it says so on stderr).
+absl::Status WritePlotSvg(const std::string& path, const Plot& plot);
 
 }  // namespace kv::bench

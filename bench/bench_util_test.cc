@@ -52,12 +52,19 @@ TEST(BenchUtil, MemcpyIsPositive) { EXPECT_GT(MeasureMemcpyGBps(1 << 20, 3), 0.0
 
 TEST(BenchUtil, SvgPlot) {
   const std::string path = TmpPath("bench_util_test.svg");
-  ASSERT_TRUE(WriteSvgPlot(path, "t", "x", "y", {{"s", {{1, 2}, {10, 4}}}}, true).ok());
+  std::remove(path.c_str());
+  ASSERT_TRUE(WritePlotSvg(path, {.title = "t",
+                                  .x_label = "x (tokens)",
+                                  .y_label = "y (ms)",
+                                  .log_x = true,
+                                  .series = {{"s", {{1, 2}, {10, 4}}}}})
+                  .ok());
   std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
-  EXPECT_NE(ss.str().find("<polyline"), std::string::npos);
-  EXPECT_FALSE(WriteSvgPlot(path, "t", "x", "y", {}).ok());
+  EXPECT_NE(ss.str().find("<svg"), std::string::npos);
+  EXPECT_NE(ss.str().find("y (ms)"), std::string::npos);
+  EXPECT_FALSE(WritePlotSvg(path, {.title = "t"}).ok());
 }
 
 }  // namespace

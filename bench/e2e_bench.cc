@@ -310,9 +310,13 @@ absl::Status Run(const Options& opt) {
   rep.Print();
   RETURN_IF_ERROR(rep.WriteJson(opt.json));
   if (!opt.svg.empty()) {
-    RETURN_IF_ERROR(
-        WriteSvgPlot(opt.svg, StrCat("kvstrata e2e: TTFT vs prompt length (", opt.model, ", CPU)"),
-                     "prompt tokens", "TTFT (ms)", plot, /*log_x=*/true));
+    RETURN_IF_ERROR(WritePlotSvg(
+        opt.svg, {.title = StrCat("kvstrata e2e: TTFT vs prompt length (", opt.model, ", CPU)"),
+                  .x_label = "prompt tokens",
+                  .y_label = "TTFT (ms)",
+                  .log_x = true,
+                  .log_y = true,
+                  .series = plot}));
   }
   return absl::OkStatus();
 }
