@@ -20,7 +20,6 @@
 // The limit column is the published figure where one exists (vLLM: V4-Pro 9.62 GiB bf16;
 // formats.md §1.5: V3 68.6 GiB bf16), otherwise formats.md's derived figure at 2^20; ratios
 // for other N compare against the same-N config figure.
-#include <cblas.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -287,7 +286,6 @@ absl::Status RunKvSize(int64_t n, const std::string& json) {
   ASSIGN_OR_RETURN(const MeasuredV4 m, MeasureV4());
   ASSIGN_OR_RETURN(const int64_t v3_fp8_page, MeasureMlaPage(kernels::KvLayout::kMlaFp8_656));
   ASSIGN_OR_RETURN(const int64_t v3_bf16_page, MeasureMlaPage(kernels::KvLayout::kMlaBf16_1152));
-  openblas_set_num_threads(1);  // the tiny models' forward: 16-row GEMMs, one thread
   ASSIGN_OR_RETURN(const PageMeasuredV4 pm, MeasureV4Pages());
   ASSIGN_OR_RETURN(const auto v3p_fp8, MeasureV3Page(kernels::KvLayout::kMlaFp8_656));
   ASSIGN_OR_RETURN(const auto v3p_bf16, MeasureV3Page(kernels::KvLayout::kMlaBf16_1152));

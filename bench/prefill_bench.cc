@@ -1,25 +1,27 @@
-// `kvstrata bench prefill`: tiny-v3 prefill throughput on the CPU reference forward.
+// `kvstrata bench prefill`: the CPU reference forward of tiny-v3 (or --model=DIR) on the
+// batch-invariant GEMM (kernels/gemm.h), each figure next to a limit measured in the same run.
 //
-// Generates the seeded tiny-v3 model (or loads --model=DIR), prefills a random prompt of
-// --tokens tokens into mla-fp8-656 pages and reports tokens/s and GFLOP/s. FLOPs are
-// counted by Transformer::ForwardFlops: 2 per multiply-add of every projection over the real
-// (unpadded) rows, the absorbed attention (576-d scores + 512-d values over each query's
-// causal context, per head and layer), the W_UK / W_UV absorptions and one lm_head row.
+//   1. GEMM at every shape the forward issues, at the prefill chunk's m and at decode's m = 1:
+//      the invariant GEMM's GFLOP/s next to OpenBLAS sgemm (one thread each) at the same shape,
+//      and the whole projection mix (total FLOPs / total time). Goal: >= 0.8 of sgemm.
+//   2. Prefill tokens/s (one thread, and with every core lent through a ThreadPool) next to the
+//      same prefill on the pre-#13 path (projections through OpenBLAS in 16-row tiles).
+//   3. Decode tokens/s next to the pre-#13 16-row-tile path, same model, same prompt, same run.
+//      Goal: >= 3x.
+// FLOPs are counted by Transformer::ForwardFlops (2 per multiply-add of every projection over
+// the real rows, the absorbed attention and one lm_head row). OpenBLAS runs one thread, as the
+// old serving path did (kernels/blas.h); its kernel is whatever this host's OpenBLAS picks.
 //
-// Limit, measured in the same run: OpenBLAS sgemm GFLOP/s at the shape the forward actually
-// issues (model/row_gemm.h: every GEMM is a 16-row tile; measured at 16 x 768 x 256, the
-// q projection) and, for context, at a full-chunk shape (256 x 768 x 256). A third row
-// reports decode tokens/s against the rate the 16-row sgemm would allow.
-//
-//   kvstrata bench prefill [--tokens=1024] [--chunk=256] [--runs=3] [--model=DIR] [--json=F]
+//   kvstrata bench prefill [--tokens=1024] [--chunk=256] [--runs=3] [--decode-steps=64]
+//                          [--model=DIR] [--json=F] [--svg=F]
 #include <unistd.h>
 
-#include <cblas.h>
-
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bench/bench_util.h"
@@ -27,10 +29,10 @@
 #include "core/config.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "core/thread_pool.h"
+#include "kernels/blas.h"
 #include "kernels/gemm.h"
 #include "model/config.h"
-#include "model/row_gemm.h"
-#include "model/tokenizer.h"
 #include "model/transformer.h"
 #include "model/weights.h"
 
@@ -44,140 +46,240 @@ struct PrefillBenchFlags {
   int64_t tokens = 1024;
   int64_t chunk = 256;
   int64_t runs = 3;
+  int64_t decode_steps = 64;
   std::string model_dir;
   std::string json;
+  std::string svg;
 };
 
-// Median GFLOP/s of `reps` timed batches of sgemm C[m×n] = A[m×k]·Bᵀ (B stored n×k, the
-// nn.Linear shape), each batch long enough (~50 ms) to time reliably.
-absl::StatusOr<double> SgemmGflops(int64_t m, int64_t n, int64_t k, int reps) {
-  std::mt19937 rng(1);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> a(m * k), b(n * k), c(m * n);
-  for (float& x : a) x = nd(rng);
-  for (float& x : b) x = nd(rng);
-  const double flops = 2.0 * m * n * k;
-  RETURN_IF_ERROR(kernels::Linear(a.data(), m, k, b.data(), n, c.data()));  // warm-up
-  double t0 = NowSeconds();
+// Median seconds per call of `fn` over `reps` batches, each ~40 ms long.
+template <typename Fn>
+absl::StatusOr<double> SecondsPerCall(int reps, Fn fn) {
+  RETURN_IF_ERROR(fn());  // warm-up
   int64_t iters = 0;
+  double t0 = NowSeconds();
   while (NowSeconds() - t0 < 0.02) {
-    RETURN_IF_ERROR(kernels::Linear(a.data(), m, k, b.data(), n, c.data()));
+    RETURN_IF_ERROR(fn());
     ++iters;
   }
-  iters = std::max<int64_t>(1, iters * 5 / 2);  // ~50 ms per batch
-  std::vector<double> g;
+  iters = std::max<int64_t>(1, iters * 2);
+  std::vector<double> per;
   for (int r = 0; r < reps; ++r) {
     t0 = NowSeconds();
-    for (int64_t i = 0; i < iters; ++i) {
-      RETURN_IF_ERROR(kernels::Linear(a.data(), m, k, b.data(), n, c.data()));
-    }
-    g.push_back(flops * iters / (NowSeconds() - t0) / 1e9);
+    for (int64_t i = 0; i < iters; ++i) RETURN_IF_ERROR(fn());
+    per.push_back((NowSeconds() - t0) / static_cast<double>(iters));
   }
-  return bench::Median(g);
+  return bench::Median(per);
 }
 
-absl::StatusOr<std::unique_ptr<model::Transformer>> LoadOrMake(const std::string& dir,
-                                                               int64_t max_context) {
-  model::TransformerOptions o{.max_context = max_context};
-  if (!dir.empty()) return model::Transformer::Load(dir, o);
-  const std::string tmp =
-      (std::filesystem::temp_directory_path() / StrCat("kvstrata-prefill-bench-", ::getpid()))
-          .string();
-  ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v3"));
-  RETURN_IF_ERROR(model::WriteRandomModel(c, 1, tmp));
-  auto t = model::Transformer::Load(tmp, o);
-  std::error_code ec;
-  std::filesystem::remove_all(tmp, ec);
+struct Shape {
+  std::string name;  // the projection
+  int64_t n, k;      // weight [n×k] (nn.Linear order)
+  int64_t count;     // times per token row per forward (layers × heads)
+};
+
+// Every projection shape of one forward of the MLA model, with how often it runs.
+std::vector<Shape> ForwardShapes(const model::ModelConfig& c) {
+  const int64_t L = c.num_hidden_layers, h = c.num_attention_heads, d = c.hidden_size;
+  std::vector<Shape> s;
+  if (c.q_lora_rank == 0) {
+    s.push_back({"q_proj", h * c.qk_head_dim(), d, L});
+  } else {
+    s.push_back({"q_a_proj", c.q_lora_rank, d, L});
+    s.push_back({"q_b_proj", h * c.qk_head_dim(), c.q_lora_rank, L});
+  }
+  s.push_back({"kv_a_proj", 576, d, L});
+  s.push_back({"W_UK (per head)", 512, c.qk_nope_head_dim, L * h});
+  s.push_back({"W_UV (per head)", c.v_head_dim, 512, L * h});
+  s.push_back({"o_proj", d, h * c.v_head_dim, L});
+  s.push_back({"gate/up_proj", c.intermediate_size, d, 2 * L});
+  s.push_back({"down_proj", d, c.intermediate_size, L});
+  return s;
+}
+
+struct GemmTimes {
+  double invariant_s = 0, blas_s = 0;
+};
+
+// One shape at m rows: seconds per call of the invariant GEMM and of OpenBLAS sgemm.
+absl::StatusOr<GemmTimes> TimeShape(const Shape& s, int64_t m, int reps) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> a(m * s.k), w(s.n * s.k), c(m * s.n);
+  for (float& x : a) x = nd(rng);
+  for (float& x : w) x = nd(rng);
+  ASSIGN_OR_RETURN(kernels::PackedB packed, kernels::PackedB::FromWeight(w.data(), s.n, s.k));
+  GemmTimes t;
+  ASSIGN_OR_RETURN(t.invariant_s, SecondsPerCall(reps, [&] {
+                     return kernels::Gemm(m, a.data(), s.k, packed.view(), c.data(), s.n);
+                   }));
+  ASSIGN_OR_RETURN(t.blas_s, SecondsPerCall(reps, [&] {
+                     return kernels::SgemmLinear(a.data(), m, s.k, w.data(), s.n, c.data());
+                   }));
   return t;
 }
 
-absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
-  if (f.tokens < 16 || f.chunk < 1 || f.runs < 1) {
-    return absl::InvalidArgumentError("need --tokens >= 16, --chunk >= 1, --runs >= 1");
+absl::StatusOr<std::string> ModelDir(const std::string& dir, std::string* tmp) {
+  if (!dir.empty()) return dir;
+  *tmp = (std::filesystem::temp_directory_path() / StrCat("kvstrata-prefill-bench-", ::getpid()))
+             .string();
+  ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v3"));
+  RETURN_IF_ERROR(model::WriteRandomModel(c, 1, *tmp));
+  return *tmp;
+}
+
+// Median prefill seconds of the prompt, and decode steps/s after it.
+struct ForwardTimes {
+  double prefill_s = 0, decode_tok_s = 0;
+};
+absl::StatusOr<ForwardTimes> TimeForward(const model::Transformer& t,
+                                         const std::vector<int32_t>& prompt,
+                                         const PrefillBenchFlags& f) {
+  const int64_t cap = static_cast<int64_t>(prompt.size()) + f.decode_steps + 64;
+  std::vector<double> secs;
+  for (int64_t r = 0; r < f.runs; ++r) {
+    ASSIGN_OR_RETURN(auto kv, t.NewCache(kernels::KvLayout::kMlaFp8_656, cap));
+    const double t0 = NowSeconds();
+    RETURN_IF_ERROR(t.Prefill(prompt, 0, kv.get(), {.chunk_tokens = f.chunk}).status());
+    secs.push_back(NowSeconds() - t0);
   }
-  // One OpenBLAS thread: the forward issues many small 16-row GEMMs (model/row_gemm.h), for
-  // which a thread pool only adds synchronisation (and spin-waits badly on a busy machine),
-  // and one thread makes page bytes independent of the host's core count. kernels/gemm.h has
-  // no thread setting yet, so this calls OpenBLAS directly.
-  openblas_set_num_threads(1);
-  ASSIGN_OR_RETURN(auto model, LoadOrMake(f.model_dir, f.tokens + 64));
-  const model::ModelConfig& c = model->config();
+  ForwardTimes out{.prefill_s = bench::Median(secs)};
+  ASSIGN_OR_RETURN(auto kv, t.NewCache(kernels::KvLayout::kMlaFp8_656, cap));
+  RETURN_IF_ERROR(t.Prefill(prompt, 0, kv.get(), {.chunk_tokens = f.chunk}).status());
+  const double d0 = NowSeconds();
+  for (int64_t s = 0; s < f.decode_steps; ++s) {
+    RETURN_IF_ERROR(t.DecodeStep(prompt[s % prompt.size()], kv->num_tokens(), kv.get()).status());
+  }
+  out.decode_tok_s = static_cast<double>(f.decode_steps) / (NowSeconds() - d0);
+  return out;
+}
+
+absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
+  if (f.tokens < 16 || f.chunk < 1 || f.runs < 1 || f.decode_steps < 1) {
+    return absl::InvalidArgumentError(
+        "need --tokens >= 16, --chunk >= 1, --runs >= 1, --decode-steps >= 1");
+  }
+  kernels::SetBlasThreads(1);
+  ASSIGN_OR_RETURN(const kernels::GemmIsa isa, kernels::DefaultGemmIsa());
+  std::string tmp;
+  ASSIGN_OR_RETURN(const std::string dir, ModelDir(f.model_dir, &tmp));
+  const int64_t ctx = f.tokens + f.decode_steps + 64;
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  ThreadPool pool(std::max(1, cores - 1));
+  auto invariant = model::Transformer::Load(dir, {.max_context = ctx});
+  auto parallel = model::Transformer::Load(dir, {.max_context = ctx, .pool = &pool});
+  auto baseline = model::Transformer::Load(dir, {.max_context = ctx, .blas_baseline = true});
+  if (!tmp.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(tmp, ec);
+  }
+  RETURN_IF_ERROR(invariant.status());
+  RETURN_IF_ERROR(parallel.status());
+  RETURN_IF_ERROR(baseline.status());
+  const model::ModelConfig& c = (*invariant)->config();
   std::mt19937_64 rng(7);
   std::vector<int32_t> prompt(f.tokens);
   for (auto& t : prompt) t = static_cast<int32_t>(rng() % c.vocab_size);
-  std::vector<double> secs;
-  for (int64_t r = 0; r < f.runs; ++r) {
-    ASSIGN_OR_RETURN(auto kv, model->NewCache(kernels::KvLayout::kMlaFp8_656, f.tokens + 64));
-    const double t0 = NowSeconds();
-    ASSIGN_OR_RETURN(auto logits, model->Prefill(prompt, 0, kv.get(), {.chunk_tokens = f.chunk}));
-    secs.push_back(NowSeconds() - t0);
-  }
-  const double t = bench::Median(secs);
-  const double flops = model::Transformer::ForwardFlops(c, 0, f.tokens);
-  // Decode: 32 steps after the prompt.
-  ASSIGN_OR_RETURN(auto kv, model->NewCache(kernels::KvLayout::kMlaFp8_656, f.tokens + 64));
-  ASSIGN_OR_RETURN(auto logits, model->Prefill(prompt, 0, kv.get(), {.chunk_tokens = f.chunk}));
-  const int steps = 32;
-  double d0 = NowSeconds();
-  for (int s = 0; s < steps; ++s) {
-    ASSIGN_OR_RETURN(logits, model->DecodeStep(prompt[s], kv->num_tokens(), kv.get()));
-  }
-  const double decode_s = NowSeconds() - d0;
-  const int64_t hq = c.num_attention_heads * c.qk_head_dim();
-  ASSIGN_OR_RETURN(double tile_gflops, SgemmGflops(model::kRowTile, hq, c.hidden_size, 5));
-  ASSIGN_OR_RETURN(double big_gflops, SgemmGflops(256, hq, c.hidden_size, 5));
-  // A decode step issues one 16-row tile per GEMM: its sgemm-bound time is the padded
-  // projection FLOPs (16x a token's, minus attention) at the tile rate.
-  const double step_flops = model::Transformer::ForwardFlops(c, f.tokens, 1);
-  const double attn_flops = step_flops - model::Transformer::ForwardFlops(c, 0, 1);
-  const double padded = (step_flops - attn_flops) * model::kRowTile + attn_flops;
-  const double decode_limit = tile_gflops * 1e9 / padded;
 
   BenchReport rep("prefill");
-  const std::string shape = StrCat(model::kRowTile, "x", hq, "x", c.hidden_size);
-  rep.Add({.name = StrCat("prefill ", f.tokens, " tok GFLOP/s"),
-           .value = flops / t / 1e9,
-           .unit = "GFLOP/s",
-           .limit_name = "sgemm " + shape,
-           .limit = tile_gflops});
-  rep.Add({.name = StrCat("prefill ", f.tokens, " tok"),
-           .value = f.tokens / t,
+  // 1. GEMM at the forward's shapes.
+  bench::Plot plot{.title = StrCat("Forward GEMM shapes, invariant vs OpenBLAS (1 thread, ",
+                                   kernels::GemmIsaName(isa), ")"),
+                   .x_label = "projection [n x k] at m rows",
+                   .y_label = "GFLOP/s",
+                   .log_y = true,
+                   .bars = true};
+  bench::Series inv_series{"batch-invariant GEMM", {}}, blas_series{"OpenBLAS sgemm", {}};
+  for (int64_t m : {f.chunk, int64_t{1}}) {
+    double inv_total = 0, blas_total = 0, flops_total = 0;
+    for (const Shape& s : ForwardShapes(c)) {
+      ASSIGN_OR_RETURN(GemmTimes t, TimeShape(s, m, 5));
+      const double flops = 2.0 * m * s.n * s.k;
+      inv_total += t.invariant_s * s.count;
+      blas_total += t.blas_s * s.count;
+      flops_total += flops * s.count;
+      const std::string shape = StrCat(s.name, " ", m, "x", s.n, "x", s.k);
+      rep.Add({.name = StrCat("gemm ", shape),
+               .value = flops / t.invariant_s / 1e9,
+               .unit = "GFLOP/s",
+               .limit_name = "OpenBLAS sgemm, same shape",
+               .limit = flops / t.blas_s / 1e9});
+      const double x = static_cast<double>(plot.categories.size());
+      plot.categories.push_back(StrCat(s.name, "\nm=", m));
+      inv_series.points.push_back({x, flops / t.invariant_s / 1e9});
+      blas_series.points.push_back({x, flops / t.blas_s / 1e9});
+    }
+    rep.Add({.name = StrCat("gemm forward mix, m=", m),
+             .value = flops_total / inv_total / 1e9,
+             .unit = "GFLOP/s",
+             .limit_name = "OpenBLAS sgemm, same mix",
+             .limit = flops_total / blas_total / 1e9});
+  }
+  plot.series = {inv_series, blas_series};
+
+  // 2. and 3. The forward on the invariant path, with the pool, and on the old path.
+  ASSIGN_OR_RETURN(const ForwardTimes inv, TimeForward(**invariant, prompt, f));
+  ASSIGN_OR_RETURN(const ForwardTimes par, TimeForward(**parallel, prompt, f));
+  ASSIGN_OR_RETURN(const ForwardTimes old, TimeForward(**baseline, prompt, f));
+  const double flops = model::Transformer::ForwardFlops(c, 0, f.tokens);
+  rep.Add({.name = StrCat("prefill ", f.tokens, " tok, 1 thread"),
+           .value = f.tokens / inv.prefill_s,
            .unit = "tok/s",
-           .limit_name = "sgemm-bound tok/s",
-           .limit = tile_gflops * 1e9 / (flops / f.tokens)});
-  rep.Add({.name = "sgemm 16-row tile",
-           .value = tile_gflops,
+           .limit_name = "old path (OpenBLAS 16-row tiles)",
+           .limit = f.tokens / old.prefill_s});
+  rep.Add({.name = StrCat("prefill ", f.tokens, " tok GFLOP/s, 1 thread"),
+           .value = flops / inv.prefill_s / 1e9,
            .unit = "GFLOP/s",
-           .limit_name = StrCat("sgemm 256x", hq, "x", c.hidden_size),
-           .limit = big_gflops});
-  rep.Add({.name = "decode step",
-           .value = steps / decode_s,
+           .limit_name = "old path",
+           .limit = flops / old.prefill_s / 1e9});
+  rep.Add({.name = StrCat("prefill ", f.tokens, " tok, ", cores, " threads"),
+           .value = f.tokens / par.prefill_s,
            .unit = "tok/s",
-           .limit_name = "sgemm-bound (16-row tile)",
-           .limit = decode_limit});
+           .limit_name = "1 thread x cores",
+           .limit = f.tokens / inv.prefill_s * cores});
+  rep.Add({.name = "decode step, 1 thread",
+           .value = inv.decode_tok_s,
+           .unit = "tok/s",
+           .limit_name = "old path (16-row tile)",
+           .limit = old.decode_tok_s});
+  rep.Add({.name = StrCat("decode step, ", cores, " threads"),
+           .value = par.decode_tok_s,
+           .unit = "tok/s",
+           .limit_name = "old path (16-row tile)",
+           .limit = old.decode_tok_s});
   rep.Note("model",
            StrCat(c.num_hidden_layers, " layers, hidden ", c.hidden_size, ", ",
                   c.num_attention_heads, " heads, kv_lora 512 + rope 64, layout ", "mla-fp8-656"));
+  rep.Note("gemm_kernels", std::string(kernels::GemmIsaName(isa)));
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  rep.Note("openblas_coretype", coretype == nullptr ? "(unset: OpenBLAS picks)" : coretype);
+  rep.Note("runs", StrCat(f.runs, " (median), chunk ", f.chunk, ", decode steps ", f.decode_steps,
+                          " after the prompt"));
   rep.Note("flops_per_prefill", StrCat(flops));
-  rep.Note("runs", StrCat(f.runs, " (median), chunk ", f.chunk));
   rep.Print();
-  return rep.WriteJson(f.json);
+  RETURN_IF_ERROR(rep.WriteJson(f.json));
+  if (!f.svg.empty()) RETURN_IF_ERROR(bench::WritePlotSvg(f.svg, plot));
+  return absl::OkStatus();
 }
 
 int RunBenchPrefill(int argc, char** argv) {
   PrefillBenchFlags f;
   FlagSet flags("kvstrata bench prefill");
   flags.Int("tokens", &f.tokens, "prompt tokens");
-  flags.Int("chunk", &f.chunk, "prefill chunk tokens");
+  flags.Int("chunk", &f.chunk, "prefill chunk tokens (also the m of the GEMM rows)");
   flags.Int("runs", &f.runs, "timed prefill runs (median)");
+  flags.Int("decode-steps", &f.decode_steps, "decode steps timed after the prompt");
   flags.String("model", &f.model_dir, "model directory (default: generate tiny-v3, seed 1)");
   flags.String("json", &f.json, "also write the report as JSON to this file");
+  flags.String("svg", &f.svg, "also plot the GEMM rows as SVG (matplotlib) to this file");
   return bench::RunSuite(flags, argc, argv, [&] { return RunPrefillBench(f); });
 }
 
 }  // namespace
 
-KV_REGISTER_BENCH(prefill, "tiny-v3 CPU prefill tokens/s and GFLOP/s vs OpenBLAS sgemm",
+KV_REGISTER_BENCH(prefill,
+                  "tiny-v3 CPU forward: invariant GEMM vs OpenBLAS, prefill and decode tok/s vs "
+                  "the old 16-row-tile path",
                   RunBenchPrefill);
 
 }  // namespace kv::cmd

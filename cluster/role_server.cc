@@ -187,7 +187,8 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
     } else {
       self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
       ASSIGN_OR_RETURN(s.model,
-                       prefill::LoadServingModel(model_dir, layout_name, o.node.max_context));
+                       prefill::LoadServingModel(model_dir, layout_name, o.node.max_context,
+                                                 o.node.compute_threads));
       ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create());
       pb::TransportEndpoint* e = self.add_transports();
       e->set_kind(pb::TRANSPORT_KIND_UCX);

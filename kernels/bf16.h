@@ -7,6 +7,9 @@
 // values that round past the largest bf16 become ±Inf, as in IEEE rounding.
 // Bf16ToFloat is exact.
 //
+// Invariance contract: each conversion is one exact bit operation or one RNE rounding of its
+// own input, independent of its neighbours, the vector width and the CPU.
+//
 // Pure functions: thread-safe, no allocation; the array forms write only out[0..n).
 #pragma once
 

@@ -178,7 +178,9 @@ TEST_F(CudaKernels, RmsNormRopeGemmMatchCpu) {
 
   const int m = 17, nn = 70, k = 513;
   std::vector<float> a = rng.NormalVector(m * k), b = rng.NormalVector(nn * k), c(m * nn);
-  ASSERT_TRUE(Linear(a.data(), m, k, b.data(), nn, c.data()).ok());
+  auto packed = PackedB::FromWeight(b.data(), nn, k);  // the CPU forward's GEMM (gemm.h)
+  ASSERT_TRUE(packed.ok());
+  ASSERT_TRUE(Gemm(m, a.data(), k, packed->view(), c.data(), nn).ok());
   DeviceBuffer<float> da(a), db(b), dc(std::vector<float>(m * nn, std::nanf("")));
   cublasHandle_t h;
   ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);

@@ -16,6 +16,9 @@
 //
 // UE8M0 (formats.md §5.1): an 8-bit biased exponent, value 2^(b-127); 0xFF is NaN; no zero.
 //
+// Invariance contract: every result is exact or a single IEEE rounding of one value, so it is
+// the same bits on any CPU, GPU, compiler or vector width.
+//
 // All functions are pure and thread-safe; they are usable from CUDA device code (KV_HD).
 #pragma once
 

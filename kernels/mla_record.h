@@ -8,6 +8,9 @@
 // max(2^-4 |x|, scale * 2^-10) (half an e4m3 ulp in the normal / subnormal range).
 // bf16 encode rounds each value RNE; decode is exact.
 //
+// Invariance contract: a record's bytes depend only on that token's values (per-tile amax by
+// bit comparison, power-of-two scales, exact division and RNE rounding; no reduction order).
+//
 // Batched over n tokens. Strides are in elements for the inputs/outputs that are arrays of
 // numbers and in bytes for record arrays. Inputs and outputs must not overlap.
 //

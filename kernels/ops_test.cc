@@ -1,4 +1,5 @@
-// RMSNorm, GEMM and YaRN RoPE against naive float64 references on fresh random inputs.
+// RMSNorm, OpenBLAS sgemm (kernels/blas.h) and YaRN RoPE against naive float64 references on fresh
+// random inputs.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -7,7 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/gemm.h"
+#include "kernels/blas.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/test_util.h"
@@ -93,7 +94,7 @@ TEST(Gemm, LinearBetaZeroIgnoresPoisonAndRejectsBadDims) {
   const int m = 5, k = 64, n = 9;
   std::vector<float> x = rng.NormalVector(m * k), w = rng.NormalVector(n * k);
   std::vector<float> y(m * n, std::numeric_limits<float>::quiet_NaN());
-  ASSERT_TRUE(Linear(x.data(), m, k, w.data(), n, y.data()).ok());
+  ASSERT_TRUE(SgemmLinear(x.data(), m, k, w.data(), n, y.data()).ok());
   for (int i = 0; i < m; ++i) {
     for (int j = 0; j < n; ++j) {
       double ref = 0, mag = 0;
@@ -106,7 +107,7 @@ TEST(Gemm, LinearBetaZeroIgnoresPoisonAndRejectsBadDims) {
   }
   EXPECT_FALSE(Sgemm(false, false, -1, 2, 2, 1, x.data(), 2, w.data(), 2, 0, y.data(), 2).ok());
   EXPECT_FALSE(Sgemm(false, false, 2, 2, 4, 1, x.data(), 3, w.data(), 2, 0, y.data(), 2).ok());
-  EXPECT_FALSE(Linear(nullptr, 2, 2, w.data(), 2, y.data()).ok());
+  EXPECT_FALSE(SgemmLinear(nullptr, 2, 2, w.data(), 2, y.data()).ok());
 }
 
 YarnRopeParams V3Params() { return YarnRopeParams{}; }  // defaults are V3's config values

@@ -6,6 +6,9 @@
 // batch's padding rows are kept out of real pages (formats.md §5.3: never let padding slots
 // write into a real page). The block table of the view is not used by writers.
 //
+// Invariance contract: the bytes written for token i are the record codec's (kernels/
+// mla_record.h) of its own values, whatever else shares the call.
+//
 // Errors: InvalidArgument for a bad view (ValidatePagedKvView), negative n, null pointers,
 // a slot < -1 or beyond the pool (num_physical_blocks * page_tokens), or an encode error
 // (non-finite value). All slots are checked before anything is written, so a bad slot

@@ -1,6 +1,9 @@
 // RMSNorm in fp32 (formats.md §1.2): y = w ⊙ x / sqrt(mean(x²) + eps), the sum of squares
 // accumulated in double so the reference is accurate for any row length.
 //
+// Invariance contract: each row's result depends only on that row (its sum of squares is one
+// double accumulation, j ascending; then one sqrt and fixed products), never on the other rows.
+//
 // Pure function, thread-safe. y may equal x (in place); otherwise they must not overlap.
 #pragma once
 

@@ -5,21 +5,21 @@
 #include <numbers>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/portable_math.h"
 
 namespace kv::kernels {
 namespace {
 
 // yarn_get_mscale (HF DeepSeek-V3 / inference/model.py): 0.1 * m * ln(s) + 1 for s > 1.
 double YarnMscale(double scale, double m) {
-  return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0;
+  return scale <= 1.0 ? 1.0 : 0.1 * m * LogD(scale) + 1.0;
 }
 
 // corr(r) = dim * ln(original / (2π r)) / (2 ln θ)  (formats.md §1.3).
 double CorrectionDim(double rotations, const YarnRopeParams& p) {
   return p.rope_dim *
-         std::log(static_cast<double>(p.original_max_position) /
-                  (2.0 * std::numbers::pi * rotations)) /
-         (2.0 * std::log(p.theta));
+         LogD(static_cast<double>(p.original_max_position) / (2.0 * std::numbers::pi * rotations)) /
+         (2.0 * LogD(p.theta));
 }
 
 }  // namespace
@@ -46,7 +46,7 @@ absl::StatusOr<std::vector<double>> RopeFrequencies(const YarnRopeParams& p) {
   if (absl::Status s = ValidateRopeParams(p); !s.ok()) return s;
   const int half = p.rope_dim / 2;
   std::vector<double> freq(half);
-  for (int i = 0; i < half; ++i) freq[i] = std::pow(p.theta, -2.0 * i / p.rope_dim);
+  for (int i = 0; i < half; ++i) freq[i] = PowD(p.theta, -2.0 * i / p.rope_dim);
   if (p.factor <= 1.0) return freq;
   double low = std::floor(CorrectionDim(p.beta_fast, p));
   double high = std::ceil(CorrectionDim(p.beta_slow, p));
@@ -85,9 +85,10 @@ absl::StatusOr<RopeTable> BuildRopeTable(const YarnRopeParams& p, int64_t max_po
   t.sin.resize(max_positions * half);
   for (int64_t pos = 0; pos < max_positions; ++pos) {
     for (int i = 0; i < half; ++i) {
-      const double angle = static_cast<double>(pos) * (*freq)[i];
-      t.cos[pos * half + i] = static_cast<float>(std::cos(angle) * amp);
-      t.sin[pos * half + i] = static_cast<float>(std::sin(angle) * amp);
+      double sn, cs;
+      SinCosD(static_cast<double>(pos) * (*freq)[i], &sn, &cs);
+      t.cos[pos * half + i] = static_cast<float>(cs * amp);
+      t.sin[pos * half + i] = static_cast<float>(sn * amp);
     }
   }
   return t;

@@ -16,6 +16,10 @@
 // yarn_mscale(s, m) = 0.1 * m * ln(s) + 1 for s > 1, else 1. V3: 0.13523378 (never 576^-0.5).
 // Tables are computed in double and rounded once to float.
 //
+// Invariance contract: frequencies, YaRN corrections and tables come from the portable
+// log/exp/sin/cos (kernels/portable_math.h), never libm, so a table has the same bits on every
+// host; ApplyRope is two products and a sum per element, in a fixed order.
+//
 // RopeTable is an immutable value; sharing it across threads is safe. ApplyRope writes only
 // the rope elements it is pointed at.
 #pragma once

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "kernels/portable_math.h"
 
 namespace kv::model {
 
@@ -59,7 +60,7 @@ absl::StatusOr<int32_t> Sampler::Sample(std::span<const float> logits) {
   const double max_logit = logits[best];
   std::vector<double> prob(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) {
-    prob[i] = std::exp((static_cast<double>(logits[i]) - max_logit) * inv_t);
+    prob[i] = kernels::ExpD((static_cast<double>(logits[i]) - max_logit) * inv_t);
   }
   std::vector<int32_t> order(logits.size());
   std::iota(order.begin(), order.end(), 0);

@@ -8,8 +8,8 @@
 #include "core/status_macros.h"
 #include "kernels/mla_attention.h"
 #include "kernels/paged_kv.h"
+#include "kernels/portable_math.h"
 #include "kernels/rmsnorm.h"
-#include "model/row_gemm.h"
 
 namespace kv::model {
 
@@ -71,7 +71,62 @@ absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Create(
   int64_t max_context = options.max_context;
   if (max_context <= 0) max_context = std::min<int64_t>(c.max_position_embeddings, 32768);
   ASSIGN_OR_RETURN(kernels::RopeTable rope, kernels::BuildRopeTable(rp, max_context));
-  return std::unique_ptr<Transformer>(new Transformer(std::move(weights), std::move(rope), scale));
+  std::unique_ptr<Transformer> t(new Transformer(std::move(weights), std::move(rope), scale));
+  RETURN_IF_ERROR(t->PackWeights(options));
+  return t;
+}
+
+absl::Status Transformer::PackWeights(const TransformerOptions& options) {
+  const ModelConfig& c = w_.config;
+  const int64_t d = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
+  const int64_t nope = c.qk_nope_head_dim, vd = c.v_head_dim, inter = c.intermediate_size;
+  mm_ = MatmulContext{.pool = options.pool, .blas_baseline = options.blas_baseline};
+  std::vector<Projection*> all;
+  auto weight = [&](Projection* p, const std::vector<float>& w, int64_t n, int64_t k) {
+    ASSIGN_OR_RETURN(*p, Projection::FromWeight(w.data(), n, k));
+    all.push_back(p);
+    return absl::OkStatus();
+  };
+  proj_.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = w_.layers[l];
+    LayerProjections& P = proj_[l];
+    if (c.q_lora_rank == 0) {
+      RETURN_IF_ERROR(weight(&P.q, L.q_proj, nh * qk, d));
+    } else {
+      RETURN_IF_ERROR(weight(&P.q_a, L.q_a_proj, c.q_lora_rank, d));
+      RETURN_IF_ERROR(weight(&P.q_b, L.q_b_proj, nh * qk, c.q_lora_rank));
+    }
+    RETURN_IF_ERROR(weight(&P.kv_a, L.kv_a_proj, kMlaKeyDim, d));
+    RETURN_IF_ERROR(weight(&P.o, L.o_proj, d, nh * vd));
+    RETURN_IF_ERROR(weight(&P.gate, L.gate_proj, inter, d));
+    RETURN_IF_ERROR(weight(&P.up, L.up_proj, inter, d));
+    RETURN_IF_ERROR(weight(&P.down, L.down_proj, d, inter));
+    P.uk.resize(nh);
+    P.uv.resize(nh);
+    for (int64_t hd = 0; hd < nh; ++hd) {
+      const float* head = L.kv_b_proj.data() + hd * (nope + vd) * kMlaLatentDim;
+      ASSIGN_OR_RETURN(P.uk[hd], Projection::FromMatrix(head, nope, kMlaLatentDim, kMlaLatentDim));
+      ASSIGN_OR_RETURN(P.uv[hd], Projection::FromWeight(head + nope * kMlaLatentDim, vd,
+                                                        kMlaLatentDim, kMlaLatentDim));
+      all.push_back(&P.uk[hd]);
+      all.push_back(&P.uv[hd]);
+    }
+  }
+  RETURN_IF_ERROR(weight(&lm_head_, w_.lm_head, c.vocab_size, d));
+  if (options.blas_baseline) {
+    for (Projection* p : all) p->KeepUnpacked();
+    return absl::OkStatus();
+  }
+  // The packed copies are what the forward reads: free the originals.
+  for (LayerWeights& L : w_.layers) {
+    for (std::vector<float>* v : {&L.q_proj, &L.q_a_proj, &L.q_b_proj, &L.kv_a_proj, &L.kv_b_proj,
+                                  &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
+      std::vector<float>().swap(*v);
+    }
+  }
+  std::vector<float>().swap(w_.lm_head);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Transformer>> Transformer::Load(const std::string& dir,
@@ -177,21 +232,22 @@ absl::Status Transformer::RunChunk(std::span<const int32_t> tokens, int64_t star
 absl::Status Transformer::ProjectQkv(int layer, int64_t m, Workspace& ws) const {
   const ModelConfig& c = config();
   const LayerWeights& L = w_.layers[layer];
+  const LayerProjections& P = proj_[layer];
   const int64_t d = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
   const float eps = static_cast<float>(c.rms_norm_eps);
   RETURN_IF_ERROR(kernels::RmsNorm(ws.x.data(), m, d, d, L.input_norm.data(), eps, ws.h.data(), d));
   // Queries: q = W_q h, or W_qb RMSNorm(W_qa h).
   if (c.q_lora_rank == 0) {
-    RETURN_IF_ERROR(TiledLinear(ws.h.data(), m, d, L.q_proj.data(), nh * qk, ws.q.data()));
+    RETURN_IF_ERROR(P.q.Apply(ws.h.data(), m, ws.q.data(), mm_));
   } else {
     const int64_t r = c.q_lora_rank;
-    RETURN_IF_ERROR(TiledLinear(ws.h.data(), m, d, L.q_a_proj.data(), r, ws.q_lora.data()));
+    RETURN_IF_ERROR(P.q_a.Apply(ws.h.data(), m, ws.q_lora.data(), mm_));
     RETURN_IF_ERROR(
         kernels::RmsNorm(ws.q_lora.data(), m, r, r, L.q_a_norm.data(), eps, ws.q_lora.data(), r));
-    RETURN_IF_ERROR(TiledLinear(ws.q_lora.data(), m, r, L.q_b_proj.data(), nh * qk, ws.q.data()));
+    RETURN_IF_ERROR(P.q_b.Apply(ws.q_lora.data(), m, ws.q.data(), mm_));
   }
   // Compressed KV: [c̃ | k̃_R] = W_kva h; c = RMSNorm(c̃) (latent only); k_R = RoPE(k̃_R).
-  RETURN_IF_ERROR(TiledLinear(ws.h.data(), m, d, L.kv_a_proj.data(), kMlaKeyDim, ws.kv.data()));
+  RETURN_IF_ERROR(P.kv_a.Apply(ws.h.data(), m, ws.kv.data(), mm_));
   RETURN_IF_ERROR(kernels::RmsNorm(ws.kv.data(), m, kMlaLatentDim, kMlaKeyDim, L.kv_a_norm.data(),
                                    eps, ws.kv.data(), kMlaKeyDim));
   RETURN_IF_ERROR(kernels::ApplyRope(rope_, ws.positions.data(), m, 1, ws.kv.data() + kMlaLatentDim,
@@ -204,8 +260,8 @@ absl::Status Transformer::ProjectQkv(int layer, int64_t m, Workspace& ws) const 
 absl::Status Transformer::Attention(int layer, int64_t m, int64_t start_pos, KvCache* kv,
                                     bool decode, Workspace& ws, ForwardTrace* trace) const {
   const ModelConfig& c = config();
-  const LayerWeights& L = w_.layers[layer];
-  const int64_t d = c.hidden_size, nh = c.num_attention_heads, qk = c.qk_head_dim();
+  const LayerProjections& P = proj_[layer];
+  const int64_t nh = c.num_attention_heads, qk = c.qk_head_dim();
   const int64_t nope = c.qk_nope_head_dim, vd = c.v_head_dim;
   RETURN_IF_ERROR(ProjectQkv(layer, m, ws));
   // Write this chunk's records into the pages, then attend over what the pages hold.
@@ -216,9 +272,8 @@ absl::Status Transformer::Attention(int layer, int64_t m, int64_t start_pos, KvC
       kernels::MlaSourceF32{ws.kv.data(), kMlaKeyDim, ws.kv.data() + kMlaLatentDim, kMlaKeyDim}));
   // Absorbed query per head: [W_UK_hᵀ q_C_h (512) | q_R_h (64)] (formats.md §1.4).
   for (int64_t hd = 0; hd < nh; ++hd) {
-    const float* w_uk = L.kv_b_proj.data() + hd * (nope + vd) * kMlaLatentDim;
-    RETURN_IF_ERROR(TiledGemm(false, m, kMlaLatentDim, nope, ws.q.data() + hd * qk, nh * qk, w_uk,
-                              kMlaLatentDim, ws.q_abs.data() + hd * kMlaKeyDim, nh * kMlaKeyDim));
+    RETURN_IF_ERROR(P.uk[hd].Apply(ws.q.data() + hd * qk, m, nh * qk,
+                                   ws.q_abs.data() + hd * kMlaKeyDim, nh * kMlaKeyDim, mm_));
     for (int64_t i = 0; i < m; ++i) {
       std::memcpy(&ws.q_abs[(i * nh + hd) * kMlaKeyDim + kMlaLatentDim],
                   &ws.q[i * nh * qk + hd * qk + nope], c.qk_rope_head_dim * sizeof(float));
@@ -227,10 +282,12 @@ absl::Status Transformer::Attention(int layer, int64_t m, int64_t start_pos, KvC
   const int heads = static_cast<int>(nh);
   if (decode) {
     RETURN_IF_ERROR(kernels::MlaDecodeAttention(ws.q_abs.data(), heads, view, start_pos + 1,
-                                                softmax_scale_, ws.latent_out.data(), nullptr));
+                                                softmax_scale_, ws.latent_out.data(), nullptr,
+                                                mm_.pool));
   } else {
     RETURN_IF_ERROR(kernels::MlaPagedAttention(ws.q_abs.data(), m, heads, start_pos, view,
-                                               softmax_scale_, ws.latent_out.data(), nullptr));
+                                               softmax_scale_, ws.latent_out.data(), nullptr,
+                                               mm_.pool));
   }
   if (trace != nullptr) {
     std::memcpy(&trace->attn_latent[layer * nh * kMlaLatentDim],
@@ -238,13 +295,11 @@ absl::Status Transformer::Attention(int layer, int64_t m, int64_t start_pos, KvC
   }
   // o_h = W_UV_h ō_h, then x += W_o [o_1; ...; o_H].
   for (int64_t hd = 0; hd < nh; ++hd) {
-    const float* w_uv = L.kv_b_proj.data() + (hd * (nope + vd) + nope) * kMlaLatentDim;
-    RETURN_IF_ERROR(TiledGemm(true, m, vd, kMlaLatentDim, ws.latent_out.data() + hd * kMlaLatentDim,
-                              nh * kMlaLatentDim, w_uv, kMlaLatentDim, ws.attn.data() + hd * vd,
-                              nh * vd));
+    RETURN_IF_ERROR(P.uv[hd].Apply(ws.latent_out.data() + hd * kMlaLatentDim, m, nh * kMlaLatentDim,
+                                   ws.attn.data() + hd * vd, nh * vd, mm_));
   }
-  RETURN_IF_ERROR(TiledLinear(ws.attn.data(), m, nh * vd, L.o_proj.data(), d, ws.proj.data()));
-  AddInPlace(ws.x.data(), ws.proj.data(), m * d);
+  RETURN_IF_ERROR(P.o.Apply(ws.attn.data(), m, ws.proj.data(), mm_));
+  AddInPlace(ws.x.data(), ws.proj.data(), m * c.hidden_size);
   return absl::OkStatus();
 }
 
@@ -252,16 +307,17 @@ absl::Status Transformer::Attention(int layer, int64_t m, int64_t start_pos, KvC
 absl::Status Transformer::Mlp(int layer, int64_t m, Workspace& ws) const {
   const ModelConfig& c = config();
   const LayerWeights& L = w_.layers[layer];
+  const LayerProjections& P = proj_[layer];
   const int64_t d = c.hidden_size, inter = c.intermediate_size;
   RETURN_IF_ERROR(kernels::RmsNorm(ws.x.data(), m, d, d, L.post_norm.data(),
                                    static_cast<float>(c.rms_norm_eps), ws.h.data(), d));
-  RETURN_IF_ERROR(TiledLinear(ws.h.data(), m, d, L.gate_proj.data(), inter, ws.gate.data()));
-  RETURN_IF_ERROR(TiledLinear(ws.h.data(), m, d, L.up_proj.data(), inter, ws.up.data()));
+  RETURN_IF_ERROR(P.gate.Apply(ws.h.data(), m, ws.gate.data(), mm_));
+  RETURN_IF_ERROR(P.up.Apply(ws.h.data(), m, ws.up.data(), mm_));
   for (int64_t i = 0; i < m * inter; ++i) {
     const float g = ws.gate[i];
-    ws.gate[i] = g / (1.0f + std::exp(-g)) * ws.up[i];
+    ws.gate[i] = g / (1.0f + kernels::ExpF(-g)) * ws.up[i];
   }
-  RETURN_IF_ERROR(TiledLinear(ws.gate.data(), m, inter, L.down_proj.data(), d, ws.proj.data()));
+  RETURN_IF_ERROR(P.down.Apply(ws.gate.data(), m, ws.proj.data(), mm_));
   AddInPlace(ws.x.data(), ws.proj.data(), m * d);
   return absl::OkStatus();
 }
@@ -272,8 +328,7 @@ absl::StatusOr<std::vector<float>> Transformer::Logits(const float* x_row) const
   RETURN_IF_ERROR(kernels::RmsNorm(x_row, 1, c.hidden_size, c.hidden_size, w_.final_norm.data(),
                                    static_cast<float>(c.rms_norm_eps), h.data(), c.hidden_size));
   std::vector<float> logits(c.vocab_size);
-  RETURN_IF_ERROR(
-      TiledLinear(h.data(), 1, c.hidden_size, w_.lm_head.data(), c.vocab_size, logits.data()));
+  RETURN_IF_ERROR(lm_head_.Apply(h.data(), 1, logits.data(), mm_));
   for (int64_t i = 0; i < c.vocab_size; ++i) {
     if (!std::isfinite(logits[i])) {
       return absl::InternalError(absl::StrCat("forward: logit ", i, " is not finite"));

@@ -10,13 +10,17 @@
 //
 // Exactness contract. A token's KV records and logits depend only on the token ids before it
 // and the weights, not on how the prompt was split into Prefill calls or chunks, and not on
-// whether its KV was computed here or imported as a page: attention always reads the
-// dequantized records from the pages (including the current chunk's, written first), every
-// GEMM goes through the row-tiled wrapper (model/row_gemm.h), and the attention kernel is
-// per-query (kernels/mla_attention.h). DecodeStep(t, p) is Prefill({t}, p) exactly.
+// whether its KV was computed here or imported as a page, and not on the thread count, the CPU
+// or the installed BLAS: attention always reads the dequantized records from the pages
+// (including the current chunk's, written first), every matrix product is the batch-invariant
+// GEMM over weights packed at Create (model/projection.h, kernels/gemm.h), the attention
+// kernel is per-query (kernels/mla_attention.h), and exp/sin/cos come from
+// kernels/portable_math.h. DecodeStep(t, p) is Prefill({t}, p) exactly, computing one row.
 //
 // A Transformer is immutable after Create() and safe to use from several threads at once
-// with different KvCaches. The caller owns the KvCache and the returned vectors.
+// with different KvCaches. The caller owns the KvCache and the returned vectors. Create moves
+// the projection matrices into packed form: weights() keeps the config, fingerprint,
+// embeddings and norms, and its projection vectors are empty (unless blas_baseline).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +35,7 @@
 #include "kernels/kv_layout.h"
 #include "kernels/rope.h"
 #include "model/kv_cache.h"
+#include "model/projection.h"
 #include "model/weights.h"
 
 namespace kv::model {
@@ -39,6 +44,12 @@ struct TransformerOptions {
   // Positions the RoPE table covers; requests past it are refused. 0: min(config
   // max_position_embeddings, 32768).
   int64_t max_context = 0;
+  // Threads lent to the GEMMs and attention (not owned; must outlive the Transformer; may be
+  // null). The bytes written do not depend on it.
+  ThreadPool* pool = nullptr;
+  // Benchmarks only (kvstrata bench prefill): run the projections through the pre-#13
+  // OpenBLAS 16-row tiles (model/projection.h). Not batch-invariant on every CPU.
+  bool blas_baseline = false;
 };
 
 struct PrefillOptions {
@@ -101,7 +112,14 @@ class Transformer {
 
  private:
   struct Workspace;
+  // The packed projections of one layer; uk/uv per head (W_UK_h as [nope×512], W_UV_h as
+  // nn.Linear [v×512]).
+  struct LayerProjections {
+    Projection q, q_a, q_b, kv_a, o, gate, up, down;
+    std::vector<Projection> uk, uv;
+  };
   Transformer(ModelWeights weights, kernels::RopeTable rope, float softmax_scale);
+  absl::Status PackWeights(const TransformerOptions& options);
   absl::StatusOr<std::vector<float>> Run(std::span<const int32_t> tokens, int64_t start_pos,
                                          const PrefillOptions* options, KvCache* kv, int64_t chunk,
                                          bool decode, ForwardTrace* trace) const;
@@ -117,6 +135,9 @@ class Transformer {
   ModelWeights w_;
   kernels::RopeTable rope_;
   float softmax_scale_;
+  std::vector<LayerProjections> proj_;
+  Projection lm_head_;
+  MatmulContext mm_;
 };
 
 }  // namespace kv::model

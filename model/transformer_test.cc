@@ -9,6 +9,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "core/thread_pool.h"
 #include "model/sampling.h"
 #include "model/test_util.h"
 #include "model/tokenizer.h"
@@ -88,6 +89,31 @@ TEST_F(TransformerTest, ChunkedPrefillIsByteIdenticalToOneShot) {
           << "chunk " << chunk << " layout " << kernels::LayoutName(layout);
     }
   }
+}
+
+// The same model with a ThreadPool lent to its GEMMs and attention (query blocks and column
+// splits run on two threads) writes the same pages and logits, in prefill and decode.
+TEST_F(TransformerTest, ThreadsDoNotChangeTheBytes) {
+  SCOPED_TRACE(::testing::Message() << "seed=" << seed_);
+  ThreadPool pool(1);
+  const std::string dir = testing::FreshTempDir("tiny-v3-threads");
+  ASSERT_TRUE(WriteRandomModel(*PresetConfig("tiny-v3"), seed_, dir).ok());
+  auto threaded = Transformer::Load(dir, {.max_context = 4096, .pool = &pool});
+  ASSERT_TRUE(threaded.ok()) << threaded.status();
+  const auto tokens = RandomTokens(400);
+  auto one = Cache(KvLayout::kMlaFp8_656);
+  auto two = (*threaded)->NewCache(KvLayout::kMlaFp8_656, 1024);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(MustPrefill(tokens, 0, one.get(), 400),
+            *(*threaded)->Prefill(tokens, 0, two->get(), {.chunk_tokens = 400}));
+  for (int step = 0; step < 3; ++step) {
+    const int64_t pos = one->num_tokens();
+    auto a = model_->DecodeStep(tokens[step], pos, one.get());
+    auto b = (*threaded)->DecodeStep(tokens[step], pos, two->get());
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(*a, *b) << "decode step " << step;
+  }
+  EXPECT_TRUE(Pages(*one) == Pages(**two));
 }
 
 // Prefill(P) then Prefill(rest, start_pos=P) == Prefill(all), on and off page boundaries;

@@ -7,13 +7,13 @@
 #include "core/status_macros.h"
 #include "core/strings.h"
 #include "kernels/bf16.h"
+#include "kernels/portable_math.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/v4/indexer.h"
 #include "kernels/v4/sparse_attention.h"
 #include "kernels/v4/v4_record.h"
 #include "kvstore/page_format.h"
-#include "model/row_gemm.h"
 
 namespace kv::model {
 
@@ -283,7 +283,59 @@ absl::StatusOr<std::unique_ptr<V4Model>> V4Model::Create(ModelWeights weights,
   }
   m->ones_.assign(c.head_dim, 1.0f);
   m->w_ = std::move(weights);
+  m->mm_ = MatmulContext{.pool = options.pool};
+  RETURN_IF_ERROR(m->PackWeights());
   return m;
+}
+
+absl::Status V4Model::PackWeights() {
+  const ModelConfig& c = w_.config;
+  const int64_t d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim;
+  const int64_t ql = c.q_lora_rank, ih = c.index_n_heads, id = c.index_head_dim;
+  const int64_t g = c.o_groups, ol = c.o_lora_rank, k = h * hd / g, inter = c.intermediate_size;
+  auto weight = [](Projection* p, const std::vector<float>& w, int64_t n, int64_t kk) {
+    ASSIGN_OR_RETURN(*p, Projection::FromWeight(w.data(), n, kk));
+    return absl::OkStatus();
+  };
+  proj_.resize(v4_.num_layers());
+  for (int l = 0; l < v4_.num_layers(); ++l) {
+    LayerWeights& L = w_.layers[l];
+    LayerProjections& P = proj_[l];
+    const int ratio = v4_.compress_ratios[l];
+    RETURN_IF_ERROR(weight(&P.q_a, L.q_a_proj, ql, d));
+    RETURN_IF_ERROR(weight(&P.q_b, L.q_b_proj, h * hd, ql));
+    RETURN_IF_ERROR(weight(&P.kv, L.kv_proj, hd, d));
+    if (ratio > 0) {
+      const int64_t w = main_comp_[l]->in_width();
+      RETURN_IF_ERROR(weight(&P.comp_kv, L.comp_kv_proj, w, d));
+      RETURN_IF_ERROR(weight(&P.comp_gate, L.comp_gate_proj, w, d));
+    }
+    if (ratio == v4k::kCsaRatio) {
+      const int64_t w = index_comp_[l]->in_width();
+      RETURN_IF_ERROR(weight(&P.idx_kv, L.idx_kv_proj, w, d));
+      RETURN_IF_ERROR(weight(&P.idx_gate, L.idx_gate_proj, w, d));
+      RETURN_IF_ERROR(weight(&P.idx_q_b, L.idx_q_b_proj, ih * id, ql));
+      RETURN_IF_ERROR(weight(&P.idx_w, L.idx_weights_proj, ih, d));
+    }
+    P.o_a.resize(g);
+    for (int64_t gi = 0; gi < g; ++gi) {
+      ASSIGN_OR_RETURN(P.o_a[gi], Projection::FromWeight(L.o_a_proj.data() + gi * ol * k, ol, k));
+    }
+    RETURN_IF_ERROR(weight(&P.o_b, L.o_b_proj, d, g * ol));
+    RETURN_IF_ERROR(weight(&P.gate, L.gate_proj, inter, d));
+    RETURN_IF_ERROR(weight(&P.up, L.up_proj, inter, d));
+    RETURN_IF_ERROR(weight(&P.down, L.down_proj, d, inter));
+    // The packed copies are what the forward reads: free the originals.
+    for (std::vector<float>* v :
+         {&L.q_a_proj, &L.q_b_proj, &L.kv_proj, &L.comp_kv_proj, &L.comp_gate_proj, &L.idx_kv_proj,
+          &L.idx_gate_proj, &L.idx_q_b_proj, &L.idx_weights_proj, &L.o_a_proj, &L.o_b_proj,
+          &L.gate_proj, &L.up_proj, &L.down_proj}) {
+      std::vector<float>().swap(*v);
+    }
+  }
+  RETURN_IF_ERROR(weight(&lm_head_, w_.lm_head, c.vocab_size, d));
+  std::vector<float>().swap(w_.lm_head);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<V4Model>> V4Model::Load(const std::string& dir,
@@ -435,6 +487,7 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
                                 Workspace& ws, V4Trace* trace) const {
   const ModelConfig& c = config();
   const LayerWeights& L = w_.layers[layer];
+  const LayerProjections& P = proj_[layer];
   V4Cache::Layer& C = cache->layers_[layer];
   const int ratio = v4_.compress_ratios[layer];
   const int64_t d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim;
@@ -446,10 +499,10 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
   RETURN_IF_ERROR(
       kernels::RmsNorm(ws.x.data(), m, d, d, L.input_norm.data(), eps, ws.hn.data(), d));
   // q (§4.2): q_b(RMSNorm(q_a h)), unweighted RMSNorm per head, RoPE on the trailing 64.
-  RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.q_a_proj.data(), ql, ws.qlat.data()));
+  RETURN_IF_ERROR(P.q_a.Apply(ws.hn.data(), m, ws.qlat.data(), mm_));
   RETURN_IF_ERROR(
       kernels::RmsNorm(ws.qlat.data(), m, ql, ql, L.q_a_norm.data(), eps, ws.qlat.data(), ql));
-  RETURN_IF_ERROR(TiledLinear(ws.qlat.data(), m, ql, L.q_b_proj.data(), h * hd, ws.q.data()));
+  RETURN_IF_ERROR(P.q_b.Apply(ws.qlat.data(), m, ws.q.data(), mm_));
   RETURN_IF_ERROR(kernels::RmsNorm(ws.q.data(), m * h, hd, hd, ones_.data(), eps, ws.q.data(), hd));
   for (int64_t t = 0; t < m; ++t) {
     for (int64_t hh = 0; hh < h; ++hh) {
@@ -459,7 +512,7 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
   }
   // kv = RMSNorm(kv_proj h), RoPE at its position; K = V. Stored through the cache format
   // into the window (the current chunk's rows first, so queries read them back).
-  RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.kv_proj.data(), hd, ws.kv.data()));
+  RETURN_IF_ERROR(P.kv.Apply(ws.hn.data(), m, ws.kv.data(), mm_));
   RETURN_IF_ERROR(
       kernels::RmsNorm(ws.kv.data(), m, hd, hd, L.kv_norm.data(), eps, ws.kv.data(), hd));
   for (int64_t t = 0; t < m; ++t) {
@@ -470,9 +523,8 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
 
   // Compressed entries closed by this chunk (§4.3), then the indexer keys (§4.4).
   if (ratio > 0) {
-    const int64_t w = main_comp_[layer]->in_width();
-    RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.comp_kv_proj.data(), w, ws.cc.data()));
-    RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.comp_gate_proj.data(), w, ws.cz.data()));
+    RETURN_IF_ERROR(P.comp_kv.Apply(ws.hn.data(), m, ws.cc.data(), mm_));
+    RETURN_IF_ERROR(P.comp_gate.Apply(ws.hn.data(), m, ws.cz.data(), mm_));
     std::vector<float> fresh;
     RETURN_IF_ERROR(C.main->Append(*main_comp_[layer], ws.cc.data(), ws.cz.data(), m, &fresh));
     RETURN_IF_ERROR(StoreKv(cache->format_, fresh.data(),
@@ -480,23 +532,21 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
                             &C.entry_recs));
   }
   if (ratio == v4k::kCsaRatio) {
-    const int64_t w = index_comp_[layer]->in_width();
-    RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.idx_kv_proj.data(), w, ws.ic.data()));
-    RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.idx_gate_proj.data(), w, ws.iz.data()));
+    RETURN_IF_ERROR(P.idx_kv.Apply(ws.hn.data(), m, ws.ic.data(), mm_));
+    RETURN_IF_ERROR(P.idx_gate.Apply(ws.hn.data(), m, ws.iz.data(), mm_));
     std::vector<float> fresh;
     RETURN_IF_ERROR(C.index->Append(*index_comp_[layer], ws.ic.data(), ws.iz.data(), m, &fresh));
     RETURN_IF_ERROR(StoreIndexKeys(cache->format_, fresh.data(),
                                    static_cast<int64_t>(fresh.size()) / kIndexerDim, &C.index_keys,
                                    &C.index_recs));
-    RETURN_IF_ERROR(
-        TiledLinear(ws.qlat.data(), m, ql, L.idx_q_b_proj.data(), ih * id, ws.iq.data()));
+    RETURN_IF_ERROR(P.idx_q_b.Apply(ws.qlat.data(), m, ws.iq.data(), mm_));
     for (int64_t t = 0; t < m; ++t) {
       for (int64_t hh = 0; hh < ih; ++hh) {
         v4k::ApplyTrailingRope(compress_freqs_, start_pos + t, static_cast<int>(id),
                                static_cast<int>(rd), &ws.iq[(t * ih + hh) * id]);
       }
     }
-    RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.idx_weights_proj.data(), ih, ws.iw.data()));
+    RETURN_IF_ERROR(P.idx_w.Apply(ws.hn.data(), m, ws.iw.data(), mm_));
   }
 
   const int64_t n_entries = static_cast<int64_t>(C.entries.size()) / hd;
@@ -552,10 +602,10 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
   // Grouped low-rank output (§4.2): group g's heads (H/G × 512) -> o_lora, concat, -> hidden.
   const int64_t g = c.o_groups, ol = c.o_lora_rank, k = h * hd / g;
   for (int64_t gi = 0; gi < g; ++gi) {
-    RETURN_IF_ERROR(TiledGemm(true, m, ol, k, ws.o.data() + gi * k, h * hd,
-                              L.o_a_proj.data() + gi * ol * k, k, ws.oa.data() + gi * ol, g * ol));
+    RETURN_IF_ERROR(
+        P.o_a[gi].Apply(ws.o.data() + gi * k, m, h * hd, ws.oa.data() + gi * ol, g * ol, mm_));
   }
-  RETURN_IF_ERROR(TiledLinear(ws.oa.data(), m, g * ol, L.o_b_proj.data(), d, ws.proj.data()));
+  RETURN_IF_ERROR(P.o_b.Apply(ws.oa.data(), m, ws.proj.data(), mm_));
   AddInPlace(ws.x.data(), ws.proj.data(), m * d);
   return absl::OkStatus();
 }
@@ -564,16 +614,17 @@ absl::Status V4Model::Attention(int layer, int64_t m, int64_t start_pos, V4Cache
 absl::Status V4Model::Mlp(int layer, int64_t m, Workspace& ws) const {
   const ModelConfig& c = config();
   const LayerWeights& L = w_.layers[layer];
+  const LayerProjections& P = proj_[layer];
   const int64_t d = c.hidden_size, inter = c.intermediate_size;
   RETURN_IF_ERROR(kernels::RmsNorm(ws.x.data(), m, d, d, L.post_norm.data(),
                                    static_cast<float>(c.rms_norm_eps), ws.hn.data(), d));
-  RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.gate_proj.data(), inter, ws.gate.data()));
-  RETURN_IF_ERROR(TiledLinear(ws.hn.data(), m, d, L.up_proj.data(), inter, ws.up.data()));
+  RETURN_IF_ERROR(P.gate.Apply(ws.hn.data(), m, ws.gate.data(), mm_));
+  RETURN_IF_ERROR(P.up.Apply(ws.hn.data(), m, ws.up.data(), mm_));
   for (int64_t i = 0; i < m * inter; ++i) {
     const float gv = ws.gate[i];
-    ws.gate[i] = gv / (1.0f + std::exp(-gv)) * ws.up[i];
+    ws.gate[i] = gv / (1.0f + kernels::ExpF(-gv)) * ws.up[i];
   }
-  RETURN_IF_ERROR(TiledLinear(ws.gate.data(), m, inter, L.down_proj.data(), d, ws.proj.data()));
+  RETURN_IF_ERROR(P.down.Apply(ws.gate.data(), m, ws.proj.data(), mm_));
   AddInPlace(ws.x.data(), ws.proj.data(), m * d);
   return absl::OkStatus();
 }
@@ -584,8 +635,7 @@ absl::StatusOr<std::vector<float>> V4Model::Logits(const float* x_row) const {
   RETURN_IF_ERROR(kernels::RmsNorm(x_row, 1, c.hidden_size, c.hidden_size, w_.final_norm.data(),
                                    static_cast<float>(c.rms_norm_eps), hn.data(), c.hidden_size));
   std::vector<float> logits(c.vocab_size);
-  RETURN_IF_ERROR(
-      TiledLinear(hn.data(), 1, c.hidden_size, w_.lm_head.data(), c.vocab_size, logits.data()));
+  RETURN_IF_ERROR(lm_head_.Apply(hn.data(), 1, logits.data(), mm_));
   for (int64_t i = 0; i < c.vocab_size; ++i) {
     if (!std::isfinite(logits[i])) {
       return absl::InternalError(kv::StrCat("v4 forward: logit ", i, " is not finite"));

@@ -25,8 +25,11 @@
 //
 // Exactness contract (as model/transformer.h): a token's stored bytes and logits depend only
 // on the tokens before it and the weights: not on the chunking of Prefill calls, and not on
-// whether the history was computed here or imported from pages (chunks are split at 256-token
-// page ends; every GEMM is row-tiled, model/row_gemm.h; the kernels are per query).
+// whether the history was computed here or imported from pages, nor on the thread count or the
+// CPU (chunks are split at 256-token page ends; every matrix product is the batch-invariant
+// GEMM over weights packed at Create, model/projection.h; the kernels are per query and take
+// exp/sin/cos from kernels/portable_math.h). Create moves the projection matrices into packed
+// form, so weights() keeps the config, fingerprint, embeddings, norms and compressor weights.
 //
 // Pages (v4-fp8-584, 256 tokens, all layers): kv = per layer the entries the page's tokens
 // close ([E×576 | E×8], padded to 576); indexer-keys = per CSA layer its keys ([E×128 | E×4]);
@@ -52,6 +55,7 @@
 #include "kernels/v4/v4_config.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_format.h"
+#include "model/projection.h"
 #include "model/weights.h"
 
 namespace kv::model {
@@ -133,6 +137,9 @@ class V4Cache {
 struct V4ModelOptions {
   // Positions a request may reach. 0: min(max_position_embeddings, 1 << 20).
   int64_t max_context = 0;
+  // Threads lent to the GEMMs (not owned; must outlive the model; may be null). The bytes
+  // written do not depend on it.
+  ThreadPool* pool = nullptr;
 };
 
 class V4Model {
@@ -181,7 +188,14 @@ class V4Model {
 
  private:
   struct Workspace;
+  // One layer's packed projections (model/projection.h); o_a per output group.
+  struct LayerProjections {
+    Projection q_a, q_b, kv, comp_kv, comp_gate, idx_kv, idx_gate, idx_q_b, idx_w, o_b;
+    Projection gate, up, down;
+    std::vector<Projection> o_a;
+  };
   V4Model() = default;
+  absl::Status PackWeights();
   // ImportPage's checks of the cache it appends to.
   absl::Status CheckImportTarget(const V4Cache* cache) const;
   absl::Status RunChunk(std::span<const int32_t> tokens, int64_t start_pos, V4Cache* cache,
@@ -204,6 +218,9 @@ class V4Model {
   std::vector<std::vector<double>> layer_freqs_;  // per layer RoPE frequencies (32)
   std::vector<double> compress_freqs_;            // indexer q RoPE (compress θ)
   std::vector<float> ones_;                       // unweighted per-head RMSNorm
+  std::vector<LayerProjections> proj_;
+  Projection lm_head_;
+  MatmulContext mm_;
 };
 
 }  // namespace kv::model

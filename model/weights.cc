@@ -11,6 +11,7 @@
 #include "core/status_macros.h"
 #include "kernels/bf16.h"
 #include "kernels/fp8.h"
+#include "kernels/portable_math.h"
 #include "model/safetensors.h"
 
 namespace kv::model {
@@ -272,10 +273,14 @@ class NormalStream {
     }
     double u1 = (static_cast<double>(Bits() >> 11) + 0.5) * 0x1.0p-53;  // (0, 1)
     double u2 = static_cast<double>(Bits() >> 11) * 0x1.0p-53;
-    double rad = std::sqrt(-2.0 * std::log(u1));
-    spare_ = rad * std::sin(2 * M_PI * u2);
+    // Portable log/sin/cos (kernels/portable_math.h): a seed gives the same weights on every
+    // host, so seeded models (tests, golden digests, benchmarks) agree across a fleet.
+    const double rad = std::sqrt(-2.0 * kernels::LogD(u1));
+    double sn, cs;
+    kernels::SinCosD(2 * M_PI * u2, &sn, &cs);
+    spare_ = rad * sn;
     have_spare_ = true;
-    return rad * std::cos(2 * M_PI * u2);
+    return rad * cs;
   }
 
  private:

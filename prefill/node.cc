@@ -52,6 +52,10 @@ absl::Status ValidateNodeOptions(const NodeOptions& o) {
     return absl::InvalidArgumentError("every tier is disabled; give at least one a capacity");
   }
   if (o.max_context < 0) return absl::InvalidArgumentError("max-context must be >= 0");
+  if (o.compute_threads < 0 || o.compute_threads > 1024) {
+    return absl::InvalidArgumentError(
+        StrCat("compute threads must be in 0..1024 (0: one per core), got ", o.compute_threads));
+  }
   return absl::OkStatus();
 }
 
@@ -109,8 +113,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptio
   std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
   node->options_ = options;
   ASSIGN_OR_RETURN(node->model_dir_, EnsureModelDir(options));
-  ASSIGN_OR_RETURN(node->model_,
-                   LoadServingModel(node->model_dir_, options.kv_layout, options.max_context));
+  ASSIGN_OR_RETURN(node->model_, LoadServingModel(node->model_dir_, options.kv_layout,
+                                                  options.max_context, options.compute_threads));
   ASSIGN_OR_RETURN(node->store_, OpenStore(options));
   if (engine_options.clock == nullptr) engine_options.clock = options.clock;
   if (engine_options.metrics == nullptr) engine_options.metrics = options.metrics;

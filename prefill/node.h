@@ -36,7 +36,10 @@ struct NodeOptions {
   uint64_t nvme_bytes = 4ull << 30;     // 0: no nvme tier
   uint64_t slab_bytes = 4ull << 20;     // slab size of the device/host tiers
   int64_t max_context = 0;              // 0: the model's default
-  MetricsRegistry* metrics = nullptr;   // nullptr: the default registry
+  // Threads one request's forward may use (the batch-invariant GEMMs split over them; the
+  // bytes written do not depend on it). 0: every core of the host.
+  int compute_threads = 0;
+  MetricsRegistry* metrics = nullptr;  // nullptr: the default registry
   Clock* clock = nullptr;
 };
 

@@ -1,5 +1,7 @@
 #include "prefill/serving_model.h"
 
+#include <algorithm>
+#include <thread>
 #include <utility>
 
 #include "core/logging.h"
@@ -241,15 +243,25 @@ absl::StatusOr<std::string> ServingLayoutName(const model::ModelConfig& config,
 }
 
 absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string_view layout,
-                                             int64_t max_context) {
+                                             int64_t max_context, int compute_threads) {
+  if (compute_threads < 0 || compute_threads > 1024) {
+    return absl::InvalidArgumentError(
+        StrCat("compute threads must be in 0..1024 (0: one per core), got ", compute_threads));
+  }
   ASSIGN_OR_RETURN(model::ModelConfig config, model::LoadModelConfig(StrCat(dir, "/config.json")));
   ASSIGN_OR_RETURN(std::string name, ServingLayoutName(config, layout));
   LoadedModel m;
+  const int threads = compute_threads > 0
+                          ? compute_threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (threads > 1) m.pool = std::make_unique<ThreadPool>(threads - 1);
   if (config.IsV4()) {
-    ASSIGN_OR_RETURN(m.v4, model::V4Model::Load(dir, {.max_context = max_context}));
+    ASSIGN_OR_RETURN(m.v4,
+                     model::V4Model::Load(dir, {.max_context = max_context, .pool = m.pool.get()}));
     ASSIGN_OR_RETURN(m.serving, NewV4ServingModel(m.v4.get()));
   } else {
-    ASSIGN_OR_RETURN(m.mla, model::Transformer::Load(dir, {.max_context = max_context}));
+    ASSIGN_OR_RETURN(
+        m.mla, model::Transformer::Load(dir, {.max_context = max_context, .pool = m.pool.get()}));
     ASSIGN_OR_RETURN(m.serving, NewMlaServingModel(m.mla.get(), *kernels::ParseLayout(name)));
   }
   return m;

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/thread_pool.h"
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_format.h"
@@ -123,6 +124,9 @@ absl::StatusOr<std::unique_ptr<ServingModel>> NewV4ServingModel(const model::V4M
 // A model directory loaded for serving: the runtime its config.json names and the serving
 // view over it.
 struct LoadedModel {
+  // Threads lent to the runtime's forward (null with one compute thread); declared first so
+  // it outlives the runtime that uses it.
+  std::unique_ptr<ThreadPool> pool;
   std::unique_ptr<model::Transformer> mla;  // set for DeepSeek V3-style (MLA) models
   std::unique_ptr<model::V4Model> v4;       // set for DeepSeek-V4 models
   std::unique_ptr<ServingModel> serving;
@@ -135,8 +139,10 @@ struct LoadedModel {
 absl::StatusOr<std::string> ServingLayoutName(const model::ModelConfig& config,
                                               std::string_view requested);
 // Loads the model in `dir` (config.json + model.safetensors) for serving in `layout`
-// (ServingLayoutName). Errors name the directory and the failing part.
+// (ServingLayoutName), its forward using up to `compute_threads` threads per request (the
+// caller's plus a shared pool of compute_threads - 1; 0: one per core). Errors name the
+// directory and the failing part.
 absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string_view layout,
-                                             int64_t max_context);
+                                             int64_t max_context, int compute_threads = 0);
 
 }  // namespace kv::prefill

@@ -16,7 +16,6 @@
 // and recomputed and the tier hits; then a summary: hit rate, warm vs cold TTFT and the
 // ratio, where the time goes, and whether warm and cold produced identical tokens (they must:
 // cached KV is bit-identical). The server and the temp dir are removed at the end.
-#include <cblas.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -325,7 +324,6 @@ int RunDemoCmd(int argc, char** argv) {
     return 2;
   }
   if (std::getenv("KVSTRATA_LOG_LEVEL") == nullptr) log::SetLevel(log::Level::kWarn);
-  openblas_set_num_threads(1);  // the model's small GEMMs gain nothing from a BLAS pool
   s = RunDemo(f);
   if (!s.ok()) {
     std::fprintf(stderr, "kvstrata demo: %s\n", std::string(s.message()).c_str());

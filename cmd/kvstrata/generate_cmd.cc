@@ -13,10 +13,12 @@
 //
 // The prompt is byte-tokenized with a leading BOS; marker strings such as <|user|> become
 // their special tokens. A cluster mode (--addr) is to be added next to RunLocalGenerate.
-#include <cblas.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/time/time.h"
 #include "cluster/client.h"
@@ -24,6 +26,7 @@
 #include "core/config.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "core/thread_pool.h"
 #include "kernels/kv_layout.h"
 #include "model/generate.h"
 #include "model/tokenizer.h"
@@ -74,11 +77,11 @@ absl::Status RunLocalGenerate(const GenerateFlags& f) {
   RETURN_IF_ERROR(model::ValidateSamplingParams(req.sampling));
   model::TransformerOptions topts;
   topts.max_context = static_cast<int64_t>(req.prompt.size()) + std::max<int64_t>(f.max_tokens, 1);
-  // One OpenBLAS thread: the forward issues many small 16-row GEMMs (model/row_gemm.h), for
-  // which a thread pool only adds synchronisation (and spin-waits badly on a busy machine),
-  // and one thread makes page bytes independent of the host's core count. kernels/gemm.h has
-  // no thread setting yet, so this calls OpenBLAS directly.
-  openblas_set_num_threads(1);
+  // Every core helps one generation; the bytes do not depend on how many (kernels/gemm.h).
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  std::unique_ptr<ThreadPool> pool;
+  if (cores > 1) pool = std::make_unique<ThreadPool>(cores - 1);
+  topts.pool = pool.get();
   const bool raw = f.raw;
   req.on_token = [raw](int32_t tok) {
     const std::string shown = model::ByteTokenizer::Show(tok, raw);
@@ -87,8 +90,9 @@ absl::Status RunLocalGenerate(const GenerateFlags& f) {
   };
   model::GenerateResult r;
   if (v4) {
-    ASSIGN_OR_RETURN(auto model,
-                     model::V4Model::Load(f.model_dir, {.max_context = topts.max_context}));
+    ASSIGN_OR_RETURN(
+        auto model,
+        model::V4Model::Load(f.model_dir, {.max_context = topts.max_context, .pool = topts.pool}));
     ASSIGN_OR_RETURN(r, model::GenerateLocalV4(*model, req, v4_format));
   } else {
     ASSIGN_OR_RETURN(auto model, model::Transformer::Load(f.model_dir, topts));

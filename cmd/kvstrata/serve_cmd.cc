@@ -17,7 +17,6 @@
 // --check-config validates the flags/config and exits 0 (valid) or 1 (the message says what
 // is wrong) without starting anything. SIGINT/SIGTERM shut the node down within the gRPC
 // shutdown grace (5 s) plus the time to finish the current token.
-#include <cblas.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -54,6 +53,7 @@ struct ServeFlags {
   int64_t nvme_mib = 4096;
   std::string tokens_file;
   int64_t worker_threads = 2;
+  int64_t compute_threads = 0;
   std::string node_id;
   std::string advertise;
   int64_t replication = 1;
@@ -72,8 +72,13 @@ absl::StatusOr<prefill::NodeOptions> ToNodeOptions(const ServeFlags& f) {
       return absl::InvalidArgumentError(StrCat("--", name, " must be in 0..2^30, got ", v));
     }
   }
+  if (f.compute_threads < 0 || f.compute_threads > 1024) {
+    return absl::InvalidArgumentError(
+        StrCat("--compute-threads must be in 0..1024 (0: one per core), got ", f.compute_threads));
+  }
   prefill::NodeOptions n;
   n.model_dir = f.model_dir;
+  n.compute_threads = static_cast<int>(f.compute_threads);
   n.kv_layout = f.kv_layout;
   n.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
   n.device_bytes = static_cast<uint64_t>(f.device_mib) << 20;
@@ -194,6 +199,8 @@ int RunServe(int argc, char** argv) {
   flags.String("tokens-file", &f.tokens_file,
                "YAML map of bearer token -> tenant; empty: built-in tenant \"default\"");
   flags.Int("worker-threads", &f.worker_threads, "Generate requests served concurrently");
+  flags.Int("compute-threads", &f.compute_threads,
+            "threads one request's forward may use (0: one per core; same bytes at any count)");
   flags.String("node-id", &f.node_id,
                "node id in stats, ListNodes and the membership (default: local / the address)");
   flags.String("advertise", &f.advertise,
@@ -237,7 +244,6 @@ int RunServe(int argc, char** argv) {
                  std::string(valid.message()).c_str());
     return 2;
   }
-  openblas_set_num_threads(1);  // requests run in parallel; a BLAS pool would oversubscribe
   s = all ? Serve(**o) : ServeRole(**ro);
   if (!s.ok()) {
     std::fprintf(stderr, "kvstrata serve: %s\n", std::string(s.message()).c_str());

@@ -8,6 +8,7 @@
 #include "core/hash.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kernels/portable_math.h"
 #include "kernels/rmsnorm.h"
 
 namespace kv::kernels::v4 {
@@ -16,9 +17,10 @@ void ApplyTrailingRope(const std::vector<double>& freqs, int64_t pos, int dim, i
                        float* x) {
   float* r = x + (dim - rope_dim);
   for (int k = 0; k < rope_dim / 2; ++k) {
-    const double angle = static_cast<double>(pos) * freqs[k];
-    const float cs = static_cast<float>(std::cos(angle));
-    const float sn = static_cast<float>(std::sin(angle));
+    double sd, cd;
+    SinCosD(static_cast<double>(pos) * freqs[k], &sd, &cd);
+    const float cs = static_cast<float>(cd);
+    const float sn = static_cast<float>(sd);
     const float x0 = r[2 * k], x1 = r[2 * k + 1];
     r[2 * k] = x0 * cs - x1 * sn;
     r[2 * k + 1] = x0 * sn + x1 * cs;
@@ -30,9 +32,10 @@ std::vector<float> Compressor::EntryRopeTable(int64_t n_entries) const {
   std::vector<float> cs(static_cast<size_t>(n_entries) * spec_.rope_dim);
   for (int64_t w = 0; w < n_entries; ++w) {
     for (int k = 0; k < half; ++k) {
-      const double angle = static_cast<double>(spec_.ratio * w) * freqs_[k];
-      cs[w * spec_.rope_dim + 2 * k] = static_cast<float>(std::cos(angle));
-      cs[w * spec_.rope_dim + 2 * k + 1] = static_cast<float>(std::sin(angle));
+      double sd, cd;
+      SinCosD(static_cast<double>(spec_.ratio * w) * freqs_[k], &sd, &cd);
+      cs[w * spec_.rope_dim + 2 * k] = static_cast<float>(cd);
+      cs[w * spec_.rope_dim + 2 * k + 1] = static_cast<float>(sd);
     }
   }
   return cs;
@@ -121,7 +124,7 @@ absl::Status Compressor::ComputeEntry(int64_t w, const float* prev_c, const floa
   for (int i = 0; i < d; ++i) out[i] = 0.0f;
   for (const Slot& sl : slots) {
     for (int i = 0; i < d; ++i) {
-      const float e = std::exp((sl.z[i] + sl.b[i]) - mx[i]);
+      const float e = ExpF((sl.z[i] + sl.b[i]) - mx[i]);
       sum[i] += e;
       out[i] += e * sl.c[i];
     }

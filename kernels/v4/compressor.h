@@ -14,6 +14,10 @@
 // RoPE angles pos·freq and cos/sin in double, rounded once to float, interleaved pairs, no
 // mscale: attention factor 1.0). Entry w exists once token ratio·w + ratio - 1 has arrived.
 //
+// Invariance contract: entry w depends only on its window's rows (slot order fixed, per-channel
+// max, portable exp and sin/cos from kernels/portable_math.h, RMSNorm per row), so streaming,
+// one-shot and resumed compression give the same bits.
+//
 // Compressor is immutable after Create (it owns copies of its weights); concurrent const use is
 // safe. CompressorStream is a mutable value (one per layer per request), not thread-safe.
 #pragma once

@@ -7,6 +7,9 @@
 //     (d = index_head_dim = 128, H = index_n_heads = 64); causally invisible entries -inf.
 //   Top-k: the k highest scores among visible entries, ties broken by the lower index; picks
 //     beyond the visible count are -1.
+// Invariance contract: a query's scores depend only on its own q, weights and position and the
+// keys: each dot product is Dot8 (8 interleaved partial sums in a fixed order, then a fixed
+// pairwise sum), the head sum runs h ascending, and top-k is a total order.
 // The indexer keys K_s come from a CSA Compressor with dim = 128 (kernels/v4/compressor.h).
 // q must already carry its RoPE at position i (ApplyTrailingRope, compress θ).
 //

@@ -7,6 +7,7 @@
 
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kernels/portable_math.h"
 #include "kernels/v4/compressor.h"
 #include "kernels/v4/indexer.h"
 
@@ -78,9 +79,9 @@ absl::Status SparseAttention(const SparseAttentionArgs& a, const std::vector<dou
       mx = std::max(mx, logits[s]);
     }
     std::fill(acc.begin(), acc.end(), 0.0f);
-    float den = std::exp(a.sink[h] - mx);  // the sink: in the denominator only
+    float den = ExpF(a.sink[h] - mx);  // the sink: in the denominator only
     for (size_t s = 0; s < kv.size(); ++s) {
-      const float p = std::exp(logits[s] - mx);
+      const float p = ExpF(logits[s] - mx);
       den += p;
       for (int i = 0; i < d; ++i) acc[i] += p * kv[s][i];
     }

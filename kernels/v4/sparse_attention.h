@@ -6,6 +6,10 @@
 //   o_h = Σ_{s∈S} exp(l_{h,s} - M) v_s / (Σ_{s∈S} exp(l_{h,s} - M) + exp(sink_h - M)),
 //   l_{h,s} = (q_h · k_s)·scale, M = max(max_s l_{h,s}, sink_h); then o_h ← RoPE(o_h, -i).
 //
+// Invariance contract: a query's output depends only on its own inputs: logits by Dot8 (fixed
+// order), the softmax and the weighted sum over the selected rows in their given order, exp
+// from kernels/portable_math.h, so the same query gives the same bits in any batch or chunk.
+//
 // Pure function; thread-safe; out is written only on success. Accumulation in fp32.
 #pragma once
 

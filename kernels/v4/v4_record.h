@@ -15,6 +15,9 @@
 // byte they rely on (no NaN codes, scale bytes valid, pad and padding bytes zero) so a corrupt
 // block is reported, never turned into wrong numbers. Pure functions; thread-safe; outputs
 // are written only on success (encoders may have written part of out on error).
+//
+// Invariance contract: a record's bytes depend only on its own vector (bit-exact amax,
+// power-of-two scales, RNE), never on the batch or the CPU.
 #pragma once
 
 #include <cstdint>
