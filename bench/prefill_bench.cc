@@ -183,12 +183,16 @@ absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
 
   BenchReport rep("prefill");
   // 1. GEMM at the forward's shapes.
-  bench::Plot plot{.title = StrCat("Forward GEMM shapes, invariant vs OpenBLAS (1 thread, ",
-                                   kernels::GemmIsaName(isa), ")"),
-                   .x_label = "projection [n x k] at m rows",
-                   .y_label = "GFLOP/s",
-                   .log_y = true,
-                   .bars = true};
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  bench::Plot plot{
+      .title =
+          StrCat("tiny-v3 forward GEMMs, 1 thread each: invariant (", kernels::GemmIsaName(isa),
+                 ") vs OpenBLAS (",
+                 coretype == nullptr ? "own kernel choice" : StrCat("CORETYPE=", coretype), ")"),
+      .x_label = "projection, weight n x k, at m rows",
+      .y_label = "GFLOP/s",
+      .log_y = true,
+      .bars = true};
   bench::Series inv_series{"batch-invariant GEMM", {}}, blas_series{"OpenBLAS sgemm", {}};
   for (int64_t m : {f.chunk, int64_t{1}}) {
     double inv_total = 0, blas_total = 0, flops_total = 0;
@@ -205,7 +209,7 @@ absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
                .limit_name = "OpenBLAS sgemm, same shape",
                .limit = flops / t.blas_s / 1e9});
       const double x = static_cast<double>(plot.categories.size());
-      plot.categories.push_back(StrCat(s.name, "\nm=", m));
+      plot.categories.push_back(StrCat(s.name, "\n", s.n, "x", s.k, ", m=", m));
       inv_series.points.push_back({x, flops / t.invariant_s / 1e9});
       blas_series.points.push_back({x, flops / t.blas_s / 1e9});
     }
@@ -251,7 +255,6 @@ absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
            StrCat(c.num_hidden_layers, " layers, hidden ", c.hidden_size, ", ",
                   c.num_attention_heads, " heads, kv_lora 512 + rope 64, layout ", "mla-fp8-656"));
   rep.Note("gemm_kernels", std::string(kernels::GemmIsaName(isa)));
-  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   rep.Note("openblas_coretype", coretype == nullptr ? "(unset: OpenBLAS picks)" : coretype);
   rep.Note("runs", StrCat(f.runs, " (median), chunk ", f.chunk, ", decode steps ", f.decode_steps,
                           " after the prompt"));

@@ -3,11 +3,15 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "kernels/mla_attention.h"
+#include "kernels/mla_record.h"
 
 namespace kv::kernels {
 
@@ -70,6 +74,59 @@ absl::Status BlasRowTileGemm(bool trans_b, int64_t m, int64_t n, int64_t k, cons
     for (int64_t i = 0; i < rows; ++i) {
       std::memcpy(c + (r + i) * ldc, &tile_c[i * n], n * sizeof(float));
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status BlasMlaPagedAttention(const float* q, int64_t num_q, int num_heads, int64_t start_pos,
+                                   const PagedKvView& kv, float softmax_scale, float* out) {
+  // Argument checks as the real kernel's: run it on no queries.
+  if (absl::Status s =
+          MlaPagedAttention(q, 0, num_heads, start_pos + num_q, kv, softmax_scale, out, nullptr);
+      !s.ok()) {
+    return s;
+  }
+  constexpr int64_t kChunk = 256;
+  const int64_t h = num_heads, total = start_pos + num_q;
+  std::fill(out, out + num_q * h * kMlaLatentDim, 0.0f);
+  std::vector<float> m(num_q * h, -std::numeric_limits<float>::infinity()), l(num_q * h, 0.0f);
+  std::vector<float> rows(kChunk * kMlaKeyDim), s(h * kChunk);
+  for (int64_t s0 = 0; s0 < total; s0 += kChunk) {
+    const int64_t c_all = std::min(kChunk, total - s0);
+    for (int64_t j = 0; j < c_all; ++j) {
+      const int64_t pos = s0 + j;
+      const int64_t slot =
+          static_cast<int64_t>(kv.block_table[pos / kv.page_tokens]) * kv.page_tokens +
+          pos % kv.page_tokens;
+      RETURN_IF_ERROR(DecodeMlaRecords(kv.layout, kv.SlotRecord(slot), RecordBytes(kv.layout), 1,
+                                       rows.data() + j * kMlaKeyDim, kMlaKeyDim));
+    }
+    for (int64_t i = std::max<int64_t>(0, s0 - start_pos); i < num_q; ++i) {
+      const int64_t c = std::min<int64_t>(c_all, start_pos + i + 1 - s0);
+      float* acc = out + i * h * kMlaLatentDim;
+      RETURN_IF_ERROR(Sgemm(false, true, h, c, kMlaKeyDim, softmax_scale, q + i * h * kMlaKeyDim,
+                            kMlaKeyDim, rows.data(), kMlaKeyDim, 0.0f, s.data(), kChunk));
+      for (int64_t hh = 0; hh < h; ++hh) {
+        float* sr = s.data() + hh * kChunk;
+        const float mx = *std::max_element(sr, sr + c);
+        const float m_new = std::max(m[i * h + hh], mx);
+        const float alpha = std::exp(m[i * h + hh] - m_new);
+        float sum = 0.0f;
+        for (int64_t j = 0; j < c; ++j) {
+          sr[j] = std::exp(sr[j] - m_new);
+          sum += sr[j];
+        }
+        l[i * h + hh] = l[i * h + hh] * alpha + sum;
+        m[i * h + hh] = m_new;
+        for (int d = 0; d < kMlaLatentDim; ++d) acc[hh * kMlaLatentDim + d] *= alpha;
+      }
+      RETURN_IF_ERROR(Sgemm(false, false, h, kMlaLatentDim, c, 1.0f, s.data(), kChunk, rows.data(),
+                            kMlaKeyDim, 1.0f, acc, kMlaLatentDim));
+    }
+  }
+  for (int64_t k = 0; k < num_q * h; ++k) {
+    const float inv = 1.0f / l[k];
+    for (int d = 0; d < kMlaLatentDim; ++d) out[k * kMlaLatentDim + d] *= inv;
   }
   return absl::OkStatus();
 }

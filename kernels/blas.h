@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/kv_layout.h"
 
 namespace kv::kernels {
 
@@ -38,6 +39,12 @@ absl::Status SgemmLinear(const float* x, int64_t m, int64_t k, const float* w, i
 inline constexpr int64_t kBlasRowTile = 16;
 absl::Status BlasRowTileGemm(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a,
                              int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc);
+
+// The pre-#13 paged MLA attention, for the same baseline: 256-key chunks, scores and value
+// sums through OpenBLAS sgemm per query, libm exp. Same arguments and errors as
+// kernels/mla_attention.h MlaPagedAttention; results are not batch-invariant.
+absl::Status BlasMlaPagedAttention(const float* q, int64_t num_q, int num_heads, int64_t start_pos,
+                                   const PagedKvView& kv, float softmax_scale, float* out);
 
 // Sets OpenBLAS's own thread count (openblas_set_num_threads).
 void SetBlasThreads(int threads);

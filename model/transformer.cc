@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "kernels/blas.h"
 #include "kernels/mla_attention.h"
 #include "kernels/paged_kv.h"
 #include "kernels/portable_math.h"
@@ -280,7 +281,10 @@ absl::Status Transformer::Attention(int layer, int64_t m, int64_t start_pos, KvC
     }
   }
   const int heads = static_cast<int>(nh);
-  if (decode) {
+  if (mm_.blas_baseline) {  // the pre-#13 path, for benchmarks only (model/projection.h)
+    RETURN_IF_ERROR(kernels::BlasMlaPagedAttention(ws.q_abs.data(), m, heads, start_pos, view,
+                                                   softmax_scale_, ws.latent_out.data()));
+  } else if (decode) {
     RETURN_IF_ERROR(kernels::MlaDecodeAttention(ws.q_abs.data(), heads, view, start_pos + 1,
                                                 softmax_scale_, ws.latent_out.data(), nullptr,
                                                 mm_.pool));

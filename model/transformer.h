@@ -47,8 +47,9 @@ struct TransformerOptions {
   // Threads lent to the GEMMs and attention (not owned; must outlive the Transformer; may be
   // null). The bytes written do not depend on it.
   ThreadPool* pool = nullptr;
-  // Benchmarks only (kvstrata bench prefill): run the projections through the pre-#13
-  // OpenBLAS 16-row tiles (model/projection.h). Not batch-invariant on every CPU.
+  // Benchmarks only (kvstrata bench prefill): the pre-#13 forward, projections through
+  // OpenBLAS 16-row tiles (model/projection.h) and the OpenBLAS attention
+  // (kernels/blas.h). Not batch-invariant on every CPU.
   bool blas_baseline = false;
 };
 
