@@ -7,10 +7,11 @@
 #include "kernels/bf16.h"
 #include "kernels/fp8.h"
 
-// The record loops are written to vectorise. On x86-64 they are also compiled for AVX2 and
-// picked at load time (ifunc), so the binary stays portable without any -march flag.
+// The record loops are written to vectorise. On x86-64 they are also compiled for AVX-512 and
+// AVX2 and picked at load time (ifunc), so the binary stays portable without any -march
+// flag. Every step is exact or one RNE rounding of one value, so all clones give the same bytes.
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__ELF__)
-#define KV_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#define KV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define KV_VECTOR_CLONES
 #endif
