@@ -73,18 +73,23 @@ void PackedB::AlignedFree::operator()(float* p) const {
   ::operator delete[](p, std::align_val_t(64));
 }
 
-absl::StatusOr<PackedB> PackedB::FromWeight(const float* w, int64_t n, int64_t k, int64_t ld) {
-  if (w == nullptr || n < 1 || k < 1 || ld < k) {
-    return absl::InvalidArgumentError(
-        kv::StrCat("PackedB::FromWeight: bad weight n=", n, " k=", k, " ld=", ld));
-  }
+PackedB PackedB::Zeroed(int64_t k, int64_t n) {
   PackedB p;
   p.k_ = k;
   p.n_ = n;
   const int64_t elems = p.panels() * k * kGemmPanel;
   p.data_.reset(new (std::align_val_t(64)) float[elems]);
+  std::fill(p.data_.get(), p.data_.get() + elems, 0.0f);
+  return p;
+}
+
+absl::StatusOr<PackedB> PackedB::FromWeight(const float* w, int64_t n, int64_t k, int64_t ld) {
+  if (w == nullptr || n < 1 || k < 1 || ld < k) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("PackedB::FromWeight: bad weight n=", n, " k=", k, " ld=", ld));
+  }
+  PackedB p = Zeroed(k, n);
   float* d = p.data_.get();
-  std::fill(d, d + elems, 0.0f);
   // W row j (one output column) becomes column j % 16 of panel j / 16, k-major.
   for (int64_t j = 0; j < n; ++j) {
     float* panel = d + (j / kGemmPanel) * k * kGemmPanel + j % kGemmPanel;
@@ -99,13 +104,8 @@ absl::StatusOr<PackedB> PackedB::FromMatrix(const float* b, int64_t k, int64_t n
     return absl::InvalidArgumentError(
         kv::StrCat("PackedB::FromMatrix: bad matrix k=", k, " n=", n, " ldb=", ldb));
   }
-  PackedB p;
-  p.k_ = k;
-  p.n_ = n;
-  const int64_t elems = p.panels() * k * kGemmPanel;
-  p.data_.reset(new (std::align_val_t(64)) float[elems]);
+  PackedB p = Zeroed(k, n);
   float* d = p.data_.get();
-  std::fill(d, d + elems, 0.0f);
   for (int64_t q = 0; q < p.panels(); ++q) {
     const int64_t cols = std::min<int64_t>(kGemmPanel, n - q * kGemmPanel);
     for (int64_t r = 0; r < k; ++r) {

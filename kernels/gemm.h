@@ -88,6 +88,7 @@ class PackedB {
     void operator()(float* p) const;
   };
   int64_t panels() const { return (n_ + kGemmPanel - 1) / kGemmPanel; }
+  static PackedB Zeroed(int64_t k, int64_t n);  // allocated, all zero
   int64_t k_ = 0;
   int64_t n_ = 0;
   std::unique_ptr<float[], AlignedFree> data_;

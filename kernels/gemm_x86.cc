@@ -159,21 +159,15 @@ void FillAll(KernelSet& s, std::index_sequence<I...>) {
    ...);
 }
 
-KernelSet MakeAvx512() {
+// Panels per micro-call by row count: 8..24 accumulators of AVX-512's 32 zmm, 8..12 of
+// AVX2's 16 ymm (two per panel).
+template <bool kAvx512>
+KernelSet Make() {
+  constexpr int kPanels[2][kMaxRows] = {{4, 3, 2, 1, 1, 1}, {8, 6, 4, 4, 4, 4}};
   KernelSet s;
   s.max_rows = 6;
-  const int panels[kMaxRows] = {8, 6, 4, 4, 4, 4};  // 8..24 accumulators of 32 zmm
-  for (int r = 0; r < kMaxRows; ++r) s.panels_for_rows[r] = panels[r];
-  FillAll<true>(s, std::make_index_sequence<kMaxRows * kMaxPanels>{});
-  return s;
-}
-
-KernelSet MakeAvx2() {
-  KernelSet s;
-  s.max_rows = 6;
-  const int panels[kMaxRows] = {4, 3, 2, 1, 1, 1};  // 8..12 accumulators of 16 ymm
-  for (int r = 0; r < kMaxRows; ++r) s.panels_for_rows[r] = panels[r];
-  FillAll<false>(s, std::make_index_sequence<kMaxRows * kMaxPanels>{});
+  for (int r = 0; r < kMaxRows; ++r) s.panels_for_rows[r] = kPanels[kAvx512 ? 1 : 0][r];
+  FillAll<kAvx512>(s, std::make_index_sequence<kMaxRows * kMaxPanels>{});
   return s;
 }
 
@@ -181,13 +175,13 @@ KernelSet MakeAvx2() {
 
 const KernelSet* Avx512Kernels() {
   if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma")) return nullptr;
-  static const KernelSet s = MakeAvx512();
+  static const KernelSet s = Make<true>();
   return &s;
 }
 
 const KernelSet* Avx2Kernels() {
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return nullptr;
-  static const KernelSet s = MakeAvx2();
+  static const KernelSet s = Make<false>();
   return &s;
 }
 

@@ -26,5 +26,15 @@ KV_HD float BitsToFloat(uint32_t b) {
   memcpy(&x, &b, sizeof(x));
   return x;
 }
+KV_HD uint64_t DoubleBits(double x) {
+  uint64_t b;
+  memcpy(&b, &x, sizeof(b));
+  return b;
+}
+KV_HD double BitsToDouble(uint64_t b) {
+  double x;
+  memcpy(&x, &b, sizeof(x));
+  return x;
+}
 
 }  // namespace kv::kernels

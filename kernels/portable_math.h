@@ -35,17 +35,6 @@
 
 namespace kv::kernels {
 
-KV_HD uint64_t DoubleBits(double x) {
-  uint64_t b;
-  memcpy(&b, &x, sizeof(b));
-  return b;
-}
-KV_HD double BitsToDouble(uint64_t b) {
-  double x;
-  memcpy(&x, &b, sizeof(x));
-  return x;
-}
-
 // e^x in binary32. x = n·ln2 + r, |r| <= ln2/2, n by the round-to-nearest of x·log2(e)
 // through the 1.5·2^23 shifter; ln2 in two parts (the first with 9 significant bits, so n·hi
 // is exact); e^r by a degree-7 polynomial (Cephes's coefficients for expf); 2^n applied in
