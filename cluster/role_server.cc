@@ -16,8 +16,8 @@
 #include "core/strings.h"
 #include "kvstore/page_format.h"
 #include "model/config.h"
+#include "model/serving_model.h"
 #include "model/weights.h"
-#include "prefill/serving_model.h"
 #include "transport/ucx_transport.h"
 
 namespace kv::cluster {
@@ -30,7 +30,7 @@ struct RoleServer::State {
   std::unique_ptr<Membership> membership;
   std::unique_ptr<PagePool> pool;
   std::unique_ptr<TieredStore> store;
-  prefill::LoadedModel model;
+  model::LoadedModel model;
   std::unique_ptr<transport::Transport> transport;
   std::unique_ptr<RouterBackend> router;
   std::unique_ptr<ClusterService> cluster;
@@ -102,7 +102,7 @@ void RoleServer::Shutdown() {
   s_->transport.reset();
   s_->pool.reset();
   s_->store.reset();
-  s_->model = prefill::LoadedModel();  // the serving view and the runtime
+  s_->model = model::LoadedModel();  // the serving view and the runtime
   s_->membership.reset();
   log::Info("serve_stopped");
 }
@@ -143,7 +143,7 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
     ASSIGN_OR_RETURN(model::ModelConfig config,
                      model::LoadModelConfig(StrCat(model_dir, "/config.json")));
     RETURN_IF_ERROR(model::ValidateForAnyRuntime(config));
-    ASSIGN_OR_RETURN(std::string layout_name, prefill::ServingLayoutName(config, o.node.kv_layout));
+    ASSIGN_OR_RETURN(std::string layout_name, model::ServingLayoutName(config, o.node.kv_layout));
     ASSIGN_OR_RETURN(Digest256 fingerprint, model::ModelFingerprint(model_dir));
     const LayoutInfo info = *LookupLayout(std::string_view(layout_name));
     KeyParams kp;
@@ -186,9 +186,8 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
       go.health_service_names = {pb::Cluster::service_full_name()};
     } else {
       self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
-      ASSIGN_OR_RETURN(s.model,
-                       prefill::LoadServingModel(model_dir, layout_name, o.node.max_context,
-                                                 o.node.compute_threads));
+      ASSIGN_OR_RETURN(s.model, model::LoadServingModel(model_dir, layout_name, o.node.max_context,
+                                                        o.node.compute_threads));
       ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create());
       pb::TransportEndpoint* e = self.add_transports();
       e->set_kind(pb::TRANSPORT_KIND_UCX);

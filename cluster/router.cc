@@ -83,8 +83,8 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const prefill::Gener
                                         ") exceeds the context limit ", options_.max_context));
   }
   Plan plan;
-  ASSIGN_OR_RETURN(plan.keys, prefill::RequestKeys(options_.key_params, req.prompt, req.tenant,
-                                                   req.shared_prefix_tokens, nullptr));
+  ASSIGN_OR_RETURN(plan.keys, DeriveRequestKeys(options_.key_params, req.prompt, req.tenant,
+                                                req.shared_prefix_tokens, nullptr));
   const int64_t pt = options_.key_params.page_tokens;
   const int64_t usable = std::min<int64_t>(static_cast<int64_t>(plan.keys.size()),
                                            (static_cast<int64_t>(req.prompt.size()) - 1) / pt);
@@ -95,7 +95,7 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const prefill::Gener
         pool_->Lookup(std::span<const BlockKey>(plan.keys).subspan(0, usable), req.authorization);
     if (p.ok()) plan.prefix = *std::move(p);
   }
-  const int64_t continuable = prefill::ContinuableBlocks(
+  const int64_t continuable = model::ContinuableBlocks(
       options_.pages_have_resume, plan.prefix.has_resume, plan.prefix.blocks());
   plan.cost = cost_.Plan(std::span<const TierKind>(plan.prefix.tiers).first(continuable),
                          options_.page_bytes, pt);

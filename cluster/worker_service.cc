@@ -197,7 +197,7 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
   const int64_t n = static_cast<int64_t>(tokens.size());
   std::vector<std::string> ns;
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
-                   prefill::RequestKeys(params_, tokens, tenant, r.shared_prefix_tokens(), &ns));
+                   DeriveRequestKeys(params_, tokens, tenant, r.shared_prefix_tokens(), &ns));
   ASSIGN_OR_RETURN(kernels::KvLayout mla_layout, kernels::ParseLayout(params_.layout_id));
   ASSIGN_OR_RETURN(std::unique_ptr<model::KvCache> kv, mla_->NewCache(mla_layout, n));
   const int64_t pt = page_tokens_, bb = kv->block_bytes(), rb = kv->record_bytes();
@@ -283,9 +283,8 @@ absl::StatusOr<pb::PrefillDone> WorkerService::RunPrefill(
       absl::StatusOr<PageView> view = DecodePage(page);
       absl::Status s = view.status();
       if (s.ok()) {
-        s = prefill::CheckPage(*view, keys[loaded],
-                               loaded == 0 ? BlockKey::Zero() : keys[loaded - 1], *layout,
-                               static_cast<int>(pt), layers);
+        s = CheckPage(*view, keys[loaded], loaded == 0 ? BlockKey::Zero() : keys[loaded - 1],
+                      *layout, static_cast<int>(pt), layers);
       }
       if (s.ok()) s = kv->AppendBlock(view->kv());
       if (!s.ok()) {
@@ -542,7 +541,7 @@ class DecodeReactor final
   // the blocks loaded (0 on any trouble: the prompt is then computed) and adds their page
   // bytes to *bytes_loaded.
   int64_t LoadCached(const pb::DecodeStart& st, std::span<const BlockKey> keys, int64_t usable,
-                     prefill::ServingSequence* seq, uint64_t* bytes_loaded);
+                     model::ServingSequence* seq, uint64_t* bytes_loaded);
 
   WorkerService* const svc_;
   const std::string authorization_;
@@ -571,7 +570,7 @@ absl::Status DecodeReactor::Run() {
     return absl::OutOfRangeError(StrCat("prompt (", n, " tokens) + max_new_tokens (", max_tokens,
                                         ") exceeds the context limit ", w.model_->max_context()));
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<prefill::ServingSequence> kv,
+  ASSIGN_OR_RETURN(std::unique_ptr<model::ServingSequence> kv,
                    w.model_->NewSequence(n + max_tokens));
   const int64_t pt = w.page_tokens_, bb = w.model_->raw_block_bytes();
   const int64_t nblocks = (n + pt - 1) / pt;
@@ -649,8 +648,8 @@ absl::Status DecodeReactor::Run() {
   }
   release();
   ASSIGN_OR_RETURN(std::vector<BlockKey> prompt_keys,
-                   prefill::RequestKeys(w.params_, prompt, *tenant_, st.shared_prefix_tokens(),
-                                        /*ns=*/nullptr));
+                   DeriveRequestKeys(w.params_, prompt, *tenant_, st.shared_prefix_tokens(),
+                                     /*ns=*/nullptr));
   model::Sampler sampler(sampling);
   std::vector<int32_t> out;
   std::vector<float> logits;
@@ -731,9 +730,8 @@ absl::Status DecodeReactor::Run() {
     convo.insert(convo.end(), out.begin(), out.end());
     convo.resize(static_cast<size_t>(kv->num_tokens()));
     std::vector<std::string> ns;
-    ASSIGN_OR_RETURN(
-        std::vector<BlockKey> keys,
-        prefill::RequestKeys(w.params_, convo, *tenant_, st.shared_prefix_tokens(), &ns));
+    ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
+                     DeriveRequestKeys(w.params_, convo, *tenant_, st.shared_prefix_tokens(), &ns));
     if (!keys.empty()) {
       absl::StatusOr<PoolPrefix> have = w.pool_->Lookup(keys, authorization_);
       const int64_t from = have.ok() ? have->blocks() : 0;
@@ -745,10 +743,10 @@ absl::Status DecodeReactor::Run() {
       for (int64_t b = from; b < static_cast<int64_t>(keys.size()); ++b) {
         // Resume sections (V4) where prefill::Engine keeps them.
         const PageRole role =
-            prefill::PublishRole(b, shared_blocks, reuse_blocks, static_cast<int64_t>(keys.size()),
-                                 w.options_.resume_checkpoint_pages);
+            PublishRole(b, shared_blocks, reuse_blocks, static_cast<int64_t>(keys.size()),
+                        w.options_.resume_checkpoint_pages);
         ASSIGN_OR_RETURN(std::string bytes,
-                         kv->ExportBlock(b, prefill::KeepsResumeAtPublish(role), keys[b],
+                         kv->ExportBlock(b, KeepsResumeAtPublish(role), keys[b],
                                          b == 0 ? BlockKey::Zero() : keys[b - 1]));
         blocks.push_back(std::move(bytes));
         roles.push_back(role);
@@ -789,7 +787,7 @@ absl::Status DecodeReactor::Run() {
 }
 
 int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const BlockKey> keys,
-                                  int64_t usable, prefill::ServingSequence* seq,
+                                  int64_t usable, model::ServingSequence* seq,
                                   uint64_t* bytes_loaded) {
   WorkerService& w = *svc_;
   if (w.pool_ == nullptr || st.cached().empty()) return 0;
@@ -823,8 +821,7 @@ int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const Blo
   }
   w.metrics_->bytes_loaded->Inc(static_cast<double>(bytes));
   const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
-  absl::StatusOr<int64_t> n =
-      prefill::ImportResumable(*w.model_, seq, spans, want, BlockKey::Zero());
+  absl::StatusOr<int64_t> n = model::ImportResumable(*w.model_, seq, spans, want, BlockKey::Zero());
   if (!n.ok()) return 0;  // the caller sees !seq->can_continue()
   for (int64_t i = 0; i < *n; ++i) *bytes_loaded += (*pages)[i].size();
   return *n;
@@ -832,7 +829,7 @@ int64_t DecodeReactor::LoadCached(const pb::DecodeStart& st, std::span<const Blo
 
 // ---- the service --------------------------------------------------------------------------
 
-WorkerService::WorkerService(const prefill::ServingModel* model, const model::Transformer* mla,
+WorkerService::WorkerService(const model::ServingModel* model, const model::Transformer* mla,
                              transport::Transport* transport, PagePool* pool, TenantAuth auth,
                              WorkerServiceOptions options)
     : model_(model),

@@ -49,8 +49,8 @@
 #include "core/thread_pool.h"
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
+#include "model/serving_model.h"
 #include "model/transformer.h"
-#include "prefill/serving_model.h"
 #include "proto/kvstrata/v1/worker.grpc.pb.h"
 #include "transport/transport.h"
 
@@ -63,7 +63,7 @@ struct WorkerServiceOptions {
   int worker_threads = 2;
   int max_queued = 64;
   int64_t prefill_chunk = 256;
-  // V4 pages: a resume section every Nth page of a chain (prefill::PublishRole).
+  // V4 pages: a resume section every Nth page of a chain (kvstore/resume_policy.h PublishRole).
   int64_t resume_checkpoint_pages = 4;
   absl::Duration handoff_timeout = absl::Seconds(30);
   absl::Duration max_request_time = absl::Minutes(5);
@@ -87,7 +87,7 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   // answers FAILED_PRECONDITION). `transport` may be null for a prefill-only worker that
   // never hands off (then Prefill with a target fails) and for decode workers that always
   // recompute.
-  WorkerService(const prefill::ServingModel* model, const model::Transformer* mla,
+  WorkerService(const model::ServingModel* model, const model::Transformer* mla,
                 transport::Transport* transport, PagePool* pool, TenantAuth auth,
                 WorkerServiceOptions options);
   ~WorkerService() override;
@@ -131,7 +131,7 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   // Keeps memory a transport may still touch alive until the service dies.
   void Bury(std::shared_ptr<void> memory);
 
-  const prefill::ServingModel* const model_;
+  const model::ServingModel* const model_;
   const model::Transformer* const mla_;
   transport::Transport* const transport_;
   PagePool* const pool_;

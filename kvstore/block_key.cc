@@ -9,10 +9,12 @@
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
 #include "absl/status/status.h"
+#include "core/status_macros.h"
 #include "core/strings.h"
 
 namespace kv {
@@ -212,6 +214,34 @@ absl::StatusOr<std::string> BlockKeyPreimage(const KeyParams& params, const Bloc
     out.append(reinterpret_cast<const char*>(le), 4);
   }
   return out;
+}
+
+absl::StatusOr<std::vector<BlockKey>> DeriveRequestKeys(const KeyParams& params,
+                                                        std::span<const int32_t> tokens,
+                                                        const std::string& tenant,
+                                                        int64_t shared_tokens,
+                                                        std::vector<std::string>* ns) {
+  const int64_t page_tokens = params.page_tokens;
+  if (page_tokens <= 0) return absl::InvalidArgumentError("keys: page_tokens must be > 0");
+  std::vector<uint32_t> ids(tokens.begin(), tokens.end());
+  const int64_t full = static_cast<int64_t>(ids.size()) / page_tokens;
+  const int64_t shared_blocks = std::min(full, std::max<int64_t>(0, shared_tokens) / page_tokens);
+  KeyParams shared = params;
+  shared.ns = KeyNamespace::Shared();
+  KeyParams own = params;
+  ASSIGN_OR_RETURN(own.ns, KeyNamespace::Tenant(tenant));
+  std::span<const uint32_t> all(ids);
+  const size_t split = static_cast<size_t>(shared_blocks * page_tokens);
+  ASSIGN_OR_RETURN(std::vector<BlockKey> keys, DeriveBlockKeys(shared, all.subspan(0, split)));
+  std::optional<BlockKey> parent;
+  if (!keys.empty()) parent = keys.back();
+  ASSIGN_OR_RETURN(std::vector<BlockKey> rest, DeriveBlockKeys(own, all.subspan(split), parent));
+  keys.insert(keys.end(), rest.begin(), rest.end());
+  if (ns != nullptr) {
+    ns->assign(keys.size(), own.ns.ToString());
+    for (int64_t i = 0; i < shared_blocks; ++i) (*ns)[i] = shared.ns.ToString();
+  }
+  return keys;
 }
 
 }  // namespace kv

@@ -112,6 +112,17 @@ absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeys(const KeyParams& params,
                                                       std::span<const uint32_t> tokens,
                                                       std::optional<BlockKey> parent = {});
 
+// The keys of every full block of a request's `tokens` for `tenant`: the first
+// `shared_tokens` (rounded down to whole pages) in the shared namespace, the rest in the
+// tenant's, chained after them (DESIGN.md "Keys"). With `ns` set, also each key's namespace
+// (KeyNamespace::ToString). `params` carries fingerprint, layout and page size; its namespace
+// is ignored. InvalidArgument for an invalid tenant name or page size.
+absl::StatusOr<std::vector<BlockKey>> DeriveRequestKeys(const KeyParams& params,
+                                                        std::span<const int32_t> tokens,
+                                                        const std::string& tenant,
+                                                        int64_t shared_tokens,
+                                                        std::vector<std::string>* ns);
+
 // Converts wide token ids (as they arrive from JSON, protobuf int64 or the command line) to
 // u32. InvalidArgument naming the first offending index and value if any id is negative or
 // does not fit in 32 bits.

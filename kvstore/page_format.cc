@@ -484,4 +484,30 @@ absl::Status ResealPage(std::span<uint8_t> page) {
   return absl::OkStatus();
 }
 
+absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
+                       const LayoutInfo& layout, int page_tokens, int layers) {
+  const PageHeader& h = view.header();
+  if (h.key != key) return absl::DataLossError("page key differs from the requested key");
+  if (h.parent != parent) return absl::DataLossError("page parent differs from the chain");
+  if (h.layout.id != layout.id) return absl::DataLossError("page layout differs");
+  if (h.token_count != static_cast<uint32_t>(page_tokens) || h.first_layer != 0 ||
+      h.layer_count != static_cast<uint32_t>(layers)) {
+    return absl::DataLossError(StrCat("page geometry ", h.token_count, " tokens x ", h.layer_count,
+                                      " layers does not match the model"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
+                                                     const BlockKey& parent, int page_tokens,
+                                                     int layers, std::span<const uint8_t> kv) {
+  PageSpec spec{.layout = layout.id,
+                .key = key,
+                .parent = parent,
+                .token_count = static_cast<uint32_t>(page_tokens),
+                .first_layer = 0,
+                .layer_count = static_cast<uint32_t>(layers)};
+  return EncodePage(spec, kv);
+}
+
 }  // namespace kv

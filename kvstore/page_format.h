@@ -160,6 +160,7 @@ class PageView {
 
  private:
   friend absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
+
   PageHeader header_;
   std::span<const uint8_t> bytes_;
   std::span<const uint8_t> kv_;
@@ -212,6 +213,18 @@ absl::StatusOr<std::vector<uint8_t>> EncodePageSections(const PageSpec& spec,
 
 // Decodes and fully verifies a page (see the top of this file). The view borrows `page`.
 absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
+
+// Checks a decoded page against what a request expects before its bytes enter a sequence:
+// key, parent, layout and geometry (page_tokens tokens x all `layers`). DataLoss naming the
+// mismatch.
+absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
+                       const LayoutInfo& layout, int page_tokens, int layers);
+
+// Encodes one full block of raw KV (layer-major records, KvCache::ExportBlock bytes) as a
+// page of all `layers`. Errors of EncodePage.
+absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
+                                                     const BlockKey& parent, int page_tokens,
+                                                     int layers, std::span<const uint8_t> kv);
 
 // Decodes and verifies only the header: magic, version, header checksum, layout, counts and
 // the section table's placement and sizes against the header's page size. `prefix` may be

@@ -88,4 +88,16 @@ absl::StatusOr<std::vector<uint8_t>> ApplyResumePolicy(std::span<const uint8_t> 
   return StripResumeSection(page);
 }
 
+PageRole PublishRole(int64_t b, int64_t shared_blocks, int64_t reuse_blocks, int64_t turn_blocks,
+                     int64_t checkpoint_pages) {
+  if (b + 1 == shared_blocks) return PageRole::kSharedPrefixEnd;
+  if (b + 1 == reuse_blocks || b + 1 == turn_blocks) return PageRole::kTurnEnd;
+  if (checkpoint_pages > 0 && (b + 1) % checkpoint_pages == 0) return PageRole::kCheckpoint;
+  return PageRole::kInterior;
+}
+
+bool KeepsResumeAtPublish(PageRole role) {
+  return DecideResumeSection({.role = role, .session_live = true}) == ResumeDecision::kKeep;
+}
+
 }  // namespace kv

@@ -70,6 +70,18 @@ enum class ResumeDecision { kKeep, kStrip };
 // The policy above.
 ResumeDecision DecideResumeSection(const ResumeFacts& f);
 
+// The role a publisher gives chain block b: the last block of the shared prefix
+// (`shared_blocks` blocks), the last block a repeat of the prompt can load (`reuse_blocks` =
+// (prompt tokens - 1) / page_tokens: at least one prompt token is always computed, so for a
+// prompt of whole pages that is the page before its last) and the last block of the turn
+// (`turn_blocks`) are ends; every `checkpoint_pages`-th block (0: none) is a checkpoint; the
+// rest are interior.
+PageRole PublishRole(int64_t b, int64_t shared_blocks, int64_t reuse_blocks, int64_t turn_blocks,
+                     int64_t checkpoint_pages);
+// Whether a V4 page of `role` carries a resume section when published (at publish every
+// session is live and no tier is under pressure).
+bool KeepsResumeAtPublish(PageRole role);
+
 // Order in which a tier under pressure gives resume sections back: lower first. Turn ends of
 // ended sessions 0, of live sessions 1, checkpoints 0, interior pages (should have none) 0,
 // shared-prefix ends 2 (never stripped by pressure alone: evicted with their page).

@@ -60,10 +60,15 @@
 #include "kvstore/resume_policy.h"
 #include "kvstore/tiered_store.h"
 #include "model/sampling.h"
+#include "model/serving_model.h"
 #include "prefill/cost_model.h"
-#include "prefill/serving_model.h"
 
 namespace kv::prefill {
+
+using model::ContinuableBlocks;
+using model::ImportResumable;
+using model::ServingModel;
+using model::ServingSequence;
 
 enum class CachePolicy {
   kAuto,            // the cost model decides
@@ -156,38 +161,6 @@ struct EngineCounters {
   uint64_t cached_tokens = 0, recomputed_tokens = 0, output_tokens = 0;
   uint64_t published_pages = 0, publish_errors = 0;
 };
-
-// Step 1 for any worker: the block keys of every full block of `tokens` for `tenant` (the
-// first `shared_tokens`, rounded down to whole pages, in the shared namespace, the rest in
-// the tenant's, chained after them), and each key's namespace (KeyNamespace::ToString) when
-// `ns` is set. `params` carries fingerprint, layout and page size; its namespace is ignored.
-// InvalidArgument for an invalid tenant name or page size.
-absl::StatusOr<std::vector<BlockKey>> RequestKeys(const KeyParams& params,
-                                                  std::span<const int32_t> tokens,
-                                                  const std::string& tenant, int64_t shared_tokens,
-                                                  std::vector<std::string>* ns);
-
-// Checks a decoded page against what a request expects before its bytes enter a KvCache:
-// key, parent, layout and geometry (page_tokens tokens x all `layers`). DataLoss naming the
-// mismatch.
-absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
-                       const LayoutInfo& layout, int page_tokens, int layers);
-// The resume-policy role (kvstore/resume_policy.h) a publisher gives chain block b: the last
-// block of the shared prefix (`shared_blocks` blocks), the last block a repeat of the prompt
-// can load (`reuse_blocks` = (prompt tokens - 1) / page_tokens: at least one prompt token is
-// always computed, so for a prompt of whole pages that is the page before its last) and the
-// last block of the turn (`turn_blocks`) are ends; every `checkpoint_pages`-th block (0:
-// none) is a checkpoint; the rest are interior. With KeepsResumeAtPublish: which V4 pages
-// carry a resume section when published (at publish every session is live and no tier is
-// under pressure).
-PageRole PublishRole(int64_t b, int64_t shared_blocks, int64_t reuse_blocks, int64_t turn_blocks,
-                     int64_t checkpoint_pages);
-bool KeepsResumeAtPublish(PageRole role);
-
-// Encodes one full KvCache block (ExportBlock bytes) as a page of all `layers`.
-absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
-                                                     const BlockKey& parent, int page_tokens,
-                                                     int layers, std::span<const uint8_t> kv);
 
 class Engine {
  public:

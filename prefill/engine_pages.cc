@@ -13,32 +13,6 @@
 
 namespace kv::prefill {
 
-absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
-                       const LayoutInfo& layout, int page_tokens, int layers) {
-  const PageHeader& h = view.header();
-  if (h.key != key) return absl::DataLossError("page key differs from the requested key");
-  if (h.parent != parent) return absl::DataLossError("page parent differs from the chain");
-  if (h.layout.id != layout.id) return absl::DataLossError("page layout differs");
-  if (h.token_count != static_cast<uint32_t>(page_tokens) || h.first_layer != 0 ||
-      h.layer_count != static_cast<uint32_t>(layers)) {
-    return absl::DataLossError(StrCat("page geometry ", h.token_count, " tokens x ", h.layer_count,
-                                      " layers does not match the model"));
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::vector<uint8_t>> EncodeBlockPage(const LayoutInfo& layout, const BlockKey& key,
-                                                     const BlockKey& parent, int page_tokens,
-                                                     int layers, std::span<const uint8_t> kv) {
-  PageSpec spec{.layout = layout.id,
-                .key = key,
-                .parent = parent,
-                .token_count = static_cast<uint32_t>(page_tokens),
-                .first_layer = 0,
-                .layer_count = static_cast<uint32_t>(layers)};
-  return EncodePage(spec, kv);
-}
-
 int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierKind> tiers,
                            int64_t blocks, ServingSequence* seq, RequestStats* stats) {
   Clock* clock = options_.clock ? options_.clock : Clock::Real();
@@ -86,18 +60,6 @@ int64_t Engine::LoadPrefix(std::span<const BlockKey> keys, std::span<const TierK
   std::sort(stats->tier_hits.begin(), stats->tier_hits.end(),
             [](const TierHit& a, const TierHit& b) { return a.tier < b.tier; });
   return *imported;
-}
-
-PageRole PublishRole(int64_t b, int64_t shared_blocks, int64_t reuse_blocks, int64_t turn_blocks,
-                     int64_t checkpoint_pages) {
-  if (b + 1 == shared_blocks) return PageRole::kSharedPrefixEnd;
-  if (b + 1 == reuse_blocks || b + 1 == turn_blocks) return PageRole::kTurnEnd;
-  if (checkpoint_pages > 0 && (b + 1) % checkpoint_pages == 0) return PageRole::kCheckpoint;
-  return PageRole::kInterior;
-}
-
-bool KeepsResumeAtPublish(PageRole role) {
-  return DecideResumeSection({.role = role, .session_live = true}) == ResumeDecision::kKeep;
 }
 
 int64_t Engine::QueuePublish(const ServingSequence& seq, std::span<const BlockKey> keys,

@@ -113,8 +113,9 @@ absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptio
   std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
   node->options_ = options;
   ASSIGN_OR_RETURN(node->model_dir_, EnsureModelDir(options));
-  ASSIGN_OR_RETURN(node->model_, LoadServingModel(node->model_dir_, options.kv_layout,
-                                                  options.max_context, options.compute_threads));
+  ASSIGN_OR_RETURN(node->model_,
+                   model::LoadServingModel(node->model_dir_, options.kv_layout, options.max_context,
+                                           options.compute_threads));
   ASSIGN_OR_RETURN(node->store_, OpenStore(options));
   if (engine_options.clock == nullptr) engine_options.clock = options.clock;
   if (engine_options.metrics == nullptr) engine_options.metrics = options.metrics;

@@ -16,8 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "kvstore/tiered_store.h"
+#include "model/serving_model.h"
 #include "prefill/engine.h"
-#include "prefill/serving_model.h"
 
 namespace kv::prefill {
 
@@ -75,7 +75,7 @@ class EmbeddedNode {
   EmbeddedNode() = default;
   NodeOptions options_;
   std::string model_dir_;
-  LoadedModel model_;
+  model::LoadedModel model_;
   std::unique_ptr<TieredStore> store_;
   std::unique_ptr<Engine> engine_;
 };

@@ -1,4 +1,4 @@
-#include "prefill/serving_model.h"
+#include "model/serving_model.h"
 
 #include <algorithm>
 #include <thread>
@@ -7,9 +7,9 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
-#include "prefill/engine.h"
+#include "kvstore/page_format.h"
 
-namespace kv::prefill {
+namespace kv::model {
 namespace {
 
 std::span<const uint8_t> Bytes(const std::string& s) {
@@ -267,4 +267,4 @@ absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string
   return m;
 }
 
-}  // namespace kv::prefill
+}  // namespace kv::model

@@ -38,7 +38,7 @@
 #include "model/transformer.h"
 #include "model/v4_model.h"
 
-namespace kv::prefill {
+namespace kv::model {
 
 class ServingSequence {
  public:
@@ -145,4 +145,4 @@ absl::StatusOr<std::string> ServingLayoutName(const model::ModelConfig& config,
 absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string_view layout,
                                              int64_t max_context, int compute_threads = 0);
 
-}  // namespace kv::prefill
+}  // namespace kv::model

@@ -21,11 +21,11 @@
 #include "kernels/gemm.h"
 #include "kvstore/block_key.h"
 #include "model/config.h"
+#include "model/serving_model.h"
 #include "model/test_util.h"
 #include "model/weights.h"
-#include "prefill/serving_model.h"
 
-namespace kv::prefill {
+namespace kv::model {
 namespace {
 
 struct Golden {
@@ -81,11 +81,11 @@ struct Computed {
 // Prefill in chunks of 100 (not a page multiple), then greedy decode, then every full page.
 Computed RunGolden(const Golden& g, int compute_threads) {
   Computed out;
-  const std::string dir = model::testing::FreshTempDir(StrCat("golden-", g.preset));
-  auto cfg = model::PresetConfig(g.preset);
+  const std::string dir = testing::FreshTempDir(StrCat("golden-", g.preset));
+  auto cfg = PresetConfig(g.preset);
   EXPECT_TRUE(cfg.ok()) << cfg.status();
   if (!cfg.ok()) return out;
-  EXPECT_TRUE(model::WriteRandomModel(*cfg, kSeed, dir).ok());
+  EXPECT_TRUE(WriteRandomModel(*cfg, kSeed, dir).ok());
   const int64_t total = g.prompt_tokens + g.decode_tokens;
   auto loaded = LoadServingModel(dir, "", total + 64, compute_threads);
   EXPECT_TRUE(loaded.ok()) << loaded.status();
@@ -168,4 +168,4 @@ TEST_P(GoldenTest, PagesAndLogitsMatchCommittedDigests) {
 INSTANTIATE_TEST_SUITE_P(Threads, GoldenTest, ::testing::Values(1, 2));
 
 }  // namespace
-}  // namespace kv::prefill
+}  // namespace kv::model
