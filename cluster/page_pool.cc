@@ -34,7 +34,7 @@ class GrpcPagePool final : public PagePool {
   GrpcPagePool(Membership* membership, GrpcPagePoolOptions options)
       : membership_(membership), options_(options) {}
 
-  std::vector<pb::NodeInfo> Homes(const BlockKey& root) override {
+  std::vector<pb::NodeInfo> Homes(const BlockKey& root) {
     MembershipView view = membership_->Members();
     std::map<std::string, pb::NodeInfo> stores;
     for (pb::NodeInfo& n : view.members) {
@@ -67,7 +67,7 @@ class GrpcPagePool final : public PagePool {
       }
       if (static_cast<int64_t>(r->prefix_blocks()) <= best.blocks()) continue;
       best.node_id = home.node_id();
-      best.grpc_address = home.grpc_address();
+      best.address = home.grpc_address();
       best.tiers.clear();
       best.has_resume.clear();
       for (const pb::BlockLocation& b : r->blocks()) {
@@ -127,7 +127,11 @@ class GrpcPagePool final : public PagePool {
       return MarkRetryable(absl::UnavailableError("pool publish: no live store node"));
     }
     pb::WriteOptions wo;
-    *wo.mutable_key_space() = options.key_space;
+    pb::KeySpace* ks = wo.mutable_key_space();
+    ks->set_model_fingerprint(std::string(options.key_space.model_fingerprint.begin(),
+                                          options.key_space.model_fingerprint.end()));
+    ks->set_layout(options.key_space.layout_id);
+    ks->set_page_tokens(options.key_space.page_tokens);
     wo.set_shared_namespace(options.shared_namespace);
     wo.set_session_id(options.session_id);
     if (options.retention > absl::ZeroDuration()) {

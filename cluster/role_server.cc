@@ -31,6 +31,7 @@ struct RoleServer::State {
   std::unique_ptr<PagePool> pool;
   std::unique_ptr<TieredStore> store;
   model::LoadedModel model;
+  transport::RegionGraveyard graveyard;  // outlives the transport (transport/handoff.h)
   std::unique_ptr<transport::Transport> transport;
   std::unique_ptr<RouterBackend> router;
   std::unique_ptr<ClusterService> cluster;
@@ -199,8 +200,8 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
       wo.worker_threads = o.worker_threads;
       wo.handoff_timeout = o.handoff_timeout;
       wo.metrics = o.node.metrics;
-      s.worker = std::make_unique<WorkerService>(s.model.serving.get(), s.model.mla.get(),
-                                                 s.transport.get(), s.pool.get(), auth, wo);
+      s.worker = std::make_unique<WorkerService>(s.model.serving.get(), s.transport.get(),
+                                                 &s.graveyard, s.pool.get(), auth, wo);
       go.services = {s.worker.get()};
       go.health_service_names = {pb::Worker::service_full_name()};
     }

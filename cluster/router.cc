@@ -168,7 +168,7 @@ namespace {
 void AddCachedRun(const PoolPrefix& prefix, std::span<const BlockKey> keys,
                   const std::string& lease, pb::CachedRun* run) {
   run->set_node_id(prefix.node_id);
-  run->set_grpc_address(prefix.grpc_address);
+  run->set_grpc_address(prefix.address);
   run->set_first_block(0);
   for (const BlockKey& k : keys) run->add_keys(std::string(k.bytes.begin(), k.bytes.end()));
   run->set_lease_id(lease);
@@ -210,7 +210,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
   // Without a live prefill worker the decode worker computes the prompt itself; without a
   // raw-block handoff (V4) it always does, loading the planned cached run itself.
   absl::StatusOr<pb::NodeInfo> picked =
-      options_.raw_handoff ? Pick(pb::ROLE_PREFILL, root, plan.prefix.grpc_address)
+      options_.raw_handoff ? Pick(pb::ROLE_PREFILL, root, plan.prefix.address)
                            : absl::StatusOr<pb::NodeInfo>(absl::FailedPreconditionError(
                                  StrCat(options_.key_params.layout_id,
                                         " pages are not handed over: the decode worker loads "
@@ -255,10 +255,9 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
   std::string lease;
   int64_t pinned = 0;
   if (plan.cost.load_blocks > 0) {
-    absl::StatusOr<std::string> l =
-        pool_->Pin(plan.prefix.grpc_address,
-                   std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
-                   options_.lease, req.authorization, &pinned);
+    absl::StatusOr<std::string> l = pool_->Pin(
+        plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
+        options_.lease, req.authorization, &pinned);
     if (l.ok()) {
       lease = *l;
     } else {
@@ -271,7 +270,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     const std::string& lease;
     const std::string& auth;
     ~Unpin() { r->pool_->Unpin(address, lease, auth); }
-  } unpin{this, plan.prefix.grpc_address, lease, req.authorization};
+  } unpin{this, plan.prefix.address, lease, req.authorization};
 
   // 2. Decode first: its destination is where the prefill writes.
   auto decode_stub = WorkerStub(decode.grpc_address());
@@ -349,24 +348,20 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     if (prefill_status.ok() && !got_done) {
       prefill_status = absl::InternalError("prefill stream ended without PrefillDone");
     }
-  } else {
+  } else {  // a one-token prompt, or a decode worker without a transport: it computes
     prefill_status = absl::UnavailableError("the decode worker offered no handoff destination");
   }
   std::vector<int32_t>& tokens = out.tokens;
   bool keep_going = true;
   if (prefill_status.ok()) {
-    const int32_t first = static_cast<int32_t>(done.first_token_id());
-    st.ttft = absl::Now() - start;
-    tokens.push_back(first);
-    keep_going = req.on_token ? req.on_token(first) : true;
     st.cached_tokens = done.cached_tokens();
-    st.recomputed_tokens = done.recomputed_tokens();
+    st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;  // the decode worker adds one
     st.bytes_transferred = done.bytes_transferred();
     st.load_time = FromProto(done.load_time());
     st.prefill_time = FromProto(done.compute_time());
     st.published_pages += done.published_pages();
     AccountLoad(plan, &st, /*bytes=*/0);
-  } else if (options_.raw_handoff) {
+  } else if (options_.raw_handoff && ready.pages_size() > 0) {
     log::Warn("router_prefill_failed", "node", prefill.node_id(), "error",
               prefill_status.ToString());
     kv::MutexLock l(&mu_);
@@ -376,7 +371,6 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
     pb::DecodeClientMessage m;
     pb::PrefillResult* res = m.mutable_prefill_result();
     if (prefill_status.ok()) {
-      res->set_first_token_id(done.first_token_id());
       res->set_kv_tokens(done.kv_tokens());
       *res->mutable_block_xxh3() = done.block_xxh3();
       res->set_prefill_node_id(prefill.node_id());

@@ -1,42 +1,27 @@
 // WorkerService: the kvstrata.v1.Worker gRPC service (proto/kvstrata/v1/worker.proto) of the
-// `prefill` and `decode` roles, on gRPC's callback API.
+// `prefill` and `decode` roles, on gRPC's callback API. A thin adapter: authentication,
+// admission, conversion between messages and the libraries' values, and streaming. The work is
+// prefill::PrefillWorker (Prefill) and decode::DecodeSession (Decode), the same libraries the
+// embedded `--role=all` server runs in-process.
 //
-//   Prefill (server streaming): load the cached runs the router planned from the page pool
-//     (PageStore reads, each page verified), compute the rest of the prompt, and write the
-//     prompt's KV straight into the decode worker's destination region over the transport
-//     (UCX): cached blocks as soon as they are loaded, then each layer of each chunk as soon
-//     as the forward has written it (PrefillOptions::on_layer), so transfer overlaps compute.
-//     Then sample the first token and answer PrefillDone with the XXH3-64 of every
-//     destination block. The prompt's new full pages are published to the pool afterwards,
-//     off the critical path.
-//   Decode (bidirectional): on DecodeStart, allocate and register the destination (one
-//     region, one KvCache block per prompt block, poisoned with 0xFF) and answer
-//     HandoffReady; on PrefillResult, verify every block's checksum and import the KV (or,
-//     when the handoff failed or was skipped, compute the prompt locally, first loading the
-//     cached runs DecodeStart names from the pool: a failed transfer costs time, never
-//     correctness); then generate, stream tokens, and at the end of the turn publish the
-//     conversation's full pages so the next turn hits all of it.
-//   V4 models (v4-fp8-584 pages) have no raw-block handoff: their decode worker always takes
-//     the local path (HandoffReady without a destination), loading cached pages up to the
-//     last one with a resume section, and publishes pages with resume sections where the
-//     policy keeps them (kvstore/resume_policy.h, as prefill::Engine does).
+//   Prefill (server streaming): PrefillRequest -> PrefillWorker::Run, progress per layer of
+//     the last chunk, then PrefillDone (one XXH3-64 per destination slot).
+//   Decode (bidirectional): DecodeStart -> DecodeSession::Start (HandoffReady with the
+//     destination's slots), PrefillResult or DecodeCancel -> OnPrefillResult / Cancel, then
+//     DecodeSession::Run streaming tokens, then DecodeDone.
 //
 // Every call is authenticated with the caller's bearer token (the router forwards the end
 // user's); the tenant comes from the token only, and the same token goes on to the stores.
-// Every wait is bounded: each step that waits on another process (connecting, one transfer,
-// one page-pool read) by `handoff_timeout` from its start, the whole call by the request's
-// deadline (the gRPC deadline, at most `max_request_time`).
-// Transport regions of a failed transfer stay quarantined (transport/transport.h); their
-// memory is kept alive until the transport is destroyed.
+// The whole call is bounded by the request's deadline (the gRPC deadline, at most
+// `max_request_time`); each wait on another process by `handoff_timeout`.
 //
 // Thread-safety: gRPC calls the handlers concurrently; each request runs on the service's
-// pool with its own KvCache. Not owned: model, transport, pool — they must outlive the
-// service. Destroy the service only after its gRPC server has shut down.
+// pool. Not owned: model, transport, pool, clock — they must outlive the service. Destroy the
+// service only after its gRPC server has shut down.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,11 +32,12 @@
 #include "core/metrics.h"
 #include "core/mutex.h"
 #include "core/thread_pool.h"
-#include "kernels/kv_layout.h"
+#include "decode/decode_session.h"
 #include "kvstore/block_key.h"
 #include "model/serving_model.h"
-#include "model/transformer.h"
+#include "prefill/prefill_worker.h"
 #include "proto/kvstrata/v1/worker.grpc.pb.h"
+#include "transport/handoff.h"
 #include "transport/transport.h"
 
 namespace kv::cluster {
@@ -70,6 +56,7 @@ struct WorkerServiceOptions {
   absl::Duration max_retention = absl::Hours(24);
   absl::Duration default_retention = absl::Minutes(10);
   MetricsRegistry* metrics = nullptr;  // nullptr: the default registry
+  Clock* clock = nullptr;              // nullptr: Clock::Real()
 };
 
 struct WorkerCounters {
@@ -81,14 +68,12 @@ struct WorkerCounters {
 
 class WorkerService final : public kvstrata::v1::Worker::CallbackService {
  public:
-  // `model` is what the worker serves (prefill/serving_model.h); `mla` its MLA transformer,
-  // which the Prefill call's layer-by-layer handoff needs (null for a V4 model: its decode
-  // workers compute prompts themselves, loading cached pages from the pool, and Prefill
-  // answers FAILED_PRECONDITION). `transport` may be null for a prefill-only worker that
-  // never hands off (then Prefill with a target fails) and for decode workers that always
-  // recompute.
-  WorkerService(const model::ServingModel* model, const model::Transformer* mla,
-                transport::Transport* transport, PagePool* pool, TenantAuth auth,
+  // `model` is what the worker serves (model/serving_model.h). `transport` may be null for a
+  // decode worker that always computes prompts itself (then Prefill answers
+  // FAILED_PRECONDITION); with one, `graveyard` keeps quarantined memory and must outlive the
+  // transport (transport/handoff.h). `pool` may be null (no cache loads, no publishing).
+  WorkerService(const model::ServingModel* model, transport::Transport* transport,
+                transport::RegionGraveyard* graveyard, PagePool* pool, TenantAuth auth,
                 WorkerServiceOptions options);
   ~WorkerService() override;
 
@@ -107,32 +92,22 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   friend class PrefillReactor;
   friend class DecodeReactor;
   struct Metrics;
-  struct Handoff;  // a registered destination region
 
   absl::StatusOr<std::string> Authenticate(grpc::CallbackServerContext* ctx) const;
   absl::Status CheckKeySpace(const kvstrata::v1::KeySpace& ks) const;
   absl::StatusOr<std::vector<int32_t>> Tokens(
       const google::protobuf::RepeatedField<uint32_t>& ids) const;
-  // The body of one Prefill call.
-  absl::StatusOr<kvstrata::v1::PrefillDone> RunPrefill(
-      const kvstrata::v1::PrefillRequest& r, const std::string& tenant,
-      const std::string& authorization, absl::Time deadline,
-      const std::function<void(const kvstrata::v1::PrefillProgress&)>& progress);
-  // Encodes `blocks` (ServingSequence::ExportBlock results of chain blocks from, from + 1,
-  // ...) as pages and publishes them to the pool in chain order, each with its resume role
-  // (`roles`, parallel to blocks; empty: turn ends); returns pages stored or already present.
-  int64_t Publish(std::span<const BlockKey> keys, std::span<const std::string> ns, int64_t from,
-                  std::span<const std::string> blocks, std::span<const PageRole> roles,
-                  const std::string& session, absl::Duration retention,
-                  const std::string& authorization);
+  // The retention hint of a request's pages: none without a session, else its TTL (or the
+  // default) capped at max_retention.
+  absl::Duration Retention(const std::string& session_id, bool has_ttl,
+                           const google::protobuf::Duration& ttl) const;
   // Admission of a call: the caller's authentication, the role, the queue bound (counts the
   // call in in_flight_ on success).
   absl::Status Admit(const absl::Status& auth, bool has_role, std::string_view role);
-  // Keeps memory a transport may still touch alive until the service dies.
-  void Bury(std::shared_ptr<void> memory);
+  void CountPrefill(const absl::StatusOr<prefill::PrefillDone>& done);
+  void CountDecode(const absl::StatusOr<decode::DecodeOutcome>& out);
 
   const model::ServingModel* const model_;
-  const model::Transformer* const mla_;
   transport::Transport* const transport_;
   PagePool* const pool_;
   const TenantAuth auth_;
@@ -141,12 +116,13 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   int page_tokens_ = 0;
   std::unique_ptr<Metrics> metrics_;
   std::atomic<int> in_flight_{0};
-  std::atomic<uint64_t> next_handoff_{1};
+  std::atomic<uint64_t> next_request_{1};
   kv::Mutex mu_;
   WorkerCounters counters_ ABSL_GUARDED_BY(mu_);
-  std::list<std::shared_ptr<void>> graveyard_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ThreadPool> publish_pool_;
-  std::unique_ptr<ThreadPool> pool_threads_;  // last: joined first
+  prefill::PrefillContext prefill_ctx_;
+  decode::DecodeContext decode_ctx_;
+  std::unique_ptr<prefill::PrefillWorker> prefill_;  // null without a transport
+  std::unique_ptr<ThreadPool> pool_threads_;         // last: joined first
 };
 
 }  // namespace kv::cluster

@@ -22,8 +22,10 @@ class MlaSequence final : public ServingSequence {
       : model_(model), kv_(std::move(kv)) {}
   int64_t num_tokens() const override { return kv_->num_tokens(); }
   absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens, int64_t start_pos,
-                                             int64_t chunk_tokens) override {
-    return model_->Prefill(tokens, start_pos, kv_.get(), {.chunk_tokens = chunk_tokens});
+                                             int64_t chunk_tokens,
+                                             const LayerHook& on_layer) override {
+    return model_->Prefill(tokens, start_pos, kv_.get(),
+                           {.chunk_tokens = chunk_tokens, .on_layer = on_layer});
   }
   absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) override {
     return model_->DecodeStep(token, kv_->num_tokens(), kv_.get());
@@ -36,6 +38,26 @@ class MlaSequence final : public ServingSequence {
   absl::StatusOr<std::string> ExportBlock(int64_t b, bool, const BlockKey&,
                                           const BlockKey&) const override {
     return kv_->ExportBlock(b);
+  }
+  absl::StatusOr<std::span<const uint8_t>> HandoffSlot(int64_t slot) const override {
+    return kv_->BlockView(slot);
+  }
+  absl::Status ImportHandoff(std::span<const std::span<const uint8_t>> slots,
+                             int64_t tokens) override {
+    const int64_t pt = kv_->options().page_tokens;
+    if (kv_->num_tokens() != 0 || static_cast<int64_t>(slots.size()) != (tokens + pt - 1) / pt) {
+      return absl::InvalidArgumentError(StrCat("handoff import: ", slots.size(), " slots for ",
+                                               tokens, " tokens into a sequence of ",
+                                               kv_->num_tokens()));
+    }
+    for (size_t b = 0; b < slots.size(); ++b) {
+      absl::Status s = kv_->AppendBlock(slots[b], std::min<int64_t>(pt, tokens - b * pt));
+      if (!s.ok()) {
+        (void)kv_->Truncate(0);  // the original status is the one to report
+        return s;
+      }
+    }
+    return absl::OkStatus();
   }
 
  private:
@@ -55,6 +77,9 @@ class MlaServingModel final : public ServingModel {
   uint64_t page_bytes() const override { return page_bytes_; }
   int64_t raw_block_bytes() const override {
     return int64_t{model_->config().num_hidden_layers} * page_tokens() * info_.record_bytes;
+  }
+  HandoffLayout handoff_layout(int64_t tokens) const override {
+    return {(tokens + page_tokens() - 1) / page_tokens(), static_cast<uint64_t>(raw_block_bytes())};
   }
   bool pages_have_resume() const override { return false; }
   absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
@@ -83,7 +108,7 @@ class V4Sequence final : public ServingSequence {
   // Resume snapshots are kept at every page end the forward crosses, so any full page can
   // be published with its resume section (the Engine's policy picks which).
   absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens, int64_t start_pos,
-                                             int64_t chunk_tokens) override {
+                                             int64_t chunk_tokens, const LayerHook&) override {
     return model_->Prefill(tokens, start_pos, cache_.get(),
                            {.chunk_tokens = chunk_tokens, .keep_page_resume = true});
   }
@@ -106,6 +131,12 @@ class V4Sequence final : public ServingSequence {
     ASSIGN_OR_RETURN(std::vector<uint8_t> page, cache_->ExportPage(b, with_resume, key, parent));
     return std::string(page.begin(), page.end());
   }
+  absl::StatusOr<std::span<const uint8_t>> HandoffSlot(int64_t) const override {
+    return absl::UnimplementedError("V4 sequences have no handoff slots yet");
+  }
+  absl::Status ImportHandoff(std::span<const std::span<const uint8_t>>, int64_t) override {
+    return absl::UnimplementedError("V4 sequences have no handoff slots yet");
+  }
 
  private:
   const model::V4Model* const model_;
@@ -122,6 +153,7 @@ class V4ServingModel final : public ServingModel {
   const LayoutInfo& layout() const override { return info_; }
   uint64_t page_bytes() const override { return page_bytes_; }
   int64_t raw_block_bytes() const override { return 0; }
+  HandoffLayout handoff_layout(int64_t) const override { return {}; }
   bool pages_have_resume() const override { return true; }
   absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
     if (max_tokens > model_->max_context()) {
@@ -265,6 +297,40 @@ absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string
     ASSIGN_OR_RETURN(m.serving, NewMlaServingModel(m.mla.get(), *kernels::ParseLayout(name)));
   }
   return m;
+}
+
+std::vector<ExportedBlock> ExportChainBlocks(const ServingModel& model, const ServingSequence& seq,
+                                             std::span<const BlockKey> keys, int64_t from,
+                                             int64_t to, int64_t shared_blocks,
+                                             int64_t reuse_blocks, int64_t checkpoint_pages) {
+  std::vector<ExportedBlock> out;
+  for (int64_t b = from; b < to && b < static_cast<int64_t>(keys.size()); ++b) {
+    ExportedBlock e{.key = keys[b], .parent = b == 0 ? BlockKey::Zero() : keys[b - 1]};
+    e.role = PublishRole(b, shared_blocks, reuse_blocks, to, checkpoint_pages);
+    const bool with_resume = model.pages_have_resume() && KeepsResumeAtPublish(e.role);
+    absl::StatusOr<std::string> bytes = seq.ExportBlock(b, with_resume, e.key, e.parent);
+    if (!bytes.ok()) {
+      log::Warn("publish_export_failed", "block", b, "error", bytes.status().ToString());
+      break;
+    }
+    e.bytes = *std::move(bytes);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::vector<PoolPage> EncodePoolPages(const ServingModel& model,
+                                      std::span<const ExportedBlock> blocks) {
+  std::vector<PoolPage> pages;
+  for (const ExportedBlock& b : blocks) {
+    absl::StatusOr<std::vector<uint8_t>> page = model.EncodeExported(b.bytes, b.key, b.parent);
+    if (!page.ok()) {
+      log::Warn("publish_encode_failed", "key", b.key.Hex(), "error", page.status().ToString());
+      break;
+    }
+    pages.push_back({b.key, *std::move(page), b.role});
+  }
+  return pages;
 }
 
 }  // namespace kv::model

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -34,11 +35,27 @@
 #include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_format.h"
+#include "kvstore/page_pool.h"
+#include "kvstore/resume_policy.h"
 #include "model/config.h"
 #include "model/transformer.h"
 #include "model/v4_model.h"
 
 namespace kv::model {
+
+// The prefill -> decode handoff of a prompt's state (transport/handoff.h): `slots` slots of
+// `slot_bytes`, each checksummed on its own. MLA: one slot per KvCache block of the tokens
+// (layer-major records, the last block partly filled). A model without a handoff (0 slots)
+// computes prompts on the decode side.
+struct HandoffLayout {
+  int64_t slots = 0;
+  uint64_t slot_bytes = 0;
+};
+
+// Called by Prefill after `layer` has written the records of positions [start_pos, +n): they
+// are final, and a handoff writer may send them while later layers compute. A non-OK status
+// aborts the prefill with that status.
+using LayerHook = std::function<absl::Status(int layer, int64_t start_pos, int64_t n)>;
 
 class ServingSequence {
  public:
@@ -46,10 +63,12 @@ class ServingSequence {
   // Tokens whose KV state the sequence holds.
   virtual int64_t num_tokens() const = 0;
   // Runs tokens at [start_pos, start_pos + n) (start_pos == num_tokens()) in chunks of
-  // `chunk_tokens` and returns the last token's logits. The runtime's errors
-  // (FailedPrecondition when the sequence cannot be continued).
+  // `chunk_tokens` and returns the last token's logits, calling `on_layer` (may be empty)
+  // as each layer of each chunk completes. The runtime's errors (FailedPrecondition when the
+  // sequence cannot be continued).
   virtual absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens,
-                                                     int64_t start_pos, int64_t chunk_tokens) = 0;
+                                                     int64_t start_pos, int64_t chunk_tokens,
+                                                     const LayerHook& on_layer = {}) = 0;
   // One decode step of `token` at position num_tokens().
   virtual absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) = 0;
   // Appends a decoded, verified page (CheckPage passed) as the next block. Errors of the
@@ -66,6 +85,16 @@ class ServingSequence {
   // FailedPrecondition when the resume state at the block end was not kept.
   virtual absl::StatusOr<std::string> ExportBlock(int64_t b, bool with_resume, const BlockKey& key,
                                                   const BlockKey& parent) const = 0;
+
+  // Handoff, sender side: the current bytes of handoff slot `slot` (HandoffLayout of
+  // num_tokens()), a view valid until the sequence changes. OutOfRange for a slot past the
+  // layout; Unimplemented for a model without a handoff.
+  virtual absl::StatusOr<std::span<const uint8_t>> HandoffSlot(int64_t slot) const = 0;
+  // Handoff, receiver side: appends the state of `tokens` tokens from verified slots (the
+  // HandoffLayout of `tokens`), to an empty sequence. InvalidArgument for a wrong slot count
+  // or size; the runtime's import errors (nothing is kept on error: the caller starts over).
+  virtual absl::Status ImportHandoff(std::span<const std::span<const uint8_t>> slots,
+                                     int64_t tokens) = 0;
 };
 
 class ServingModel {
@@ -82,6 +111,8 @@ class ServingModel {
   // Bytes of one raw KV block (all layers) a prefill worker can hand over; 0 when the model
   // has none (V4: its state is more than per-token records, it moves as pages).
   virtual int64_t raw_block_bytes() const = 0;
+  // The handoff of a prompt's first `tokens` tokens ({0, 0}: this model has none).
+  virtual HandoffLayout handoff_layout(int64_t tokens) const = 0;
   // True when pages may carry resume sections (V4): a run of cached pages is usable only up
   // to its last page that has one.
   virtual bool pages_have_resume() const = 0;
@@ -120,6 +151,28 @@ absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Tr
 // A V4 model served as v4-fp8-584 pages. Does not own the model, which must outlive it.
 // Errors of the probe that measures the page size.
 absl::StatusOr<std::unique_ptr<ServingModel>> NewV4ServingModel(const model::V4Model* model);
+
+// One full chain block exported for publishing: ServingSequence::ExportBlock bytes, the
+// block's key and parent, and the role the resume policy gives it (kvstore/resume_policy.h).
+struct ExportedBlock {
+  BlockKey key;
+  BlockKey parent;
+  PageRole role = PageRole::kInterior;
+  std::string bytes;
+};
+// Exports chain blocks [from, to) of `seq` (`keys` the chain's keys from block 0): each with
+// its PublishRole (`shared_blocks`, `reuse_blocks`, turn end at `to`, `checkpoint_pages`)
+// and, for a model whose pages carry resume sections, one where KeepsResumeAtPublish. Stops
+// at the first block that cannot be exported (logged): children of a missing page could not
+// be stored anyway.
+std::vector<ExportedBlock> ExportChainBlocks(const ServingModel& model, const ServingSequence& seq,
+                                             std::span<const BlockKey> keys, int64_t from,
+                                             int64_t to, int64_t shared_blocks,
+                                             int64_t reuse_blocks, int64_t checkpoint_pages);
+// Encodes exported blocks as pool pages (ServingModel::EncodeExported), in order; stops at
+// the first that fails (logged).
+std::vector<PoolPage> EncodePoolPages(const ServingModel& model,
+                                      std::span<const ExportedBlock> blocks);
 
 // A model directory loaded for serving: the runtime its config.json names and the serving
 // view over it.

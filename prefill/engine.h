@@ -26,7 +26,7 @@
 // depends only on those bytes (model/transformer.h, model/v4_model.h), so a warm request
 // generates exactly the tokens a cold one does.
 //
-// Models. The engine serves any ServingModel (prefill/serving_model.h): DeepSeek MLA models
+// Models. The engine serves any ServingModel (model/serving_model.h): DeepSeek MLA models
 // with 64-token mla-* pages, and DeepSeek-V4 models with 256-token v4-fp8-584 pages. V4
 // pages carry a resume section only where the resume policy keeps one (kvstore/
 // resume_policy.h, PublishRole below): at the shared-prefix end, at the last page a repeat

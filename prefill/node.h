@@ -1,5 +1,5 @@
 // EmbeddedNode: everything `kvstrata serve --role=all` runs in one process, minus gRPC:
-// the model (an MLA or a V4 model directory, prefill/serving_model.h; created as the seeded
+// the model (an MLA or a V4 model directory, model/serving_model.h; created as the seeded
 // tiny-v3 reference model on first start when no model directory is given), the tiered store
 // (device and host slab tiers in memory, the nvme tier in RocksDB under the data dir) and the
 // Engine over both.
@@ -29,7 +29,7 @@ struct NodeOptions {
   // Data directory: the nvme tier lives in DATA_DIR/nvme. Required; created if missing.
   std::string data_dir;
   // mla-fp8-656 or mla-bf16-1152 for MLA models, v4-fp8-584 for V4 models; empty: the
-  // model's FP8 layout (prefill/serving_model.h ServingLayoutName).
+  // model's FP8 layout (model/serving_model.h ServingLayoutName).
   std::string kv_layout;
   uint64_t device_bytes = 64ull << 20;  // 0: no device tier
   uint64_t host_bytes = 256ull << 20;   // 0: no host tier

@@ -1,0 +1,31 @@
+#include "kvstore/page_pool.h"
+
+#include "core/logging.h"
+
+namespace kv {
+
+int64_t PublishChain(PagePool& pool, std::span<const BlockKey> keys,
+                     std::span<const std::string> ns, int64_t from, std::span<const PoolPage> pages,
+                     PoolWriteOptions options, const std::string& authorization) {
+  if (keys.empty() || pages.empty()) return 0;
+  const std::string shared_ns = KeyNamespace::Shared().ToString();
+  int64_t published = 0;
+  for (size_t i = 0; i < pages.size();) {
+    const bool shared = ns[from + i] == shared_ns;
+    size_t j = i;
+    while (j < pages.size() && (ns[from + j] == shared_ns) == shared) ++j;
+    options.shared_namespace = shared;
+    absl::StatusOr<int64_t> stored =
+        pool.Publish(keys[0], pages.subspan(i, j - i), options, authorization);
+    if (!stored.ok()) {
+      log::Warn("publish_failed", "error", stored.status().ToString());
+      break;
+    }
+    published += *stored;
+    if (*stored < static_cast<int64_t>(j - i)) break;  // a rejected page ends the chain
+    i = j;
+  }
+  return published;
+}
+
+}  // namespace kv

@@ -1,0 +1,105 @@
+// PagePool: the cluster's pooled page cache as a worker or router sees it, independent of how
+// it is reached: `LocalPagePool` (kvstore/local_page_pool.h) over this process's PageStore,
+// or cluster/page_pool.h's gRPC implementation over the store nodes of the membership.
+//
+// A pool is addressed by chain: the homes of a chain are chosen from its first key (so a
+// chain lives whole on its homes, docs/design-notes.md item 8); `Lookup` finds the longest
+// cached prefix on the best home and names that home's `address`, which `Pin`, `Read` and
+// `Unpin` then use. Calls carry the end user's `authorization` (a bearer credential), which a
+// remote store authenticates itself; an in-process pool trusts its caller.
+//
+// Thread-safety: implementations are safe for concurrent use. Results are values owned by
+// the caller.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "kvstore/block_key.h"
+#include "kvstore/resume_policy.h"
+#include "kvstore/tier.h"
+
+namespace kv {
+
+// The longest cached prefix of a chain on its best home.
+struct PoolPrefix {
+  std::string node_id;           // empty when no home holds any block (or there is no home)
+  std::string address;           // where Pin / Read / Unpin reach node_id
+  std::vector<TierKind> tiers;   // tier of each cached block, in chain order
+  std::vector<bool> has_resume;  // each cached block's page carries a resume section (V4)
+  int64_t blocks() const { return static_cast<int64_t>(tiers.size()); }
+};
+
+// A run of cached blocks, pinned by a router, that a worker loads: the chain's first
+// `keys.size()` blocks on `address` under `lease_id`.
+struct CachedRun {
+  std::string node_id;
+  std::string address;
+  std::vector<BlockKey> keys;
+  std::string lease_id;
+};
+
+// A page to publish: the encoded page and its index metadata.
+struct PoolPage {
+  BlockKey key;
+  std::vector<uint8_t> bytes;                 // EncodePage output
+  PageRole resume_role = PageRole::kTurnEnd;  // why a V4 page kept its resume section
+};
+
+struct PoolWriteOptions {
+  KeyParams key_space;            // fingerprint, layout, page tokens (its `ns` is unused)
+  bool shared_namespace = false;  // the pages are keyed in the shared namespace
+  // The authenticated tenant the pages belong to when not shared. An in-process pool
+  // records it; a remote store derives the tenant from the caller's credential instead.
+  std::string tenant;
+  std::string session_id;
+  absl::Duration retention = absl::ZeroDuration();  // zero: no hint
+};
+
+class PagePool {
+ public:
+  virtual ~PagePool() = default;
+
+  // The longest prefix of `chain` (keys in order, chain[0] its root) present on one of its
+  // homes. Never an error for missing keys; a home that does not answer is skipped (its
+  // error is logged). InvalidArgument for an empty chain.
+  virtual absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+                                            const std::string& authorization) = 0;
+  // Pins the longest present prefix of `keys` on `address` for `lease` and returns the lease
+  // id; that prefix's length in `*pinned`. Errors of the store (Unavailable when it is down).
+  virtual absl::StatusOr<std::string> Pin(const std::string& address,
+                                          std::span<const BlockKey> keys, absl::Duration lease,
+                                          const std::string& authorization, int64_t* pinned) = 0;
+  // Releases a lease; errors are logged, not returned (leases expire on their own).
+  virtual void Unpin(const std::string& address, const std::string& lease_id,
+                     const std::string& authorization) = 0;
+  // Reads the pages of `keys` (in order) from `address` under `lease_id`, each verified
+  // (checksums, key). Stops at the first page that fails: the result holds the verified
+  // prefix (possibly empty). Unavailable/DeadlineExceeded when the store cannot be read by
+  // `deadline`.
+  virtual absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
+                                                                 std::span<const BlockKey> keys,
+                                                                 const std::string& lease_id,
+                                                                 const std::string& authorization,
+                                                                 absl::Time deadline) = 0;
+  // Writes `pages` (one chain segment, in chain order, `root` the chain's first key) to every
+  // home of the chain. Returns pages stored or already present on at least one home.
+  virtual absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
+                                          const PoolWriteOptions& options,
+                                          const std::string& authorization) = 0;
+};
+
+// Publishes `pages` (chain blocks from, from + 1, ... of the chain `keys`, whose namespaces
+// are ns[from], ns[from + 1], ... as KeyNamespace::ToString()) to `pool`: the shared prefix
+// and the tenant's pages as separate writes (a write names one namespace), in chain order so
+// every parent is stored before its child. `options.shared_namespace` is set per write.
+// Returns the pages stored or already present; stops at the first failed write (logged).
+int64_t PublishChain(PagePool& pool, std::span<const BlockKey> keys,
+                     std::span<const std::string> ns, int64_t from, std::span<const PoolPage> pages,
+                     PoolWriteOptions options, const std::string& authorization);
+
+}  // namespace kv

@@ -1,0 +1,175 @@
+#include "prefill/prefill_worker.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "kvstore/page_format.h"
+#include "prefill/handoff_writer.h"
+
+namespace kv::prefill {
+
+absl::StatusOr<std::unique_ptr<PrefillWorker>> PrefillWorker::Create(const PrefillContext* ctx) {
+  if (ctx == nullptr || ctx->model == nullptr || ctx->transport == nullptr ||
+      ctx->graveyard == nullptr) {
+    return absl::FailedPreconditionError("prefill worker: needs a model, transport and graveyard");
+  }
+  if (ctx->options.prefill_chunk <= 0 || ctx->options.resume_checkpoint_pages < 0) {
+    return absl::InvalidArgumentError("prefill worker: bad chunk or checkpoint option");
+  }
+  return std::unique_ptr<PrefillWorker>(new PrefillWorker(ctx));
+}
+
+PrefillWorker::PrefillWorker(const PrefillContext* ctx)
+    : ctx_(ctx), write_back_(std::make_unique<ThreadPool>(1)) {}
+
+PrefillWorker::~PrefillWorker() { write_back_.reset(); }
+
+void PrefillWorker::WaitIdle() { write_back_->WaitIdle(); }
+
+namespace {
+
+// The cached run's blocks that continue the request's chain, at most `usable`.
+std::vector<BlockKey> RunKeys(const CachedRun& run, std::span<const BlockKey> keys,
+                              int64_t usable) {
+  std::vector<BlockKey> want;
+  for (const BlockKey& k : run.keys) {
+    if (static_cast<int64_t>(want.size()) >= usable || want.size() >= keys.size()) break;
+    if (k != keys[want.size()]) break;  // not this request's chain: ignore the rest
+    want.push_back(k);
+  }
+  return want;
+}
+
+}  // namespace
+
+absl::StatusOr<PrefillDone> PrefillWorker::Run(
+    const PrefillRequest& req, absl::Time deadline,
+    const std::function<void(const PrefillProgress&)>& progress) {
+  const model::ServingModel& m = *ctx_->model;
+  const int64_t n = static_cast<int64_t>(req.prompt.size());
+  if (n < 2)
+    return absl::InvalidArgumentError("prefill: a prompt of one token has nothing to hand");
+  if (req.tenant.empty()) return absl::InvalidArgumentError("prefill: no tenant");
+  const int64_t vocab = m.config().vocab_size;
+  for (size_t i = 0; i < req.prompt.size(); ++i) {
+    if (req.prompt[i] < 0 || req.prompt[i] >= vocab) {
+      return absl::InvalidArgumentError(StrCat("prefill: token ", req.prompt[i], " at index ", i,
+                                               " is outside the vocabulary [0, ", vocab, ")"));
+    }
+  }
+  if (n >= m.max_context()) {
+    return absl::OutOfRangeError(
+        StrCat("prefill: prompt of ", n, " tokens reaches the context limit ", m.max_context()));
+  }
+  const int64_t handed = n - 1;  // the decode session computes the last prompt token
+  const model::HandoffLayout layout = m.handoff_layout(handed);
+  if (layout.slots == 0) {
+    return absl::FailedPreconditionError(
+        StrCat(m.layout().name,
+               " sequences have no prefill handoff: decode workers compute "
+               "these prompts themselves"));
+  }
+  KeyParams params{.model_fingerprint = m.fingerprint(),
+                   .layout_id = std::string(m.layout().name),
+                   .page_tokens = m.layout().default_page_tokens};
+  std::vector<std::string> ns;
+  ASSIGN_OR_RETURN(std::vector<BlockKey> keys, DeriveRequestKeys(params, req.prompt, req.tenant,
+                                                                 req.shared_prefix_tokens, &ns));
+  ASSIGN_OR_RETURN(std::unique_ptr<model::ServingSequence> seq, m.NewSequence(n));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<HandoffWriter> writer,
+      HandoffWriter::Open(ctx_->transport, ctx_->graveyard, clock(), req.target, layout.slots,
+                          layout.slot_bytes, ctx_->options.handoff_timeout, deadline));
+  const int64_t pt = m.page_tokens();
+  const int layers = static_cast<int>(m.config().num_hidden_layers);
+  PrefillDone done;
+  done.transport = ctx_->transport->capabilities().name;
+
+  // The cached run, in block order, each page verified before use.
+  const absl::Time load_start = clock()->Now();
+  int64_t loaded = 0;
+  if (req.cached && ctx_->pool != nullptr) {
+    const std::vector<BlockKey> want = RunKeys(*req.cached, keys, handed / pt);
+    if (!want.empty()) {
+      absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
+          ctx_->pool->Read(req.cached->address, want, req.cached->lease_id, req.authorization,
+                           std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout));
+      if (!pages.ok()) {
+        log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
+                  pages.status().ToString());
+      } else {
+        const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
+        absl::StatusOr<int64_t> imported =
+            model::ImportResumable(m, seq.get(), spans, want, BlockKey::Zero());
+        if (imported.ok()) loaded = *imported;
+        for (int64_t i = 0; i < loaded; ++i) done.bytes_loaded += (*pages)[i].size();
+      }
+    }
+  }
+  done.load_time = clock()->Now() - load_start;
+  // Loaded blocks go to the decode worker at once, while the rest computes.
+  absl::Status status;
+  for (int64_t b = 0; b < loaded && status.ok(); ++b) {
+    absl::StatusOr<std::span<const uint8_t>> slot = seq->HandoffSlot(b);
+    status = slot.ok() ? writer->Send(b, 0, *slot) : slot.status();
+  }
+  const int64_t start_pos = loaded * pt;
+  const absl::Time compute_start = clock()->Now();
+  if (status.ok() && start_pos < handed) {
+    const int64_t record_bytes = m.layout().record_bytes;
+    int layers_done = 0;
+    // Each layer's fresh records: one piece per touched block, same offsets both sides.
+    model::LayerHook on_layer = [&](int layer, int64_t start, int64_t count) -> absl::Status {
+      std::vector<HandoffWriter::Piece> pieces;
+      for (const SlotRange& r : MlaLayerRanges(layer, start, count, pt, record_bytes)) {
+        ASSIGN_OR_RETURN(std::span<const uint8_t> blk, seq->HandoffSlot(r.slot));
+        pieces.push_back({r.slot, r.offset, blk.subspan(r.offset, r.length)});
+      }
+      RETURN_IF_ERROR(writer->Send(pieces));
+      if (start + count == handed && progress) {  // once per layer of the last chunk
+        progress({.layers_done = ++layers_done,
+                  .layers_total = layers,
+                  .bytes_sent = writer->bytes_sent()});
+      }
+      return absl::OkStatus();
+    };
+    status =
+        seq->Prefill(std::span<const int32_t>(req.prompt).subspan(start_pos, handed - start_pos),
+                     start_pos, ctx_->options.prefill_chunk, on_layer)
+            .status();
+  }
+  done.compute_time = clock()->Now() - compute_start;
+  if (!status.ok()) {
+    (void)writer->Finish();  // waits out or cancels what was posted
+    return status;
+  }
+  ASSIGN_OR_RETURN(done.slot_xxh3, writer->Finish());
+  done.kv_tokens = handed;
+  done.cached_tokens = start_pos;
+  done.recomputed_tokens = handed - start_pos;
+  done.bytes_sent = writer->bytes_sent();
+
+  // Write-back of the new full prompt pages, after the answer (off the critical path).
+  const int64_t full = handed / pt;
+  if (!req.skip_publish && ctx_->pool != nullptr && full > loaded) {
+    const int64_t shared_blocks = std::min<int64_t>(full, req.shared_prefix_tokens / pt);
+    std::vector<model::ExportedBlock> blocks = model::ExportChainBlocks(
+        m, *seq, keys, loaded, full, shared_blocks, full, ctx_->options.resume_checkpoint_pages);
+    done.published_pages = static_cast<int64_t>(blocks.size());
+    PoolWriteOptions wo{.key_space = params,
+                        .tenant = req.tenant,
+                        .session_id = req.session_id,
+                        .retention = req.retention};
+    write_back_->Schedule([this, keys = std::move(keys), ns = std::move(ns),
+                           blocks = std::move(blocks), wo, loaded, auth = req.authorization] {
+      const std::vector<PoolPage> pages = model::EncodePoolPages(*ctx_->model, blocks);
+      (void)PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, auth);
+    });
+  }
+  return done;
+}
+
+}  // namespace kv::prefill
