@@ -187,9 +187,9 @@ absl::Status Run(const Options& opt) {
     ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v4"));
     RETURN_IF_ERROR(model::WriteRandomModel(c, 1, StrCat(opt.dir, "/model")));
   } else {
-    prefill::NodeOptions no;
+    cluster::NodeOptions no;
     no.data_dir = StrCat(opt.dir, "/model-src");
-    ASSIGN_OR_RETURN(std::string src, prefill::EnsureModelDir(no));
+    ASSIGN_OR_RETURN(std::string src, cluster::EnsureModelDir(no));
     std::filesystem::rename(src, StrCat(opt.dir, "/model"));
   }
   for (const std::string state : {"host", "nvme", "remote"}) {

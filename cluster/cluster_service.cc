@@ -8,6 +8,7 @@
 
 #include "cluster/grpc_status.h"
 #include "cluster/proto_convert.h"
+#include "cluster/worker_convert.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
@@ -21,8 +22,8 @@ namespace pb = ::kvstrata::v1;
 // and every write completed). The worker task holds no reference after calling Done().
 class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateResponse> {
  public:
-  GenerateReactor(ClusterService* svc, grpc::CallbackServerContext* ctx,
-                  prefill::GenerateRequest req, std::string request_id)
+  GenerateReactor(ClusterService* svc, grpc::CallbackServerContext* ctx, GenerateRequest req,
+                  std::string request_id)
       : svc_(svc), req_(std::move(req)), request_id_(std::move(request_id)) {
     arrival_ = absl::Now();
     deadline_ = arrival_ + svc->options_.max_request_time;
@@ -110,7 +111,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
     bool deadline_hit = false;
     uint32_t index = 0;
     absl::Time first_token;
-    req_.on_plan = [&](const prefill::CostPlan& plan) {
+    req_.on_plan = [&](const CostPlan& plan) {
       pb::GenerateResponse m;
       pb::GenerateAccepted* a = m.mutable_accepted();
       a->set_request_id(request_id_);
@@ -137,7 +138,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       }
       return true;
     };
-    absl::StatusOr<prefill::GenerateResult> r = backend->Generate(req_, &route);
+    absl::StatusOr<GenerateResult> r = backend->Generate(req_, &route);
     absl::Status status = r.status();
     if (status.ok() && deadline_hit) {
       status = absl::DeadlineExceededError(
@@ -149,7 +150,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       pb::GenerateResponse m;
       pb::GenerateDone* d = m.mutable_done();
       d->set_finish_reason(ToProto(r->finish));
-      prefill::RequestStats st = r->stats;
+      RequestStats st = r->stats;
       if (!r->tokens.empty()) st.ttft = first_token - arrival_;  // includes queueing
       st.total_time = absl::Now() - arrival_;
       ToProto(st, d->mutable_stats());
@@ -163,7 +164,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   }
 
   ClusterService* const svc_;
-  prefill::GenerateRequest req_;
+  GenerateRequest req_;
   const std::string request_id_;
   absl::Time arrival_, deadline_;
   Utf8Assembler utf8_;
@@ -217,8 +218,8 @@ absl::StatusOr<std::vector<int32_t>> ClusterService::PromptTokens(const pb::Prom
   return ids;
 }
 
-absl::StatusOr<prefill::GenerateRequest> ClusterService::ToEngineRequest(
-    const pb::GenerateRequest& r, const std::string& tenant) const {
+absl::StatusOr<GenerateRequest> ClusterService::ToServingRequest(const pb::GenerateRequest& r,
+                                                                 const std::string& tenant) const {
   if (!r.model().empty() && r.model() != options_.model_name) {
     return absl::NotFoundError(
         StrCat("unknown model '", r.model(), "'; this server serves '", options_.model_name, "'"));
@@ -226,7 +227,7 @@ absl::StatusOr<prefill::GenerateRequest> ClusterService::ToEngineRequest(
   if (r.request_id().size() > 128) {
     return absl::InvalidArgumentError("request_id longer than 128 characters");
   }
-  prefill::GenerateRequest q;
+  GenerateRequest q;
   ASSIGN_OR_RETURN(q.prompt, PromptTokens(r.prompt()));
   q.tenant = tenant;
   q.shared_prefix_tokens = r.shared_prefix_tokens();
@@ -248,16 +249,16 @@ absl::StatusOr<prefill::GenerateRequest> ClusterService::ToEngineRequest(
   switch (r.cache_policy()) {
     case pb::CACHE_POLICY_UNSPECIFIED:
     case pb::CACHE_POLICY_AUTO:
-      q.policy = prefill::CachePolicy::kAuto;
+      q.policy = CachePolicy::kAuto;
       break;
     case pb::CACHE_POLICY_FORCE_LOAD:
-      q.policy = prefill::CachePolicy::kForceLoad;
+      q.policy = CachePolicy::kForceLoad;
       break;
     case pb::CACHE_POLICY_FORCE_RECOMPUTE:
-      q.policy = prefill::CachePolicy::kForceRecompute;
+      q.policy = CachePolicy::kForceRecompute;
       break;
     case pb::CACHE_POLICY_BYPASS:
-      q.policy = prefill::CachePolicy::kBypass;
+      q.policy = CachePolicy::kBypass;
       break;
     default:
       return absl::InvalidArgumentError(StrCat("unknown cache_policy ", r.cache_policy()));
@@ -267,10 +268,10 @@ absl::StatusOr<prefill::GenerateRequest> ClusterService::ToEngineRequest(
 
 grpc::ServerWriteReactor<pb::GenerateResponse>* ClusterService::Generate(
     grpc::CallbackServerContext* ctx, const pb::GenerateRequest* request) {
-  absl::StatusOr<prefill::GenerateRequest> q;
+  absl::StatusOr<GenerateRequest> q;
   absl::StatusOr<std::string> tenant = Authenticate(ctx);
   if (tenant.ok()) {
-    q = ToEngineRequest(*request, *tenant);
+    q = ToServingRequest(*request, *tenant);
   } else {
     q = tenant.status();
   }

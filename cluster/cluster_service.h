@@ -1,6 +1,6 @@
 // ClusterService: the kvstrata.v1.Cluster gRPC service (proto/kvstrata/v1/cluster.proto) on
-// gRPC's callback API, over a ServingBackend (cluster/serving_backend.h): prefill::Engine in
-// `serve --role=all`, the router's placement over other processes in `--role=router`.
+// gRPC's callback API, over a ServingBackend (cluster/serving_backend.h): the router over this
+// process's workers and store in `serve --role=all`, over other processes in `--role=router`.
 //
 //   - Generate: a ServerWriteReactor. The request is authenticated (cluster/tenants.h), then
 //     queued on the service's worker pool, which runs the backend's Generate and streams one
@@ -24,12 +24,12 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "cluster/request.h"
 #include "cluster/serving_backend.h"
 #include "cluster/tenants.h"
 #include "core/metrics.h"
 #include "core/mutex.h"
 #include "core/thread_pool.h"
-#include "prefill/engine.h"
 #include "proto/kvstrata/v1/cluster.grpc.pb.h"
 
 namespace kv::cluster {
@@ -67,9 +67,9 @@ class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
  private:
   friend class GenerateReactor;
   absl::StatusOr<std::string> Authenticate(grpc::CallbackServerContext* ctx) const;
-  // Builds the engine request (everything except callbacks). Errors name the field.
-  absl::StatusOr<prefill::GenerateRequest> ToEngineRequest(const kvstrata::v1::GenerateRequest& r,
-                                                           const std::string& tenant) const;
+  // Builds the serving request (everything except callbacks). Errors name the field.
+  absl::StatusOr<GenerateRequest> ToServingRequest(const kvstrata::v1::GenerateRequest& r,
+                                                   const std::string& tenant) const;
   absl::StatusOr<std::vector<int32_t>> PromptTokens(const kvstrata::v1::Prompt& p) const;
   ServiceContext Context();
 

@@ -1,6 +1,6 @@
 // The Cluster service over gRPC on loopback, with the real engine, model and tiered store.
 #include "cluster/cluster_service.h"
-#include "cluster/engine_backend.h"
+#include "cluster/embedded_cluster.h"
 #include "model/test_util.h"
 
 #include <gtest/gtest.h>
@@ -16,8 +16,8 @@
 #include "cluster/client.h"
 #include "cluster/grpc_probe.h"
 #include "cluster/grpc_server.h"
+#include "cluster/node.h"
 #include "cluster/proto_convert.h"
-#include "prefill/node.h"
 
 namespace kv::cluster {
 namespace {
@@ -34,22 +34,21 @@ class ClusterServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = model::testing::FreshTempDir("cluster-service");
-    prefill::NodeOptions o;
+    NodeOptions o;
     o.data_dir = dir_;
     o.device_bytes = 8ull << 20;
     o.host_bytes = 16ull << 20;
     o.nvme_bytes = 1ull << 30;
     o.slab_bytes = 1ull << 20;
     o.metrics = &metrics_;
-    auto node = prefill::EmbeddedNode::Open(o);
+    auto node = EmbeddedCluster::Open({.node = o});
     ASSERT_TRUE(node.ok()) << node.status();
     node_ = *std::move(node);
     auto auth = TenantAuth::Parse("tok-a: acme\ntok-b: globex\n", "test");
     ASSERT_TRUE(auth.ok()) << auth.status();
     ClusterServiceOptions so;
     so.metrics = &metrics_;
-    backend_ = std::make_unique<EngineBackend>(&node_->engine(), so.node_id);
-    service_ = std::make_unique<ClusterService>(backend_.get(), *auth, so);
+    service_ = std::make_unique<ClusterService>(&node_->router(), *auth, so);
     GrpcServerOptions go;
     go.services = {service_.get()};
     go.health_service_names = {pb::Cluster::service_full_name()};
@@ -81,8 +80,7 @@ class ClusterServiceTest : public ::testing::Test {
 
   MetricsRegistry metrics_;
   std::string dir_;
-  std::unique_ptr<prefill::EmbeddedNode> node_;
-  std::unique_ptr<ServingBackend> backend_;
+  std::unique_ptr<EmbeddedCluster> node_;
   std::unique_ptr<ClusterService> service_;
   std::unique_ptr<GrpcServer> server_;
 };
@@ -100,7 +98,7 @@ TEST_F(ClusterServiceTest, GenerateStreamsTokensAndWarmRunMatchesCold) {
   EXPECT_EQ(cold->stats.output_tokens(), 16u);
   EXPECT_GT(cold->stats.published_pages(), 0u);
   EXPECT_GT(FromProto(cold->stats.ttft()), absl::ZeroDuration());
-  node_->engine().WaitIdle();
+  node_->WaitIdle();
 
   auto warm = client->Generate(Req(), kTimeout);
   ASSERT_TRUE(warm.ok()) << warm.status();
@@ -157,7 +155,7 @@ TEST_F(ClusterServiceTest, MissingOrInvalidTokenIsUnauthenticated) {
     EXPECT_EQ(client->GetStats(kTimeout).status().code(), absl::StatusCode::kUnauthenticated);
     EXPECT_EQ(client->ListNodes(kTimeout).status().code(), absl::StatusCode::kUnauthenticated);
   }
-  EXPECT_EQ(node_->engine().Counters().requests_ok, 0u);
+  EXPECT_EQ(node_->router().Counters().requests_ok, 0u);
 }
 
 TEST_F(ClusterServiceTest, BadRequestsMapToInvalidArgument) {

@@ -1,10 +1,8 @@
 #include "cluster/embedded_server.h"
 
-#include "cluster/engine_backend.h"
-
+#include <algorithm>
 #include <utility>
 
-#include "cluster/engine_backend.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
@@ -12,7 +10,7 @@
 namespace kv::cluster {
 
 absl::Status ValidateEmbeddedServerOptions(const EmbeddedServerOptions& o) {
-  RETURN_IF_ERROR(prefill::ValidateNodeOptions(o.node));
+  RETURN_IF_ERROR(ValidateNodeOptions(o.node));
   RETURN_IF_ERROR(ListenHost(o.listen).status());
   if (o.metrics_port < -1 || o.metrics_port > 65535) {
     return absl::InvalidArgumentError(
@@ -30,14 +28,18 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
   std::unique_ptr<EmbeddedServer> s(new EmbeddedServer());
   s->requires_token_ = auth.requires_token();
-  ASSIGN_OR_RETURN(s->node_, prefill::EmbeddedNode::Open(o.node, o.engine));
   ClusterServiceOptions so;
   so.node_id = o.node_id.empty() ? "local" : o.node_id;
   so.worker_threads = o.worker_threads;
   so.max_request_time = o.max_request_time;
   so.metrics = o.node.metrics;
-  s->backend_ = std::make_unique<EngineBackend>(&s->node_->engine(), so.node_id);
-  s->service_ = std::make_unique<ClusterService>(s->backend_.get(), std::move(auth), so);
+  EmbeddedClusterOptions co = o.cluster;
+  co.node = o.node;
+  co.node_id = so.node_id;
+  co.max_request_time = o.max_request_time;
+  co.decode_threads = std::max(co.decode_threads, o.worker_threads);
+  ASSIGN_OR_RETURN(s->cluster_, EmbeddedCluster::Open(std::move(co)));
+  s->service_ = std::make_unique<ClusterService>(&s->cluster_->router(), std::move(auth), so);
   GrpcServerOptions go;
   go.address = o.listen;
   go.services = {s->service_.get()};
@@ -52,8 +54,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
                      MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));
   }
   log::Info("serve_started", "role", "all", "address", s->grpc_->address(), "metrics_port",
-            s->metrics_port(), "model", s->node_->model_dir(), "layout",
-            s->node_->model().layout().name, "data_dir", o.node.data_dir, "tenants",
+            s->metrics_port(), "model", s->cluster_->model_dir(), "layout",
+            s->cluster_->model().layout().name, "data_dir", o.node.data_dir, "tenants",
             s->requires_token_ ? "tokens file" : "built-in tenant default");
   return s;
 }
@@ -64,13 +66,13 @@ void EmbeddedServer::Shutdown() {
   if (grpc_) grpc_->Shutdown();  // bounded: grace, then in-flight calls are cancelled
   service_.reset();              // drains the Generate workers
   if (metrics_) metrics_->Stop();
-  if (node_) node_->engine().WaitIdle();
+  if (cluster_) cluster_->WaitIdle();
   log::Info("serve_stopped", "role", "all");
 }
 
 EmbeddedServer::~EmbeddedServer() {
   Shutdown();
-  node_.reset();
+  cluster_.reset();
 }
 
 }  // namespace kv::cluster

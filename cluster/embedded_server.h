@@ -1,5 +1,6 @@
-// EmbeddedServer: a running `kvstrata serve --role=all` in this process: the EmbeddedNode
-// (model + tiered store + engine, prefill/node.h), the Cluster service on a GrpcServer
+// EmbeddedServer: a running `kvstrata serve --role=all` in this process: the EmbeddedCluster
+// (model, tiered store, prefill worker and decode sessions over the in-process transport, and
+// the router over them; cluster/embedded_cluster.h), the Cluster service on a GrpcServer
 // (with health and reflection), and the metrics HTTP server (/metrics, /healthz).
 // `kvstrata serve` runs one until a signal; `kvstrata demo` and tests start one on a free
 // loopback port.
@@ -17,15 +18,18 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cluster/cluster_service.h"
+#include "cluster/embedded_cluster.h"
 #include "cluster/grpc_server.h"
+#include "cluster/node.h"
 #include "core/http_server.h"
-#include "prefill/node.h"
 
 namespace kv::cluster {
 
 struct EmbeddedServerOptions {
-  prefill::NodeOptions node;
-  prefill::EngineOptions engine;
+  NodeOptions node;
+  // Worker and router options of the embedded cluster (its node, node_id and
+  // max_request_time come from the fields here).
+  EmbeddedClusterOptions cluster;
   std::string listen = "127.0.0.1:7070";
   // Metrics HTTP port on the listen host; 0 picks a free port; -1 disables it.
   int64_t metrics_port = 9090;
@@ -47,14 +51,13 @@ class EmbeddedServer {
 
   const std::string& address() const { return grpc_->address(); }
   int metrics_port() const { return metrics_ ? metrics_->port() : -1; }
-  prefill::EmbeddedNode& node() { return *node_; }
+  EmbeddedCluster& cluster() { return *cluster_; }
   bool requires_token() const { return requires_token_; }
   void Shutdown();
 
  private:
   EmbeddedServer() = default;
-  std::unique_ptr<prefill::EmbeddedNode> node_;
-  std::unique_ptr<ServingBackend> backend_;
+  std::unique_ptr<EmbeddedCluster> cluster_;
   std::unique_ptr<ClusterService> service_;
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<MetricsHttpServer> metrics_;

@@ -96,35 +96,21 @@ std::string TierProtoName(pb::Tier tier) {
   }
 }
 
-pb::CacheDecision ToProto(prefill::CacheDecision d) {
+pb::CacheDecision ToProto(CacheDecision d) {
   switch (d) {
-    case prefill::CacheDecision::kLoad:
+    case CacheDecision::kLoad:
       return pb::CACHE_DECISION_LOAD;
-    case prefill::CacheDecision::kPartialLoad:
+    case CacheDecision::kPartialLoad:
       return pb::CACHE_DECISION_PARTIAL_LOAD;
-    case prefill::CacheDecision::kRecompute:
+    case CacheDecision::kRecompute:
       return pb::CACHE_DECISION_RECOMPUTE;
-    case prefill::CacheDecision::kNone:
+    case CacheDecision::kNone:
       break;
   }
   return pb::CACHE_DECISION_UNSPECIFIED;
 }
 
-pb::FinishReason ToProto(prefill::FinishReason r) {
-  switch (r) {
-    case prefill::FinishReason::kLength:
-      return pb::FINISH_REASON_LENGTH;
-    case prefill::FinishReason::kEos:
-      return pb::FINISH_REASON_EOS;
-    case prefill::FinishReason::kStopToken:
-      return pb::FINISH_REASON_STOP_TOKEN;
-    case prefill::FinishReason::kCancelled:
-      return pb::FINISH_REASON_CANCELLED;
-  }
-  return pb::FINISH_REASON_UNSPECIFIED;
-}
-
-void ToProto(const prefill::CostPlan& plan, pb::CostEstimate* out) {
+void ToProto(const CostPlan& plan, pb::CostEstimate* out) {
   out->set_decision(ToProto(plan.decision));
   out->set_load_tokens(static_cast<uint32_t>(plan.load_tokens));
   out->set_recompute_tokens(static_cast<uint32_t>(plan.recompute_tokens));
@@ -133,14 +119,14 @@ void ToProto(const prefill::CostPlan& plan, pb::CostEstimate* out) {
   out->set_reason(plan.reason);
 }
 
-void ToProto(const prefill::RequestStats& st, pb::RequestStats* out) {
+void ToProto(const RequestStats& st, pb::RequestStats* out) {
   SetDuration(st.ttft, out->mutable_ttft());
   SetDuration(st.total_time, out->mutable_total_time());
   out->set_prompt_tokens(static_cast<uint32_t>(st.prompt_tokens));
   out->set_output_tokens(static_cast<uint32_t>(st.output_tokens));
   out->set_cached_tokens(static_cast<uint32_t>(st.cached_tokens));
   out->set_recomputed_tokens(static_cast<uint32_t>(st.recomputed_tokens));
-  for (const prefill::TierHit& h : st.tier_hits) {
+  for (const TierHit& h : st.tier_hits) {
     pb::TierHits* t = out->add_tier_hits();
     t->set_tier(ToProto(h.tier));
     t->set_node_id(h.node_id);
@@ -149,16 +135,11 @@ void ToProto(const prefill::RequestStats& st, pb::RequestStats* out) {
     t->set_tokens(static_cast<uint32_t>(h.tokens));
     t->set_bytes(h.bytes);
   }
-  if (st.transport.empty()) {  // in-process: cache loads are memcpy
-    out->set_bytes_transferred(st.bytes_loaded);
-    out->set_transport(st.bytes_loaded > 0 ? pb::TRANSPORT_KIND_INPROC
-                                           : pb::TRANSPORT_KIND_UNSPECIFIED);
-  } else {
-    out->set_bytes_transferred(st.bytes_transferred);
-    out->set_transport(st.transport == "ucx"    ? pb::TRANSPORT_KIND_UCX
-                       : st.transport == "grpc" ? pb::TRANSPORT_KIND_GRPC
+  out->set_bytes_transferred(st.bytes_transferred);
+  out->set_transport(st.transport == "ucx"      ? pb::TRANSPORT_KIND_UCX
+                     : st.transport == "grpc"   ? pb::TRANSPORT_KIND_GRPC
+                     : st.transport == "inproc" ? pb::TRANSPORT_KIND_INPROC
                                                 : pb::TRANSPORT_KIND_UNSPECIFIED);
-  }
   ToProto(st.cost, out->mutable_cost());
   SetDuration(st.load_time, out->mutable_load_time());
   SetDuration(st.prefill_time, out->mutable_prefill_time());
@@ -166,62 +147,12 @@ void ToProto(const prefill::RequestStats& st, pb::RequestStats* out) {
   out->set_published_pages(static_cast<uint32_t>(st.published_pages));
 }
 
-void FillCapacity(prefill::Engine& engine, TierKind tier, const TierStats& stats,
-                  pb::TierCapacity* out) {
+void FillCapacity(CostModel& cm, TierKind tier, const TierStats& stats, pb::TierCapacity* out) {
   out->set_tier(ToProto(tier));
   out->set_capacity_bytes(stats.capacity_bytes);
   out->set_used_bytes(stats.used_bytes);
   out->set_pages(stats.pages);
-  prefill::CostModel& cm = engine.cost_model();
   out->set_read_bytes_per_second(cm.measured(tier) ? cm.BytesPerSecond(tier) : 0.0);
-}
-
-void FillLookup(prefill::Engine& engine, const prefill::LookupInfo& info,
-                const std::string& node_id, bool include_keys, pb::LookupResponse* out) {
-  const int64_t pt = engine.page_tokens();
-  out->set_prompt_tokens(static_cast<uint32_t>(info.prompt_tokens));
-  const KeyParams& kp = engine.key_params();
-  out->mutable_key_space()->set_model_fingerprint(
-      std::string(kp.model_fingerprint.begin(), kp.model_fingerprint.end()));
-  out->mutable_key_space()->set_layout(kp.layout_id);
-  out->mutable_key_space()->set_page_tokens(kp.page_tokens);
-  out->set_full_blocks(static_cast<uint32_t>(info.full_blocks));
-  out->set_cached_blocks(static_cast<uint32_t>(info.cached_blocks));
-  out->set_cached_tokens(static_cast<uint32_t>(info.cached_blocks * pt));
-  prefill::CostModel& cm = engine.cost_model();
-  const double page = static_cast<double>(engine.page_bytes());
-  for (size_t i = 0; i < info.tiers.size();) {
-    size_t j = i;
-    while (j < info.tiers.size() && info.tiers[j] == info.tiers[i]) ++j;
-    pb::PrefixSegment* s = out->add_segments();
-    s->set_node_id(node_id);
-    s->set_tier(ToProto(info.tiers[i]));
-    s->set_first_block(static_cast<uint32_t>(i));
-    s->set_block_count(static_cast<uint32_t>(j - i));
-    SetDuration(absl::Seconds((j - i) * page / cm.BytesPerSecond(info.tiers[i])),
-                s->mutable_estimated_load_time());
-    i = j;
-  }
-  ToProto(info.cost, out->mutable_cost());
-  if (include_keys) {
-    for (const BlockKey& k : info.keys) out->add_keys(std::string(k.bytes.begin(), k.bytes.end()));
-  }
-  for (int t = 0; t < kNumTiers; ++t) {
-    size_t n = 0;
-    double secs = 0;
-    while (n < info.tiers.size() && static_cast<int>(info.tiers[n]) <= t) {
-      secs += page / cm.BytesPerSecond(info.tiers[n]);
-      ++n;
-    }
-    const bool holds = std::any_of(info.tiers.begin(), info.tiers.end(),
-                                   [&](TierKind k) { return static_cast<int>(k) == t; });
-    if (!holds) continue;
-    pb::TierPrefix* p = out->add_tier_prefixes();
-    p->set_tier(ToProto(static_cast<TierKind>(t)));
-    p->set_blocks(static_cast<uint32_t>(n));
-    p->set_tokens(static_cast<uint32_t>(n * pt));
-    SetDuration(absl::Seconds(secs), p->mutable_estimated_load_time());
-  }
 }
 
 namespace {

@@ -1,6 +1,7 @@
-// Conversions between the engine's values (prefill/engine.h) and kvstrata.v1 messages, for
-// the Cluster service and its client; plus Utf8Assembler, which turns a stream of byte
-// tokens into valid UTF-8 text pieces (proto3 strings must be valid UTF-8).
+// Conversions between the serving values (cluster/request.h, cluster/cost_model.h, kvstore
+// tiers) and kvstrata.v1 messages, for the Cluster service and its client; plus Utf8Assembler,
+// which turns a stream of byte tokens into valid UTF-8 text pieces (proto3 strings must be valid
+// UTF-8).
 //
 // Thread-safety: the functions are pure. A Utf8Assembler is a per-stream value used by one
 // thread at a time.
@@ -10,10 +11,11 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "cluster/cost_model.h"
+#include "cluster/request.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/timestamp.pb.h"
 #include "kvstore/tiered_store.h"
-#include "prefill/engine.h"
 #include "proto/kvstrata/v1/cluster.pb.h"
 #include "proto/kvstrata/v1/page_store.pb.h"
 
@@ -32,20 +34,15 @@ kvstrata::v1::ResumeRole ToProto(PageRole role);
 PageRole FromProto(kvstrata::v1::ResumeRole role);
 // "device", "host", "nvme", or "unspecified".
 std::string TierProtoName(kvstrata::v1::Tier tier);
-kvstrata::v1::CacheDecision ToProto(prefill::CacheDecision d);
-kvstrata::v1::FinishReason ToProto(prefill::FinishReason r);
-void ToProto(const prefill::CostPlan& plan, kvstrata::v1::CostEstimate* out);
-// Stats of a request. In-process requests (empty `transport`) report their cache loads as
+kvstrata::v1::CacheDecision ToProto(CacheDecision d);
+void ToProto(const CostPlan& plan, kvstrata::v1::CostEstimate* out);
+// Stats of a request. In-process requests (transport "inproc") report their cache loads as
 // bytes moved by the in-process transport.
-void ToProto(const prefill::RequestStats& st, kvstrata::v1::RequestStats* out);
+void ToProto(const RequestStats& st, kvstrata::v1::RequestStats* out);
 
 // Capacity of one tier, with the cost model's measured read bandwidth (0 if unmeasured).
-void FillCapacity(prefill::Engine& engine, TierKind tier, const TierStats& stats,
+void FillCapacity(CostModel& cost, TierKind tier, const TierStats& stats,
                   kvstrata::v1::TierCapacity* out);
-// A LookupResponse from an engine lookup: segments (runs per tier), tier prefixes and the
-// cost model's estimate; the keys when `include_keys`.
-void FillLookup(prefill::Engine& engine, const prefill::LookupInfo& info,
-                const std::string& node_id, bool include_keys, kvstrata::v1::LookupResponse* out);
 
 // Accumulates byte tokens (0..255) and returns, per token, the newly completed valid UTF-8
 // text. Incomplete sequences are held back until completed; invalid bytes become U+FFFD.

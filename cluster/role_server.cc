@@ -70,7 +70,7 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
     RETURN_IF_ERROR(StaticMembership::ParseSpec(o.membership.members).status());
   }
   if (!o.membership.etcd.empty()) RETURN_IF_ERROR(ListenHost(o.membership.etcd).status());
-  if (o.role == "store") RETURN_IF_ERROR(prefill::ValidateNodeOptions(o.node));
+  if (o.role == "store") RETURN_IF_ERROR(ValidateNodeOptions(o.node));
   if (o.node.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
   if (!o.node.kv_layout.empty()) {
     absl::StatusOr<LayoutInfo> layout = LookupLayout(std::string_view(o.node.kv_layout));
@@ -121,11 +121,11 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   GrpcServerOptions go;
   go.address = o.listen;
   go.shutdown_grace = o.shutdown_grace;
-  ASSIGN_OR_RETURN(std::string model_dir, prefill::EnsureModelDir(o.node));
+  ASSIGN_OR_RETURN(std::string model_dir, EnsureModelDir(o.node));
   pb::KeySpace* ks = self.add_key_spaces();
   if (o.role == "store") {
     self.add_roles(pb::ROLE_STORE);
-    ASSIGN_OR_RETURN(s.store, prefill::OpenStore(o.node));
+    ASSIGN_OR_RETURN(s.store, OpenStore(o.node));
     PageStoreServiceOptions po;
     po.node_id = o.node_id;
     po.clock = o.node.clock;
@@ -165,7 +165,7 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
       // The cost model's page size. A V4 page's size depends on its layer mix and resume
       // section (the router does not load the model to measure it): 256 tokens of 584-B
       // records per layer bounds it within a small factor.
-      ro.raw_handoff = !config.IsV4();
+      ro.prefill_handoff = !config.IsV4();
       ro.pages_have_resume = config.IsV4();
       if (config.IsV4()) {
         ro.page_bytes =
@@ -177,7 +177,8 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
                       .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
         ASSIGN_OR_RETURN(ro.page_bytes, EncodedPageBytes(spec));
       }
-      s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(), ro);
+      s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(),
+                                                 GrpcWorkerClients(kp), ro);
       ClusterServiceOptions co;
       co.node_id = o.node_id;
       co.worker_threads = std::max(o.worker_threads, 4);  // requests wait on workers, not CPU

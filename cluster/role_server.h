@@ -23,7 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cluster/membership_config.h"
-#include "prefill/node.h"
+#include "cluster/node.h"
 
 namespace kv::cluster {
 
@@ -35,7 +35,7 @@ struct RoleServerOptions {
   std::string advertise;
   std::string node_id;          // empty: the advertised address
   int64_t metrics_port = 9090;  // 0 any, -1 off
-  prefill::NodeOptions node;    // model, data dir, layout, tier sizes
+  NodeOptions node;             // model, data dir, layout, tier sizes
   std::string tokens_file;
   int worker_threads = 2;
   MembershipConfig membership;

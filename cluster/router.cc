@@ -4,12 +4,13 @@
 #include <tuple>
 #include <utility>
 
-#include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
 #include "cluster/grpc_status.h"
+#include "cluster/grpc_worker_client.h"
 #include "cluster/proto_convert.h"
+#include "cluster/worker_convert.h"
 #include "core/hash.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
@@ -31,65 +32,87 @@ std::string HostOf(std::string_view address) {
   return std::string(colon == std::string_view::npos ? address : address.substr(0, colon));
 }
 
-// Sets the call's deadline and forwards the end user's credentials.
-void PrepareCall(grpc::ClientContext* ctx, const std::string& authorization, absl::Time deadline) {
-  ctx->set_deadline(absl::ToChronoTime(deadline));
-  if (!authorization.empty()) ctx->AddMetadata("authorization", authorization);
-}
-
-pb::KeySpace ToKeySpace(const KeyParams& kp) {
-  pb::KeySpace ks;
-  ks.set_model_fingerprint(std::string(kp.model_fingerprint.begin(), kp.model_fingerprint.end()));
-  ks.set_layout(kp.layout_id);
-  ks.set_page_tokens(kp.page_tokens);
-  return ks;
-}
-
-void ToProtoSampling(const prefill::GenerateRequest& req, pb::SamplingParams* s) {
-  s->set_max_new_tokens(static_cast<uint32_t>(req.max_tokens));
-  s->set_temperature(static_cast<float>(req.sampling.temperature));
-  s->set_top_p(static_cast<float>(req.sampling.top_p));
-  s->set_seed(req.sampling.seed);
-  for (int32_t t : req.stop_tokens) s->add_stop_token_ids(static_cast<uint32_t>(t));
-  s->set_ignore_eos(req.ignore_eos);
-}
-
 }  // namespace
+
+WorkerClientFactory GrpcWorkerClients(KeyParams key_params) {
+  struct Cache {
+    kv::Mutex mu;
+    std::map<std::string, std::shared_ptr<WorkerClient>> clients ABSL_GUARDED_BY(mu);
+  };
+  auto cache = std::make_shared<Cache>();
+  return [cache, key_params](const pb::NodeInfo& node) {
+    kv::MutexLock l(&cache->mu);
+    std::shared_ptr<WorkerClient>& c = cache->clients[node.grpc_address()];
+    if (c == nullptr) {
+      c = NewGrpcWorkerClient(
+          grpc::CreateChannel(node.grpc_address(), grpc::InsecureChannelCredentials()), key_params,
+          node.node_id());
+    }
+    return c;
+  };
+}
 
 struct RouterBackend::Plan {
   std::vector<BlockKey> keys;
   PoolPrefix prefix;  // the usable cached prefix (at most (n - 1) / page_tokens blocks)
-  prefill::CostPlan cost;
+  CostPlan cost;
 };
 
-RouterBackend::RouterBackend(Membership* membership, PagePool* pool, RouterOptions options)
-    : membership_(membership), pool_(pool), options_(std::move(options)), cost_(options_.cost) {}
+RouterBackend::RouterBackend(Membership* membership, PagePool* pool, WorkerClientFactory workers,
+                             RouterOptions options)
+    : membership_(membership),
+      pool_(pool),
+      workers_(std::move(workers)),
+      options_(std::move(options)),
+      cost_(options_.cost) {}
 
-absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const prefill::GenerateRequest& req) {
+absl::Status RouterBackend::Validate(const GenerateRequest& req) const {
   if (req.prompt.empty()) return absl::InvalidArgumentError("generate: the prompt is empty");
   if (req.tenant.empty()) return absl::InvalidArgumentError("generate: no tenant");
+  if (req.max_tokens <= 0) {
+    return absl::InvalidArgumentError(
+        StrCat("generate: max_new_tokens must be > 0, got ", req.max_tokens));
+  }
+  if (req.shared_prefix_tokens < 0) {
+    return absl::InvalidArgumentError("generate: shared_prefix_tokens must be >= 0");
+  }
   for (size_t i = 0; i < req.prompt.size(); ++i) {
     if (req.prompt[i] < 0 || req.prompt[i] >= options_.vocab_size) {
-      return absl::InvalidArgumentError(StrCat("generate: token ", req.prompt[i], " at index ", i,
-                                               " is outside the vocabulary [0, ",
+      return absl::InvalidArgumentError(StrCat("generate: prompt token ", i, " has id ",
+                                               req.prompt[i], ", outside the vocabulary [0, ",
                                                options_.vocab_size, ")"));
     }
   }
-  if (req.max_tokens <= 0) return absl::InvalidArgumentError("generate: max_tokens must be > 0");
+  if (req.session_id.size() > 128) {
+    return absl::InvalidArgumentError("generate: session id longer than 128 characters");
+  }
+  for (char c : req.session_id) {
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(
+          "generate: session id must be printable ASCII without spaces");
+    }
+  }
+  if (req.retention_ttl && *req.retention_ttl < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("generate: retention_ttl must be >= 0");
+  }
   RETURN_IF_ERROR(model::ValidateSamplingParams(req.sampling));
   if (static_cast<int64_t>(req.prompt.size()) + req.max_tokens > options_.max_context) {
     return absl::OutOfRangeError(StrCat("generate: prompt (", req.prompt.size(),
                                         " tokens) + max_new_tokens (", req.max_tokens,
                                         ") exceeds the context limit ", options_.max_context));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const GenerateRequest& req) {
+  RETURN_IF_ERROR(Validate(req));
   Plan plan;
   ASSIGN_OR_RETURN(plan.keys, DeriveRequestKeys(options_.key_params, req.prompt, req.tenant,
                                                 req.shared_prefix_tokens, nullptr));
   const int64_t pt = options_.key_params.page_tokens;
   const int64_t usable = std::min<int64_t>(static_cast<int64_t>(plan.keys.size()),
                                            (static_cast<int64_t>(req.prompt.size()) - 1) / pt);
-  const bool read_cache =
-      req.policy == prefill::CachePolicy::kAuto || req.policy == prefill::CachePolicy::kForceLoad;
+  const bool read_cache = req.policy == CachePolicy::kAuto || req.policy == CachePolicy::kForceLoad;
   if (read_cache && usable > 0) {
     absl::StatusOr<PoolPrefix> p =
         pool_->Lookup(std::span<const BlockKey>(plan.keys).subspan(0, usable), req.authorization);
@@ -99,8 +122,8 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const prefill::Gener
       options_.pages_have_resume, plan.prefix.has_resume, plan.prefix.blocks());
   plan.cost = cost_.Plan(std::span<const TierKind>(plan.prefix.tiers).first(continuable),
                          options_.page_bytes, pt);
-  if (req.policy == prefill::CachePolicy::kForceLoad && continuable > 0) {
-    plan.cost.decision = prefill::CacheDecision::kLoad;
+  if (req.policy == CachePolicy::kForceLoad && continuable > 0) {
+    plan.cost.decision = CacheDecision::kLoad;
     plan.cost.load_blocks = continuable;
     plan.cost.load_tokens = plan.cost.load_blocks * pt;
     plan.cost.recompute_tokens = 0;
@@ -140,16 +163,8 @@ absl::StatusOr<pb::NodeInfo> RouterBackend::Pick(pb::Role role, const BlockKey& 
   return *best;
 }
 
-std::unique_ptr<pb::Worker::Stub> RouterBackend::WorkerStub(const std::string& address) {
-  kv::MutexLock l(&mu_);
-  std::shared_ptr<grpc::Channel>& c = channels_[address];
-  if (c == nullptr) c = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  return pb::Worker::NewStub(c);
-}
-
-absl::StatusOr<prefill::GenerateResult> RouterBackend::Generate(const prefill::GenerateRequest& req,
-                                                                Route* route) {
-  absl::StatusOr<prefill::GenerateResult> r = Run(req, route);
+absl::StatusOr<GenerateResult> RouterBackend::Generate(const GenerateRequest& req, Route* route) {
+  absl::StatusOr<GenerateResult> r = Run(req, route);
   kv::MutexLock l(&mu_);
   if (!r.ok()) {
     ++counters_.requests_failed;
@@ -163,19 +178,7 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Generate(const prefill::G
   return r;
 }
 
-namespace {
-// A cached run of the chain's first blocks `keys`, pinned under `lease` on `prefix`'s home.
-void AddCachedRun(const PoolPrefix& prefix, std::span<const BlockKey> keys,
-                  const std::string& lease, pb::CachedRun* run) {
-  run->set_node_id(prefix.node_id);
-  run->set_grpc_address(prefix.address);
-  run->set_first_block(0);
-  for (const BlockKey& k : keys) run->add_keys(std::string(k.bytes.begin(), k.bytes.end()));
-  run->set_lease_id(lease);
-}
-}  // namespace
-
-void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st, uint64_t bytes) {
+void RouterBackend::AccountLoad(const Plan& plan, RequestStats* st, uint64_t bytes) {
   cost_.RecordPrefill(st->recomputed_tokens, st->prefill_time);
   const int64_t loaded_blocks =
       std::min(st->cached_tokens / options_.key_params.page_tokens, plan.prefix.blocks());
@@ -183,12 +186,13 @@ void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st, uin
   // Bytes per page: measured when the worker reported them, else the configured page size.
   const uint64_t page =
       bytes > 0 ? bytes / static_cast<uint64_t>(loaded_blocks) : options_.page_bytes;
+  const bool remote = options_.local_store == nullptr;
   for (int64_t b = 0; b < loaded_blocks; ++b) {
     const TierKind tier = plan.prefix.tiers[b];
     auto it = std::find_if(st->tier_hits.begin(), st->tier_hits.end(),
-                           [&](const prefill::TierHit& h) { return h.tier == tier; });
+                           [&](const TierHit& h) { return h.tier == tier; });
     if (it == st->tier_hits.end()) {
-      st->tier_hits.push_back({.tier = tier, .node_id = plan.prefix.node_id, .remote = true});
+      st->tier_hits.push_back({.tier = tier, .node_id = plan.prefix.node_id, .remote = remote});
       it = st->tier_hits.end() - 1;
     }
     ++it->pages;
@@ -196,43 +200,57 @@ void RouterBackend::AccountLoad(const Plan& plan, prefill::RequestStats* st, uin
     it->bytes += page;
     st->bytes_loaded += page;
   }
+  std::sort(st->tier_hits.begin(), st->tier_hits.end(),
+            [](const TierHit& a, const TierHit& b) { return a.tier < b.tier; });
   // RecordRead ignores an unmeasured (zero) load time.
   cost_.RecordRead(plan.prefix.tiers[0], st->bytes_loaded, st->load_time);
 }
 
-absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::GenerateRequest& req,
-                                                           Route* route) {
-  const absl::Time start = absl::Now();
+absl::Status RouterBackend::Stream(const GenerateRequest& req, DecodeCall& call, absl::Time start,
+                                   GenerateResult* out, decode::DecodeOutcome* done) {
+  bool keep_going = true;
+  while (true) {
+    ASSIGN_OR_RETURN(DecodeEvent e, call.Next());
+    if (e.token) {
+      if (!keep_going) continue;  // sampled before the cancel reached the worker: dropped
+      if (out->tokens.empty()) out->stats.ttft = clock()->Now() - start;
+      out->tokens.push_back(*e.token);
+      if (req.on_token) keep_going = req.on_token(*e.token);
+      if (!keep_going) call.Cancel();
+    } else if (e.done) {
+      *done = *std::move(e.done);
+      out->finish = keep_going ? done->finish : FinishReason::kCancelled;
+      return absl::OkStatus();
+    }
+  }
+}
+
+absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Route* route) {
+  const absl::Time start = clock()->Now();
   const absl::Time deadline = start + options_.max_request_time;
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req));
   const BlockKey root = plan.keys.empty() ? BlockKey::Zero() : plan.keys[0];
-  ASSIGN_OR_RETURN(pb::NodeInfo decode, Pick(pb::ROLE_DECODE, root, ""));
-  // Without a live prefill worker the decode worker computes the prompt itself; without a
-  // raw-block handoff (V4) it always does, loading the planned cached run itself.
+  ASSIGN_OR_RETURN(pb::NodeInfo decode_node, Pick(pb::ROLE_DECODE, root, ""));
+  // Without a live prefill worker, or a model without a handoff, the decode worker computes
+  // the prompt itself, loading the planned cached run itself.
   absl::StatusOr<pb::NodeInfo> picked =
-      options_.raw_handoff ? Pick(pb::ROLE_PREFILL, root, plan.prefix.address)
-                           : absl::StatusOr<pb::NodeInfo>(absl::FailedPreconditionError(
-                                 StrCat(options_.key_params.layout_id,
-                                        " pages are not handed over: the decode worker loads "
-                                        "and computes the prompt")));
-  pb::NodeInfo prefill;
-  if (picked.ok()) {
-    prefill = *std::move(picked);
-  } else if (options_.raw_handoff) {
-    plan.cost.load_blocks = 0;
-    plan.cost.load_tokens = 0;
-    plan.cost.recompute_tokens = static_cast<int64_t>(req.prompt.size());
-    plan.cost.decision = prefill::CacheDecision::kRecompute;
-    plan.cost.reason = StrCat("no live prefill worker: the decode worker computes the prompt (",
-                              picked.status().message(), ")");
+      options_.prefill_handoff ? Pick(pb::ROLE_PREFILL, root, plan.prefix.address)
+                               : absl::StatusOr<pb::NodeInfo>(absl::FailedPreconditionError(
+                                     StrCat(options_.key_params.layout_id,
+                                            " prompts are not handed over: the decode worker "
+                                            "loads and computes them")));
+  if (!picked.ok() && options_.prefill_handoff) {
+    plan.cost.reason = StrCat(plan.cost.reason, "; no live prefill worker: the decode worker ",
+                              "computes the prompt (", picked.status().message(), ")");
   }
-  route->prefill_node_id = prefill.node_id();
-  route->decode_node_id = decode.node_id();
+  const std::string prefill_id = picked.ok() ? picked->node_id() : "";
+  route->prefill_node_id = prefill_id;
+  route->decode_node_id = decode_node.node_id();
   if (req.on_plan) req.on_plan(plan.cost);
   {
     kv::MutexLock l(&mu_);
-    ++in_flight_[prefill.node_id()];
-    ++in_flight_[decode.node_id()];
+    ++in_flight_[prefill_id];
+    ++in_flight_[decode_node.node_id()];
   }
   struct Release {  // the load counts go down however the request ends
     RouterBackend* r;
@@ -242,206 +260,121 @@ absl::StatusOr<prefill::GenerateResult> RouterBackend::Run(const prefill::Genera
       --r->in_flight_[a];
       --r->in_flight_[b];
     }
-  } release{this, prefill.node_id(), decode.node_id()};
+  } release{this, prefill_id, decode_node.node_id()};
 
-  prefill::GenerateResult out;
-  prefill::RequestStats& st = out.stats;
+  GenerateResult out;
+  RequestStats& st = out.stats;
   st.prompt_tokens = static_cast<int64_t>(req.prompt.size());
   st.cost = plan.cost;
-  st.transport = "ucx";
-  const pb::KeySpace ks = ToKeySpace(options_.key_params);
 
   // 1. Pin the prefix the plan loads.
-  std::string lease;
-  int64_t pinned = 0;
+  std::optional<CachedRun> run;
   if (plan.cost.load_blocks > 0) {
+    int64_t pinned = 0;
     absl::StatusOr<std::string> l = pool_->Pin(
         plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
         options_.lease, req.authorization, &pinned);
-    if (l.ok()) {
-      lease = *l;
-    } else {
+    if (l.ok() && pinned > 0) {
+      run = CachedRun{.node_id = plan.prefix.node_id,
+                      .address = plan.prefix.address,
+                      .keys = {plan.keys.begin(), plan.keys.begin() + pinned},
+                      .lease_id = *l};
+    } else if (!l.ok()) {
       log::Warn("router_pin_failed", "node", plan.prefix.node_id, "error", l.status().ToString());
     }
   }
   struct Unpin {
     RouterBackend* r;
-    const std::string& address;
-    const std::string& lease;
+    const std::optional<CachedRun>& run;
     const std::string& auth;
-    ~Unpin() { r->pool_->Unpin(address, lease, auth); }
-  } unpin{this, plan.prefix.address, lease, req.authorization};
+    ~Unpin() {
+      if (run) r->pool_->Unpin(run->address, run->lease_id, auth);
+    }
+  } unpin{this, run, req.authorization};
 
-  // 2. Decode first: its destination is where the prefill writes.
-  auto decode_stub = WorkerStub(decode.grpc_address());
-  grpc::ClientContext decode_ctx;
-  PrepareCall(&decode_ctx, req.authorization, deadline);
-  auto dstream = decode_stub->Decode(&decode_ctx);
-  {
-    pb::DecodeClientMessage m;
-    pb::DecodeStart* s = m.mutable_start();
-    s->set_request_id(req.session_id);
-    for (int32_t t : req.prompt) s->add_token_ids(static_cast<uint32_t>(t));
-    *s->mutable_key_space() = ks;
-    s->set_shared_prefix_tokens(
-        static_cast<uint32_t>(std::max<int64_t>(0, req.shared_prefix_tokens)));
-    ToProtoSampling(req, s->mutable_sampling());
-    s->set_session_id(req.session_id);
-    if (req.retention_ttl) SetDuration(*req.retention_ttl, s->mutable_retention_ttl());
-    s->add_transports(pb::TRANSPORT_KIND_UCX);
-    s->set_skip_publish(req.policy == prefill::CachePolicy::kBypass);
-    if (!options_.raw_handoff && !lease.empty() && pinned > 0) {
-      AddCachedRun(plan.prefix, std::span<const BlockKey>(plan.keys).first(pinned), lease,
-                   s->add_cached());
-    }
-    if (!dstream->Write(m)) return FromGrpcStatus(dstream->Finish());
-  }
-  pb::DecodeResponse dr;
-  if (!dstream->Read(&dr) || !dr.has_ready()) {
-    absl::Status s = FromGrpcStatus(dstream->Finish());
-    return MarkRetryable(absl::UnavailableError(
-        StrCat("decode worker ", decode.node_id(),
-               " did not accept the request: ", s.ok() ? "no HandoffReady" : s.ToString())));
-  }
-  const pb::HandoffReady ready = dr.ready();
+  const absl::Duration retention =
+      req.session_id.empty() ? absl::ZeroDuration()
+                             : std::min(req.retention_ttl.value_or(options_.default_retention),
+                                        options_.max_retention);
+  // 2. The decode session first: its destination is where the prefill writes.
+  decode::DecodeRequest dreq{.request_id = StrCat(req.session_id, "@", absl::ToUnixMicros(start)),
+                             .prompt = req.prompt,
+                             .tenant = req.tenant,
+                             .authorization = req.authorization,
+                             .shared_prefix_tokens = req.shared_prefix_tokens,
+                             .sampling = req.sampling,
+                             .max_tokens = req.max_tokens,
+                             .stop_tokens = req.stop_tokens,
+                             .ignore_eos = req.ignore_eos,
+                             .session_id = req.session_id,
+                             .retention = retention,
+                             .skip_publish = req.policy == CachePolicy::kBypass,
+                             .cached = run};
+  std::shared_ptr<WorkerClient> decode_client = workers_(decode_node);
+  ASSIGN_OR_RETURN(std::unique_ptr<DecodeCall> call, decode_client->StartDecode(dreq, deadline));
+  ASSIGN_OR_RETURN(transport::HandoffDestination dest, call->Ready());
 
-  // 3. Prefill into the destination. A failure here only costs the decode worker a local
-  //    prefill.
-  pb::PrefillDone done;
-  absl::Status prefill_status;
-  if (!picked.ok()) {
-    prefill_status = picked.status();
-  } else if (ready.pages_size() > 0) {
-    pb::PrefillRequest p;
-    p.set_request_id(req.session_id);
-    for (int32_t t : req.prompt) p.add_token_ids(static_cast<uint32_t>(t));
-    *p.mutable_key_space() = ks;
-    p.set_shared_prefix_tokens(
-        static_cast<uint32_t>(std::max<int64_t>(0, req.shared_prefix_tokens)));
-    if (!lease.empty() && pinned > 0) {
-      AddCachedRun(plan.prefix, std::span<const BlockKey>(plan.keys).first(pinned), lease,
-                   p.add_cached());
+  // 3. Prefill into the destination. A failure only costs the decode worker a local prefill.
+  absl::StatusOr<prefill::PrefillDone> done = absl::UnavailableError("no prefill");
+  if (picked.ok() && dest.valid()) {
+    prefill::PrefillRequest preq{.request_id = dreq.request_id,
+                                 .prompt = req.prompt,
+                                 .tenant = req.tenant,
+                                 .authorization = req.authorization,
+                                 .shared_prefix_tokens = req.shared_prefix_tokens,
+                                 .cached = run,
+                                 .target = dest,
+                                 .session_id = req.session_id,
+                                 .retention = retention,
+                                 .skip_publish = req.policy == CachePolicy::kBypass};
+    done = workers_(*picked)->Prefill(preq, deadline);
+    if (!done.ok()) {
+      log::Warn("router_prefill_failed", "node", prefill_id, "error", done.status().ToString());
+      kv::MutexLock l(&mu_);
+      ++counters_.prefill_fallbacks;
     }
-    pb::HandoffTarget* t = p.mutable_target();
-    t->set_handoff_id(ready.handoff_id());
-    t->set_node_id(decode.node_id());
-    t->set_transport(ready.transport());
-    t->set_endpoint(ready.endpoint());
-    *t->mutable_pages() = ready.pages();
-    ToProtoSampling(req, p.mutable_sampling());
-    p.set_session_id(req.session_id);
-    if (req.retention_ttl) SetDuration(*req.retention_ttl, p.mutable_retention_ttl());
-    p.set_skip_publish(req.policy == prefill::CachePolicy::kBypass);
-    auto prefill_stub = WorkerStub(prefill.grpc_address());
-    grpc::ClientContext prefill_ctx;
-    PrepareCall(&prefill_ctx, req.authorization, deadline);
-    auto pstream = prefill_stub->Prefill(&prefill_ctx, p);
-    pb::PrefillResponse pr;
-    bool got_done = false;
-    while (pstream->Read(&pr)) {
-      if (pr.has_done()) {
-        done = pr.done();
-        got_done = true;
-      }
-    }
-    prefill_status = FromGrpcStatus(pstream->Finish());
-    if (prefill_status.ok() && !got_done) {
-      prefill_status = absl::InternalError("prefill stream ended without PrefillDone");
-    }
-  } else {  // a one-token prompt, or a decode worker without a transport: it computes
-    prefill_status = absl::UnavailableError("the decode worker offered no handoff destination");
   }
-  std::vector<int32_t>& tokens = out.tokens;
-  bool keep_going = true;
-  if (prefill_status.ok()) {
-    st.cached_tokens = done.cached_tokens();
+  decode::PrefillResult result;
+  if (done.ok()) {
+    result = {
+        .kv_tokens = done->kv_tokens, .slot_xxh3 = done->slot_xxh3, .prefill_node_id = prefill_id};
+    st.cached_tokens = done->cached_tokens;
     st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;  // the decode worker adds one
-    st.bytes_transferred = done.bytes_transferred();
-    st.load_time = FromProto(done.load_time());
-    st.prefill_time = FromProto(done.compute_time());
-    st.published_pages += done.published_pages();
-    AccountLoad(plan, &st, /*bytes=*/0);
-  } else if (options_.raw_handoff && ready.pages_size() > 0) {
-    log::Warn("router_prefill_failed", "node", prefill.node_id(), "error",
-              prefill_status.ToString());
-    kv::MutexLock l(&mu_);
-    ++counters_.prefill_fallbacks;
+    st.bytes_transferred = done->bytes_loaded + done->bytes_sent;
+    st.transport = done->transport;
+    st.load_time = done->load_time;
+    st.prefill_time = done->compute_time;
+    st.published_pages += done->published_pages;
   }
-  {
-    pb::DecodeClientMessage m;
-    pb::PrefillResult* res = m.mutable_prefill_result();
-    if (prefill_status.ok()) {
-      res->set_kv_tokens(done.kv_tokens());
-      *res->mutable_block_xxh3() = done.block_xxh3();
-      res->set_prefill_node_id(prefill.node_id());
-    }
-    if (!dstream->Write(m)) return FromGrpcStatus(dstream->Finish());
-    if (!keep_going) {
-      pb::DecodeClientMessage c;
-      c.mutable_cancel()->set_reason("the client stopped reading");
-      dstream->Write(c);
-    }
-  }
-  // 4. The decode worker's tokens.
-  pb::DecodeDone done_stats;
-  bool finished = false;
-  bool cancel_sent = !keep_going;
-  while (dstream->Read(&dr)) {
-    if (dr.has_tokens()) {
-      for (uint32_t id : dr.tokens().token_ids()) {
-        const int32_t tok = static_cast<int32_t>(id);
-        if (tokens.empty()) st.ttft = absl::Now() - start;  // decode computed the prompt
-        tokens.push_back(tok);
-        if (keep_going && req.on_token) keep_going = req.on_token(tok);
-      }
-      if (!keep_going && !cancel_sent) {
-        pb::DecodeClientMessage c;
-        c.mutable_cancel()->set_reason("cancelled by the client");
-        dstream->Write(c);
-        cancel_sent = true;
-      }
-    } else if (dr.has_done()) {
-      const pb::DecodeDone& d = dr.done();
-      done_stats = d;
-      st.decode_time = FromProto(d.decode_time());
-      st.published_pages += d.published_pages();
-      switch (d.finish_reason()) {
-        case pb::FINISH_REASON_EOS:
-          out.finish = prefill::FinishReason::kEos;
-          break;
-        case pb::FINISH_REASON_STOP_TOKEN:
-          out.finish = prefill::FinishReason::kStopToken;
-          break;
-        case pb::FINISH_REASON_CANCELLED:
-          out.finish = prefill::FinishReason::kCancelled;
-          break;
-        default:
-          out.finish = prefill::FinishReason::kLength;
-      }
-      finished = true;
-    }
-  }
-  dstream->WritesDone();
-  absl::Status ds = FromGrpcStatus(dstream->Finish());
-  if (!ds.ok() || !finished) {
+  RETURN_IF_ERROR(call->SendPrefillResult(result));
+
+  // 4. The decode session's tokens.
+  decode::DecodeOutcome turn;
+  if (absl::Status s = Stream(req, *call, start, &out, &turn); !s.ok()) {
     return MarkRetryable(absl::UnavailableError(
-        StrCat("decode worker ", decode.node_id(),
-               " failed: ", ds.ok() ? "stream ended without DecodeDone" : ds.ToString())));
+        StrCat("decode worker ", decode_node.node_id(), " failed: ", s.ToString())));
   }
-  if (!keep_going) out.finish = prefill::FinishReason::kCancelled;
-  if (!prefill_status.ok()) {  // the decode worker computed the prompt, from its cached run
-    st.cached_tokens = done_stats.cached_tokens();
+  st.decode_time = turn.decode_time;
+  st.published_pages += turn.published_pages;
+  if (done.ok() && turn.handoff == decode::HandoffVerdict::kVerified) {
+    AccountLoad(plan, &st, done->bytes_loaded);
+  } else {  // the decode worker computed the prompt, from its cached run
+    st.cached_tokens = turn.cached_tokens;
     st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;
-    st.load_time = FromProto(done_stats.load_time());
-    st.prefill_time = FromProto(done_stats.compute_time());
-    AccountLoad(plan, &st, done_stats.bytes_loaded());
-    if (st.cached_tokens > 0) {  // the decode worker read the pages from the store over gRPC
-      st.transport = "grpc";
+    st.load_time = turn.load_time;
+    st.prefill_time = turn.compute_time;
+    st.bytes_loaded = 0;
+    AccountLoad(plan, &st, turn.bytes_loaded);
+    if (st.cached_tokens > 0 && options_.local_store == nullptr) {
+      st.transport = "grpc";  // the decode worker read the pages from the store over gRPC
+      st.bytes_transferred = st.bytes_loaded;
+    } else if (st.cached_tokens > 0) {
+      st.transport = "inproc";
       st.bytes_transferred = st.bytes_loaded;
     }
   }
-  st.output_tokens = static_cast<int64_t>(tokens.size());
-  st.total_time = absl::Now() - start;
+  st.output_tokens = static_cast<int64_t>(out.tokens.size());
+  st.total_time = clock()->Now() - start;
   return out;
 }
 
@@ -449,7 +382,7 @@ absl::Status RouterBackend::Lookup(const std::vector<int32_t>& prompt, const std
                                    int64_t shared_prefix_tokens, bool include_keys,
                                    const std::string& authorization, pb::LookupResponse* out) {
   if (prompt.empty()) return absl::InvalidArgumentError("lookup: the prompt is empty");
-  prefill::GenerateRequest req;
+  GenerateRequest req;
   req.prompt = prompt;
   req.tenant = tenant;
   req.shared_prefix_tokens = shared_prefix_tokens;
@@ -483,14 +416,32 @@ absl::Status RouterBackend::Lookup(const std::vector<int32_t>& prompt, const std
   return absl::OkStatus();
 }
 
-void RouterBackend::ListNodes(const ServiceContext&, const pb::ListNodesRequest& req,
+void RouterBackend::FillTiers(pb::NodeInfo* node) {
+  StoreStats ss = options_.local_store->Stats();
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (!ss.tiers[t].present) continue;
+    FillCapacity(cost_, static_cast<TierKind>(t), ss.tiers[t], node->add_tiers());
+  }
+}
+
+void RouterBackend::ListNodes(const ServiceContext& self, const pb::ListNodesRequest& req,
                               pb::ListNodesResponse* out) {
   MembershipView view = membership_->Members();
-  kv::MutexLock l(&mu_);
   for (const pb::NodeInfo& n : view.members) {
     if (req.role() != pb::ROLE_UNSPECIFIED && !HasRole(n, req.role())) continue;
     pb::NodeInfo* o = out->add_nodes();
     *o = n;
+    if (options_.local_store != nullptr && n.node_id() == options_.local_node_id) {
+      // The embedded node: its own tiers and the Cluster service's request count.
+      o->clear_tiers();
+      FillTiers(o);
+      if (o->grpc_address().empty()) o->set_grpc_address(self.address);
+      o->set_version(self.version);
+      o->mutable_load()->set_active_requests(
+          static_cast<uint32_t>(std::max(0, self.active_requests)));
+      continue;
+    }
+    kv::MutexLock l(&mu_);
     if (auto it = in_flight_.find(n.node_id()); it != in_flight_.end()) {
       o->mutable_load()->set_active_requests(static_cast<uint32_t>(std::max(0, it->second)));
     }
@@ -509,7 +460,26 @@ void RouterBackend::GetStats(const ServiceContext& self, pb::GetStatsResponse* r
   out->set_cached_tokens(c.cached_tokens);
   out->set_recomputed_tokens(c.recomputed_tokens);
   out->set_output_tokens(c.output_tokens);
-  (*out->mutable_transport_bytes())["TRANSPORT_KIND_UCX"] = c.bytes_transferred;
+  if (options_.local_store != nullptr) {
+    StoreStats ss = options_.local_store->Stats();
+    for (int t = 0; t < kNumTiers; ++t) {
+      if (!ss.tiers[t].present) continue;
+      const TierStats& ts = ss.tiers[t];
+      pb::TierStats* tier = out->add_tiers();
+      tier->set_tier(ToProto(static_cast<TierKind>(t)));
+      FillCapacity(cost_, static_cast<TierKind>(t), ts, tier->mutable_capacity());
+      tier->set_hits(ts.hits);
+      tier->set_misses(ts.misses);
+      tier->set_evictions(ts.evictions);
+      tier->set_quarantined(ts.quarantined);
+      tier->set_bytes_read(ts.read_bytes);
+      tier->set_bytes_written(ts.write_bytes);
+    }
+    out->set_active_pins(ss.active_leases);
+    (*out->mutable_transport_bytes())["TRANSPORT_KIND_INPROC"] = c.bytes_transferred;
+  } else {
+    (*out->mutable_transport_bytes())["TRANSPORT_KIND_UCX"] = c.bytes_transferred;
+  }
   const uint64_t served = c.cached_tokens + c.recomputed_tokens;
   response->set_hit_rate(served == 0 ? 0.0 : static_cast<double>(c.cached_tokens) / served);
 }

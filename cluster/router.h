@@ -1,57 +1,78 @@
-// RouterBackend: the ServingBackend of `serve --role=router` (DESIGN.md "One request, end to
-// end"). Per Generate request:
-//   1. derive the prompt's block keys (shared prefix, then the tenant's namespace);
-//   2. look the chain up on its home store nodes (cluster/page_pool.h) and let the cost model
-//      (prefill/cost_model.h) decide how much of the cached prefix to load;
+// RouterBackend: the ServingBackend (cluster/serving_backend.h) of both serving modes
+// (DESIGN.md "One request, end to end"). Per Generate request:
+//   1. validate it and derive the prompt's block keys (shared prefix, then the tenant's
+//      namespace);
+//   2. look the chain up in the page pool (kvstore/page_pool.h) and let the cost model
+//      (cluster/cost_model.h) decide how much of the cached prefix to load;
 //   3. pick a decode and a prefill worker from the live membership: prefix locality first (a
 //      worker on the host that holds the cached prefix), then load (the router's in-flight
 //      count per worker), then a rendezvous tie-break on the chain's root so one
 //      conversation keeps landing on the same workers;
-//   4. pin the prefix on its home, open Decode on the decode worker (which answers with its
-//      handoff destination), run Prefill on the prefill worker (which loads the pinned pages,
-//      computes the rest and writes the KV layer by layer into the destination over UCX),
-//      stream the first token as soon as PrefillDone arrives, forward PrefillResult, and
-//      stream the decode worker's tokens until DecodeDone; unpin.
-// A prefill worker that fails (a dead peer, a transfer past its deadline) is not fatal: the
-// router tells the decode worker (PrefillResult with kv_tokens = 0) to compute the prompt
-// itself. Every call is bounded by the request's deadline (max_request_time).
-// A decode worker that fails is an Unavailable (retryable) error for the request.
+//   4. pin the prefix on its home, start the decode session (which answers with its handoff
+//      destination), run the prefill on the prefill worker (which loads the pinned pages,
+//      computes the rest of the prompt but its last token and writes the KV layer by layer
+//      into the destination), forward its result to the decode session, and stream the
+//      decode session's tokens until the turn ends; unpin.
+// Workers are reached through WorkerClient (cluster/worker_client.h): the gRPC Worker service
+// of other processes (`serve --role=router`), or this process's libraries over the in-process
+// transport (`serve --role=all`, cluster/embedded_cluster.h): one code path for both.
 //
-// Thread-safety: safe for concurrent calls. Does not own membership or pool.
+// A prefill worker that fails (a dead peer, a transfer past its deadline) is not fatal: the
+// decode session then computes the prompt itself from the pinned cached run. Every call is
+// bounded by the request's deadline (max_request_time). A decode worker that fails is an
+// Unavailable (retryable) error for the request.
+//
+// Thread-safety: safe for concurrent calls. Does not own membership, pool or local store.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/time/time.h"
+#include "cluster/cost_model.h"
 #include "cluster/membership.h"
-#include "cluster/page_pool.h"
 #include "cluster/serving_backend.h"
+#include "cluster/worker_client.h"
 #include "core/mutex.h"
 #include "kvstore/block_key.h"
-#include "prefill/cost_model.h"
-#include "proto/kvstrata/v1/worker.grpc.pb.h"
+#include "kvstore/page_pool.h"
+#include "kvstore/tiered_store.h"
 
 namespace kv::cluster {
+
+// The client of a worker node picked from the membership.
+using WorkerClientFactory =
+    std::function<std::shared_ptr<WorkerClient>(const kvstrata::v1::NodeInfo& node)>;
+
+// gRPC clients of the members' Worker services, one cached channel per address.
+WorkerClientFactory GrpcWorkerClients(KeyParams key_params);
 
 struct RouterOptions {
   KeyParams key_params;     // fingerprint, layout, page tokens of the served model
   uint64_t page_bytes = 0;  // encoded page size (for the cost model)
   int64_t vocab_size = 0;
   int64_t max_context = 0;
-  // False for models whose KV is not handed over as raw blocks (V4, v4-fp8-584): no prefill
-  // worker is used; the decode worker loads the pinned cached run itself and computes the
-  // rest of the prompt.
-  bool raw_handoff = true;
+  // True when the model's prompts can be handed from a prefill worker to a decode worker
+  // (model::ServingModel::handoff_layout); false: the decode worker loads the pinned cached
+  // run itself and computes the rest of the prompt.
+  bool prefill_handoff = true;
   // True when pages may carry resume sections (V4): a cached run is planned only up to its
   // last page that has one.
   bool pages_have_resume = false;
   absl::Duration lease = absl::Seconds(30);
   absl::Duration max_request_time = absl::Minutes(5);
-  prefill::CostModelOptions cost;
+  absl::Duration default_retention = absl::Minutes(10);  // session retention when unset
+  absl::Duration max_retention = absl::Hours(24);
+  CostModelOptions cost;
+  // The embedded node's own store (null for a router process): ListNodes and GetStats report
+  // its tiers.
+  TieredStore* local_store = nullptr;
+  std::string local_node_id;  // the embedded node's id in the membership
+  Clock* clock = nullptr;     // null: Clock::Real()
 };
 
 struct RouterCounters {
@@ -62,10 +83,10 @@ struct RouterCounters {
 
 class RouterBackend final : public ServingBackend {
  public:
-  RouterBackend(Membership* membership, PagePool* pool, RouterOptions options);
+  RouterBackend(Membership* membership, PagePool* pool, WorkerClientFactory workers,
+                RouterOptions options);
 
-  absl::StatusOr<prefill::GenerateResult> Generate(const prefill::GenerateRequest& req,
-                                                   Route* route) override;
+  absl::StatusOr<GenerateResult> Generate(const GenerateRequest& req, Route* route) override;
   absl::Status Lookup(const std::vector<int32_t>& prompt, const std::string& tenant,
                       int64_t shared_prefix_tokens, bool include_keys,
                       const std::string& authorization, kvstrata::v1::LookupResponse* out) override;
@@ -74,28 +95,35 @@ class RouterBackend final : public ServingBackend {
   void GetStats(const ServiceContext& self, kvstrata::v1::GetStatsResponse* out) override;
 
   RouterCounters Counters();
+  CostModel& cost_model() { return cost_; }
 
  private:
   struct Plan;
-  absl::StatusOr<Plan> MakePlan(const prefill::GenerateRequest& req);
-  absl::StatusOr<prefill::GenerateResult> Run(const prefill::GenerateRequest& req, Route* route);
+  struct Placement;
+  absl::Status Validate(const GenerateRequest& req) const;
+  absl::StatusOr<Plan> MakePlan(const GenerateRequest& req);
+  absl::StatusOr<GenerateResult> Run(const GenerateRequest& req, Route* route);
+  // Streams the decode session's tokens into `out` until the turn ends.
+  absl::Status Stream(const GenerateRequest& req, DecodeCall& call, absl::Time start,
+                      GenerateResult* out, decode::DecodeOutcome* done);
   // Feeds the cost model with a served request and fills its tier hits from the plan's
   // prefix for the blocks it loaded; `bytes` is what the worker reported reading for them
   // (0: unknown, the configured page size is used).
-  void AccountLoad(const Plan& plan, prefill::RequestStats* st, uint64_t bytes);
+  void AccountLoad(const Plan& plan, RequestStats* st, uint64_t bytes);
   // The live member with `role` best for a chain rooted at `root` near `near_address`.
   absl::StatusOr<kvstrata::v1::NodeInfo> Pick(kvstrata::v1::Role role, const BlockKey& root,
                                               const std::string& near_address);
-  std::unique_ptr<kvstrata::v1::Worker::Stub> WorkerStub(const std::string& address);
+  void FillTiers(kvstrata::v1::NodeInfo* node);
+  Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
 
   Membership* const membership_;
   PagePool* const pool_;
+  const WorkerClientFactory workers_;
   const RouterOptions options_;
-  prefill::CostModel cost_;
+  CostModel cost_;
   kv::Mutex mu_;
   std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // per worker node id
   RouterCounters counters_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kv::cluster

@@ -1,10 +1,10 @@
 // ServingBackend: what the kvstrata.v1.Cluster service (cluster/cluster_service.h) serves
 // requests with. The service does authentication, queueing, streaming, deadlines and
 // cancellation; the backend does the work:
-//   - EngineBackend (cluster/engine_backend.h): `serve --role=all`, everything in this
-//     process over prefill::Engine;
-//   - RouterBackend (cluster/router.h): `serve --role=router`, which places each request on
-//     prefill and decode workers and the page pool of other processes.
+//   - RouterBackend (cluster/router.h), in both modes: `serve --role=router` places each
+//     request on prefill and decode workers and the page pool of other processes; the
+//     embedded `serve --role=all` node (cluster/embedded_cluster.h) runs the same router over
+//     its own workers and store, in-process.
 //
 // Thread-safety: implementations are safe for concurrent calls. The service does not own
 // its backend; the backend must outlive the service.
@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "prefill/engine.h"
+#include "cluster/request.h"
 #include "proto/kvstrata/v1/cluster.pb.h"
 
 namespace kv::cluster {
@@ -38,11 +38,10 @@ class ServingBackend {
  public:
   virtual ~ServingBackend() = default;
 
-  // Serves one request, blocking, with Engine::Generate's contract (prefill/engine.h):
-  // InvalidArgument/OutOfRange for a bad request, on_plan once, on_token per token
-  // (returning false cancels). Placement and worker failures are Unavailable (retryable).
-  virtual absl::StatusOr<prefill::GenerateResult> Generate(const prefill::GenerateRequest& req,
-                                                           Route* route) = 0;
+  // Serves one request, blocking: InvalidArgument/OutOfRange for a bad request (named), on_plan
+  // once, on_token per token (returning false cancels). Placement and worker failures are
+  // Unavailable (retryable).
+  virtual absl::StatusOr<GenerateResult> Generate(const GenerateRequest& req, Route* route) = 0;
   // The longest cached prefix of the prompt and the cost model's plan, as a LookupResponse.
   virtual absl::Status Lookup(const std::vector<int32_t>& prompt, const std::string& tenant,
                               int64_t shared_prefix_tokens, bool include_keys,

@@ -9,6 +9,7 @@
 
 #include "cluster/grpc_status.h"
 #include "cluster/proto_convert.h"
+#include "cluster/worker_convert.h"
 #include "core/hash.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
@@ -93,86 +94,6 @@ absl::Time CallDeadline(grpc::CallbackServerContext* ctx, absl::Duration max) {
   return d;
 }
 
-absl::StatusOr<model::SamplingParams> ToSampling(const pb::SamplingParams& s) {
-  if (s.top_k() != 0) return absl::InvalidArgumentError("sampling.top_k is not supported");
-  model::SamplingParams p;
-  p.temperature = s.temperature();
-  p.top_p = s.top_p() == 0 ? 1.0 : s.top_p();
-  p.seed = s.seed();
-  RETURN_IF_ERROR(model::ValidateSamplingParams(p));
-  return p;
-}
-
-}  // namespace
-
-// ---- conversions -------------------------------------------------------------------------
-
-namespace {
-
-absl::StatusOr<CachedRun> FromProto(const pb::CachedRun& run) {
-  CachedRun r{.node_id = run.node_id(), .address = run.grpc_address(), .lease_id = run.lease_id()};
-  for (const std::string& k : run.keys()) {
-    if (k.size() != 32) {
-      return absl::InvalidArgumentError(StrCat("cached run key of ", k.size(), " bytes"));
-    }
-    BlockKey key;
-    std::memcpy(key.bytes.data(), k.data(), 32);
-    r.keys.push_back(key);
-  }
-  return r;
-}
-
-// A destination given as per-slot regions of one registered region.
-absl::StatusOr<transport::HandoffDestination> FromProto(const pb::HandoffTarget& t) {
-  transport::HandoffDestination d{.handoff_id = t.handoff_id(),
-                                  .node_id = t.node_id(),
-                                  .endpoint = t.endpoint(),
-                                  .slots = t.pages_size()};
-  if (t.pages_size() > 0) {
-    d.region_key = t.pages(0).remote_key();
-    d.region_address = t.pages(0).address();
-    d.slot_bytes = t.pages(0).length();
-  }
-  for (int i = 0; i < t.pages_size(); ++i) {
-    const pb::RemoteRegion& p = t.pages(i);
-    if (p.remote_key() != d.region_key || p.length() != d.slot_bytes ||
-        p.address() != d.region_address + static_cast<uint64_t>(i) * d.slot_bytes) {
-      return absl::InvalidArgumentError(
-          "handoff target pages must be consecutive equal slices "
-          "of one region");
-    }
-  }
-  return d;
-}
-
-void ToProto(const transport::HandoffDestination& d, pb::HandoffReady* out) {
-  out->set_handoff_id(d.handoff_id);
-  if (!d.valid()) return;
-  out->set_transport(pb::TRANSPORT_KIND_UCX);
-  out->set_endpoint(d.endpoint);
-  for (int64_t s = 0; s < d.slots; ++s) {
-    pb::RemoteRegion* p = out->add_pages();
-    p->set_transport(pb::TRANSPORT_KIND_UCX);
-    p->set_address(d.region_address + static_cast<uint64_t>(s) * d.slot_bytes);
-    p->set_length(d.slot_bytes);
-    p->set_remote_key(d.region_key);
-  }
-}
-
-pb::FinishReason ToProtoFinish(decode::FinishReason r) {
-  switch (r) {
-    case decode::FinishReason::kEos:
-      return pb::FINISH_REASON_EOS;
-    case decode::FinishReason::kStopToken:
-      return pb::FINISH_REASON_STOP_TOKEN;
-    case decode::FinishReason::kCancelled:
-      return pb::FINISH_REASON_CANCELLED;
-    case decode::FinishReason::kLength:
-      break;
-  }
-  return pb::FINISH_REASON_LENGTH;
-}
-
 }  // namespace
 
 // ---- Prefill ------------------------------------------------------------------------------
@@ -240,16 +161,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
     svc_->CountPrefill(done);
     if (done.ok()) {
       pb::PrefillResponse m;
-      pb::PrefillDone* d = m.mutable_done();
-      d->set_cached_tokens(static_cast<uint32_t>(done->cached_tokens));
-      d->set_recomputed_tokens(static_cast<uint32_t>(done->recomputed_tokens));
-      d->set_bytes_transferred(done->bytes_loaded + done->bytes_sent);
-      d->set_transport(pb::TRANSPORT_KIND_UCX);
-      SetDuration(done->load_time, d->mutable_load_time());
-      SetDuration(done->compute_time, d->mutable_compute_time());
-      d->set_published_pages(static_cast<uint32_t>(done->published_pages));
-      for (uint64_t x : done->slot_xxh3) d->add_block_xxh3(x);
-      d->set_kv_tokens(static_cast<uint32_t>(done->kv_tokens));
+      ToProto(*done, m.mutable_done());
       Push(std::move(m));
     } else {
       log::Info("prefill_failed", "request_id", req_.request_id(), "error",
@@ -351,7 +263,7 @@ class DecodeReactor final
                             .skip_publish = st.skip_publish()};
     if (r.request_id.empty()) r.request_id = StrCat("d", w.next_request_.fetch_add(1));
     ASSIGN_OR_RETURN(r.prompt, w.Tokens(st.token_ids()));
-    ASSIGN_OR_RETURN(r.sampling, ToSampling(st.sampling()));
+    ASSIGN_OR_RETURN(r.sampling, FromProto(st.sampling()));
     r.stop_tokens.assign(st.sampling().stop_token_ids().begin(),
                          st.sampling().stop_token_ids().end());
     r.retention = w.Retention(st.session_id(), st.has_retention_ttl(), st.retention_ttl());
@@ -409,10 +321,7 @@ absl::StatusOr<decode::DecodeOutcome> DecodeReactor::Run() {
   // The prefill may compute for long: wait up to the request's deadline.
   ASSIGN_OR_RETURN(pb::DecodeClientMessage msg, NextMessage(deadline_));
   if (msg.has_prefill_result()) {
-    const pb::PrefillResult& pr = msg.prefill_result();
-    decode::PrefillResult r{.kv_tokens = pr.kv_tokens(), .prefill_node_id = pr.prefill_node_id()};
-    r.slot_xxh3.assign(pr.block_xxh3().begin(), pr.block_xxh3().end());
-    RETURN_IF_ERROR(session_owner_->OnPrefillResult(r));
+    RETURN_IF_ERROR(session_owner_->OnPrefillResult(FromProto(msg.prefill_result())));
   } else if (msg.has_cancel()) {
     session_owner_->Cancel();
   } else {
@@ -427,18 +336,7 @@ absl::StatusOr<decode::DecodeOutcome> DecodeReactor::Run() {
     return true;
   }));
   pb::DecodeResponse m;
-  pb::DecodeDone* d = m.mutable_done();
-  d->set_finish_reason(ToProtoFinish(out.finish));
-  d->set_output_tokens(static_cast<uint32_t>(out.tokens.size()));
-  SetDuration(out.decode_time, d->mutable_decode_time());
-  d->set_published_pages(static_cast<uint32_t>(out.published_pages));
-  if (out.handoff != decode::HandoffVerdict::kVerified) {
-    d->set_cached_tokens(static_cast<uint32_t>(out.cached_tokens));
-    d->set_recomputed_tokens(static_cast<uint32_t>(out.recomputed_tokens));
-    SetDuration(out.load_time, d->mutable_load_time());
-    SetDuration(out.compute_time, d->mutable_compute_time());
-    d->set_bytes_loaded(out.bytes_loaded);
-  }
+  ToProto(out, m.mutable_done());
   Push(std::move(m));
   return out;
 }

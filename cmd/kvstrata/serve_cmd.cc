@@ -65,7 +65,7 @@ struct ServeFlags {
 std::string DefaultDataDir() { return StrCat("/tmp/kvstrata-", ::getuid()); }
 
 // The node options every role shares (model, layout, data dir, tier sizes), checked.
-absl::StatusOr<prefill::NodeOptions> ToNodeOptions(const ServeFlags& f) {
+absl::StatusOr<cluster::NodeOptions> ToNodeOptions(const ServeFlags& f) {
   for (auto [name, v] : {std::pair{"device-mib", f.device_mib}, std::pair{"host-mib", f.host_mib},
                          std::pair{"nvme-mib", f.nvme_mib}}) {
     if (v < 0 || v > (int64_t{1} << 30)) {
@@ -76,7 +76,7 @@ absl::StatusOr<prefill::NodeOptions> ToNodeOptions(const ServeFlags& f) {
     return absl::InvalidArgumentError(
         StrCat("--compute-threads must be in 0..1024 (0: one per core), got ", f.compute_threads));
   }
-  prefill::NodeOptions n;
+  cluster::NodeOptions n;
   n.model_dir = f.model_dir;
   n.compute_threads = static_cast<int>(f.compute_threads);
   n.kv_layout = f.kv_layout;

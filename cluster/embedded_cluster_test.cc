@@ -1,6 +1,8 @@
-// Engine tests over the real tiny-v3 model and the real tiered store (device + host slab
-// tiers, nvme on RocksDB in a temp dir).
-#include "prefill/engine.h"
+// The embedded serving path (router -> prefill worker -> in-process handoff -> decode
+// session, page pool over the node's store) over the real tiny-v3 model and the real tiered
+// store (device + host slab tiers, nvme on RocksDB in a temp dir). These are the former
+// prefill::Engine tests, moved with the code and keeping their assertions.
+#include "cluster/embedded_cluster.h"
 #include "model/test_util.h"
 
 #include <gtest/gtest.h>
@@ -14,9 +16,8 @@
 
 #include "model/generate.h"
 #include "model/tokenizer.h"
-#include "prefill/node.h"
 
-namespace kv::prefill {
+namespace kv::cluster {
 namespace {
 
 std::vector<int32_t> Text(const std::string& s) {
@@ -29,7 +30,7 @@ std::string Repeat(const std::string& s, int n) {
   return out;
 }
 
-class EngineTest : public ::testing::Test {
+class EmbeddedClusterTest : public ::testing::Test {
  protected:
   void Open(const std::string& layout) {
     dir_ = model::testing::FreshTempDir("engine");
@@ -41,7 +42,7 @@ class EngineTest : public ::testing::Test {
     o.nvme_bytes = 1ull << 30;
     o.slab_bytes = 1ull << 20;
     o.metrics = &metrics_;
-    auto node = EmbeddedNode::Open(o);
+    auto node = EmbeddedCluster::Open({.node = o});
     ASSERT_TRUE(node.ok()) << node.status();
     node_ = *std::move(node);
   }
@@ -59,22 +60,30 @@ class EngineTest : public ::testing::Test {
     return r;
   }
   GenerateResult Gen(const GenerateRequest& r) {
-    auto res = node_->engine().Generate(r);
+    auto res = node_->Generate(r);
     EXPECT_TRUE(res.ok()) << res.status();
-    node_->engine().WaitIdle();  // write-back published before the next request
+    node_->WaitIdle();  // write-back published before the next request
     return res.ok() ? *res : GenerateResult{};
   }
 
   MetricsRegistry metrics_;
   std::string dir_;
-  std::unique_ptr<EmbeddedNode> node_;
+  // Cached blocks of `prompt` for `tenant` (the router's Lookup).
+  int64_t CachedBlocks(const std::vector<int32_t>& prompt, const std::string& tenant,
+                       int64_t shared) {
+    kvstrata::v1::LookupResponse r;
+    EXPECT_TRUE(node_->router().Lookup(prompt, tenant, shared, false, "", &r).ok());
+    return r.cached_blocks();
+  }
+
+  std::unique_ptr<EmbeddedCluster> node_;
 };
 
 const std::string kSystem =
     "<|system|>You are a careful agent. Use the tools below; answer briefly.<|tools|>"
     "search(query: string) -> list of documents; fetch(url: string) -> text;";
 
-TEST_F(EngineTest, WarmEqualsColdBf16AndMatchesLocalGenerate) {
+TEST_F(EmbeddedClusterTest, WarmEqualsColdBf16AndMatchesLocalGenerate) {
   Open("mla-bf16-1152");
   std::vector<int32_t> prompt = Text(Repeat(kSystem, 2) + "<|user|>find the report");
   ASSERT_GT(prompt.size(), 200u);
@@ -116,7 +125,7 @@ TEST_F(EngineTest, WarmEqualsColdBf16AndMatchesLocalGenerate) {
   EXPECT_EQ(forced.tokens, cold.tokens);
 }
 
-TEST_F(EngineTest, WarmEqualsColdFp8) {
+TEST_F(EmbeddedClusterTest, WarmEqualsColdFp8) {
   Open("mla-fp8-656");
   std::vector<int32_t> prompt = Text(Repeat(kSystem, 2) + "<|user|>hello");
   GenerateRequest r = Req(prompt);
@@ -126,7 +135,7 @@ TEST_F(EngineTest, WarmEqualsColdFp8) {
   EXPECT_EQ(warm.tokens, cold.tokens);
 }
 
-TEST_F(EngineTest, SecondTurnHitsTheWholeFirstTurn) {
+TEST_F(EmbeddedClusterTest, SecondTurnHitsTheWholeFirstTurn) {
   Open("mla-fp8-656");
   std::vector<int32_t> turn1 = Text(kSystem + "<|user|>what is in the news today?<|assistant|>");
   GenerateRequest r = Req(turn1);
@@ -145,7 +154,7 @@ TEST_F(EngineTest, SecondTurnHitsTheWholeFirstTurn) {
   EXPECT_GT(b.stats.cached_tokens, static_cast<int64_t>(turn1.size()) / 64 * 64);
 }
 
-TEST_F(EngineTest, SecondSessionHitsTheSharedSystemPrompt) {
+TEST_F(EmbeddedClusterTest, SecondSessionHitsTheSharedSystemPrompt) {
   Open("mla-fp8-656");
   std::vector<int32_t> s = Text(Repeat(kSystem, 2));
   std::vector<int32_t> p1 = s, p2 = s;
@@ -158,7 +167,7 @@ TEST_F(EngineTest, SecondSessionHitsTheSharedSystemPrompt) {
   EXPECT_EQ(b.stats.cached_tokens, static_cast<int64_t>(s.size()) / 64 * 64);
 }
 
-TEST_F(EngineTest, TenantsAreIsolatedExceptThroughShared) {
+TEST_F(EmbeddedClusterTest, TenantsAreIsolatedExceptThroughShared) {
   Open("mla-fp8-656");
   std::vector<int32_t> s = Text(Repeat(kSystem, 2));
   std::vector<int32_t> p = s;
@@ -176,40 +185,37 @@ TEST_F(EngineTest, TenantsAreIsolatedExceptThroughShared) {
   GenerateResult hb = Gen(rb);
   EXPECT_EQ(hb.stats.cached_tokens, static_cast<int64_t>(s.size()) / 64 * 64);
   // A third tenant that does not opt in sees nothing; opting in it sees the shared prefix.
-  auto look = node_->engine().Lookup(p, "tenant-c", 0);
-  ASSERT_TRUE(look.ok()) << look.status();
-  EXPECT_EQ(look->cached_blocks, 0);
-  auto look_shared = node_->engine().Lookup(p, "tenant-c", static_cast<int64_t>(s.size()));
-  ASSERT_TRUE(look_shared.ok());
-  EXPECT_EQ(look_shared->cached_blocks, static_cast<int64_t>(s.size()) / 64);
+  EXPECT_EQ(CachedBlocks(p, "tenant-c", 0), 0);
+  EXPECT_EQ(CachedBlocks(p, "tenant-c", static_cast<int64_t>(s.size())),
+            static_cast<int64_t>(s.size()) / 64);
 }
 
-TEST_F(EngineTest, BadRequestsAreClearErrors) {
+TEST_F(EmbeddedClusterTest, BadRequestsAreClearErrors) {
   Open("mla-fp8-656");
   GenerateRequest r = Req({});
-  auto e = node_->engine().Generate(r);
+  auto e = node_->Generate(r);
   EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(e.status().message()).find("empty"), std::string::npos);
   r = Req({1, 2, 100000});
-  e = node_->engine().Generate(r);
+  e = node_->Generate(r);
   EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(e.status().message()).find("vocabulary"), std::string::npos);
   r = Req({1, 2, 3});
   r.max_tokens = 0;
-  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(node_->Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
   r = Req({1, 2, 3});
   r.tenant = "";
-  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(node_->Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
   r = Req({1, 2, 3});
   r.session_id = "has space";
-  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(node_->Generate(r).status().code(), absl::StatusCode::kInvalidArgument);
   r = Req({1, 2, 3});
   r.max_tokens = node_->model().max_context();
-  EXPECT_EQ(node_->engine().Generate(r).status().code(), absl::StatusCode::kOutOfRange);
-  EXPECT_EQ(node_->engine().Counters().requests_failed, 6u);
+  EXPECT_EQ(node_->Generate(r).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(node_->router().Counters().requests_failed, 6u);
 }
 
-TEST_F(EngineTest, CancelStopsEarlyAndKeepsTokens) {
+TEST_F(EmbeddedClusterTest, CancelStopsEarlyAndKeepsTokens) {
   Open("mla-fp8-656");
   GenerateRequest r = Req(Text(kSystem));
   int seen = 0;
@@ -219,7 +225,7 @@ TEST_F(EngineTest, CancelStopsEarlyAndKeepsTokens) {
   EXPECT_EQ(g.tokens.size(), 3u);
 }
 
-TEST_F(EngineTest, PagesDemotedToNvmeServeExactTokens) {
+TEST_F(EmbeddedClusterTest, PagesDemotedToNvmeServeExactTokens) {
   Open("mla-bf16-1152");
   std::vector<int32_t> prompt = Text(Repeat(kSystem, 2));
   GenerateRequest r = Req(prompt);
@@ -234,4 +240,4 @@ TEST_F(EngineTest, PagesDemotedToNvmeServeExactTokens) {
 }
 
 }  // namespace
-}  // namespace kv::prefill
+}  // namespace kv::cluster

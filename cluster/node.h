@@ -1,13 +1,9 @@
-// EmbeddedNode: everything `kvstrata serve --role=all` runs in one process, minus gRPC:
-// the model (an MLA or a V4 model directory, model/serving_model.h; created as the seeded
-// tiny-v3 reference model on first start when no model directory is given), the tiered store
-// (device and host slab tiers in memory, the nvme tier in RocksDB under the data dir) and the
-// Engine over both.
+// A serving node's local parts, shared by `serve --role=all` (cluster/embedded_cluster.h) and
+// the distributed roles (cluster/role_server.h): its options, the model directory (the seeded
+// tiny-v3 reference model is written on first start when none is given), and the tiered store
+// (device and host slab tiers in memory, the nvme tier under the data dir).
 //
-// Thread-safety: Open() is called once; the returned node's accessors are safe to use from
-// any thread (the Engine and TieredStore are thread-safe). The node owns the model, store
-// and engine; references it returns live as long as the node. Destruction order: engine
-// (its write-back pool drains), then store, then model.
+// Thread-safety: pure functions (they touch the filesystem). Results are owned by the caller.
 #pragma once
 
 #include <cstdint>
@@ -17,9 +13,10 @@
 #include "absl/status/statusor.h"
 #include "kvstore/tiered_store.h"
 #include "model/serving_model.h"
-#include "prefill/engine.h"
+#include "core/clock.h"
+#include "core/metrics.h"
 
-namespace kv::prefill {
+namespace kv::cluster {
 
 struct NodeOptions {
   // Model directory (config.json + model.safetensors). Empty: DATA_DIR/model-tiny-v3,
@@ -54,30 +51,4 @@ absl::StatusOr<std::string> EnsureModelDir(const NodeOptions& options);
 // DATA_DIR/nvme, recovering its sealed pages) and the TieredStore over them.
 absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& options);
 
-class EmbeddedNode {
- public:
-  // Creates the model if needed, loads it, opens the tiers and the store (recovering the
-  // nvme tier's sealed pages), and builds the engine. Errors name the failing part.
-  static absl::StatusOr<std::unique_ptr<EmbeddedNode>> Open(const NodeOptions& options,
-                                                            EngineOptions engine_options = {});
-  ~EmbeddedNode();
-
-  Engine& engine() { return *engine_; }
-  TieredStore& store() { return *store_; }
-  const ServingModel& model() const { return *model_.serving; }
-  // The runtime underneath: exactly one of them is set.
-  const model::Transformer* transformer() const { return model_.mla.get(); }
-  const model::V4Model* v4_model() const { return model_.v4.get(); }
-  const std::string& model_dir() const { return model_dir_; }
-  const NodeOptions& options() const { return options_; }
-
- private:
-  EmbeddedNode() = default;
-  NodeOptions options_;
-  std::string model_dir_;
-  model::LoadedModel model_;
-  std::unique_ptr<TieredStore> store_;
-  std::unique_ptr<Engine> engine_;
-};
-
-}  // namespace kv::prefill
+}  // namespace kv::cluster

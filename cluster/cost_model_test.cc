@@ -1,10 +1,10 @@
-#include "prefill/cost_model.h"
+#include "cluster/cost_model.h"
 
 #include <gtest/gtest.h>
 
 #include <vector>
 
-namespace kv::prefill {
+namespace kv::cluster {
 namespace {
 
 TEST(CostModelTest, NothingCachedIsRecompute) {
@@ -55,4 +55,4 @@ TEST(CostModelTest, MeasurementsMoveTheEstimate) {
 }
 
 }  // namespace
-}  // namespace kv::prefill
+}  // namespace kv::cluster

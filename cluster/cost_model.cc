@@ -1,10 +1,10 @@
-#include "prefill/cost_model.h"
+#include "cluster/cost_model.h"
 
 #include <fmt/format.h>
 
 #include <vector>
 
-namespace kv::prefill {
+namespace kv::cluster {
 
 std::string_view CacheDecisionName(CacheDecision d) {
   switch (d) {
@@ -94,4 +94,4 @@ CostPlan CostModel::Plan(std::span<const TierKind> tiers, uint64_t page_bytes,
   return plan;
 }
 
-}  // namespace kv::prefill
+}  // namespace kv::cluster

@@ -22,7 +22,7 @@
 #include "core/mutex.h"
 #include "kvstore/tier.h"
 
-namespace kv::prefill {
+namespace kv::cluster {
 
 enum class CacheDecision { kNone, kLoad, kPartialLoad, kRecompute };
 // "none", "load", "partial-load", "recompute".
@@ -71,4 +71,4 @@ class CostModel {
   double tps_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-}  // namespace kv::prefill
+}  // namespace kv::cluster

@@ -1,9 +1,12 @@
-// Engine tests over the real tiny-v4 model (DeepSeek-V4 hybrid attention, v4-fp8-584 pages
+// The embedded serving path (the former prefill::Engine tests, moved with the code and keeping
+// their assertions) over the real tiny-v4 model (DeepSeek-V4 hybrid attention, v4-fp8-584 pages
 // of 256 tokens with resume sections) and the real tiered store: the same request path as
 // the MLA models, with prefix reuse that resumes only from pages that carry a resume
 // section (kvstore/resume_policy.h).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -14,10 +17,9 @@
 #include "model/tokenizer.h"
 #include "model/v4_generate.h"
 #include "model/weights.h"
-#include "prefill/engine.h"
-#include "prefill/node.h"
+#include "cluster/embedded_cluster.h"
 
-namespace kv::prefill {
+namespace kv::cluster {
 namespace {
 
 std::vector<int32_t> Text(const std::string& s) {
@@ -38,7 +40,7 @@ std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& 
   return a;
 }
 
-class EngineV4Test : public ::testing::Test {
+class EmbeddedClusterV4Test : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = model::testing::FreshTempDir("engine-v4");
@@ -46,7 +48,7 @@ class EngineV4Test : public ::testing::Test {
     ASSERT_TRUE(config.ok()) << config.status();
     ASSERT_TRUE(model::WriteRandomModel(*config, 7, dir_ + "/model").ok());
   }
-  void Open(EngineOptions eo = {}) {
+  void Open(int64_t resume_checkpoint_pages = 4) {
     NodeOptions o;
     o.data_dir = dir_;
     o.model_dir = dir_ + "/model";
@@ -55,7 +57,8 @@ class EngineV4Test : public ::testing::Test {
     o.nvme_bytes = 1ull << 30;
     o.slab_bytes = 1ull << 20;
     o.metrics = &metrics_;
-    auto node = EmbeddedNode::Open(o, eo);
+    auto node =
+        EmbeddedCluster::Open({.node = o, .resume_checkpoint_pages = resume_checkpoint_pages});
     ASSERT_TRUE(node.ok()) << node.status();
     node_ = *std::move(node);
     ASSERT_NE(node_->v4_model(), nullptr);
@@ -74,9 +77,9 @@ class EngineV4Test : public ::testing::Test {
     return r;
   }
   GenerateResult Gen(const GenerateRequest& r) {
-    auto res = node_->engine().Generate(r);
+    auto res = node_->Generate(r);
     EXPECT_TRUE(res.ok()) << res.status();
-    node_->engine().WaitIdle();
+    node_->WaitIdle();
     return res.ok() ? *res : GenerateResult{};
   }
   // What the model generates with no cache at all (model/v4_generate.h, FP8 records).
@@ -95,7 +98,7 @@ class EngineV4Test : public ::testing::Test {
     auto pin = store.Pin(std::span<const BlockKey>(&key, 1), absl::Now() + absl::Seconds(10));
     EXPECT_TRUE(pin.ok()) << pin.status();
     if (!pin.ok()) return false;
-    std::vector<uint8_t> buf(node_->engine().page_bytes());
+    std::vector<uint8_t> buf(node_->model().page_bytes());
     auto n = store.Read(*pin, key, buf);
     EXPECT_TRUE(n.ok()) << n.status();
     (void)store.Unpin(*pin);
@@ -104,22 +107,33 @@ class EngineV4Test : public ::testing::Test {
     EXPECT_TRUE(view.ok()) << view.status();
     return view.ok() && view->has_resume();
   }
+  kvstrata::v1::LookupResponse Look(const std::vector<int32_t>& tokens, int64_t shared = 0) {
+    kvstrata::v1::LookupResponse r;
+    absl::Status s = node_->router().Lookup(tokens, "acme", shared, true, "", &r);
+    EXPECT_TRUE(s.ok()) << s;
+    return r;
+  }
   std::vector<BlockKey> Keys(const std::vector<int32_t>& tokens, int64_t shared = 0) {
-    auto info = node_->engine().Lookup(tokens, "acme", shared);
-    EXPECT_TRUE(info.ok()) << info.status();
-    return info.ok() ? info->keys : std::vector<BlockKey>{};
+    std::vector<BlockKey> keys;
+    const kvstrata::v1::LookupResponse r = Look(tokens, shared);
+    for (const std::string& k : r.keys()) {
+      BlockKey key;
+      std::memcpy(key.bytes.data(), k.data(), std::min<size_t>(32, k.size()));
+      keys.push_back(key);
+    }
+    return keys;
   }
 
   MetricsRegistry metrics_;
   std::string dir_;
-  std::unique_ptr<EmbeddedNode> node_;
+  std::unique_ptr<EmbeddedCluster> node_;
 };
 
-TEST_F(EngineV4Test, ServesV4PagesWarmEqualsColdAndLocal) {
+TEST_F(EmbeddedClusterV4Test, ServesV4PagesWarmEqualsColdAndLocal) {
   Open();
-  EXPECT_EQ(node_->engine().page_tokens(), 256);
-  EXPECT_EQ(node_->engine().layout().name, "v4-fp8-584");
-  EXPECT_EQ(node_->engine().key_params().layout_id, "v4-fp8-584");
+  EXPECT_EQ(node_->model().page_tokens(), 256);
+  EXPECT_EQ(node_->model().layout().name, "v4-fp8-584");
+  EXPECT_EQ(Look(Tokens("x", 300)).key_space().layout(), "v4-fp8-584");
   const std::vector<int32_t> prompt = Tokens("system: plan the trip", 700);  // 2 full pages
   GenerateRequest r = Req(prompt);
   const std::vector<int32_t> ref = Local(r);
@@ -142,11 +156,11 @@ TEST_F(EngineV4Test, ServesV4PagesWarmEqualsColdAndLocal) {
   EXPECT_GT(warm.stats.bytes_loaded, 0u);
 }
 
-TEST_F(EngineV4Test, PromptOfWholePagesResumesFromThePageBeforeItsLast) {
+TEST_F(EmbeddedClusterV4Test, PromptOfWholePagesResumesFromThePageBeforeItsLast) {
   // A repeat of a 512-token prompt can load only (512 - 1) / 256 = 1 page (one prompt token
   // is always computed), so page 0 must carry a resume section although the prompt ends
   // after page 1.
-  Open({.resume_checkpoint_pages = 0});
+  Open(/*resume_checkpoint_pages=*/0);
   GenerateRequest r = Req(Tokens("two whole pages", 512));
   const std::vector<int32_t> ref = Local(r);
   EXPECT_EQ(Gen(r).tokens, ref);
@@ -159,7 +173,7 @@ TEST_F(EngineV4Test, PromptOfWholePagesResumesFromThePageBeforeItsLast) {
   EXPECT_EQ(again.stats.cached_tokens, 256);
 }
 
-TEST_F(EngineV4Test, NextTurnResumesFromTheTurnEnd) {
+TEST_F(EmbeddedClusterV4Test, NextTurnResumesFromTheTurnEnd) {
   Open();
   GenerateRequest t1 = Req(Tokens("turn one", 500));
   t1.max_tokens = 40;  // 540 tokens: the turn ends inside page 2
@@ -178,7 +192,7 @@ TEST_F(EngineV4Test, NextTurnResumesFromTheTurnEnd) {
   EXPECT_EQ(r3.stats.cached_tokens, 768);
 }
 
-TEST_F(EngineV4Test, SharedPrefixReusedAcrossSessionsFromItsResumeSection) {
+TEST_F(EmbeddedClusterV4Test, SharedPrefixReusedAcrossSessionsFromItsResumeSection) {
   Open();
   const std::vector<int32_t> system = Tokens("system: you are a travel agent", 512);
   GenerateRequest a = Req(Concat(system, Tokens("user A: flights to Oslo", 300)), "session-a");
@@ -198,8 +212,8 @@ TEST_F(EngineV4Test, SharedPrefixReusedAcrossSessionsFromItsResumeSection) {
   EXPECT_EQ(rb.stats.cached_tokens, 512);
 }
 
-TEST_F(EngineV4Test, BranchMidChainResumesFromTheLastCheckpointAndStaysExact) {
-  Open({.resume_checkpoint_pages = 2});
+TEST_F(EmbeddedClusterV4Test, BranchMidChainResumesFromTheLastCheckpointAndStaysExact) {
+  Open(/*resume_checkpoint_pages=*/2);
   // Session A: 5 full pages. Resume sections: page 1 (checkpoint), 3 (checkpoint), 4 (end).
   const std::vector<int32_t> common = Tokens("shared history", 768);  // pages 0..2
   GenerateRequest a = Req(Concat(common, Tokens("A goes on", 600)), "a");
@@ -215,20 +229,19 @@ TEST_F(EngineV4Test, BranchMidChainResumesFromTheLastCheckpointAndStaysExact) {
   // Session B shares pages 0..2 with A: 3 pages are cached, page 2 has no resume section, so
   // B resumes after page 1 and recomputes page 2 (byte-identical, already stored).
   GenerateRequest b = Req(Concat(common, Tokens("B branches off", 300)), "b");
-  auto look = node_->engine().Lookup(b.prompt, "acme", 0);
-  ASSERT_TRUE(look.ok()) << look.status();
-  EXPECT_EQ(look->cached_blocks, 3);
+  const kvstrata::v1::LookupResponse look = Look(b.prompt);
+  EXPECT_EQ(look.cached_blocks(), 3u);
   // The plan counts only what can be continued from: 2 pages, not the 3 cached.
-  EXPECT_EQ(look->cost.decision, CacheDecision::kLoad) << look->cost.reason;
-  EXPECT_EQ(look->cost.load_blocks, 2);
+  EXPECT_EQ(look.cost().decision(), kvstrata::v1::CACHE_DECISION_LOAD) << look.cost().reason();
+  EXPECT_EQ(look.cost().load_tokens(), 2u * 256);
   GenerateResult rb = Gen(b);
   EXPECT_EQ(rb.stats.cost.load_blocks, 2);
   EXPECT_EQ(rb.tokens, Local(b));
   EXPECT_EQ(rb.stats.cached_tokens, 512);
 }
 
-TEST_F(EngineV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWrongTokens) {
-  Open({.resume_checkpoint_pages = 0});
+TEST_F(EmbeddedClusterV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWrongTokens) {
+  Open(/*resume_checkpoint_pages=*/0);
   GenerateRequest r = Req(Tokens("context to be stripped", 800));  // 3 full pages
   const std::vector<int32_t> ref = Local(r);
   EXPECT_EQ(Gen(r).tokens, ref);
@@ -241,10 +254,9 @@ TEST_F(EngineV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWrongTokens) 
   ASSERT_TRUE(freed.ok()) << freed.status();
   EXPECT_GT(*freed, 0u);
   EXPECT_FALSE(HasResume(keys[2]));
-  auto look = node_->engine().Lookup(r.prompt, "acme", 0);
-  ASSERT_TRUE(look.ok()) << look.status();
-  EXPECT_EQ(look->cached_blocks, 3);
-  EXPECT_EQ(look->cost.load_blocks, 0);  // nothing to continue from: nothing planned
+  const kvstrata::v1::LookupResponse look = Look(r.prompt);
+  EXPECT_EQ(look.cached_blocks(), 3u);
+  EXPECT_EQ(look.cost().load_tokens(), 0u);  // nothing to continue from: nothing planned
   GenerateResult again = Gen(Req(r.prompt, "s2"));
   EXPECT_EQ(again.tokens, ref);
   EXPECT_EQ(again.stats.cached_tokens, 0);
@@ -252,17 +264,17 @@ TEST_F(EngineV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWrongTokens) 
   EXPECT_TRUE(node_->store().CheckInvariants().ok());
 }
 
-TEST_F(EngineV4Test, RefusesAnMlaLayoutForAV4Model) {
+TEST_F(EmbeddedClusterV4Test, RefusesAnMlaLayoutForAV4Model) {
   NodeOptions o;
   o.data_dir = dir_;
   o.model_dir = dir_ + "/model";
   o.kv_layout = "mla-fp8-656";
   o.metrics = &metrics_;
-  auto node = EmbeddedNode::Open(o);
+  auto node = EmbeddedCluster::Open({.node = o});
   ASSERT_FALSE(node.ok());
   EXPECT_EQ(node.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(node.status().message().find("v4-fp8-584"), std::string_view::npos) << node.status();
 }
 
 }  // namespace
-}  // namespace kv::prefill
+}  // namespace kv::cluster

@@ -1,4 +1,4 @@
-#include "prefill/node.h"
+#include "cluster/node.h"
 
 #include <filesystem>
 #include <system_error>
@@ -13,7 +13,7 @@
 #include "model/config.h"
 #include "model/weights.h"
 
-namespace kv::prefill {
+namespace kv::cluster {
 namespace {
 
 absl::StatusOr<std::unique_ptr<Tier>> SlabOf(TierKind kind, uint64_t bytes, uint64_t slab) {
@@ -107,27 +107,4 @@ absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& option
   return TieredStore::Open(so, std::move(tiers));
 }
 
-absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Open(const NodeOptions& options,
-                                                                 EngineOptions engine_options) {
-  RETURN_IF_ERROR(ValidateNodeOptions(options));
-  std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
-  node->options_ = options;
-  ASSIGN_OR_RETURN(node->model_dir_, EnsureModelDir(options));
-  ASSIGN_OR_RETURN(node->model_,
-                   model::LoadServingModel(node->model_dir_, options.kv_layout, options.max_context,
-                                           options.compute_threads));
-  ASSIGN_OR_RETURN(node->store_, OpenStore(options));
-  if (engine_options.clock == nullptr) engine_options.clock = options.clock;
-  if (engine_options.metrics == nullptr) engine_options.metrics = options.metrics;
-  ASSIGN_OR_RETURN(node->engine_,
-                   Engine::Create(node->model_.serving.get(), node->store_.get(), engine_options));
-  return node;
-}
-
-EmbeddedNode::~EmbeddedNode() {
-  engine_.reset();  // drains write-back into the store
-  store_.reset();
-  model_.serving.reset();  // the serving view first, then the runtime it points into
-}
-
-}  // namespace kv::prefill
+}  // namespace kv::cluster

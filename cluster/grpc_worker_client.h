@@ -1,0 +1,24 @@
+// GrpcWorkerClient: a WorkerClient (cluster/worker_client.h) over the kvstrata.v1.Worker
+// service of one worker process. Calls carry the request's deadline and the end user's
+// `authorization` metadata (the worker authenticates it and derives the tenant itself).
+//
+// Thread-safety: safe for concurrent calls; a DecodeCall is used by one thread, except
+// Cancel(). The channel is shared and owned by the client's creator.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/channel.h>
+
+#include "cluster/worker_client.h"
+#include "kvstore/block_key.h"
+
+namespace kv::cluster {
+
+// `key_params`: the key space requests are made in; `node_id` names the worker in errors and
+// destinations.
+std::unique_ptr<WorkerClient> NewGrpcWorkerClient(std::shared_ptr<grpc::Channel> channel,
+                                                  KeyParams key_params, std::string node_id);
+
+}  // namespace kv::cluster

@@ -1,0 +1,87 @@
+// The Cluster API's request as the serving code sees it (proto/kvstrata/v1/cluster.proto
+// Generate, converted by cluster/cluster_service.h): what one Generate asks for, what it
+// returns, and the statistics it reports. One request type per layer: the router turns a
+// GenerateRequest into a decode::DecodeRequest and a prefill::PrefillRequest.
+//
+// Values; no behaviour beyond FinishReasonName.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "cluster/cost_model.h"
+#include "decode/decode_session.h"
+#include "kvstore/block_key.h"
+#include "kvstore/tier.h"
+#include "model/sampling.h"
+
+namespace kv::cluster {
+
+enum class CachePolicy {
+  kAuto,            // the cost model decides
+  kForceLoad,       // load every cached page
+  kForceRecompute,  // read nothing; still publish
+  kBypass,          // read nothing, publish nothing (a cold baseline)
+};
+
+using FinishReason = decode::FinishReason;
+using decode::FinishReasonName;
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt;  // token ids; non-empty
+  std::string tenant;           // authenticated tenant; non-empty
+  // The caller's `authorization` metadata, which the router forwards to workers and stores
+  // (they authenticate the end user themselves). Unused in-process.
+  std::string authorization;
+  int64_t shared_prefix_tokens = 0;
+  std::string session_id;                       // optional; 1..128 printable ASCII when set
+  std::optional<absl::Duration> retention_ttl;  // unset: default; zero: no hint
+  model::SamplingParams sampling;
+  int64_t max_tokens = 0;  // > 0
+  std::vector<int32_t> stop_tokens;
+  bool ignore_eos = false;
+  CachePolicy policy = CachePolicy::kAuto;
+  // Called once the cost model has planned the request, before any page is loaded.
+  std::function<void(const CostPlan&)> on_plan;
+  // Called with each generated token as soon as it is sampled; returning false cancels the
+  // request (FinishReason::kCancelled, the tokens so far are kept).
+  std::function<bool(int32_t)> on_token;
+};
+
+struct TierHit {
+  TierKind tier = TierKind::kDevice;
+  std::string node_id;  // node that held the pages
+  bool remote = false;  // the pages came from another process
+  int64_t pages = 0;
+  int64_t tokens = 0;
+  uint64_t bytes = 0;
+};
+
+struct RequestStats {
+  absl::Duration ttft, total_time, load_time, prefill_time, decode_time;
+  int64_t prompt_tokens = 0;
+  int64_t output_tokens = 0;
+  int64_t cached_tokens = 0;       // prompt tokens whose KV was loaded
+  int64_t recomputed_tokens = 0;   // prompt tokens computed
+  std::vector<TierHit> tier_hits;  // one per tier that served pages, fastest first
+  uint64_t bytes_loaded = 0;
+  // KV bytes moved (cache loads + prefill->decode handoff) and by which transport ("ucx",
+  // "inproc", or "grpc" when a decode worker read its pages over gRPC).
+  uint64_t bytes_transferred = 0;
+  std::string transport;
+  int64_t published_pages = 0;  // pages this request queued for publishing
+  CostPlan cost;
+};
+
+struct GenerateResult {
+  std::vector<int32_t> tokens;
+  FinishReason finish = FinishReason::kLength;
+  RequestStats stats;
+};
+
+}  // namespace kv::cluster
