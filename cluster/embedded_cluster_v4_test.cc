@@ -11,13 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "cluster/embedded_cluster.h"
 #include "kvstore/page_format.h"
 #include "model/config.h"
 #include "model/test_util.h"
 #include "model/tokenizer.h"
 #include "model/v4_generate.h"
 #include "model/weights.h"
-#include "cluster/embedded_cluster.h"
 
 namespace kv::cluster {
 namespace {

@@ -11,10 +11,10 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "kvstore/tiered_store.h"
-#include "model/serving_model.h"
 #include "core/clock.h"
 #include "core/metrics.h"
+#include "kvstore/tiered_store.h"
+#include "model/serving_model.h"
 
 namespace kv::cluster {
 
