@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 export CCACHE_BASEDIR := $(CURDIR)
 export CCACHE_NOHASHDIR := 1
 
-.PHONY: all setup configure build test run format format-check clean tsan
+.PHONY: all setup configure build test run format format-check layering-check clean tsan
 
 all: build
 
@@ -31,7 +31,12 @@ format-check:
 format:
 	@clang-format -i $(FORMAT_FILES)
 
-test: build format-check
+# Lower modules never include higher ones, and only cluster/ includes gRPC (DESIGN.md
+# "Modules"; scripts/layering-check has the order).
+layering-check:
+	@/usr/bin/python3 scripts/layering-check
+
+test: build format-check layering-check
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 1200
 
 # ThreadSanitizer build and run of core/ and kvstore/ tests in build-tsan (scripts/tsan-check).

@@ -50,7 +50,10 @@ NodeInfo Node(const std::string& id, kvstrata::v1::Role role) {
 class EtcdMembershipTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!EtcdProcess::FindBinary().ok()) GTEST_SKIP() << "etcd not installed";
+    // scripts/setup installs etcd: a missing one is a broken setup, not a reason to pass.
+    absl::StatusOr<std::string> etcd = EtcdProcess::FindBinary();
+    ASSERT_TRUE(etcd.ok()) << "etcd is required (scripts/setup installs etcd-server): "
+                           << etcd.status();
     auto etcd = EtcdProcess::Start();
     ASSERT_TRUE(etcd.ok()) << etcd.status();
     etcd_ = std::move(*etcd);

@@ -50,7 +50,10 @@ constexpr absl::Duration kCallTimeout = absl::Seconds(60);
 class ClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (!EtcdProcess::FindBinary().ok()) GTEST_SKIP() << "etcd is not installed";
+    // scripts/setup installs etcd: a missing one is a broken setup, not a reason to pass.
+    absl::StatusOr<std::string> etcd = EtcdProcess::FindBinary();
+    ASSERT_TRUE(etcd.ok()) << "etcd is required (scripts/setup installs etcd-server): "
+                           << etcd.status();
     const char* tmp = std::getenv("KVSTRATA_TEST_TMPDIR");
     work_ = (fs::path(tmp ? tmp : "/tmp") / StrCat("cluster-test-", getpid())).string();
     fs::remove_all(work_);
