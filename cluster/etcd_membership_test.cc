@@ -51,9 +51,9 @@ class EtcdMembershipTest : public ::testing::Test {
  protected:
   void SetUp() override {
     // scripts/setup installs etcd: a missing one is a broken setup, not a reason to pass.
-    absl::StatusOr<std::string> etcd = EtcdProcess::FindBinary();
-    ASSERT_TRUE(etcd.ok()) << "etcd is required (scripts/setup installs etcd-server): "
-                           << etcd.status();
+    absl::StatusOr<std::string> binary = EtcdProcess::FindBinary();
+    ASSERT_TRUE(binary.ok()) << "etcd is required (scripts/setup installs etcd-server): "
+                             << binary.status();
     auto etcd = EtcdProcess::Start();
     ASSERT_TRUE(etcd.ok()) << etcd.status();
     etcd_ = std::move(*etcd);

@@ -51,9 +51,9 @@ class ClusterTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     // scripts/setup installs etcd: a missing one is a broken setup, not a reason to pass.
-    absl::StatusOr<std::string> etcd = EtcdProcess::FindBinary();
-    ASSERT_TRUE(etcd.ok()) << "etcd is required (scripts/setup installs etcd-server): "
-                           << etcd.status();
+    absl::StatusOr<std::string> binary = EtcdProcess::FindBinary();
+    ASSERT_TRUE(binary.ok()) << "etcd is required (scripts/setup installs etcd-server): "
+                             << binary.status();
     const char* tmp = std::getenv("KVSTRATA_TEST_TMPDIR");
     work_ = (fs::path(tmp ? tmp : "/tmp") / StrCat("cluster-test-", getpid())).string();
     fs::remove_all(work_);
@@ -347,10 +347,12 @@ TEST_F(ClusterTest, SurvivesADeadDecodeWorkerAStoreAndEtcd) {
   const std::vector<uint32_t> want = Reference(text, 8);
 
   // Decode workers SIGKILLed mid-stream (both, so whichever serves the request dies): the
-  // client gets a clear error well within its deadline, never a hang.
+  // client gets a clear error well within its deadline, never a hang. The turn is long
+  // (2,000 tokens, seconds of decoding) so the kill lands before it ends even when the first
+  // token reaches the client late.
   bool killed = false;
   const absl::Time t0 = absl::Now();
-  auto mid = c->Generate(Request(text, 400), kCallTimeout, [&](const pb::GeneratedTokens&) {
+  auto mid = c->Generate(Request(text, 2000), kCallTimeout, [&](const pb::GeneratedTokens&) {
     if (killed) return;
     killed = true;
     nodes_["decode-a"]->Kill();
