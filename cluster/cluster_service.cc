@@ -25,11 +25,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
   GenerateReactor(ClusterService* svc, grpc::CallbackServerContext* ctx, GenerateRequest req,
                   std::string request_id)
       : svc_(svc), req_(std::move(req)), request_id_(std::move(request_id)) {
-    arrival_ = absl::Now();
+    arrival_ = svc->clock()->Now();
     deadline_ = arrival_ + svc->options_.max_request_time;
     const auto client = ctx->deadline();
     if (client != std::chrono::system_clock::time_point::max()) {
-      deadline_ = std::min(deadline_, absl::FromChrono(client));
+      deadline_ = std::min(deadline_, FromWallTime(svc->clock(), absl::FromChrono(client)));
     }
   }
 
@@ -41,7 +41,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
           "server busy: ", svc_->options_.max_queued, " Generate requests already queued"))));
       return;
     }
-    if (!svc_->pool_->Schedule([this] { Work(); })) {
+    if (!svc_->threads_->Schedule([this] { Work(); })) {
       svc_->in_flight_.fetch_sub(1);
       Done(absl::UnavailableError("server is shutting down"));
     }
@@ -122,7 +122,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       Push(std::move(m));
     };
     req_.on_token = [&](int32_t tok) {
-      const absl::Time now = absl::Now();
+      const absl::Time now = svc_->clock()->Now();
       if (index == 0) first_token = now;
       pb::GenerateResponse m;
       pb::GeneratedTokens* t = m.mutable_tokens();
@@ -152,7 +152,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       d->set_finish_reason(ToProto(r->finish));
       RequestStats st = r->stats;
       if (!r->tokens.empty()) st.ttft = first_token - arrival_;  // includes queueing
-      st.total_time = absl::Now() - arrival_;
+      st.total_time = svc_->clock()->Now() - arrival_;
       ToProto(st, d->mutable_stats());
       svc_->ttft_->Observe(absl::ToDoubleSeconds(st.ttft));
       Push(std::move(m));
@@ -182,15 +182,15 @@ ClusterService::ClusterService(ServingBackend* backend, TenantAuth auth,
     : backend_(backend),
       auth_(std::move(auth)),
       options_(std::move(options)),
-      started_(absl::Now()),
-      pool_(std::make_unique<ThreadPool>(std::max(1, options_.worker_threads))) {
+      started_(clock()->Now()),
+      threads_(std::make_unique<ThreadPool>(std::max(1, options_.worker_threads))) {
   MetricsRegistry* reg = options_.metrics ? options_.metrics : &MetricsRegistry::Default();
   ttft_ = reg->GetHistogram("kvstrata_cluster_ttft_seconds",
                             "Generate time to first token, from arrival at the service",
                             Histogram::LatencyBounds());
 }
 
-ClusterService::~ClusterService() { pool_.reset(); }
+ClusterService::~ClusterService() { threads_.reset(); }
 
 void ClusterService::SetAdvertisedAddress(std::string address) {
   kv::MutexLock l(&mu_);
@@ -339,7 +339,7 @@ grpc::ServerUnaryReactor* ClusterService::GetStats(grpc::CallbackServerContext* 
     pb::NodeStats* self = response->mutable_self();
     SetDuration(absl::Seconds(ttft_->Quantile(0.5)), self->mutable_ttft_p50());
     SetDuration(absl::Seconds(ttft_->Quantile(0.99)), self->mutable_ttft_p99());
-    SetDuration(absl::Now() - started_, self->mutable_uptime());
+    SetDuration(clock()->Now() - started_, self->mutable_uptime());
   }
   reactor->Finish(ToGrpcStatus(tenant.status()));
   return reactor;

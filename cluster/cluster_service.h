@@ -27,6 +27,7 @@
 #include "cluster/request.h"
 #include "cluster/serving_backend.h"
 #include "cluster/tenants.h"
+#include "core/clock.h"
 #include "core/metrics.h"
 #include "core/mutex.h"
 #include "core/thread_pool.h"
@@ -42,6 +43,7 @@ struct ClusterServiceOptions {
   int max_queued = 64;     // Generate requests waiting or running; more: RESOURCE_EXHAUSTED
   std::string version = "0.1.0";
   MetricsRegistry* metrics = nullptr;  // nullptr: the default registry
+  Clock* clock = nullptr;              // request deadlines and timings; nullptr: Clock::Real()
 };
 
 class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
@@ -65,6 +67,7 @@ class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
                                      kvstrata::v1::GetStatsResponse* response) override;
 
  private:
+  Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
   friend class GenerateReactor;
   absl::StatusOr<std::string> Authenticate(grpc::CallbackServerContext* ctx) const;
   // Builds the serving request (everything except callbacks). Errors name the field.
@@ -82,7 +85,7 @@ class ClusterService final : public kvstrata::v1::Cluster::CallbackService {
   std::atomic<uint64_t> next_request_{1};
   kv::Mutex mu_;
   std::string address_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ThreadPool> pool_;  // last: joined first
+  std::unique_ptr<ThreadPool> threads_;  // last: joined first
 };
 
 }  // namespace kv::cluster

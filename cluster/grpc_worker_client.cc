@@ -16,9 +16,11 @@ namespace {
 
 namespace pb = ::kvstrata::v1;
 
-// Sets the call's deadline and forwards the end user's credentials.
-void PrepareCall(grpc::ClientContext* ctx, const std::string& authorization, absl::Time deadline) {
-  ctx->set_deadline(absl::ToChronoTime(deadline));
+// Sets the call's deadline (`deadline` on `clock`, which gRPC needs as wall time) and forwards
+// the end user's credentials.
+void PrepareCall(grpc::ClientContext* ctx, const std::string& authorization, Clock* clock,
+                 absl::Time deadline) {
+  ctx->set_deadline(absl::ToChronoTime(ToWallTime(clock, deadline)));
   if (!authorization.empty()) ctx->AddMetadata("authorization", authorization);
 }
 
@@ -26,8 +28,8 @@ class GrpcDecodeCall final : public DecodeCall {
  public:
   explicit GrpcDecodeCall(std::string node_id) : node_id_(std::move(node_id)) {}
   absl::Status Open(pb::Worker::Stub* stub, const decode::DecodeRequest& r, const KeyParams& kp,
-                    absl::Time deadline) {
-    PrepareCall(&ctx_, r.authorization, deadline);
+                    Clock* clock, absl::Time deadline) {
+    PrepareCall(&ctx_, r.authorization, clock, deadline);
     stream_ = stub->Decode(&ctx_);
     pb::DecodeClientMessage m;
     ToProto(r, kp, m.mutable_start());
@@ -101,15 +103,17 @@ class GrpcDecodeCall final : public DecodeCall {
 
 class GrpcWorkerClient final : public WorkerClient {
  public:
-  GrpcWorkerClient(std::shared_ptr<grpc::Channel> channel, KeyParams kp, std::string node_id)
+  GrpcWorkerClient(std::shared_ptr<grpc::Channel> channel, KeyParams kp, std::string node_id,
+                   Clock* clock)
       : stub_(pb::Worker::NewStub(std::move(channel))),
         kp_(std::move(kp)),
-        node_id_(std::move(node_id)) {}
+        node_id_(std::move(node_id)),
+        clock_(clock != nullptr ? clock : Clock::Real()) {}
 
   absl::StatusOr<std::unique_ptr<DecodeCall>> StartDecode(const decode::DecodeRequest& request,
                                                           absl::Time deadline) override {
     auto call = std::make_unique<GrpcDecodeCall>(node_id_);
-    if (absl::Status s = call->Open(stub_.get(), request, kp_, deadline); !s.ok()) return s;
+    if (absl::Status s = call->Open(stub_.get(), request, kp_, clock_, deadline); !s.ok()) return s;
     return std::unique_ptr<DecodeCall>(std::move(call));
   }
 
@@ -118,7 +122,7 @@ class GrpcWorkerClient final : public WorkerClient {
     pb::PrefillRequest p;
     ToProto(request, kp_, &p);
     grpc::ClientContext ctx;
-    PrepareCall(&ctx, request.authorization, deadline);
+    PrepareCall(&ctx, request.authorization, clock_, deadline);
     auto stream = stub_->Prefill(&ctx, p);
     pb::PrefillResponse pr;
     std::optional<pb::PrefillDone> done;
@@ -135,14 +139,16 @@ class GrpcWorkerClient final : public WorkerClient {
   std::unique_ptr<pb::Worker::Stub> stub_;
   const KeyParams kp_;
   const std::string node_id_;
+  Clock* const clock_;
 };
 
 }  // namespace
 
 std::unique_ptr<WorkerClient> NewGrpcWorkerClient(std::shared_ptr<grpc::Channel> channel,
-                                                  KeyParams key_params, std::string node_id) {
+                                                  KeyParams key_params, std::string node_id,
+                                                  Clock* clock) {
   return std::make_unique<GrpcWorkerClient>(std::move(channel), std::move(key_params),
-                                            std::move(node_id));
+                                            std::move(node_id), clock);
 }
 
 }  // namespace kv::cluster

@@ -12,13 +12,15 @@
 #include <grpcpp/channel.h>
 
 #include "cluster/worker_client.h"
+#include "core/clock.h"
 #include "kvstore/block_key.h"
 
 namespace kv::cluster {
 
 // `key_params`: the key space requests are made in; `node_id` names the worker in errors and
-// destinations.
+// destinations; `clock` (not owned, null: Clock::Real()) is the one call deadlines are read on.
 std::unique_ptr<WorkerClient> NewGrpcWorkerClient(std::shared_ptr<grpc::Channel> channel,
-                                                  KeyParams key_params, std::string node_id);
+                                                  KeyParams key_params, std::string node_id,
+                                                  Clock* clock = nullptr);
 
 }  // namespace kv::cluster

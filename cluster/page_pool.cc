@@ -102,7 +102,7 @@ class GrpcPagePool final : public PagePool {
                                                          absl::Time deadline) override {
     std::vector<std::vector<uint8_t>> out;
     if (keys.empty()) return out;
-    const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - absl::Now());
+    const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - clock()->Now());
     if (timeout <= absl::ZeroDuration()) {
       return MarkRetryable(absl::DeadlineExceededError("pool read: no time left"));
     }
@@ -168,6 +168,7 @@ class GrpcPagePool final : public PagePool {
   }
 
  private:
+  Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
     kv::MutexLock l(&mu_);
     std::shared_ptr<grpc::Channel>& c = channels_[address];

@@ -23,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cluster/membership.h"
+#include "core/clock.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_pool.h"
 
@@ -38,6 +39,7 @@ struct GrpcPagePoolOptions {
   int replication = 1;  // R homes per chain
   absl::Duration rpc_timeout = absl::Seconds(10);
   absl::Duration write_timeout = absl::Seconds(60);
+  Clock* clock = nullptr;  // the clock callers' deadlines are on; null: Clock::Real()
 };
 
 // The PagePool over gRPC PageStore services of the live store-capable members.

@@ -108,104 +108,130 @@ void RoleServer::Shutdown() {
   log::Info("serve_stopped");
 }
 
+namespace {
+
+// The store role: a PageStore service over this node's tiers.
+absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, RoleServer::State& s,
+                        pb::NodeInfo& self, GrpcServerOptions& go) {
+  self.add_roles(pb::ROLE_STORE);
+  ASSIGN_OR_RETURN(s.store, OpenStore(o.node));
+  PageStoreServiceOptions po;
+  po.node_id = o.node_id;
+  po.clock = o.node.clock;
+  po.metrics = o.node.metrics;
+  s.page_store = std::make_unique<PageStoreService>(s.store.get(), auth, po);
+  go.services = {s.page_store.get()};
+  go.health_service_names = {pb::PageStore::service_full_name()};
+  StoreStats ss = s.store->Stats();
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (!ss.tiers[t].present) continue;
+    pb::TierCapacity* c = self.add_tiers();
+    c->set_tier(ToProto(static_cast<TierKind>(t)));
+    c->set_capacity_bytes(ss.tiers[t].capacity_bytes);
+  }
+  return absl::OkStatus();
+}
+
+// The router role: the Cluster service over a RouterBackend that drives the members' workers
+// over gRPC.
+absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
+                         const model::ModelConfig& config, const KeyParams& kp,
+                         RoleServer::State& s, pb::NodeInfo& self, GrpcServerOptions& go) {
+  self.add_roles(pb::ROLE_ROUTER);
+  RouterOptions ro;
+  ro.key_params = kp;
+  ro.vocab_size = config.vocab_size;
+  ro.max_context = o.node.max_context > 0
+                       ? o.node.max_context
+                       : std::min<int64_t>(config.max_position_embeddings, 32768);
+  ro.prefill_handoff = !config.IsV4();
+  ro.pages_have_resume = config.IsV4();
+  ro.clock = o.node.clock;
+  ASSIGN_OR_RETURN(ro.page_bytes, model::PublishedPageBytes(config, kp.layout_id));
+  s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(),
+                                             GrpcWorkerClients(kp, o.node.clock), ro);
+  ClusterServiceOptions co;
+  co.node_id = o.node_id;
+  co.worker_threads = std::max(o.worker_threads, 4);  // requests wait on workers, not CPU
+  co.metrics = o.node.metrics;
+  co.clock = o.node.clock;
+  s.cluster = std::make_unique<ClusterService>(s.router.get(), auth, co);
+  go.services = {s.cluster.get()};
+  go.health_service_names = {pb::Cluster::service_full_name()};
+  return absl::OkStatus();
+}
+
+// The prefill or decode role: the Worker service over this node's model and a UCX transport.
+absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
+                         const std::string& model_dir, const std::string& layout_name,
+                         RoleServer::State& s, pb::NodeInfo& self, GrpcServerOptions& go) {
+  self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
+  ASSIGN_OR_RETURN(s.model, model::LoadServingModel(model_dir, layout_name, o.node.max_context,
+                                                    o.node.compute_threads));
+  ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
+  pb::TransportEndpoint* e = self.add_transports();
+  e->set_kind(pb::TRANSPORT_KIND_UCX);
+  e->set_address(s.transport->address());
+  WorkerServiceOptions wo;
+  wo.node_id = o.node_id;
+  wo.prefill = o.role == "prefill";
+  wo.decode = o.role == "decode";
+  wo.worker_threads = o.worker_threads;
+  wo.handoff_timeout = o.handoff_timeout;
+  wo.metrics = o.node.metrics;
+  wo.clock = o.node.clock;
+  s.worker = std::make_unique<WorkerService>(s.model.serving.get(), s.transport.get(), &s.graveyard,
+                                             s.pool.get(), auth, wo);
+  go.services = {s.worker.get()};
+  go.health_service_names = {pb::Worker::service_full_name()};
+  return absl::OkStatus();
+}
+
+// The model roles: the key space this node serves (registered in the membership), then the
+// router or the worker.
+absl::Status StartModelRole(const RoleServerOptions& o, const TenantAuth& auth,
+                            const std::string& model_dir, RoleServer::State& s, pb::NodeInfo& self,
+                            GrpcServerOptions& go) {
+  ASSIGN_OR_RETURN(model::ModelConfig config,
+                   model::LoadModelConfig(StrCat(model_dir, "/config.json")));
+  RETURN_IF_ERROR(model::ValidateForAnyRuntime(config));
+  ASSIGN_OR_RETURN(std::string layout_name, model::ServingLayoutName(config, o.node.kv_layout));
+  ASSIGN_OR_RETURN(Digest256 fingerprint, model::ModelFingerprint(model_dir));
+  const LayoutInfo info = *LookupLayout(std::string_view(layout_name));
+  KeyParams kp;
+  kp.model_fingerprint = fingerprint;
+  kp.layout_id = std::string(info.name);
+  kp.page_tokens = info.default_page_tokens;
+  pb::KeySpace* ks = self.add_key_spaces();
+  ks->set_model_fingerprint(std::string(fingerprint.begin(), fingerprint.end()));
+  ks->set_layout(kp.layout_id);
+  ks->set_page_tokens(kp.page_tokens);
+  if (o.role == "router") return StartRouter(o, auth, config, kp, s, self, go);
+  return StartWorker(o, auth, model_dir, layout_name, s, self, go);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions o) {
   RETURN_IF_ERROR(ValidateRoleServerOptions(o));
   ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
   if (o.node_id.empty()) o.node_id = !o.advertise.empty() ? o.advertise : o.listen;
   std::unique_ptr<RoleServer> server(new RoleServer());
   State& s = *server->s_;
-  ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership));
-  ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication}));
+  Clock* clock = o.node.clock != nullptr ? o.node.clock : Clock::Real();
+  ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership, clock));
+  ASSIGN_OR_RETURN(
+      s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication, .clock = clock}));
 
   pb::NodeInfo self;
   GrpcServerOptions go;
   go.address = o.listen;
   go.shutdown_grace = o.shutdown_grace;
   ASSIGN_OR_RETURN(std::string model_dir, EnsureModelDir(o.node));
-  pb::KeySpace* ks = self.add_key_spaces();
   if (o.role == "store") {
-    self.add_roles(pb::ROLE_STORE);
-    ASSIGN_OR_RETURN(s.store, OpenStore(o.node));
-    PageStoreServiceOptions po;
-    po.node_id = o.node_id;
-    po.clock = o.node.clock;
-    po.metrics = o.node.metrics;
-    s.page_store = std::make_unique<PageStoreService>(s.store.get(), auth, po);
-    go.services = {s.page_store.get()};
-    go.health_service_names = {pb::PageStore::service_full_name()};
-    StoreStats ss = s.store->Stats();
-    for (int t = 0; t < kNumTiers; ++t) {
-      if (!ss.tiers[t].present) continue;
-      pb::TierCapacity* c = self.add_tiers();
-      c->set_tier(ToProto(static_cast<TierKind>(t)));
-      c->set_capacity_bytes(ss.tiers[t].capacity_bytes);
-    }
+    RETURN_IF_ERROR(StartStore(o, auth, s, self, go));
   } else {
-    ASSIGN_OR_RETURN(model::ModelConfig config,
-                     model::LoadModelConfig(StrCat(model_dir, "/config.json")));
-    RETURN_IF_ERROR(model::ValidateForAnyRuntime(config));
-    ASSIGN_OR_RETURN(std::string layout_name, model::ServingLayoutName(config, o.node.kv_layout));
-    ASSIGN_OR_RETURN(Digest256 fingerprint, model::ModelFingerprint(model_dir));
-    const LayoutInfo info = *LookupLayout(std::string_view(layout_name));
-    KeyParams kp;
-    kp.model_fingerprint = fingerprint;
-    kp.layout_id = std::string(info.name);
-    kp.page_tokens = info.default_page_tokens;
-    ks->set_model_fingerprint(std::string(fingerprint.begin(), fingerprint.end()));
-    ks->set_layout(kp.layout_id);
-    ks->set_page_tokens(kp.page_tokens);
-    if (o.role == "router") {
-      self.add_roles(pb::ROLE_ROUTER);
-      RouterOptions ro;
-      ro.key_params = kp;
-      ro.vocab_size = config.vocab_size;
-      ro.max_context = o.node.max_context > 0
-                           ? o.node.max_context
-                           : std::min<int64_t>(config.max_position_embeddings, 32768);
-      // The cost model's page size. A V4 page's size depends on its layer mix and resume
-      // section (the router does not load the model to measure it): 256 tokens of 584-B
-      // records per layer bounds it within a small factor.
-      ro.prefill_handoff = !config.IsV4();
-      ro.pages_have_resume = config.IsV4();
-      if (config.IsV4()) {
-        ro.page_bytes =
-            uint64_t{info.record_bytes} * info.default_page_tokens * config.num_hidden_layers;
-      } else {
-        PageSpec spec{.layout = info.id,
-                      .token_count = static_cast<uint32_t>(info.default_page_tokens),
-                      .first_layer = 0,
-                      .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
-        ASSIGN_OR_RETURN(ro.page_bytes, EncodedPageBytes(spec));
-      }
-      s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(),
-                                                 GrpcWorkerClients(kp), ro);
-      ClusterServiceOptions co;
-      co.node_id = o.node_id;
-      co.worker_threads = std::max(o.worker_threads, 4);  // requests wait on workers, not CPU
-      co.metrics = o.node.metrics;
-      s.cluster = std::make_unique<ClusterService>(s.router.get(), auth, co);
-      go.services = {s.cluster.get()};
-      go.health_service_names = {pb::Cluster::service_full_name()};
-    } else {
-      self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
-      ASSIGN_OR_RETURN(s.model, model::LoadServingModel(model_dir, layout_name, o.node.max_context,
-                                                        o.node.compute_threads));
-      ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create());
-      pb::TransportEndpoint* e = self.add_transports();
-      e->set_kind(pb::TRANSPORT_KIND_UCX);
-      e->set_address(s.transport->address());
-      WorkerServiceOptions wo;
-      wo.node_id = o.node_id;
-      wo.prefill = o.role == "prefill";
-      wo.decode = o.role == "decode";
-      wo.worker_threads = o.worker_threads;
-      wo.handoff_timeout = o.handoff_timeout;
-      wo.metrics = o.node.metrics;
-      s.worker = std::make_unique<WorkerService>(s.model.serving.get(), s.transport.get(),
-                                                 &s.graveyard, s.pool.get(), auth, wo);
-      go.services = {s.worker.get()};
-      go.health_service_names = {pb::Worker::service_full_name()};
-    }
+    RETURN_IF_ERROR(StartModelRole(o, auth, model_dir, s, self, go));
   }
   ASSIGN_OR_RETURN(s.grpc, GrpcServer::Start(go));
   std::string advertised = o.advertise;

@@ -57,8 +57,10 @@ class RoleServer {
   int metrics_port() const;
   void Shutdown();
 
- private:
+  // The server's parts (opaque; the role set-up in role_server.cc fills them).
   struct State;
+
+ private:
   RoleServer();
   std::unique_ptr<State> s_;
   std::string advertised_;

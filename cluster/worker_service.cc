@@ -85,11 +85,13 @@ class WriteQueue {
 
 namespace {
 
-absl::Time CallDeadline(grpc::CallbackServerContext* ctx, absl::Duration max) {
-  absl::Time d = absl::Now() + max;
+// The call's deadline on `clock`: `max` from now, or the client's (wall-clock) deadline when
+// that comes first.
+absl::Time CallDeadline(grpc::CallbackServerContext* ctx, Clock* clock, absl::Duration max) {
+  absl::Time d = clock->Now() + max;
   const auto client = ctx->deadline();
   if (client != std::chrono::system_clock::time_point::max()) {
-    d = std::min(d, absl::FromChrono(client));
+    d = std::min(d, FromWallTime(clock, absl::FromChrono(client)));
   }
   return d;
 }
@@ -102,7 +104,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
  public:
   PrefillReactor(WorkerService* svc, grpc::CallbackServerContext* ctx, const pb::PrefillRequest* r)
       : svc_(svc), req_(*r), authorization_(AuthorizationOf(ctx)) {
-    deadline_ = CallDeadline(ctx, svc->options_.max_request_time);
+    deadline_ = CallDeadline(ctx, svc->clock(), svc->options_.max_request_time);
     tenant_ = svc->Authenticate(ctx);
   }
 
@@ -111,7 +113,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
         !s.ok()) {
       return Close(s);
     }
-    if (!svc_->pool_threads_->Schedule([this] { Work(); })) {
+    if (!svc_->threads_->Schedule([this] { Work(); })) {
       svc_->in_flight_.fetch_sub(1);
       Close(absl::UnavailableError("worker is shutting down"));
     }
@@ -189,7 +191,7 @@ class DecodeReactor final
  public:
   DecodeReactor(WorkerService* svc, grpc::CallbackServerContext* ctx)
       : svc_(svc), authorization_(AuthorizationOf(ctx)) {
-    deadline_ = CallDeadline(ctx, svc->options_.max_request_time);
+    deadline_ = CallDeadline(ctx, svc->clock(), svc->options_.max_request_time);
     tenant_ = svc->Authenticate(ctx);
   }
 
@@ -198,7 +200,7 @@ class DecodeReactor final
       return Close(s);
     }
     StartRead(&in_);
-    if (!svc_->pool_threads_->Schedule([this] { Work(); })) {
+    if (!svc_->threads_->Schedule([this] { Work(); })) {
       svc_->in_flight_.fetch_sub(1);
       Close(absl::UnavailableError("worker is shutting down"));
     }
@@ -240,7 +242,7 @@ class DecodeReactor final
     auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return !inbox_.empty() || reads_closed_ || cancelled_;
     };
-    mu_.AwaitWithDeadline(kv::Condition(&ready), deadline);
+    mu_.AwaitWithDeadline(kv::Condition(&ready), ToWallTime(svc_->clock(), deadline));
     if (cancelled_) return absl::CancelledError("Decode cancelled by the caller");
     if (!inbox_.empty()) {
       pb::DecodeClientMessage m = std::move(inbox_.front());
@@ -351,7 +353,7 @@ WorkerService::WorkerService(const model::ServingModel* model, transport::Transp
       pool_(pool),
       auth_(std::move(auth)),
       options_(std::move(options)),
-      pool_threads_(std::make_unique<ThreadPool>(std::max(1, options_.worker_threads))) {
+      threads_(std::make_unique<ThreadPool>(std::max(1, options_.worker_threads))) {
   params_.model_fingerprint = model->fingerprint();
   params_.layout_id = std::string(model->layout().name);
   params_.page_tokens = model->layout().default_page_tokens;
@@ -418,7 +420,7 @@ WorkerService::WorkerService(const model::ServingModel* model, transport::Transp
 }
 
 WorkerService::~WorkerService() {
-  pool_threads_.reset();
+  threads_.reset();
   prefill_.reset();  // waits for queued write-backs
 }
 

@@ -89,6 +89,7 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   void WaitIdle();
 
  private:
+  Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
   friend class PrefillReactor;
   friend class DecodeReactor;
   struct Metrics;
@@ -122,7 +123,7 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   prefill::PrefillContext prefill_ctx_;
   decode::DecodeContext decode_ctx_;
   std::unique_ptr<prefill::PrefillWorker> prefill_;  // null without a transport
-  std::unique_ptr<ThreadPool> pool_threads_;         // last: joined first
+  std::unique_ptr<ThreadPool> threads_;              // last: joined first
 };
 
 }  // namespace kv::cluster

@@ -14,6 +14,23 @@ Clock* Clock::Real() {
   return clock;
 }
 
+namespace {
+
+bool Passthrough(Clock* clock, absl::Time t) {
+  return clock == nullptr || clock == Clock::Real() || t == absl::InfiniteFuture() ||
+         t == absl::InfinitePast();
+}
+
+}  // namespace
+
+absl::Time ToWallTime(Clock* clock, absl::Time t) {
+  return Passthrough(clock, t) ? t : absl::Now() + (t - clock->Now());
+}
+
+absl::Time FromWallTime(Clock* clock, absl::Time wall) {
+  return Passthrough(clock, wall) ? wall : clock->Now() + (wall - absl::Now());
+}
+
 FakeClock::FakeClock(absl::Time start) : now_(start) {}
 
 absl::Time FakeClock::Now() {

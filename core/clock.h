@@ -36,4 +36,11 @@ class FakeClock : public Clock {
   absl::Time now_ ABSL_GUARDED_BY(mu_);
 };
 
+// Deadlines cross between an injected clock and the wall clock where a library that only
+// knows wall time is involved (gRPC deadlines, condition-variable waits): the same remaining
+// time, read on the other clock. Identity for Clock::Real(); the infinite past and future map
+// to themselves.
+absl::Time ToWallTime(Clock* clock, absl::Time t);
+absl::Time FromWallTime(Clock* clock, absl::Time wall);
+
 }  // namespace kv

@@ -256,6 +256,20 @@ absl::StatusOr<std::unique_ptr<ServingModel>> NewV4ServingModel(const model::V4M
   return std::unique_ptr<ServingModel>(new V4ServingModel(model, info, page.size()));
 }
 
+absl::StatusOr<uint64_t> PublishedPageBytes(const model::ModelConfig& config,
+                                            std::string_view layout) {
+  ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(layout));
+  if (config.IsV4()) {
+    // TEMPORARY estimate, replaced by the exact size in the V4 transport change.
+    return uint64_t{info.record_bytes} * info.default_page_tokens * config.num_hidden_layers;
+  }
+  PageSpec spec{.layout = info.id,
+                .token_count = static_cast<uint32_t>(info.default_page_tokens),
+                .first_layer = 0,
+                .layer_count = static_cast<uint32_t>(config.num_hidden_layers)};
+  return EncodedPageBytes(spec);
+}
+
 absl::StatusOr<std::string> ServingLayoutName(const model::ModelConfig& config,
                                               std::string_view requested) {
   const std::string_view v4 = "v4-fp8-584";
@@ -294,7 +308,9 @@ absl::StatusOr<LoadedModel> LoadServingModel(const std::string& dir, std::string
   } else {
     ASSIGN_OR_RETURN(
         m.mla, model::Transformer::Load(dir, {.max_context = max_context, .pool = m.pool.get()}));
-    ASSIGN_OR_RETURN(m.serving, NewMlaServingModel(m.mla.get(), *kernels::ParseLayout(name)));
+    ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(name));
+    ASSIGN_OR_RETURN(kernels::KvLayout kernel_layout, MlaKernelLayout(info.id));
+    ASSIGN_OR_RETURN(m.serving, NewMlaServingModel(m.mla.get(), kernel_layout));
   }
   return m;
 }

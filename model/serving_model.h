@@ -174,6 +174,12 @@ std::vector<ExportedBlock> ExportChainBlocks(const ServingModel& model, const Se
 std::vector<PoolPage> EncodePoolPages(const ServingModel& model,
                                       std::span<const ExportedBlock> blocks);
 
+// Bytes of the largest full page a model of `config` publishes in `layout` (what
+// ServingModel::page_bytes() reports once the model is loaded), from the config alone: the
+// router's cost model needs it without loading weights. The errors of an unknown layout.
+absl::StatusOr<uint64_t> PublishedPageBytes(const model::ModelConfig& config,
+                                            std::string_view layout);
+
 // A model directory loaded for serving: the runtime its config.json names and the serving
 // view over it.
 struct LoadedModel {
