@@ -34,19 +34,19 @@ std::string HostOf(std::string_view address) {
 
 }  // namespace
 
-WorkerClientFactory GrpcWorkerClients(KeyParams key_params) {
+WorkerClientFactory GrpcWorkerClients(KeyParams key_params, Clock* clock) {
   struct Cache {
     kv::Mutex mu;
     std::map<std::string, std::shared_ptr<WorkerClient>> clients ABSL_GUARDED_BY(mu);
   };
   auto cache = std::make_shared<Cache>();
-  return [cache, key_params](const pb::NodeInfo& node) {
+  return [cache, key_params, clock](const pb::NodeInfo& node) {
     kv::MutexLock l(&cache->mu);
     std::shared_ptr<WorkerClient>& c = cache->clients[node.grpc_address()];
     if (c == nullptr) {
       c = NewGrpcWorkerClient(
           grpc::CreateChannel(node.grpc_address(), grpc::InsecureChannelCredentials()), key_params,
-          node.node_id());
+          node.node_id(), clock);
     }
     return c;
   };
@@ -225,32 +225,113 @@ absl::Status RouterBackend::Stream(const GenerateRequest& req, DecodeCall& call,
   }
 }
 
+struct RouterBackend::Placement {
+  pb::NodeInfo decode;
+  std::optional<pb::NodeInfo> prefill;  // none: the decode worker computes the prompt
+  std::string prefill_id() const { return prefill ? prefill->node_id() : ""; }
+};
+
+absl::StatusOr<RouterBackend::Placement> RouterBackend::Place(Plan& plan, Route* route) {
+  const BlockKey root = plan.keys.empty() ? BlockKey::Zero() : plan.keys[0];
+  Placement place;
+  ASSIGN_OR_RETURN(place.decode, Pick(pb::ROLE_DECODE, root, ""));
+  // Without a live prefill worker, or a model without a handoff, the decode worker computes
+  // the prompt itself, loading the planned cached run itself.
+  if (options_.prefill_handoff) {
+    absl::StatusOr<pb::NodeInfo> picked = Pick(pb::ROLE_PREFILL, root, plan.prefix.address);
+    if (picked.ok()) {
+      place.prefill = *std::move(picked);
+    } else {
+      plan.cost.reason = StrCat(plan.cost.reason, "; no live prefill worker: the decode worker ",
+                                "computes the prompt (", picked.status().message(), ")");
+    }
+  }
+  route->prefill_node_id = place.prefill_id();
+  route->decode_node_id = place.decode.node_id();
+  return place;
+}
+
+std::optional<CachedRun> RouterBackend::PinPrefix(const GenerateRequest& req, const Plan& plan) {
+  if (plan.cost.load_blocks <= 0) return std::nullopt;
+  int64_t pinned = 0;
+  absl::StatusOr<std::string> l = pool_->Pin(
+      plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
+      options_.lease, req.authorization, &pinned);
+  if (!l.ok()) {
+    log::Warn("router_pin_failed", "node", plan.prefix.node_id, "error", l.status().ToString());
+    return std::nullopt;
+  }
+  if (pinned <= 0) return std::nullopt;
+  return CachedRun{.node_id = plan.prefix.node_id,
+                   .address = plan.prefix.address,
+                   .keys = {plan.keys.begin(), plan.keys.begin() + pinned},
+                   .lease_id = *l};
+}
+
+absl::StatusOr<prefill::PrefillDone> RouterBackend::RunPrefill(
+    const decode::DecodeRequest& dreq, const Placement& place,
+    const transport::HandoffDestination& dest, absl::Time deadline) {
+  if (!place.prefill || !dest.valid()) return absl::UnavailableError("no prefill");
+  prefill::PrefillRequest preq{.request_id = dreq.request_id,
+                               .prompt = dreq.prompt,
+                               .tenant = dreq.tenant,
+                               .authorization = dreq.authorization,
+                               .shared_prefix_tokens = dreq.shared_prefix_tokens,
+                               .cached = dreq.cached,
+                               .target = dest,
+                               .session_id = dreq.session_id,
+                               .retention = dreq.retention,
+                               .skip_publish = dreq.skip_publish};
+  absl::StatusOr<prefill::PrefillDone> done = workers_(*place.prefill)->Prefill(preq, deadline);
+  if (!done.ok()) {
+    log::Warn("router_prefill_failed", "node", place.prefill_id(), "error",
+              done.status().ToString());
+    kv::MutexLock l(&mu_);
+    ++counters_.prefill_fallbacks;
+  }
+  return done;
+}
+
+void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::PrefillDone>& done,
+                              const decode::DecodeOutcome& turn, RequestStats* st) {
+  st->decode_time = turn.decode_time;
+  st->published_pages += turn.published_pages;
+  if (done.ok()) {  // moved, whether or not the decode worker accepted it
+    st->published_pages += done->published_pages;
+    st->bytes_transferred = done->bytes_loaded + done->bytes_sent;
+    st->transport = done->transport;
+  }
+  if (done.ok() && turn.handoff == decode::HandoffVerdict::kVerified) {
+    st->cached_tokens = done->cached_tokens;
+    st->recomputed_tokens = st->prompt_tokens - st->cached_tokens;  // the decode worker adds one
+    st->load_time = done->load_time;
+    st->prefill_time = done->compute_time;
+    AccountLoad(plan, st, done->bytes_loaded);
+    return;
+  }
+  // The decode worker computed the prompt, from its cached run.
+  st->cached_tokens = turn.cached_tokens;
+  st->recomputed_tokens = st->prompt_tokens - st->cached_tokens;
+  st->load_time = turn.load_time;
+  st->prefill_time = turn.compute_time;
+  AccountLoad(plan, st, turn.bytes_loaded);
+  if (st->cached_tokens > 0) {
+    // A router process's decode worker read the pages from the store over gRPC.
+    st->transport = options_.local_store == nullptr ? "grpc" : "inproc";
+    st->bytes_transferred = st->bytes_loaded;
+  }
+}
+
 absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Route* route) {
   const absl::Time start = clock()->Now();
   const absl::Time deadline = start + options_.max_request_time;
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req));
-  const BlockKey root = plan.keys.empty() ? BlockKey::Zero() : plan.keys[0];
-  ASSIGN_OR_RETURN(pb::NodeInfo decode_node, Pick(pb::ROLE_DECODE, root, ""));
-  // Without a live prefill worker, or a model without a handoff, the decode worker computes
-  // the prompt itself, loading the planned cached run itself.
-  absl::StatusOr<pb::NodeInfo> picked =
-      options_.prefill_handoff ? Pick(pb::ROLE_PREFILL, root, plan.prefix.address)
-                               : absl::StatusOr<pb::NodeInfo>(absl::FailedPreconditionError(
-                                     StrCat(options_.key_params.layout_id,
-                                            " prompts are not handed over: the decode worker "
-                                            "loads and computes them")));
-  if (!picked.ok() && options_.prefill_handoff) {
-    plan.cost.reason = StrCat(plan.cost.reason, "; no live prefill worker: the decode worker ",
-                              "computes the prompt (", picked.status().message(), ")");
-  }
-  const std::string prefill_id = picked.ok() ? picked->node_id() : "";
-  route->prefill_node_id = prefill_id;
-  route->decode_node_id = decode_node.node_id();
+  ASSIGN_OR_RETURN(Placement place, Place(plan, route));
   if (req.on_plan) req.on_plan(plan.cost);
   {
     kv::MutexLock l(&mu_);
-    ++in_flight_[prefill_id];
-    ++in_flight_[decode_node.node_id()];
+    ++in_flight_[place.prefill_id()];
+    ++in_flight_[place.decode.node_id()];
   }
   struct Release {  // the load counts go down however the request ends
     RouterBackend* r;
@@ -260,29 +341,10 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
       --r->in_flight_[a];
       --r->in_flight_[b];
     }
-  } release{this, prefill_id, decode_node.node_id()};
-
-  GenerateResult out;
-  RequestStats& st = out.stats;
-  st.prompt_tokens = static_cast<int64_t>(req.prompt.size());
-  st.cost = plan.cost;
+  } release{this, place.prefill_id(), place.decode.node_id()};
 
   // 1. Pin the prefix the plan loads.
-  std::optional<CachedRun> run;
-  if (plan.cost.load_blocks > 0) {
-    int64_t pinned = 0;
-    absl::StatusOr<std::string> l = pool_->Pin(
-        plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
-        options_.lease, req.authorization, &pinned);
-    if (l.ok() && pinned > 0) {
-      run = CachedRun{.node_id = plan.prefix.node_id,
-                      .address = plan.prefix.address,
-                      .keys = {plan.keys.begin(), plan.keys.begin() + pinned},
-                      .lease_id = *l};
-    } else if (!l.ok()) {
-      log::Warn("router_pin_failed", "node", plan.prefix.node_id, "error", l.status().ToString());
-    }
-  }
+  const std::optional<CachedRun> run = PinPrefix(req, plan);
   struct Unpin {
     RouterBackend* r;
     const std::optional<CachedRun>& run;
@@ -310,71 +372,32 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
                              .retention = retention,
                              .skip_publish = req.policy == CachePolicy::kBypass,
                              .cached = run};
-  std::shared_ptr<WorkerClient> decode_client = workers_(decode_node);
-  ASSIGN_OR_RETURN(std::unique_ptr<DecodeCall> call, decode_client->StartDecode(dreq, deadline));
+  ASSIGN_OR_RETURN(std::unique_ptr<DecodeCall> call,
+                   workers_(place.decode)->StartDecode(dreq, deadline));
   ASSIGN_OR_RETURN(transport::HandoffDestination dest, call->Ready());
 
   // 3. Prefill into the destination. A failure only costs the decode worker a local prefill.
-  absl::StatusOr<prefill::PrefillDone> done = absl::UnavailableError("no prefill");
-  if (picked.ok() && dest.valid()) {
-    prefill::PrefillRequest preq{.request_id = dreq.request_id,
-                                 .prompt = req.prompt,
-                                 .tenant = req.tenant,
-                                 .authorization = req.authorization,
-                                 .shared_prefix_tokens = req.shared_prefix_tokens,
-                                 .cached = run,
-                                 .target = dest,
-                                 .session_id = req.session_id,
-                                 .retention = retention,
-                                 .skip_publish = req.policy == CachePolicy::kBypass};
-    done = workers_(*picked)->Prefill(preq, deadline);
-    if (!done.ok()) {
-      log::Warn("router_prefill_failed", "node", prefill_id, "error", done.status().ToString());
-      kv::MutexLock l(&mu_);
-      ++counters_.prefill_fallbacks;
-    }
-  }
+  absl::StatusOr<prefill::PrefillDone> done = RunPrefill(dreq, place, dest, deadline);
   decode::PrefillResult result;
   if (done.ok()) {
-    result = {
-        .kv_tokens = done->kv_tokens, .slot_xxh3 = done->slot_xxh3, .prefill_node_id = prefill_id};
-    st.cached_tokens = done->cached_tokens;
-    st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;  // the decode worker adds one
-    st.bytes_transferred = done->bytes_loaded + done->bytes_sent;
-    st.transport = done->transport;
-    st.load_time = done->load_time;
-    st.prefill_time = done->compute_time;
-    st.published_pages += done->published_pages;
+    result = {.kv_tokens = done->kv_tokens,
+              .slot_xxh3 = done->slot_xxh3,
+              .prefill_node_id = place.prefill_id()};
   }
   RETURN_IF_ERROR(call->SendPrefillResult(result));
 
   // 4. The decode session's tokens.
+  GenerateResult out;
+  out.stats.prompt_tokens = static_cast<int64_t>(req.prompt.size());
+  out.stats.cost = plan.cost;
   decode::DecodeOutcome turn;
   if (absl::Status s = Stream(req, *call, start, &out, &turn); !s.ok()) {
     return MarkRetryable(absl::UnavailableError(
-        StrCat("decode worker ", decode_node.node_id(), " failed: ", s.ToString())));
+        StrCat("decode worker ", place.decode.node_id(), " failed: ", s.ToString())));
   }
-  st.decode_time = turn.decode_time;
-  st.published_pages += turn.published_pages;
-  if (done.ok() && turn.handoff == decode::HandoffVerdict::kVerified) {
-    AccountLoad(plan, &st, done->bytes_loaded);
-  } else {  // the decode worker computed the prompt, from its cached run
-    st.cached_tokens = turn.cached_tokens;
-    st.recomputed_tokens = st.prompt_tokens - st.cached_tokens;
-    st.load_time = turn.load_time;
-    st.prefill_time = turn.compute_time;
-    st.bytes_loaded = 0;
-    AccountLoad(plan, &st, turn.bytes_loaded);
-    if (st.cached_tokens > 0 && options_.local_store == nullptr) {
-      st.transport = "grpc";  // the decode worker read the pages from the store over gRPC
-      st.bytes_transferred = st.bytes_loaded;
-    } else if (st.cached_tokens > 0) {
-      st.transport = "inproc";
-      st.bytes_transferred = st.bytes_loaded;
-    }
-  }
-  st.output_tokens = static_cast<int64_t>(out.tokens.size());
-  st.total_time = clock()->Now() - start;
+  FillStats(plan, done, turn, &out.stats);
+  out.stats.output_tokens = static_cast<int64_t>(out.tokens.size());
+  out.stats.total_time = clock()->Now() - start;
   return out;
 }
 
@@ -447,7 +470,7 @@ void RouterBackend::ListNodes(const ServiceContext& self, const pb::ListNodesReq
     }
   }
   out->set_membership_source(std::string(membership_->source()));
-  SetTimestamp(view.updated_at == absl::InfinitePast() ? absl::Now() : view.updated_at,
+  SetTimestamp(view.updated_at == absl::InfinitePast() ? clock()->Now() : view.updated_at,
                out->mutable_updated_at());
 }
 

@@ -29,6 +29,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,8 +49,9 @@ namespace kv::cluster {
 using WorkerClientFactory =
     std::function<std::shared_ptr<WorkerClient>(const kvstrata::v1::NodeInfo& node)>;
 
-// gRPC clients of the members' Worker services, one cached channel per address.
-WorkerClientFactory GrpcWorkerClients(KeyParams key_params);
+// gRPC clients of the members' Worker services, one cached channel per address; call
+// deadlines are read on `clock` (not owned; null: Clock::Real()).
+WorkerClientFactory GrpcWorkerClients(KeyParams key_params, Clock* clock = nullptr);
 
 struct RouterOptions {
   KeyParams key_params;     // fingerprint, layout, page tokens of the served model
@@ -103,6 +105,21 @@ class RouterBackend final : public ServingBackend {
   absl::Status Validate(const GenerateRequest& req) const;
   absl::StatusOr<Plan> MakePlan(const GenerateRequest& req);
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& req, Route* route);
+  // Picks the decode and (when the model hands prompts over) the prefill worker; notes in
+  // the plan's reason when no prefill worker is live.
+  absl::StatusOr<Placement> Place(Plan& plan, Route* route);
+  // Pins the blocks the plan loads on their home; none when nothing is loaded or the pin
+  // failed (logged: the workers then compute those blocks).
+  std::optional<CachedRun> PinPrefix(const GenerateRequest& req, const Plan& plan);
+  // Runs the prefill into `dest`; Unavailable without a prefill worker or destination.
+  // A failure is counted as a prefill fallback.
+  absl::StatusOr<prefill::PrefillDone> RunPrefill(const decode::DecodeRequest& dreq,
+                                                  const Placement& place,
+                                                  const transport::HandoffDestination& dest,
+                                                  absl::Time deadline);
+  // The request's load, prefill and transfer figures from whoever computed the prompt.
+  void FillStats(const Plan& plan, const absl::StatusOr<prefill::PrefillDone>& done,
+                 const decode::DecodeOutcome& turn, RequestStats* st);
   // Streams the decode session's tokens into `out` until the turn ends.
   absl::Status Stream(const GenerateRequest& req, DecodeCall& call, absl::Time start,
                       GenerateResult* out, decode::DecodeOutcome* done);
