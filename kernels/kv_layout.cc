@@ -7,18 +7,14 @@
 namespace kv::kernels {
 
 std::string_view LayoutName(KvLayout layout) {
-  switch (layout) {
-    case KvLayout::kMlaFp8_656:
-      return "mla-fp8-656";
-    case KvLayout::kMlaBf16_1152:
-      return "mla-bf16-1152";
-  }
-  return "unknown";
+  const char* name = KvLayoutName(layout);
+  return name != nullptr ? name : "unknown";
 }
 
 absl::StatusOr<KvLayout> ParseLayout(std::string_view name) {
-  if (name == "mla-fp8-656") return KvLayout::kMlaFp8_656;
-  if (name == "mla-bf16-1152") return KvLayout::kMlaBf16_1152;
+  for (KvLayout l : {KvLayout::kMlaFp8_656, KvLayout::kMlaBf16_1152}) {
+    if (name == KvLayoutName(l)) return l;
+  }
   return absl::InvalidArgumentError(absl::StrCat("unknown KV layout '", std::string(name),
                                                  "' (expected mla-fp8-656 or mla-bf16-1152)"));
 }

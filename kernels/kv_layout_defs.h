@@ -33,6 +33,15 @@ enum class KvLayout : uint8_t {
   kMlaBf16_1152 = 2,
 };
 
+// "mla-fp8-656" / "mla-bf16-1152"; nullptr for a value outside the enum (kv_layout.h's
+// LayoutName says "unknown"). Header-only, so the page format can name layouts without
+// linking the kernels.
+constexpr const char* KvLayoutName(KvLayout layout) {
+  return layout == KvLayout::kMlaFp8_656     ? "mla-fp8-656"
+         : layout == KvLayout::kMlaBf16_1152 ? "mla-bf16-1152"
+                                             : nullptr;
+}
+
 // Bytes per token record: 656 or 1152; 0 for a value outside the enum.
 KV_HD constexpr int RecordBytes(KvLayout layout) {
   return layout == KvLayout::kMlaFp8_656     ? kFp8RecordBytes

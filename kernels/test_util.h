@@ -9,22 +9,18 @@
 #include <string>
 #include <vector>
 
+#include "core/test_seed.h"
+
 namespace kv::kernels::testing {
 
 // A fresh seed per run (KVSTRATA_TEST_SEED overrides it, to reproduce a failure).
-inline uint64_t FreshSeed() {
-  if (const char* s = std::getenv("KVSTRATA_TEST_SEED")) return std::stoull(s);
-  std::random_device rd;
-  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
-}
+inline uint64_t FreshSeed() { return kv::testing::TestSeed(); }
 
 class Rng {
  public:
   Rng() : seed_(FreshSeed()), gen_(seed_) {}
   uint64_t seed() const { return seed_; }
-  std::string SeedText() const {
-    return "seed=" + std::to_string(seed_) + " (rerun with KVSTRATA_TEST_SEED)";
-  }
+  std::string SeedText() const { return kv::testing::SeedTrace(seed_); }
   std::mt19937_64& gen() { return gen_; }
   double Uniform(double lo, double hi) {
     return std::uniform_real_distribution<double>(lo, hi)(gen_);

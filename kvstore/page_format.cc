@@ -7,6 +7,7 @@
 #include "core/hash.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kernels/v4/v4_record.h"
 
 namespace kv {
 namespace {
@@ -26,11 +27,20 @@ constexpr size_t kOffReserved = 104;
 // Enough bytes to read magic, version, layout, section count and page size.
 constexpr size_t kMinPrefixBytes = 24;
 
-constexpr LayoutInfo kLayouts[] = {
-    {LayoutId::kMlaFp8_656, "mla-fp8-656", 656, 64, true},
-    {LayoutId::kMlaBf16_1152, "mla-bf16-1152", 1152, 64, true},
-    {LayoutId::kV4Fp8_584, "v4-fp8-584", 584, 256, true},
-};
+LayoutInfo MlaLayout(kernels::KvLayout k) {
+  return {static_cast<LayoutId>(k), kernels::KvLayoutName(k),
+          static_cast<uint32_t>(kernels::RecordBytes(k)), kernels::kDefaultPageTokens, true};
+}
+
+// The registry (see LayoutId): built once, on first use.
+std::span<const LayoutInfo> Layouts() {
+  static const LayoutInfo layouts[] = {
+      MlaLayout(kernels::KvLayout::kMlaFp8_656),
+      MlaLayout(kernels::KvLayout::kMlaBf16_1152),
+      {LayoutId::kV4Fp8_584, "v4-fp8-584", kernels::v4::kV4RecordBytes, 256, true},
+  };
+  return layouts;
+}
 
 uint16_t GetU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
 uint32_t GetU32(const uint8_t* p) {
@@ -257,10 +267,10 @@ absl::StatusOr<LayoutInfo> CheckSpec(const PageSpec& spec) {
 
 }  // namespace
 
-std::span<const LayoutInfo> KnownLayouts() { return kLayouts; }
+std::span<const LayoutInfo> KnownLayouts() { return Layouts(); }
 
 absl::StatusOr<LayoutInfo> LookupLayout(uint16_t code) {
-  for (const LayoutInfo& l : kLayouts) {
+  for (const LayoutInfo& l : Layouts()) {
     if (static_cast<uint16_t>(l.id) == code) return l;
   }
   return absl::InvalidArgumentError(kv::StrCat(
@@ -269,11 +279,23 @@ absl::StatusOr<LayoutInfo> LookupLayout(uint16_t code) {
 
 absl::StatusOr<LayoutInfo> LookupLayout(std::string_view name) {
   std::string names;
-  for (const LayoutInfo& l : kLayouts) {
+  for (const LayoutInfo& l : Layouts()) {
     if (l.name == name) return l;
     names += kv::StrCat(names.empty() ? "" : ", ", l.name);
   }
   return absl::InvalidArgumentError(kv::StrCat("unknown layout '", name, "' (known: ", names, ")"));
+}
+
+absl::StatusOr<kernels::KvLayout> MlaKernelLayout(LayoutId id) {
+  switch (id) {
+    case LayoutId::kMlaFp8_656:
+      return kernels::KvLayout::kMlaFp8_656;
+    case LayoutId::kMlaBf16_1152:
+      return kernels::KvLayout::kMlaBf16_1152;
+    default:
+      return absl::InvalidArgumentError(
+          kv::StrCat("layout code ", static_cast<uint16_t>(id), " has no MLA kernel layout"));
+  }
 }
 
 std::string SectionKindName(uint16_t kind) {

@@ -59,16 +59,25 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/kv_layout.h"
 #include "kvstore/block_key.h"
 
 namespace kv {
 
 // ---- layouts ------------------------------------------------------------------------------
 
+// One registry of KV layouts, derived from the kernels' record formats. kernels::KvLayout
+// (kernels/kv_layout.h) names the MLA records the attention kernels read; a page layout
+// (LayoutId) names what a page holds. An MLA page layout is its kernel layout: the same code,
+// name and record size (LayoutInfo is built from kernels::LayoutName / RecordBytes).
+// v4-fp8-584 pages hold the V4 kernels' 584-byte records (kernels/v4/v4_record.h).
 enum class LayoutId : uint16_t {
-  kMlaFp8_656 = 1,    // DeepSeek V3.x MLA, FlashMLA FP8: 512 e4m3 + 4 f32 scales + 64 bf16
-  kMlaBf16_1152 = 2,  // the same data uncompressed: 512 + 64 bf16
-  kV4Fp8_584 = 3,     // DeepSeek V4 hybrid: compressed 584-B entries + indexer keys + resume
+  // DeepSeek V3.x MLA, FlashMLA FP8: 512 e4m3 + 4 f32 scales + 64 bf16
+  kMlaFp8_656 = static_cast<uint16_t>(kernels::KvLayout::kMlaFp8_656),
+  // the same data uncompressed: 512 + 64 bf16
+  kMlaBf16_1152 = static_cast<uint16_t>(kernels::KvLayout::kMlaBf16_1152),
+  // DeepSeek V4 hybrid: compressed 584-B entries + indexer keys + resume
+  kV4Fp8_584 = 3,
 };
 
 struct LayoutInfo {
@@ -87,6 +96,9 @@ absl::StatusOr<LayoutInfo> LookupLayout(uint16_t code);
 // Looks a layout up by name ("mla-fp8-656"). InvalidArgument naming the known layouts when
 // the name is unknown.
 absl::StatusOr<LayoutInfo> LookupLayout(std::string_view name);
+// The kernels' record layout of an MLA page layout. InvalidArgument for v4-fp8-584 (read by
+// the V4 kernels) and unknown codes.
+absl::StatusOr<kernels::KvLayout> MlaKernelLayout(LayoutId id);
 
 // ---- sections -----------------------------------------------------------------------------
 

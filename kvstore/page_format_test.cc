@@ -77,6 +77,25 @@ class PageFormatTest : public ::testing::Test {
   std::mt19937 rng_;
 };
 
+TEST(LayoutRegistryTest, MlaPageLayoutsAreTheKernelsLayouts) {
+  for (kernels::KvLayout k : {kernels::KvLayout::kMlaFp8_656, kernels::KvLayout::kMlaBf16_1152}) {
+    absl::StatusOr<LayoutInfo> info = LookupLayout(kernels::KvLayoutName(k));
+    ASSERT_TRUE(info.ok()) << info.status();
+    EXPECT_EQ(static_cast<int>(info->id), static_cast<int>(k));
+    EXPECT_EQ(info->record_bytes, static_cast<uint32_t>(kernels::RecordBytes(k)));
+    absl::StatusOr<kernels::KvLayout> back = MlaKernelLayout(info->id);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, k);
+  }
+  EXPECT_EQ(LookupLayout("mla-fp8-656")->record_bytes, 656u);
+  EXPECT_EQ(LookupLayout("mla-bf16-1152")->record_bytes, 1152u);
+  EXPECT_EQ(LookupLayout("v4-fp8-584")->record_bytes, 584u);
+  EXPECT_EQ(MlaKernelLayout(LayoutId::kV4Fp8_584).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(MlaKernelLayout(static_cast<LayoutId>(9)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(PageFormatTest, RoundTripBothLayoutsAndLayerAccess) {
   for (LayoutId layout : {LayoutId::kMlaFp8_656, LayoutId::kMlaBf16_1152}) {
     const uint32_t tokens = std::uniform_int_distribution<uint32_t>(1, 64)(rng_);

@@ -6,7 +6,7 @@
 //     is (at most the one page whose seal was in flight, which the child had not logged).
 //   - Corruption: random bytes of the RocksDB blob files are flipped. Reads of the affected
 //     pages are misses, never wrong bytes, and the quarantine counter counts each of them.
-// The seed is printed; KVSTRATA_FAULT_SEED=N replays one.
+// The seed is printed; KVSTRATA_TEST_SEED=N replays one.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +20,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "core/test_seed.h"
 #include "gtest/gtest.h"
 #include "kvstore/nvme_tier.h"
 #include "kvstore/test_pages.h"
@@ -71,14 +72,11 @@ int CrashChild(const std::string& dir, uint64_t seed, int first) {
   return 0;
 }
 
-uint64_t Seed() {
-  if (const char* s = std::getenv("KVSTRATA_FAULT_SEED")) return std::strtoull(s, nullptr, 10);
-  return std::random_device{}();
-}
+uint64_t Seed() { return kv::testing::TestSeed(); }
 
 TEST(NvmeCrashTest, KillNineDuringPublishServesOnlySealedVerifiedPages) {
   uint64_t seed = Seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed) + " (replay: KVSTRATA_FAULT_SEED=...)");
+  SCOPED_TRACE(kv::testing::SeedTrace(seed));
   std::mt19937_64 rng(seed);
   std::string root = testing::FreshTestDir("nvme-crash");
   std::string dir = root + "/db";
@@ -162,7 +160,7 @@ TEST(NvmeCrashTest, KillNineDuringPublishServesOnlySealedVerifiedPages) {
 
 TEST(NvmeCorruptionTest, FlippedBlobBytesAreMissesNeverWrongBytes) {
   uint64_t seed = Seed();
-  SCOPED_TRACE("seed=" + std::to_string(seed));
+  SCOPED_TRACE(kv::testing::SeedTrace(seed));
   std::mt19937_64 rng(seed);
   std::string dir = testing::FreshTestDir("nvme-corrupt");
   // Independent one-page chains, so a miss is exactly one quarantined page.

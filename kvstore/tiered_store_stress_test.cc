@@ -7,13 +7,14 @@
 //   - a lookup only matches sealed pages, and covers every pinned page of the chain;
 //   - the index is prefix-closed and per-namespace usage matches the pages and quotas
 //     (TieredStore::CheckInvariants).
-// The seed is printed on failure; KVSTRATA_STRESS_SEED=N replays one.
+// The seed is printed on failure; KVSTRATA_TEST_SEED=N replays one.
 #include <cstdio>
 #include <cstdlib>
 #include <random>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "core/test_seed.h"
 #include "gtest/gtest.h"
 #include "kvstore/fake_tiers.h"
 #include "kvstore/nvme_tier.h"
@@ -294,15 +295,13 @@ class StressRun {
 
 TEST(TieredStoreStressTest, RandomOpsAgainstOracle) {
   std::vector<uint64_t> seeds;
-  if (const char* s = std::getenv("KVSTRATA_STRESS_SEED")) {
-    seeds.push_back(std::strtoull(s, nullptr, 10));
+  if (std::getenv(kv::testing::kTestSeedVariable) != nullptr) {
+    seeds.push_back(kv::testing::TestSeed());
   } else {
-    std::random_device rd;
-    for (int i = 0; i < 3; ++i) seeds.push_back((static_cast<uint64_t>(rd()) << 32) | rd());
+    for (int i = 0; i < 3; ++i) seeds.push_back(kv::testing::TestSeed());
   }
   for (uint64_t seed : seeds) {
-    SCOPED_TRACE("seed=" + std::to_string(seed) +
-                 " (replay: KVSTRATA_STRESS_SEED=" + std::to_string(seed) + ")");
+    SCOPED_TRACE(kv::testing::SeedTrace(seed));
     StressRun run(seed);
     run.Run(1500);
     if (::testing::Test::HasFatalFailure()) return;

@@ -26,7 +26,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvCacheOptions& o
   }
   std::unique_ptr<KvCache> c(new KvCache(options));
   c->block_bytes_ = block;
-  c->pool_.assign(static_cast<size_t>(block * options.max_blocks), 0xFF);
+  c->blocks_.assign(static_cast<size_t>(block * options.max_blocks), 0xFF);
   for (int64_t b = options.max_blocks - 1; b >= 0; --b) c->free_.push_back(static_cast<int32_t>(b));
   return c;
 }
@@ -65,7 +65,7 @@ absl::StatusOr<std::vector<int64_t>> KvCache::Slots(int64_t start, int64_t n) co
 
 kernels::PagedKvView KvCache::LayerView(int layer) const {
   kernels::PagedKvView v;
-  v.pool = const_cast<uint8_t*>(pool_.data());
+  v.pool = const_cast<uint8_t*>(blocks_.data());
   v.block_stride = block_bytes_;
   v.layer_offset = int64_t{layer} * options_.page_tokens * record_bytes();
   v.page_tokens = options_.page_tokens;
@@ -91,7 +91,7 @@ absl::StatusOr<std::string> KvCache::ExportBlock(int64_t i) const {
     return absl::OutOfRangeError(absl::StrCat("kv cache: block ", i, " is not complete (",
                                               num_tokens_, " tokens committed)"));
   }
-  const uint8_t* base = pool_.data() + int64_t{block_table_[i]} * block_bytes_;
+  const uint8_t* base = blocks_.data() + int64_t{block_table_[i]} * block_bytes_;
   return std::string(reinterpret_cast<const char*>(base), static_cast<size_t>(block_bytes_));
 }
 
@@ -99,7 +99,7 @@ absl::StatusOr<std::string> KvCache::RawBlock(int64_t i) const {
   if (i < 0 || i >= num_blocks()) {
     return absl::OutOfRangeError(absl::StrCat("kv cache: block ", i, " is not reserved"));
   }
-  const uint8_t* base = pool_.data() + int64_t{block_table_[i]} * block_bytes_;
+  const uint8_t* base = blocks_.data() + int64_t{block_table_[i]} * block_bytes_;
   return std::string(reinterpret_cast<const char*>(base), static_cast<size_t>(block_bytes_));
 }
 
@@ -107,7 +107,7 @@ absl::StatusOr<std::span<const uint8_t>> KvCache::BlockView(int64_t i) const {
   if (i < 0 || i >= num_blocks()) {
     return absl::OutOfRangeError(absl::StrCat("kv cache: block ", i, " is not reserved"));
   }
-  return std::span<const uint8_t>(pool_.data() + int64_t{block_table_[i]} * block_bytes_,
+  return std::span<const uint8_t>(blocks_.data() + int64_t{block_table_[i]} * block_bytes_,
                                   static_cast<size_t>(block_bytes_));
 }
 

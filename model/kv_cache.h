@@ -98,11 +98,11 @@ class KvCache {
 
  private:
   explicit KvCache(const KvCacheOptions& options);
-  uint8_t* BlockBase(int32_t physical) { return pool_.data() + physical * block_bytes_; }
+  uint8_t* BlockBase(int32_t physical) { return blocks_.data() + physical * block_bytes_; }
 
   KvCacheOptions options_;
   int64_t block_bytes_ = 0;
-  std::vector<uint8_t> pool_;
+  std::vector<uint8_t> blocks_;
   std::vector<int32_t> block_table_;
   std::vector<int32_t> free_;  // a stack; lowest block ids are handed out first
   int64_t num_tokens_ = 0;

@@ -1,6 +1,6 @@
 // Helpers shared by model/ tests: a fresh temporary directory under KVSTRATA_TEST_TMPDIR
-// (set by ctest) or /tmp, and a printed, time-derived seed so failures can be replayed
-// (KVSTRATA_TEST_SEED overrides it). Test-only; not thread-safe.
+// (set by ctest) or /tmp, and a printed seed so failures can be replayed (core/test_seed.h:
+// KVSTRATA_TEST_SEED overrides it). Test-only; not thread-safe.
 #pragma once
 
 #include <unistd.h>
@@ -12,6 +12,8 @@
 #include <string>
 
 #include <gtest/gtest.h>
+
+#include "core/test_seed.h"
 
 namespace kv::model::testing {
 
@@ -25,9 +27,6 @@ inline std::string FreshTempDir(const std::string& name) {
 }
 
 // A fresh seed per run, printed with every failure through a gtest trace.
-inline uint64_t TestSeed() {
-  if (const char* s = std::getenv("KVSTRATA_TEST_SEED")) return std::strtoull(s, nullptr, 10);
-  return static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
-}
+inline uint64_t TestSeed() { return kv::testing::TestSeed(); }
 
 }  // namespace kv::model::testing

@@ -8,19 +8,14 @@
 #include <random>
 #include <string>
 
+#include "core/test_seed.h"
 #include "gtest/gtest.h"
 
 namespace kv::transport::testing {
 
-// KV_TEST_SEED from the environment, else a fresh random seed.
-inline uint64_t Seed() {
-  if (const char* s = std::getenv("KV_TEST_SEED")) return std::strtoull(s, nullptr, 10);
-  std::random_device rd;
-  return (uint64_t{rd()} << 32) | rd();
-}
-inline std::string SeedTrace(uint64_t seed) {
-  return "seed=" + std::to_string(seed) + " (rerun with KV_TEST_SEED=" + std::to_string(seed) + ")";
-}
+// KVSTRATA_TEST_SEED from the environment, else a fresh random seed (core/test_seed.h).
+inline uint64_t Seed() { return kv::testing::TestSeed(); }
+inline std::string SeedTrace(uint64_t seed) { return kv::testing::SeedTrace(seed); }
 // Fills with pseudo-random bytes; never all zeros.
 inline void FillRandom(void* dst, size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
