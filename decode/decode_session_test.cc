@@ -125,8 +125,8 @@ TEST_F(DecodeSessionTest, VerifiedHandoffImportsThePromptAndMatchesLocal) {
   auto done = Prefill(r, *dest, prefill_transport_.get());
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(done->kv_tokens, 149);
-  ASSERT_TRUE(s->OnPrefillResult({.kv_tokens = done->kv_tokens, .slot_xxh3 = done->slot_xxh3})
-                  .ok());
+  ASSERT_TRUE(
+      s->OnPrefillResult({.kv_tokens = done->kv_tokens, .slot_xxh3 = done->slot_xxh3}).ok());
   auto out = s->Run(nullptr);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->handoff, HandoffVerdict::kVerified);
@@ -143,8 +143,8 @@ TEST_F(DecodeSessionTest, CorruptHandoffIsRejectedAndTheSessionComputesThePrompt
   ASSERT_TRUE(dest.ok());
   auto done = Prefill(r, *dest, &corrupt);
   ASSERT_TRUE(done.ok()) << done.status();  // the sender cannot know; the checksums can
-  ASSERT_TRUE(s->OnPrefillResult({.kv_tokens = done->kv_tokens, .slot_xxh3 = done->slot_xxh3})
-                  .ok());
+  ASSERT_TRUE(
+      s->OnPrefillResult({.kv_tokens = done->kv_tokens, .slot_xxh3 = done->slot_xxh3}).ok());
   auto out = s->Run(nullptr);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->handoff, HandoffVerdict::kRejected);
@@ -240,9 +240,8 @@ TEST_F(DecodeSessionTest, CachedRunIsLoadedWhenTheSessionComputesThePrompt) {
   EXPECT_EQ(o1->published_pages, 3);  // 207 tokens with KV: 3 full pages
 
   DecodeRequest second = Req(Prompt(200, 8), 8);
-  KeyParams kp{.model_fingerprint = model().fingerprint(),
-               .layout_id = "mla-fp8-656",
-               .page_tokens = 64};
+  KeyParams kp{
+      .model_fingerprint = model().fingerprint(), .layout_id = "mla-fp8-656", .page_tokens = 64};
   auto keys = DeriveRequestKeys(kp, second.prompt, "acme", 0, nullptr);
   ASSERT_TRUE(keys.ok());
   int64_t pinned = 0;
