@@ -146,7 +146,7 @@ absl::Status TieredStore::Recover() {
     frontier.pop_back();
     const PageMeta& m = metas[i];
     RETURN_IF_ERROR(index_.Insert(m, TierKind::kNvme, m.last_access, absl::ZeroDuration()));
-    Charge(m.ns, static_cast<int>(TierKind::kNvme), static_cast<int64_t>(m.size));
+    Charge(m.ns, static_cast<int>(TierKind::kNvme), static_cast<int64_t>(nvme->Footprint(m.size)));
     ++inserted;
     auto it = children.find(m.key);
     if (it != children.end()) {

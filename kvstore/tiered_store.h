@@ -172,10 +172,11 @@ class TieredStore {
   // Strips the resume section of each cached, unpinned key whose page has one: every
   // resident copy is replaced by StripResumeSection(copy), same key, smaller size, and the
   // index and per-namespace charges follow. Returns the tier bytes freed, summed over all
-  // copies (one copy: exactly the entry's resume bytes). Skipped without error: keys not
-  // cached, pinned (leases, in-flight reads, quarantine), without a resume section, or whose
-  // copy failed verification (that copy is quarantined as Read does) or could not be read.
-  // If a tier cannot take the stripped copy, the original goes back; the entry keeps one
+  // copies (one copy in a tier without size classes: exactly the entry's resume bytes; the
+  // nvme tier frees whole 4 KiB blocks). Skipped without error: keys not cached, pinned
+  // (leases, in-flight reads, quarantine), without a resume section, or whose copy failed
+  // verification (that copy is quarantined as Read does) or could not be read. If a tier
+  // cannot take the stripped copy, the original goes back; the entry keeps one
   // size, so once some tier holds the stripped copy, tiers left with the original drop it
   // (counted as evictions), and a copy lost in between is handled as a quarantined one.
   // Crash safety: an nvme copy is erased before its stripped copy is written, so a crash
