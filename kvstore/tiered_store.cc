@@ -187,7 +187,7 @@ void TieredStore::ReapLocked(absl::Time now) {
   }
   for (auto it = pending_.begin(); it != pending_.end();) {
     auto cur = it++;
-    if (cur->second.deadline > now) continue;
+    if (cur->second.deadline > now || cur->second.sealing) continue;
     int t = static_cast<int>(cur->second.tier);
     (void)tiers_[t]->Erase(cur->first);
     Charge(cur->second.meta.ns, t,
