@@ -20,12 +20,13 @@
 // never an index record that names torn bytes. A new segment's file, allocation and header
 // are fdatasynced, and the directory fsynced, before any record in it is written.
 //
-// Reads: ReadMany() reads up to read_parallelism records at once with one io_uring readv
-// each, the page bytes straight into the caller's buffer when it is aligned for direct I/O
-// (a page-aligned, e.g. registered, buffer; otherwise through a bounce buffer), and verifies
-// there: the record header (magic, checksum, key, segment, length) and the page's XXH3-64
-// against the header and the index. A mismatch, a short read or a read error is DataLoss;
-// the TieredStore then quarantines the page and it becomes a miss.
+// Reads: ReadMany() reads up to read_parallelism records at once (fewer for large pages:
+// read_bytes_in_flight caps the bytes in flight) with one io_uring readv each, the page bytes
+// straight into the caller's buffer when it is aligned for direct I/O (a page-aligned, e.g.
+// registered, buffer; otherwise through a bounce buffer), and verifies there: the record
+// header (magic, checksum, key, segment, length) and the page's XXH3-64 against the header
+// and the index. A mismatch, a short read or a read error is DataLoss; the TieredStore then
+// quarantines the page and it becomes a miss.
 //
 // Restart: Open() opens the index and loads it into memory; it never reads page bytes, so
 // the tier serves hits as soon as Open() returns. Writes always go to a new segment. Bytes no
@@ -77,6 +78,7 @@ struct NvmeTierOptions {
   int write_depth = 32;                          // page writes in flight at most
   uint64_t write_bytes_in_flight = 64ull << 20;  // and their bytes (one larger page may go)
   int read_parallelism = 16;                     // reads in flight per ReadMany() call
+  uint64_t read_bytes_in_flight = 8ull << 20;    // and their bytes (at least one read)
   bool sync_writes = false;  // also fsync the index WAL at each seal (page bytes always are)
   uint64_t write_buffer_bytes = 16ull << 20;  // RocksDB memtable of the index
   absl::Duration disk_usage_refresh = absl::Seconds(1);

@@ -392,7 +392,16 @@ absl::StatusOr<std::vector<absl::StatusOr<size_t>>> NvmeTier::ReadMany(
     reqs.push_back(plans.back().req);
     which.push_back(i);
   }
-  RunIoBatch(io_, reqs, options_.read_parallelism, [&](size_t j, int64_t res) {
+  // More than a few MiB of reads in flight only queue up in the device: fio on the project
+  // VM, 2.5 MiB O_DIRECT io_uring reads, 2.2 GB/s at queue depth 1 and 3, 1.0-1.3 GB/s at
+  // 4-16. So the depth is read_bytes_in_flight / the batch's mean read, within
+  // [1, read_parallelism].
+  uint64_t req_bytes = 0;
+  for (const IoRequest& r : reqs) req_bytes += r.bytes();
+  const uint64_t avg = reqs.empty() ? 1 : std::max<uint64_t>(1, req_bytes / reqs.size());
+  const int depth = static_cast<int>(
+      std::clamp<uint64_t>(options_.read_bytes_in_flight / avg, 1, options_.read_parallelism));
+  RunIoBatch(io_, reqs, depth, [&](size_t j, int64_t res) {
     const size_t i = which[j];
     const Entry& e = *entries[i];
     out[i] = FinishRead(plans[j], res, keys[i], e.seg->id, e.offset, e.meta.size, e.xxh3, dsts[i]);
