@@ -137,8 +137,9 @@ class NvmeTier : public Tier {
   // Bytes the tier directory takes on disk, as `du -s --block-size=1 DIR` counts them
   // (allocated blocks of every file and directory), measured now; also sets the gauge.
   absl::StatusOr<uint64_t> DiskUsage();
-  // Blocks until queued reclaim work (hole punches, segment deletions) is done.
-  void WaitReclaimIdle();
+  // Blocks until queued reclaim work (hole punches, segment deletions) is done, or for at
+  // most `timeout`. Returns false if work was still queued or running when it gave up.
+  bool WaitReclaimIdle(absl::Duration timeout = absl::InfiniteDuration());
   NvmeTierStats Stats() const;
   // Flushes the index memtable to an SST file (tests and benchmarks).
   absl::Status Flush();

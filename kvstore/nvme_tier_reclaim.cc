@@ -30,9 +30,14 @@ void NvmeTier::Enqueue(ReclaimTask task) {
   reclaim_cv_.SignalAll();
 }
 
-void NvmeTier::WaitReclaimIdle() {
+bool NvmeTier::WaitReclaimIdle(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
   MutexLock l(&reclaim_mu_);
-  while (!reclaim_queue_.empty() || reclaim_busy_) reclaim_cv_.Wait(&reclaim_mu_);
+  while (!reclaim_queue_.empty() || reclaim_busy_) {
+    if (absl::Now() >= deadline) return false;
+    reclaim_cv_.WaitWithDeadline(&reclaim_mu_, deadline);
+  }
+  return true;
 }
 
 void NvmeTier::ReclaimLoop() {

@@ -234,7 +234,7 @@ TEST(NvmeTierTest, TornRecordAtSegmentEndIsIgnoredAtRestart) {
       ASSERT_TRUE((*t)->Read(p.meta.key, d).ok());
       EXPECT_EQ(d, p.bytes);
     }
-    (*t)->WaitReclaimIdle();
+    ASSERT_TRUE((*t)->WaitReclaimIdle(absl::Seconds(60))) << "reclaim did not finish";
     EXPECT_EQ(fs::file_size(seg), end) << "the torn tail was not reclaimed";
     // Writing goes on in a new segment; the torn key can be stored afresh.
     ASSERT_TRUE(PublishAll(t->get(), {torn}).ok());
@@ -266,7 +266,7 @@ TEST(NvmeTierTest, EvictingEightyPercentFreesTheirSpaceAndMatchesDu) {
   auto pages = Pages(7, 200, 40);  // ~105 KB pages, ~21 MB over 6 segments
   ASSERT_TRUE(PublishAll(t->get(), pages).ok());
   ASSERT_TRUE((*t)->Flush().ok());
-  (*t)->WaitReclaimIdle();
+  ASSERT_TRUE((*t)->WaitReclaimIdle(absl::Seconds(60))) << "reclaim did not finish";
   auto before = (*t)->DiskUsage();
   ASSERT_TRUE(before.ok()) << before.status();
   EXPECT_EQ(*before, Du(dir));
@@ -277,7 +277,7 @@ TEST(NvmeTierTest, EvictingEightyPercentFreesTheirSpaceAndMatchesDu) {
     erased += (*t)->Footprint(pages[i].bytes.size());
     ASSERT_TRUE((*t)->Erase(pages[i].meta.key).ok());
   }
-  (*t)->WaitReclaimIdle();
+  ASSERT_TRUE((*t)->WaitReclaimIdle(absl::Seconds(60))) << "reclaim did not finish";
   auto after = (*t)->DiskUsage();
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(*after, Du(dir));
