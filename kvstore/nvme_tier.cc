@@ -1,26 +1,32 @@
-#include "kvstore/nvme_tier.h"
+// NvmeTier: opening and recovery, erase, listing, and ReadPageFromNvme. The write, seal and
+// read paths are in nvme_tier_io.cc; space reclaim and disk usage in nvme_tier_reclaim.cc.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/nvme_index.h"
+#include "kvstore/nvme_tier_internal.h"
 #include "kvstore/page_format.h"
+#include "kvstore/segment_format.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
-#include "rocksdb/slice.h"
 #include "rocksdb/write_batch.h"
 
 namespace kv {
-namespace {
 
-constexpr char kPagesCf[] = "pages";
-constexpr char kMetaCf[] = "meta";
-// Version 1: up to the layout. Version 2 appends the resume role (u8) and resume bytes (u64);
-// version-1 records still decode (role kTurnEnd, resume bytes unknown for v4 pages).
-constexpr uint8_t kMetaVersion = 2;
-constexpr uint8_t kMetaVersionNoResume = 1;
+namespace fs = std::filesystem;
+using namespace nvme_internal;  // NOLINT: this file's own internals
+
+namespace nvme_internal {
 
 absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.ok()) return absl::OkStatus();
@@ -28,176 +34,323 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   if (s.IsNotFound()) return absl::NotFoundError(msg);
   if (s.IsCorruption()) return absl::DataLossError(msg);
   if (s.IsInvalidArgument()) return absl::InvalidArgumentError(msg);
+  if (s.IsNoSpace()) return absl::ResourceExhaustedError(msg);
   if (s.IsBusy() || s.IsTryAgain() || s.IsTimedOut() || s.IsIOError()) {
     return MarkRetryable(absl::UnavailableError(msg));
   }
   return absl::InternalError(msg);
 }
 
-rocksdb::Slice KeySlice(const BlockKey& key) {
-  return rocksdb::Slice(reinterpret_cast<const char*>(key.bytes.data()), key.bytes.size());
+uint8_t* AllocAligned(uint64_t bytes) {
+  void* p = nullptr;
+  if (posix_memalign(&p, segment::kAlign, std::max<uint64_t>(bytes, 1)) != 0) {
+    log::Error("nvme_alloc_failed", "bytes", bytes);
+    std::abort();  // like operator new: out of memory is not a recoverable status here
+  }
+  return static_cast<uint8_t*>(p);
+}
+void FreeAligned(uint8_t* p) { std::free(p); }
+
+absl::Status CheckLayout(const std::string& dir, bool create) {
+  const std::string clear =
+      StrCat(" The nvme tier is a cache: to start over, stop kvstrata and clear it with `rm -rf ",
+             dir, "` (its pages are recomputed or published again).");
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / "CURRENT", ec) || fs::exists(fs::path(dir) / "IDENTITY", ec)) {
+    return absl::FailedPreconditionError(
+        StrCat("nvme tier at ", dir,
+               " holds the earlier format (one RocksDB database with the page bytes in blob "
+               "files); this build keeps page bytes in segment files and does not read it.",
+               clear));
+  }
+  fs::path marker = fs::path(dir) / kMarkerFile;
+  if (fs::exists(marker, ec)) {
+    std::ifstream in(marker);
+    std::string line;
+    std::getline(in, line);
+    if (line + "\n" != kMarker) {
+      return absl::FailedPreconditionError(StrCat("nvme tier at ", dir, " is marked '", line,
+                                                  "', a format this build does not read.", clear));
+    }
+    return absl::OkStatus();
+  }
+  if (!create) {
+    return absl::FailedPreconditionError(
+        StrCat(dir, " is not a kvstrata nvme tier (no ", kMarkerFile, " file)"));
+  }
+  if (fs::exists(dir, ec) && !fs::is_empty(dir, ec)) {
+    return absl::FailedPreconditionError(
+        StrCat("nvme tier path ", dir, " is not empty and holds no ", kMarkerFile,
+               " marker: refusing to use a directory kvstrata did not create. Point the tier at an "
+               "empty or missing directory."));
+  }
+  return absl::OkStatus();
 }
 
-void PutU64(std::string* s, uint64_t v) {
-  for (int i = 0; i < 8; ++i) s->push_back(static_cast<char>(v >> (8 * i)));
-}
-uint64_t GetU64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
-  return v;
+}  // namespace nvme_internal
+
+namespace {
+
+absl::Status FsyncPath(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoToStatus(errno, StrCat("open ", path));
+  int r = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (r != 0) return ErrnoToStatus(err, StrCat("fsync ", path));
+  return absl::OkStatus();
 }
 
-rocksdb::ColumnFamilyOptions PagesCfOptions(const NvmeTierOptions& o) {
-  rocksdb::ColumnFamilyOptions cf;
-  cf.enable_blob_files = true;
-  cf.min_blob_size = 0;
-  cf.blob_file_size = o.blob_file_bytes;
-  cf.blob_compression_type = rocksdb::kNoCompression;
-  cf.compression = rocksdb::kNoCompression;
-  cf.enable_blob_garbage_collection = true;
-  cf.write_buffer_size = o.write_buffer_bytes;
-  // Page bytes are large: let several memtables fill while one flushes instead of stalling.
-  cf.max_write_buffer_number = 4;
-  return cf;
-}
-
-// Page bytes carry their own XXH3 section checksums, which the TieredStore verifies on every
-// read, so RocksDB's CRC pass over the blob (software CRC32c in Debian's portable build,
-// measured to halve read throughput) is skipped for page reads. Metadata reads keep it.
-rocksdb::ReadOptions PageReadOptions() {
-  rocksdb::ReadOptions ro;
-  ro.verify_checksums = false;
-  return ro;
-}
-
-std::vector<rocksdb::ColumnFamilyDescriptor> Descriptors(const NvmeTierOptions& o) {
-  return {{rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
-          {kPagesCf, PagesCfOptions(o)},
-          {kMetaCf, rocksdb::ColumnFamilyOptions()}};
+// Reads [offset, offset + len) of an O_DIRECT descriptor synchronously (len aligned).
+absl::Status PreadDirect(int fd, uint8_t* buf, uint64_t len, uint64_t offset) {
+  uint64_t got = 0;
+  while (got < len) {
+    ssize_t n = ::pread(fd, buf + got, len - got, static_cast<off_t>(offset + got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoToStatus(errno, "read segment");
+    if (n == 0) return absl::DataLossError(StrCat("segment ends at ", offset + got));
+    got += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
 
-std::string EncodePageMeta(const PageMeta& m) {
-  std::string s;
-  s.push_back(static_cast<char>(kMetaVersion));
-  s.push_back(static_cast<char>(m.sealed ? 1 : 0));
-  PutU64(&s, m.size);
-  PutU64(&s, static_cast<uint64_t>(absl::ToUnixMicros(m.last_access)));
-  s.append(reinterpret_cast<const char*>(m.parent.bytes.data()), m.parent.bytes.size());
-  PutU64(&s, m.ns.size());
-  s.append(m.ns);
-  PutU64(&s, m.layout.size());
-  s.append(m.layout);
-  s.push_back(static_cast<char>(m.resume_role));
-  PutU64(&s, m.resume_bytes);
-  return s;
+NvmeTier::NvmeTier(NvmeTierOptions options) : options_(std::move(options)) {
+  MetricsRegistry* reg = options_.metrics ? options_.metrics : &MetricsRegistry::Default();
+  disk_gauge_ = reg->GetGauge("kvstrata_nvme_disk_bytes",
+                              "Bytes the nvme tier directory takes on disk (as du counts them)");
+  reclaimed_counter_ = reg->GetCounter("kvstrata_nvme_reclaimed_bytes_total",
+                                       "Segment bytes freed by hole punching or deletion");
+  verify_counter_ = reg->GetCounter("kvstrata_nvme_verify_failures_total",
+                                    "nvme page reads that failed verification");
 }
 
-absl::StatusOr<PageMeta> DecodePageMeta(const BlockKey& key, std::string_view b) {
-  auto bad = [&](std::string_view why) {
-    return absl::DataLossError(StrCat("page meta of ", key.Hex(), ": ", why));
-  };
-  constexpr size_t kFixed = 2 + 8 + 8 + 32;
-  if (b.size() < kFixed + 8) return bad("truncated");
-  const uint8_t version = static_cast<uint8_t>(b[0]);
-  if (version != kMetaVersion && version != kMetaVersionNoResume) return bad("unknown version");
-  if (static_cast<uint8_t>(b[1]) > 1) return bad("bad flags");
-  PageMeta m;
-  m.key = key;
-  m.sealed = b[1] == 1;
-  m.size = GetU64(b.data() + 2);
-  m.last_access = absl::FromUnixMicros(static_cast<int64_t>(GetU64(b.data() + 10)));
-  std::memcpy(m.parent.bytes.data(), b.data() + 18, 32);
-  size_t pos = kFixed;
-  for (std::string* field : {&m.ns, &m.layout}) {
-    if (b.size() - pos < 8) return bad("truncated");
-    uint64_t n = GetU64(b.data() + pos);
-    pos += 8;
-    if (n > b.size() - pos) return bad("field length past the end");
-    field->assign(b.data() + pos, n);
-    pos += n;
-  }
-  if (version == kMetaVersionNoResume) {
-    // Written before resume roles existed: the default role; a v4 page may carry a resume
-    // section of unknown size (the store finds out when it first considers stripping it).
-    m.resume_bytes = m.layout == "v4-fp8-584" ? kResumeBytesUnknown : 0;
-  } else {
-    if (b.size() - pos < 9) return bad("truncated");
-    const uint8_t role = static_cast<uint8_t>(b[pos]);
-    if (role > static_cast<uint8_t>(PageRole::kCheckpoint)) return bad("bad resume role");
-    m.resume_role = static_cast<PageRole>(role);
-    m.resume_bytes = GetU64(b.data() + pos + 1);
-    pos += 9;
-  }
-  if (pos != b.size()) return bad("trailing bytes");
-  return m;
+std::string NvmeTier::segment_dir() const {
+  return (fs::path(options_.path) / kSegmentDir).string();
 }
 
 absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options) {
   if (options.path.empty()) return absl::InvalidArgumentError("nvme tier: empty path");
-  std::unique_ptr<NvmeTier> t(new NvmeTier(options));
-  rocksdb::DBOptions db;
-  db.create_if_missing = true;
-  db.create_missing_column_families = true;
-  db.max_background_jobs = options.background_jobs;
-  db.use_direct_reads = options.use_direct_reads;
-  db.use_direct_io_for_flush_and_compaction = options.use_direct_io_for_flush;
-  db.enable_pipelined_write = true;  // WAL and memtable writes of different batches overlap
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  RETURN_IF_ERROR(
-      FromRocks(rocksdb::DB::Open(db, options.path, Descriptors(options), &handles, &t->db_),
-                StrCat("open nvme tier at ", options.path)));
-  if (options.read_parallelism > 1) {
-    t->read_pool_ = std::make_unique<ThreadPool>(options.read_parallelism - 1);
+  if (options.segment_bytes < (1u << 20) || options.segment_bytes % segment::kAlign != 0 ||
+      options.write_depth < 1 || options.read_parallelism < 1 || options.read_parallelism > 1024) {
+    return absl::InvalidArgumentError(
+        "nvme tier: need segment_bytes >= 1 MiB and a multiple of 4096, write_depth >= 1, "
+        "1 <= read_parallelism <= 1024");
   }
-  t->default_cf_ = handles[0];
-  t->pages_cf_ = handles[1];
-  t->meta_cf_ = handles[2];
-  RETURN_IF_ERROR(t->Recover());
+  std::unique_ptr<NvmeTier> t(new NvmeTier(std::move(options)));
+  RETURN_IF_ERROR(t->PrepareDirectory());
+  RETURN_IF_ERROR(t->OpenIndex());
+  if (t->options_.io != nullptr) {
+    t->io_ = t->options_.io;
+  } else {
+    ASSIGN_OR_RETURN(t->own_io_, NewUringSegmentIo(2 * t->options_.write_depth +
+                                                   t->options_.read_parallelism + 16));
+    t->io_ = t->own_io_.get();
+  }
+  RETURN_IF_ERROR(t->ProbeDirectIo());
+  RETURN_IF_ERROR(t->LoadSegments());
+  RETURN_IF_ERROR(t->LoadIndex());
+  t->reclaimer_ = std::thread([p = t.get()] { p->ReclaimLoop(); });
+  t->ScheduleOpenReclaim();
   return t;
 }
 
-NvmeTier::~NvmeTier() {
-  read_pool_.reset();  // joined before the database it reads goes away
-  if (db_ == nullptr) return;
-  for (auto* h : {default_cf_, pages_cf_, meta_cf_}) {
-    if (h != nullptr) db_->DestroyColumnFamilyHandle(h).PermitUncheckedError();
+absl::Status NvmeTier::PrepareDirectory() {
+  const std::string& dir = options_.path;
+  RETURN_IF_ERROR(CheckLayout(dir, /*create=*/true));
+  std::error_code ec;
+  fs::path marker = fs::path(dir) / kMarkerFile;
+  if (fs::exists(marker, ec)) return absl::OkStatus();
+  for (const char* sub : {kSegmentDir, kIndexDir}) {
+    fs::create_directories(fs::path(dir) / sub, ec);
+    if (ec) return ErrnoToStatus(ec.value(), StrCat("create ", dir, "/", sub));
   }
-  db_->Close().PermitUncheckedError();
-  delete db_;
+  // The marker goes last, atomically: a directory with it is always complete.
+  std::string tmp = (fs::path(dir) / "KVSTRATA_NVME.tmp").string();
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kMarker;
+    out.flush();
+    if (!out) return absl::UnavailableError(StrCat("cannot write ", tmp));
+  }
+  RETURN_IF_ERROR(FsyncPath(tmp));
+  fs::rename(tmp, marker, ec);
+  if (ec) return ErrnoToStatus(ec.value(), StrCat("rename ", tmp));
+  return FsyncPath(dir);
 }
 
-absl::Status NvmeTier::Recover() {
-  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), meta_cf_));
+absl::Status NvmeTier::OpenIndex() {
+  rocksdb::Options o;
+  o.create_if_missing = true;
+  o.write_buffer_size = options_.write_buffer_bytes;
+  o.max_background_jobs = 2;
+  o.keep_log_file_num = 4;
+  // RocksDB preallocates its WAL (1.1 x the memtable) and MANIFEST (4 MiB) by default; the
+  // index is small, and preallocated space would count in the tier's disk usage for nothing.
+  o.allow_fallocate = false;
+  rocksdb::DB* raw = nullptr;
+  std::string dir = (fs::path(options_.path) / kIndexDir).string();
+  RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(o, dir, &raw), StrCat("open nvme index at ", dir)));
+  db_.reset(raw);
+  return absl::OkStatus();
+}
+
+// The alignment O_DIRECT needs on this filesystem (statx STATX_DIOALIGN; 4096 when the
+// kernel does not say). Records are 4096-aligned, so anything up to 4096 works.
+absl::Status NvmeTier::ProbeDirectIo() {
+  std::string probe = (fs::path(options_.path) / kMarkerFile).string();
+  struct statx sx {};
+  if (::statx(AT_FDCWD, probe.c_str(), 0, STATX_DIOALIGN, &sx) == 0 &&
+      (sx.stx_mask & STATX_DIOALIGN) != 0) {
+    if (sx.stx_dio_offset_align == 0) {
+      return absl::FailedPreconditionError(
+          StrCat("the filesystem of ", options_.path, " does not support O_DIRECT"));
+    }
+    dio_mem_align_ = std::max<uint64_t>(sx.stx_dio_mem_align, 8);
+    dio_offset_align_ = std::max<uint64_t>(sx.stx_dio_offset_align, 512);
+  }
+  if (dio_offset_align_ > segment::kAlign || dio_mem_align_ > segment::kAlign) {
+    return absl::FailedPreconditionError(StrCat("O_DIRECT on ", options_.path, " needs ",
+                                                dio_offset_align_,
+                                                "-byte alignment; segments "
+                                                "are 4096-aligned"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status NvmeTier::LoadSegments() {
+  std::error_code ec;
+  uint8_t* buf = AllocAligned(segment::kSegmentHeaderBytes);
+  std::unique_ptr<uint8_t, void (*)(uint8_t*)> hold(buf, &FreeAligned);
+  MutexLock l(&mu_);
+  for (const auto& de : fs::directory_iterator(segment_dir(), ec)) {
+    uint64_t id = 0;
+    if (!segment::ParseSegmentFileName(de.path().filename().string(), &id)) continue;
+    auto seg = std::make_shared<Segment>();
+    seg->id = id;
+    seg->path = de.path().string();
+    seg->fd = ::open(seg->path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (seg->fd < 0) return ErrnoToStatus(errno, StrCat("open segment ", seg->path));
+    struct stat st {};
+    if (::fstat(seg->fd, &st) != 0) return ErrnoToStatus(errno, StrCat("stat ", seg->path));
+    seg->file_bytes = seg->frontier = static_cast<uint64_t>(st.st_size);
+    absl::Status s = PreadDirect(seg->fd, buf, segment::kSegmentHeaderBytes, 0);
+    absl::StatusOr<segment::SegmentHeader> h =
+        s.ok() ? segment::DecodeSegmentHeader({buf, segment::kSegmentHeaderBytes})
+               : absl::StatusOr<segment::SegmentHeader>(s);
+    if (h.ok() && h->segment_id != id) {
+      h = absl::DataLossError(StrCat("header names segment ", h->segment_id));
+    }
+    next_segment_id_ = std::max(next_segment_id_, id + 1);
+    if (!h.ok()) {
+      // Never written whole (a crash while creating it) or damaged: no page is read from it.
+      log::Warn("nvme_segment_dropped", "path", seg->path, "reason", h.status().ToString());
+      seg->retired = true;
+      Enqueue({ReclaimTask::Kind::kDelete, seg});
+      continue;
+    }
+    segments_.emplace(id, std::move(seg));
+  }
+  if (ec) return ErrnoToStatus(ec.value(), StrCat("list ", segment_dir()));
+  return absl::OkStatus();
+}
+
+absl::Status NvmeTier::LoadIndex() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
   rocksdb::WriteBatch drop;
   MutexLock l(&mu_);
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     BlockKey key;
-    if (it->key().size() != key.bytes.size()) {
-      drop.Delete(meta_cf_, it->key()).PermitUncheckedError();
+    absl::StatusOr<IndexRecord> r = absl::DataLossError("key is not 32 bytes");
+    if (it->key().size() == key.bytes.size()) {
+      std::memcpy(key.bytes.data(), it->key().data(), key.bytes.size());
+      r = DecodeIndexRecord(key, it->value().ToStringView());
+    }
+    auto seg = r.ok() ? segments_.find(r->ref.segment) : segments_.end();
+    uint64_t rec = r.ok() ? segment::RecordBytes(r->meta.size) : 0;
+    if (!r.ok() || seg == segments_.end() || r->ref.offset < segment::kSegmentHeaderBytes ||
+        r->ref.offset + rec > seg->second->file_bytes) {
+      log::Warn("nvme_index_record_dropped", "key", key.Hex(), "reason",
+                r.ok() ? std::string("its segment or record is not there") : r.status().ToString());
+      drop.Delete(it->key()).PermitUncheckedError();
+      ++stats_.dropped_at_open;
       continue;
     }
-    std::memcpy(key.bytes.data(), it->key().data(), key.bytes.size());
-    absl::StatusOr<PageMeta> m = DecodePageMeta(key, it->value().ToStringView());
-    if (!m.ok() || !m->sealed) {
-      if (!m.ok())
-        log::Warn("nvme_meta_dropped", "key", key.Hex(), "reason", m.status().ToString());
-      drop.Delete(meta_cf_, it->key()).PermitUncheckedError();
-      drop.Delete(pages_cf_, it->key()).PermitUncheckedError();
-      ++recovered_unsealed_;
-      continue;
-    }
-    used_ += m->size;
-    metas_.emplace(key, *std::move(m));
+    auto e = std::make_shared<Entry>();
+    e->meta = r->meta;
+    e->seg = seg->second;
+    e->offset = r->ref.offset;
+    e->record_bytes = rec;
+    e->xxh3 = r->ref.payload_xxh3;
+    e->written = true;
+    e->write_result = static_cast<int64_t>(rec);
+    e->sealed = true;
+    ++e->seg->records;
+    used_ += rec;
+    entries_.emplace(key, std::move(e));
   }
-  RETURN_IF_ERROR(FromRocks(it->status(), "scan nvme metadata"));
+  RETURN_IF_ERROR(FromRocks(it->status(), "scan nvme index"));
   if (drop.Count() > 0) {
-    RETURN_IF_ERROR(FromRocks(db_->Write(rocksdb::WriteOptions(), &drop), "drop unsealed"));
+    RETURN_IF_ERROR(FromRocks(db_->Write(rocksdb::WriteOptions(), &drop), "drop index records"));
   }
-  log::Info("nvme_tier_open", "path", options_.path, "pages", metas_.size(), "bytes", used_,
-            "dropped_unsealed", recovered_unsealed_);
+  log::Info("nvme_tier_open", "path", options_.path, "pages", entries_.size(), "bytes", used_,
+            "segments", segments_.size(), "dropped", stats_.dropped_at_open);
   return absl::OkStatus();
+}
+
+// Every segment found at open is closed for writing. Space no index record names (records
+// never sealed, torn by the crash, erased before their hole was punched, the preallocated
+// tail) is reclaimed; a segment without pages is deleted.
+void NvmeTier::ScheduleOpenReclaim() {
+  std::map<uint64_t, std::vector<std::pair<uint64_t, uint64_t>>> live;
+  std::vector<ReclaimTask> tasks;
+  {
+    MutexLock l(&mu_);
+    for (const auto& [k, e] : entries_) live[e->seg->id].emplace_back(e->offset, e->record_bytes);
+    for (auto it = segments_.begin(); it != segments_.end();) {
+      auto seg = it->second;
+      auto& ranges = live[seg->id];
+      if (ranges.empty()) {
+        ++it;
+        RetireSegmentLocked(seg);
+        continue;
+      }
+      std::sort(ranges.begin(), ranges.end());
+      uint64_t at = segment::kSegmentHeaderBytes;
+      for (const auto& [off, len] : ranges) {
+        if (off > at) tasks.push_back({ReclaimTask::Kind::kPunchIfData, seg, at, off - at});
+        at = std::max(at, off + len);
+      }
+      seg->frontier = at;
+      if (seg->file_bytes > at) tasks.push_back({ReclaimTask::Kind::kTrim, seg, at, 0});
+      ++it;
+    }
+  }
+  for (auto& t : tasks) Enqueue(std::move(t));
+}
+
+NvmeTier::~NvmeTier() {
+  {
+    MutexLock l(&mu_);
+    while (writes_in_flight_ > 0 || rolling_) cv_.Wait(&mu_);
+    if (active_ != nullptr && active_->frontier < active_->file_bytes) {
+      Enqueue({ReclaimTask::Kind::kTrim, active_, active_->frontier, 0});
+    }
+  }
+  if (reclaimer_.joinable()) {
+    {
+      MutexLock l(&reclaim_mu_);
+      reclaim_stop_ = true;
+      reclaim_cv_.SignalAll();
+    }
+    reclaimer_.join();
+  }
+  if (db_ != nullptr) db_->Close().PermitUncheckedError();
+  db_.reset();
+  MutexLock l(&mu_);
+  for (auto& [cap, buf] : free_buffers_) FreeAligned(buf);
+  free_buffers_.clear();
 }
 
 uint64_t NvmeTier::used_bytes() const {
@@ -205,132 +358,16 @@ uint64_t NvmeTier::used_bytes() const {
   return used_;
 }
 
+uint64_t NvmeTier::Footprint(uint64_t size) const {
+  uint64_t rec = segment::RecordBytes(size);
+  bool fits = size > 0 && size <= segment::kMaxPayloadBytes && rec <= options_.capacity_bytes &&
+              rec + segment::kSegmentHeaderBytes <= options_.segment_bytes;
+  return fits ? rec : 0;
+}
+
 bool NvmeTier::HasRoom(uint64_t size) const {
   MutexLock l(&mu_);
-  return used_ + size <= options_.capacity_bytes;
-}
-
-absl::Status NvmeTier::Write(const PageMeta& meta, std::string_view bytes) {
-  if (meta.size != bytes.size()) {
-    return absl::InvalidArgumentError(
-        StrCat("page ", meta.key.Hex(), ": meta size ", meta.size, " != ", bytes.size(), " bytes"));
-  }
-  PageMeta m = meta;
-  m.sealed = false;
-  {
-    MutexLock l(&mu_);
-    if (metas_.contains(meta.key)) {
-      return absl::AlreadyExistsError(StrCat("page ", meta.key.Hex(), " already in nvme"));
-    }
-    if (used_ + bytes.size() > options_.capacity_bytes) {
-      return MarkRetryable(absl::ResourceExhaustedError(
-          StrCat("nvme tier full: ", used_, "+", bytes.size(), " > ", options_.capacity_bytes)));
-    }
-    metas_.emplace(meta.key, m);  // reserve the key and the space
-    used_ += m.size;
-  }
-  rocksdb::WriteBatch batch;
-  batch.Put(pages_cf_, KeySlice(meta.key), rocksdb::Slice(bytes.data(), bytes.size()))
-      .PermitUncheckedError();
-  batch.Put(meta_cf_, KeySlice(meta.key), EncodePageMeta(m)).PermitUncheckedError();
-  absl::Status st = FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "nvme write");
-  if (!st.ok()) {
-    MutexLock l(&mu_);
-    metas_.erase(meta.key);
-    used_ -= m.size;
-  }
-  return st;
-}
-
-absl::Status NvmeTier::Seal(const BlockKey& key) {
-  PageMeta m;
-  {
-    MutexLock l(&mu_);
-    auto it = metas_.find(key);
-    if (it == metas_.end()) return absl::NotFoundError(StrCat("seal: no page ", key.Hex()));
-    m = it->second;
-  }
-  m.sealed = true;
-  rocksdb::WriteOptions wo;
-  wo.sync = options_.sync_writes;
-  RETURN_IF_ERROR(FromRocks(db_->Put(wo, meta_cf_, KeySlice(key), EncodePageMeta(m)), "nvme seal"));
-  MutexLock l(&mu_);
-  auto it = metas_.find(key);
-  if (it != metas_.end()) it->second.sealed = true;
-  return absl::OkStatus();
-}
-
-absl::StatusOr<size_t> NvmeTier::Read(const BlockKey& key, std::span<uint8_t> dst) {
-  rocksdb::PinnableSlice v;
-  RETURN_IF_ERROR(FromRocks(db_->Get(PageReadOptions(), pages_cf_, KeySlice(key), &v),
-                            StrCat("nvme read ", key.Hex())));
-  if (dst.size() < v.size()) {
-    return absl::OutOfRangeError(StrCat("buffer of ", dst.size(), " bytes < page of ", v.size()));
-  }
-  std::memcpy(dst.data(), v.data(), v.size());
-  return v.size();
-}
-
-void NvmeTier::ReadRange(std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dsts,
-                         std::span<absl::StatusOr<size_t>> out) {
-  std::vector<rocksdb::Slice> slices;
-  slices.reserve(keys.size());
-  for (const BlockKey& k : keys) slices.push_back(KeySlice(k));
-  std::vector<rocksdb::PinnableSlice> values(keys.size());
-  std::vector<rocksdb::Status> statuses(keys.size());
-  rocksdb::ReadOptions ro = PageReadOptions();
-  db_->MultiGet(ro, pages_cf_, keys.size(), slices.data(), values.data(), statuses.data());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    absl::Status st = FromRocks(statuses[i], StrCat("nvme read ", keys[i].Hex()));
-    if (!st.ok()) {
-      out[i] = st;
-    } else if (dsts[i].size() < values[i].size()) {
-      out[i] = absl::OutOfRangeError(
-          StrCat("buffer of ", dsts[i].size(), " bytes < page of ", values[i].size()));
-    } else {
-      std::memcpy(dsts[i].data(), values[i].data(), values[i].size());
-      out[i] = values[i].size();
-    }
-  }
-}
-
-absl::StatusOr<std::vector<absl::StatusOr<size_t>>> NvmeTier::ReadMany(
-    std::span<const BlockKey> keys, std::span<const std::span<uint8_t>> dsts) {
-  if (keys.size() != dsts.size()) {
-    return absl::InvalidArgumentError(
-        StrCat("ReadMany: ", keys.size(), " keys but ", dsts.size(), " buffers"));
-  }
-  std::vector<absl::StatusOr<size_t>> out(keys.size(), absl::InternalError("not read"));
-  // One MultiGet reads the blobs one after another (Debian's RocksDB has no async_io
-  // coroutines), so the batch is split into ranges read concurrently: the device sees
-  // several requests in flight instead of one.
-  size_t parts = std::min<size_t>(keys.size(), read_pool_ ? read_pool_->size() + 1 : 1);
-  if (parts <= 1) {
-    ReadRange(keys, dsts, out);
-    return out;
-  }
-  Mutex mu;
-  size_t pending = parts - 1;
-  size_t per = (keys.size() + parts - 1) / parts;
-  for (size_t p = 1; p < parts; ++p) {
-    size_t b = std::min(keys.size(), p * per), n = std::min(per, keys.size() - b);
-    bool scheduled = read_pool_->Schedule([&, b, n] {
-      ReadRange(keys.subspan(b, n), dsts.subspan(b, n), std::span(out).subspan(b, n));
-      MutexLock l(&mu);
-      --pending;
-    });
-    if (!scheduled) {  // the pool is shutting down: read the range here
-      ReadRange(keys.subspan(b, n), dsts.subspan(b, n), std::span(out).subspan(b, n));
-      MutexLock l(&mu);
-      --pending;
-    }
-  }
-  ReadRange(keys.first(std::min(per, keys.size())), dsts.first(std::min(per, keys.size())),
-            std::span(out).first(std::min(per, keys.size())));
-  MutexLock l(&mu);
-  auto done = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return pending == 0; };
-  mu.Await(Condition(&done));
-  return out;
+  return used_ + segment::RecordBytes(size) <= options_.capacity_bytes;
 }
 
 absl::StatusOr<std::span<const uint8_t>> NvmeTier::Lend(const BlockKey& key) {
@@ -342,65 +379,100 @@ absl::StatusOr<PageLocation> NvmeTier::Locate(const BlockKey& key) {
 }
 
 absl::Status NvmeTier::Erase(const BlockKey& key) {
-  uint64_t size;
+  std::shared_ptr<Entry> e;
   {
     MutexLock l(&mu_);
-    auto it = metas_.find(key);
-    if (it == metas_.end()) return absl::NotFoundError(StrCat("erase: no page ", key.Hex()));
-    size = it->second.size;
-    metas_.erase(it);
-    used_ -= size;
+    auto it = entries_.find(key);
+    if (it == entries_.end()) return absl::NotFoundError(StrCat("erase: no page ", key.Hex()));
+    e = it->second;
+    // Its bytes may still be on their way to the disk, or being sealed: wait for both.
+    while (e->sealing || !e->written) cv_.Wait(&mu_);
+    it = entries_.find(key);
+    if (it == entries_.end() || it->second != e) {
+      return absl::NotFoundError(StrCat("erase: no page ", key.Hex()));
+    }
+    entries_.erase(it);
+    used_ -= e->record_bytes;
   }
-  rocksdb::WriteBatch batch;
-  batch.Delete(meta_cf_, KeySlice(key)).PermitUncheckedError();
-  batch.Delete(pages_cf_, KeySlice(key)).PermitUncheckedError();
-  return FromRocks(db_->Write(rocksdb::WriteOptions(), &batch), "nvme erase");
+  absl::Status st;
+  if (e->sealed) {
+    // The index record goes first: a crash after it leaves unindexed bytes, never the reverse.
+    st = FromRocks(db_->Delete(rocksdb::WriteOptions(), KeySlice(key)), "nvme index delete");
+  }
+  MutexLock l(&mu_);
+  --e->seg->records;
+  if (!st.ok()) {
+    log::Error("nvme_erase_failed", "key", key.Hex(), "reason", st.ToString());
+    return st;  // bytes kept: the record is still valid if the index record survives
+  }
+  Enqueue({ReclaimTask::Kind::kPunch, e->seg, e->offset, e->record_bytes});
+  if (e->seg->records == 0 && !e->seg->active && !e->seg->retired) RetireSegmentLocked(e->seg);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<PageMeta>> NvmeTier::List() {
   MutexLock l(&mu_);
   std::vector<PageMeta> out;
-  for (const auto& [k, m] : metas_) {
-    if (m.sealed) out.push_back(m);
+  for (const auto& [k, e] : entries_) {
+    if (e->sealed) out.push_back(e->meta);
   }
   return out;
 }
 
 absl::Status NvmeTier::Flush() {
-  rocksdb::FlushOptions fo;
-  return FromRocks(db_->Flush(fo, {pages_cf_, meta_cf_}), "nvme flush");
+  return FromRocks(db_->Flush(rocksdb::FlushOptions()), "nvme index flush");
 }
+
+NvmeTierStats NvmeTier::Stats() const {
+  MutexLock l(&mu_);
+  NvmeTierStats s = stats_;
+  s.segments = segments_.size();
+  s.pages = entries_.size();
+  s.record_bytes = used_;
+  return s;
+}
+
+// ---- read-only access for `kvstrata inspect` ----
 
 absl::StatusOr<std::vector<uint8_t>> ReadPageFromNvme(const std::string& path,
                                                       const BlockKey& key) {
-  NvmeTierOptions o;
-  o.path = path;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  RETURN_IF_ERROR(CheckLayout(path, /*create=*/false));
   rocksdb::DB* raw = nullptr;
-  RETURN_IF_ERROR(FromRocks(
-      rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), path, Descriptors(o), &handles, &raw),
-      StrCat("open nvme tier at ", path, " read-only")));
+  std::string index = (fs::path(path) / kIndexDir).string();
+  RETURN_IF_ERROR(FromRocks(rocksdb::DB::OpenForReadOnly(rocksdb::Options(), index, &raw),
+                            StrCat("open nvme index at ", index, " read-only")));
   std::unique_ptr<rocksdb::DB> db(raw);
-  auto cleanup = [&] {
-    for (auto* h : handles) db->DestroyColumnFamilyHandle(h).PermitUncheckedError();
-  };
-  std::string meta_bytes, page;
-  rocksdb::ReadOptions ro;
-  ro.verify_checksums = true;
-  absl::Status st = FromRocks(db->Get(ro, handles[2], KeySlice(key), &meta_bytes),
-                              StrCat("page ", key.Hex(), " metadata"));
-  absl::StatusOr<PageMeta> meta =
-      st.ok() ? DecodePageMeta(key, meta_bytes) : absl::StatusOr<PageMeta>(st);
-  if (meta.ok() && !meta->sealed) {
-    meta = absl::NotFoundError(StrCat("page ", key.Hex(), " is not sealed"));
+  std::string value;
+  absl::Status st =
+      FromRocks(db->Get(rocksdb::ReadOptions(), KeySlice(key), &value), StrCat("page ", key.Hex()));
+  if (absl::IsNotFound(st)) {
+    return absl::NotFoundError(
+        StrCat("page ", key.Hex(), " is not in the nvme tier at ", path, " (absent or unsealed)"));
   }
-  if (meta.ok()) {
-    st = FromRocks(db->Get(ro, handles[1], KeySlice(key), &page), StrCat("page ", key.Hex()));
-  }
-  cleanup();
-  RETURN_IF_ERROR(meta.status());
   RETURN_IF_ERROR(st);
-  std::vector<uint8_t> out(page.begin(), page.end());
+  ASSIGN_OR_RETURN(IndexRecord r, DecodeIndexRecord(key, value));
+  std::string seg_path =
+      (fs::path(path) / kSegmentDir / segment::SegmentFileName(r.ref.segment)).string();
+  int fd = ::open(seg_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return absl::DataLossError(StrCat("page ", key.Hex(), ": segment ", seg_path, " is missing (",
+                                      std::strerror(errno), ")"));
+  std::vector<uint8_t> rec(segment::kRecordHeaderBytes + r.meta.size);
+  ssize_t n = ::pread(fd, rec.data(), rec.size(), static_cast<off_t>(r.ref.offset));
+  ::close(fd);
+  auto lost = [&](std::string_view why) {
+    return absl::DataLossError(
+        StrCat("page ", key.Hex(), " in ", seg_path, " at ", r.ref.offset, ": ", why));
+  };
+  if (n != static_cast<ssize_t>(rec.size())) return lost("the record is cut short");
+  absl::StatusOr<segment::RecordHeader> h = segment::DecodeRecordHeader(rec);
+  if (!h.ok()) return lost(FromAbsl(h.status().message()));
+  if (h->key != key || h->segment_id != r.ref.segment || h->payload_bytes != r.meta.size ||
+      h->payload_xxh3 != r.ref.payload_xxh3) {
+    return lost("the record there belongs to another page");
+  }
+  std::vector<uint8_t> out(rec.begin() + segment::kRecordHeaderBytes, rec.end());
+  if (Xxh3_64(out.data(), out.size()) != h->payload_xxh3) return lost("page checksum mismatch");
   absl::StatusOr<PageView> view = DecodePage(out);
   if (!view.ok()) return absl::DataLossError(view.status().message());
   if (view->header().key != key) {

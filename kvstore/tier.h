@@ -4,8 +4,9 @@
 // 32-byte block key, with the metadata the store needs to rebuild its index (PageMeta).
 // Three real implementations exist: SlabTier over device memory (a cudaMalloc slab on CUDA
 // builds, the compute memory of the CPU backend otherwise) and over pinned host memory
-// (slab_tier.h), and NvmeTier over RocksDB/BlobDB (nvme_tier.h). MemTier is an in-memory
-// fake and FaultInjectingTier breaks chosen operations (fake_tiers.h).
+// (slab_tier.h), and NvmeTier over O_DIRECT segment files with a RocksDB index (nvme_tier.h).
+// MemTier is an in-memory fake and FaultInjectingTier breaks chosen operations
+// (fake_tiers.h).
 //
 // Writes are two-phase: Write() stores the bytes unsealed; Seal() makes them durable and
 // listable. A tier does not verify page checksums; the TieredStore does, on every read.

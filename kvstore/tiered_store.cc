@@ -146,7 +146,7 @@ absl::Status TieredStore::Recover() {
     frontier.pop_back();
     const PageMeta& m = metas[i];
     RETURN_IF_ERROR(index_.Insert(m, TierKind::kNvme, m.last_access, absl::ZeroDuration()));
-    Charge(m.ns, static_cast<int>(TierKind::kNvme), static_cast<int64_t>(m.size));
+    Charge(m.ns, static_cast<int>(TierKind::kNvme), static_cast<int64_t>(nvme->Footprint(m.size)));
     ++inserted;
     auto it = children.find(m.key);
     if (it != children.end()) {
@@ -187,7 +187,7 @@ void TieredStore::ReapLocked(absl::Time now) {
   }
   for (auto it = pending_.begin(); it != pending_.end();) {
     auto cur = it++;
-    if (cur->second.deadline > now) continue;
+    if (cur->second.deadline > now || cur->second.sealing) continue;
     int t = static_cast<int>(cur->second.tier);
     (void)tiers_[t]->Erase(cur->first);
     Charge(cur->second.meta.ns, t,

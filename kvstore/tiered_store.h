@@ -158,12 +158,15 @@ class TieredStore {
   absl::Status Write(const PageMeta& meta, std::span<const uint8_t> page,
                      std::optional<absl::Duration> retention = std::nullopt);
   // Phase two: makes a written page visible. NotFound if there is no pending write (or it
-  // timed out); FailedPrecondition if its parent is no longer cached (the write is dropped).
+  // timed out); FailedPrecondition if its parent is no longer cached (the write is dropped)
+  // or another Seal() of the key is running. The tier's own seal (for nvme: waiting for the
+  // bytes to be durable) runs without the store's lock, so lookups and reads go on meanwhile;
+  // a parent evicted in that window fails the seal as above.
   absl::Status Seal(const BlockKey& key);
   // Write + Seal.
   absl::Status Publish(const PageMeta& meta, std::span<const uint8_t> page,
                        std::optional<absl::Duration> retention = std::nullopt);
-  // Drops a pending write. NotFound if none.
+  // Drops a pending write. NotFound if none; FailedPrecondition while it is being sealed.
   absl::Status Abort(const BlockKey& key);
 
   // Session retention: gives `keys` (those cached) a soft priority of `ttl` beyond their
@@ -172,10 +175,11 @@ class TieredStore {
   // Strips the resume section of each cached, unpinned key whose page has one: every
   // resident copy is replaced by StripResumeSection(copy), same key, smaller size, and the
   // index and per-namespace charges follow. Returns the tier bytes freed, summed over all
-  // copies (one copy: exactly the entry's resume bytes). Skipped without error: keys not
-  // cached, pinned (leases, in-flight reads, quarantine), without a resume section, or whose
-  // copy failed verification (that copy is quarantined as Read does) or could not be read.
-  // If a tier cannot take the stripped copy, the original goes back; the entry keeps one
+  // copies (one copy in a tier without size classes: exactly the entry's resume bytes; the
+  // nvme tier frees whole 4 KiB blocks). Skipped without error: keys not cached, pinned
+  // (leases, in-flight reads, quarantine), without a resume section, or whose copy failed
+  // verification (that copy is quarantined as Read does) or could not be read. If a tier
+  // cannot take the stripped copy, the original goes back; the entry keeps one
   // size, so once some tier holds the stripped copy, tiers left with the original drop it
   // (counted as evictions), and a copy lost in between is handled as a quarantined one.
   // Crash safety: an nvme copy is erased before its stripped copy is written, so a crash
@@ -201,6 +205,7 @@ class TieredStore {
     TierKind tier;
     absl::Time deadline;
     absl::Duration retention;
+    bool sealing = false;  // the tier's Seal() is running (outside mu_): not reaped or aborted
   };
   struct Lease {
     std::vector<BlockKey> keys;
@@ -244,6 +249,8 @@ class TieredStore {
   int ServingTierLocked(const IndexEntry& e, bool lendable) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool DeadLocked(const BlockKey& key) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The page's parent is zero, or cached and not quarantined.
+  bool ParentCachedLocked(const PageMeta& meta) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void QuarantineLocked(const BlockKey& key, int t, const absl::Status& why)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReclaimDoomedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -1,9 +1,9 @@
 // Readers, writers, a lease reaper and the evictor on one TieredStore at once, with async
 // write-back. Every read that succeeds must return exactly the published bytes; the store's
 // invariants must hold at the end. `make tsan` (scripts/tsan-check) runs it under TSAN for
-// data races. Tiers: slab device + slab host + nvme (RocksDB), under TSAN too: the store's
-// locks are kv::Mutex, which TSAN sees, and scripts/tsan.supp covers only accesses made
-// inside the uninstrumented RocksDB library.
+// data races. Tiers: slab device + slab host + nvme (segment files + RocksDB index), under
+// TSAN too: the store's locks are kv::Mutex, which TSAN sees, and scripts/tsan.supp covers
+// only accesses made inside the uninstrumented RocksDB library.
 #include <atomic>
 #include <random>
 #include <thread>

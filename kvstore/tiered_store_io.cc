@@ -327,26 +327,47 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
   return absl::OkStatus();
 }
 
+bool TieredStore::ParentCachedLocked(const PageMeta& meta) const {
+  return meta.parent.IsZero() || (index_.Contains(meta.parent) && !DeadLocked(meta.parent));
+}
+
 absl::Status TieredStore::Seal(const BlockKey& key) {
-  bool write_back = false;
+  Pending p;
   {
     MutexLock l(&mu_);
-    absl::Time now = Now();
-    ReapLocked(now);
+    ReapLocked(Now());
     auto it = pending_.find(key);
     if (it == pending_.end()) {
       return absl::NotFoundError(StrCat("Seal: no pending write of ", key.Hex()));
     }
-    Pending p = it->second;
-    int t = static_cast<int>(p.tier);
-    absl::Status st;
-    if (!p.meta.parent.IsZero() && (!index_.Contains(p.meta.parent) || DeadLocked(p.meta.parent))) {
+    if (it->second.sealing) {
+      return absl::FailedPreconditionError(StrCat("Seal: ", key.Hex(), " is being sealed"));
+    }
+    p = it->second;
+    if (!ParentCachedLocked(p.meta)) {
+      pending_.erase(it);
+      const int t = static_cast<int>(p.tier);
+      (void)tiers_[t]->Erase(key);
+      Charge(p.meta.ns, t, -static_cast<int64_t>(tiers_[t]->Footprint(p.meta.size)));
+      return absl::FailedPreconditionError(
+          StrCat("Seal: parent ", p.meta.parent.Hex(), " of ", key.Hex(), " is no longer cached"));
+    }
+    it->second.sealing = true;
+  }
+  // The tier's seal may wait for the medium (nvme: fdatasync); nothing else waits for it.
+  // The pending entry, marked sealing, keeps the key, its charge and its tier copy meanwhile.
+  const int t = static_cast<int>(p.tier);
+  absl::Status st = tiers_[t]->Seal(key);
+  bool write_back = false;
+  {
+    MutexLock l(&mu_);
+    absl::Time now = Now();
+    if (st.ok() && !ParentCachedLocked(p.meta)) {  // evicted while the tier sealed
       st = absl::FailedPreconditionError(
           StrCat("Seal: parent ", p.meta.parent.Hex(), " of ", key.Hex(), " is no longer cached"));
     }
-    if (st.ok()) st = tiers_[t]->Seal(key);
     if (st.ok()) st = index_.Insert(p.meta, p.tier, now, p.retention);
-    pending_.erase(it);
+    pending_.erase(key);
     if (!st.ok()) {
       (void)tiers_[t]->Erase(key);
       Charge(p.meta.ns, t, -static_cast<int64_t>(tiers_[t]->Footprint(p.meta.size)));
@@ -372,6 +393,9 @@ absl::Status TieredStore::Abort(const BlockKey& key) {
   auto it = pending_.find(key);
   if (it == pending_.end()) {
     return absl::NotFoundError(StrCat("Abort: no pending write of ", key.Hex()));
+  }
+  if (it->second.sealing) {
+    return absl::FailedPreconditionError(StrCat("Abort: ", key.Hex(), " is being sealed"));
   }
   int t = static_cast<int>(it->second.tier);
   (void)tiers_[t]->Erase(key);

@@ -1,5 +1,6 @@
 #include "kvstore/tiered_store.h"
 
+#include <atomic>
 #include <thread>
 
 #include "core/mutex.h"
@@ -415,6 +416,62 @@ TEST(TieredStoreTest, RestartServesSealedNvmePages) {
     ASSERT_TRUE((*s)->Unpin(*h).ok());
   }
   EXPECT_TRUE((*s)->CheckInvariants().ok()) << (*s)->CheckInvariants();
+}
+
+// A tier whose Seal() waits, once armed, until the test releases it: an nvme seal waiting
+// for fdatasync.
+class SlowSealTier : public TierWrapper {
+ public:
+  explicit SlowSealTier(std::unique_ptr<Tier> base)
+      : TierWrapper(base.get()), own_(std::move(base)) {}
+  absl::Status Seal(const BlockKey& key) override {
+    if (armed_.exchange(false)) {
+      entered_.Notify();
+      if (!release_.WaitForNotificationWithTimeout(absl::Seconds(30))) {
+        return absl::DeadlineExceededError("the test never released the seal");
+      }
+    }
+    return TierWrapper::Seal(key);
+  }
+  std::atomic<bool> armed_{false};
+  Notification entered_, release_;
+
+ private:
+  std::unique_ptr<Tier> own_;
+};
+
+// The tier's seal runs outside the store's lock: lookups, stats and evictions go on while it
+// waits; the page cannot be aborted meanwhile; a parent evicted in that window fails the
+// seal and leaves the store consistent.
+TEST(TieredStoreTest, SlowTierSealDoesNotBlockTheStore) {
+  auto chain = MakeChain(45, "a", 2);
+  std::array<std::unique_ptr<Tier>, kNumTiers> tiers;
+  auto slow = std::make_unique<SlowSealTier>(std::make_unique<MemTier>(TierKind::kHost, 1 << 20));
+  SlowSealTier* tier = slow.get();
+  tiers[1] = std::move(slow);
+  MetricsRegistry reg;
+  FakeClock clock;
+  auto s = TieredStore::Open({.clock = &clock, .metrics = &reg, .background_threads = 0},
+                             std::move(tiers));
+  ASSERT_TRUE(s.ok());
+  TieredStore& store = **s;
+  ASSERT_TRUE(store.Publish(chain[0].meta, chain[0].bytes).ok());
+  tier->armed_ = true;
+  absl::Status child = absl::UnknownError("not run");
+  std::thread sealer([&] { child = store.Publish(chain[1].meta, chain[1].bytes); });
+  ASSERT_TRUE(tier->entered_.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(store.Lookup(KeysOf(chain)).matched, 1u);  // would wait for the seal before
+  EXPECT_EQ(store.Stats().pending_pages, 1u);
+  EXPECT_TRUE(absl::IsFailedPrecondition(store.Abort(chain[1].meta.key)));
+  auto freed = store.Evict(TierKind::kHost, 1 << 20);  // the parent goes
+  ASSERT_TRUE(freed.ok());
+  EXPECT_GT(*freed, 0u);
+  tier->release_.Notify();
+  sealer.join();
+  EXPECT_TRUE(absl::IsFailedPrecondition(child)) << child;
+  EXPECT_EQ(store.Stats().pending_pages, 0u);
+  EXPECT_EQ(store.Lookup(KeysOf(chain)).matched, 0u);
+  EXPECT_TRUE(store.CheckInvariants().ok()) << store.CheckInvariants();
 }
 
 TEST(TieredStoreTest, OpenRejectsMisplacedTiers) {
