@@ -26,8 +26,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Open(
                                                       n.compute_threads));
   ASSIGN_OR_RETURN(c->store_, OpenStore(n));
   const model::ServingModel& m = *c->model_.serving;
-  c->pool_ =
-      std::make_unique<LocalPagePool>(c->store_.get(), m.page_bytes(), n.clock, options.node_id);
+  c->pool_ = std::make_unique<LocalPagePool>(
+      c->store_.get(), PageStoreOptions{.node_id = options.node_id, .clock = n.clock});
   c->fabric_ = std::make_unique<transport::InProcFabric>();
   c->prefill_transport_ = std::make_unique<transport::InProcTransport>(c->fabric_.get(), n.clock);
   c->decode_transport_ = std::make_unique<transport::InProcTransport>(c->fabric_.get(), n.clock);

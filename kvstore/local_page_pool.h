@@ -1,35 +1,34 @@
 // LocalPagePool: the PagePool (kvstore/page_pool.h) of one process's TieredStore, for the
 // embedded `serve --role=all` node and for tests: the same calls the gRPC pool makes to store
-// nodes, answered in-process. It has one home ("local"), trusts its caller's tenant (the
-// Cluster service authenticated it), and keys pages in the namespace the publisher names
-// (PoolWriteOptions: shared, or the tenant's).
+// nodes, answered in-process by a PageStore (kvstore/page_store.h), so pages are admitted and
+// leased by the same rules as on a store node. It has one home (its node id), and trusts its
+// caller (the Cluster service authenticated it): lookups, pins and reads see every namespace,
+// and a publish names its tenant (PoolWriteOptions.tenant) and is admitted as that tenant, or
+// as a shared write.
 //
-// Pins are TieredStore leases, named by their handle; a lease that expires before Read makes
-// that read fail (a miss for the reader, never stale bytes). Publish writes each page in chain
-// order (Write + Seal); a page already cached counts as stored, and one another request is
-// publishing at the same time is waited for (at most 2 s) so that its children can seal; with
-// a retention hint the published chain's retention is refreshed.
+// Pins are PageStore leases; a lease that expires before Read makes that read fail (a miss for
+// the reader, never stale bytes). Publish admits each page in chain order; a page already
+// cached counts as stored (its retention is refreshed with a retention hint), and one another
+// request is publishing at the same time is waited for so that its children can seal.
 //
-// Thread-safety: safe for concurrent use (the TieredStore is). Not owned: the store and the
-// clock, which must outlive the pool.
+// Thread-safety: safe for concurrent use. Not owned: the store (and options.clock), which must
+// outlive the pool.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "core/clock.h"
 #include "kvstore/page_pool.h"
+#include "kvstore/page_store.h"
 #include "kvstore/tiered_store.h"
 
 namespace kv {
 
 class LocalPagePool final : public PagePool {
  public:
-  // `max_page_bytes`: the largest page a Read may return (larger ones are read with a grown
-  // buffer). `clock` null: Clock::Real().
-  LocalPagePool(TieredStore* store, uint64_t max_page_bytes, Clock* clock = nullptr,
-                std::string node_id = "local");
+  // `options.node_id` names the pool's one home (its node_id and address).
+  explicit LocalPagePool(TieredStore* store, PageStoreOptions options = {.node_id = "local"});
 
   absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
                                     const std::string& authorization) override;
@@ -47,17 +46,13 @@ class LocalPagePool final : public PagePool {
                                   const PoolWriteOptions& options,
                                   const std::string& authorization) override;
 
-  TieredStore& store() { return *store_; }
+  TieredStore& store() { return pages_.store(); }
+  PageStore& page_store() { return pages_; }
 
  private:
-  Clock* clock() const { return clock_ != nullptr ? clock_ : Clock::Real(); }
-  // True once `key` is sealed (indexed), waiting boundedly for another writer's Seal.
-  bool AwaitSealed(const BlockKey& key);
-
-  TieredStore* const store_;
-  const uint64_t max_page_bytes_;
-  Clock* const clock_;
   const std::string node_id_;
+  Clock* const clock_;
+  PageStore pages_;
 };
 
 }  // namespace kv

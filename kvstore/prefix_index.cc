@@ -74,6 +74,7 @@ absl::Status PrefixIndex::Insert(const PageMeta& meta, TierKind tier, absl::Time
   s.e.retention = retention;
   s.e.resume_role = meta.resume_role;
   s.e.resume_bytes = meta.resume_bytes;
+  s.e.geometry = meta.geometry;
   s.seq = next_seq_++;
   if (s.e.resume_bytes != 0) resume_keys_.insert(meta.key);
   if (parent != nullptr) {
@@ -178,6 +179,11 @@ absl::Status PrefixIndex::SetSize(const BlockKey& key, uint64_t size, uint64_t r
     resume_keys_.erase(key);
   }
   return absl::OkStatus();
+}
+
+void PrefixIndex::SetGeometry(const BlockKey& key, const PageGeometry& geometry) {
+  auto it = entries_.find(key);
+  if (it != entries_.end()) it->second.e.geometry = geometry;
 }
 
 std::optional<BlockKey> PrefixIndex::PickVictim(TierKind tier, const std::string* ns,

@@ -1,8 +1,8 @@
 // PrefixIndex: which pages the store holds, where, and which to evict next.
 //
-// One entry per cached block key: its parent, namespace, size, the tiers it is resident
-// in, its pin count, its child count (children present in the index), its eviction score
-// and its resume-section facts (role, bytes stripping would free). The index is
+// One entry per cached block key: its parent, namespace, layout, size, geometry, the tiers
+// it is resident in, its pin count, its child count (children present in the index), its eviction
+// score and its resume-section facts (role, bytes stripping would free). The index is
 // *prefix-closed*: an entry's parent is always present (or is the zero key). Insert()
 // refuses a key whose parent is missing, and an entry can leave the index only when it has
 // no children, so eviction is leaf-first. Because block keys chain, a request's key chain
@@ -53,6 +53,8 @@ struct IndexEntry {
   // Bytes stripping the resume section would free (PageMeta::resume_bytes): 0 without one,
   // kResumeBytesUnknown until the store has looked (pages recovered from old nvme records).
   uint64_t resume_bytes = 0;
+  // Tokens and layers of the page; unknown for pages recovered from nvme until first read.
+  PageGeometry geometry;
 
   bool resident(TierKind t) const { return residency & (1u << static_cast<int>(t)); }
   int residency_count() const { return __builtin_popcount(residency); }
@@ -90,6 +92,8 @@ class PrefixIndex {
   // once an unknown resume size is known). The caller rewrites every resident copy first.
   // NotFound if absent.
   absl::Status SetSize(const BlockKey& key, uint64_t size, uint64_t resume_bytes);
+  // Records a page's geometry once the store has read it. No-op if absent.
+  void SetGeometry(const BlockKey& key, const PageGeometry& geometry);
   // Keys whose resume_bytes is not 0 (a resume section, or not known yet): the pressure
   // stripper's candidates, kept here so it never scans the whole index.
   const absl::flat_hash_set<BlockKey>& ResumeKeys() const { return resume_keys_; }

@@ -39,6 +39,14 @@ std::string_view TierName(TierKind kind);
 // Parses a tier name. InvalidArgument naming the bad name otherwise.
 absl::StatusOr<TierKind> ParseTierName(std::string_view name);
 
+// A page's token and layer span, from its header (page_format.h).
+struct PageGeometry {
+  uint32_t token_count = 0;  // 0: not known
+  uint32_t first_layer = 0;
+  uint32_t layer_count = 0;
+  bool known() const { return token_count != 0; }
+};
+
 // What a tier records about a page besides its bytes.
 struct PageMeta {
   BlockKey key;
@@ -55,6 +63,9 @@ struct PageMeta {
   // Computed by the TieredStore from the page (callers' values are ignored);
   // kResumeBytesUnknown for pages listed from an nvme record older than the field.
   uint64_t resume_bytes = 0;
+  // Computed by TieredStore::Write from the page header (callers' values are ignored). Tiers
+  // need not keep it (nvme records do not): unknown for recovered pages until first read.
+  PageGeometry geometry;
 };
 inline constexpr uint64_t kResumeBytesUnknown = ~uint64_t{0};
 

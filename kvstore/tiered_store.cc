@@ -116,6 +116,7 @@ PageMeta TieredStore::MetaOf(const IndexEntry& e) const {
   m.last_access = e.last_access;
   m.resume_role = e.resume_role;
   m.resume_bytes = e.resume_bytes;
+  m.geometry = e.geometry;
   return m;
 }
 
@@ -212,6 +213,7 @@ TieredStore::LookupResult TieredStore::Lookup(std::span<const BlockKey> chain) {
     ReapLocked(Now());
     r.matched = index_.LongestPrefix(chain);
     r.tiers.reserve(r.matched);
+    r.blocks.reserve(r.matched);
     std::array<uint64_t, kNumTiers> hits{};
     for (size_t i = 0; i < r.matched; ++i) {  // one probe per matched block
       if (!doomed_.empty() && DeadLocked(chain[i])) {
@@ -221,6 +223,7 @@ TieredStore::LookupResult TieredStore::Lookup(std::span<const BlockKey> chain) {
       const IndexEntry* e = index_.Find(chain[i]);
       r.tiers.push_back(static_cast<TierKind>(ServingTierLocked(*e, false)));
       r.has_resume.push_back(e->resume_bytes != 0);
+      r.blocks.push_back({e->ns, e->layout, e->size, e->geometry});
       for (int t = 0; t < kNumTiers; ++t) hits[t] += (e->residency >> t) & 1u;
     }
     for (int t = 0; t < kNumTiers; ++t) {
@@ -233,6 +236,13 @@ TieredStore::LookupResult TieredStore::Lookup(std::span<const BlockKey> chain) {
   }
   metrics_->lookup_seconds->Observe(absl::ToDoubleSeconds(absl::Now() - start));
   return r;
+}
+
+std::optional<TieredStore::BlockInfo> TieredStore::Describe(const BlockKey& key) {
+  MutexLock l(&mu_);
+  const IndexEntry* e = index_.Find(key);
+  if (e == nullptr || DeadLocked(key)) return std::nullopt;
+  return BlockInfo{e->ns, e->layout, e->size, e->geometry};
 }
 
 absl::StatusOr<TieredStore::PinHandle> TieredStore::Pin(std::span<const BlockKey> keys,

@@ -5,8 +5,9 @@
 //   - Publishing is two-phase. Write() stores a verified page in the fastest tier, invisible;
 //     Seal() makes it visible. Seal fails if the page's parent is not cached, so the index
 //     stays prefix-closed. Unsealed writes are dropped after `pending_timeout`.
-//   - Lookup(chain) returns the longest cached prefix of a key chain (binary search) and the
-//     fastest tier holding each block.
+//   - Lookup(chain) returns the longest cached prefix of a key chain (binary search), the
+//     fastest tier holding each block and what the index knows of it (namespace, layout,
+//     size, geometry); Describe(key) returns the latter for one block.
 //   - Pin(keys, deadline) returns a lease handle; pinned pages are never evicted. The lease
 //     ends at Unpin() or when the injected clock passes its deadline, so a crashed client
 //     never leaks a pin. Read() copies a pinned page into the caller's buffer; an internal
@@ -113,12 +114,20 @@ struct StoreStats {
 class TieredStore {
  public:
   using PinHandle = uint64_t;
+  // What the index knows of one cached block.
+  struct BlockInfo {
+    std::string ns;         // KeyNamespace::ToString() of the namespace it was written under
+    std::string layout;     // "mla-fp8-656"
+    uint64_t size = 0;      // encoded page bytes
+    PageGeometry geometry;  // unknown for pages recovered from nvme until first read
+  };
   struct LookupResult {
     size_t matched = 0;           // blocks of the chain cached, from the start
     std::vector<TierKind> tiers;  // fastest tier of each matched block
     // Per matched block: its page carries a resume section (v4-fp8-584), or may (a page
     // recovered from an old nvme record whose size is not known yet).
     std::vector<bool> has_resume;
+    std::vector<BlockInfo> blocks;  // per matched block
   };
   struct Loan {
     std::span<const uint8_t> bytes;
@@ -133,6 +142,9 @@ class TieredStore {
 
   // Longest cached prefix of `chain`. Never fails; an empty result is a miss.
   LookupResult Lookup(std::span<const BlockKey> chain);
+  // What the index knows of `key`; nullopt when it is not cached. Unlike Lookup it counts no
+  // hit or miss and refreshes nothing.
+  std::optional<BlockInfo> Describe(const BlockKey& key);
 
   // Pins every key until `deadline` (capped at now + max_lease). All or nothing: NotFound
   // naming the first key that is not cached; InvalidArgument if the deadline has passed or
@@ -143,7 +155,8 @@ class TieredStore {
   // Ends a lease (also a poisoned one). NotFound if unknown or already expired.
   absl::Status Unpin(PinHandle handle);
 
-  // Copies `key` (which the lease must cover) into `dst`; returns its size. NotFound for an
+  // Copies `key` (which the lease must cover) into `dst`; returns its size (and records the
+  // page's geometry in the index if it was unknown). NotFound for an
   // unknown/expired lease, a key outside it, or a page that failed verification (a miss;
   // the copy is quarantined); OutOfRange if `dst` is too small.
   absl::StatusOr<size_t> Read(PinHandle handle, const BlockKey& key, std::span<uint8_t> dst);
@@ -198,6 +211,8 @@ class TieredStore {
   // Blocks until queued write-backs have finished.
   void WaitIdle();
   Tier* tier(TierKind kind) { return tiers_[static_cast<int>(kind)].get(); }
+  // The clock leases, TTLs and pending timeouts are read from (options.clock or Clock::Real()).
+  Clock* clock() const { return options_.clock; }
 
  private:
   struct Pending {

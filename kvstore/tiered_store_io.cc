@@ -5,6 +5,7 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/page_format.h"
 #include "kvstore/resume_policy.h"
 #include "kvstore/tiered_store.h"
 
@@ -12,6 +13,12 @@ namespace kv {
 namespace {
 constexpr int kMaxEvictionsPerWrite = 1 << 20;
 uint8_t Bit(int t) { return static_cast<uint8_t>(1u << t); }
+// A verified page's geometry (unknown if its header does not decode: a test's verifier).
+PageGeometry GeometryOf(std::span<const uint8_t> page) {
+  absl::StatusOr<PageHeader> h = DecodePageHeader(page);
+  if (!h.ok()) return {};
+  return {h->token_count, h->first_layer, h->layer_count};
+}
 }  // namespace
 
 int TieredStore::ServingTierLocked(const IndexEntry& e, bool lendable) const {
@@ -236,6 +243,7 @@ absl::StatusOr<size_t> TieredStore::Read(PinHandle handle, const BlockKey& key,
       index_.Touch(key, Now());
       int host = static_cast<int>(TierKind::kHost);
       const IndexEntry* e = index_.Find(key);
+      if (e != nullptr && !e->geometry.known()) index_.SetGeometry(key, GeometryOf(dst.first(*n)));
       if (options_.promote_on_hit && t == static_cast<int>(TierKind::kNvme) && Present(host) &&
           e != nullptr && !e->resident(TierKind::kHost) &&
           CopyIntoTierLocked(host, meta, dst.first(*n)).ok()) {
@@ -305,6 +313,7 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
   // pass, no copy); the page was just verified.
   uint64_t resume_bytes = 0;
   if (absl::StatusOr<uint64_t> rb = ResumeSectionBytes(page); rb.ok()) resume_bytes = *rb;
+  const PageGeometry geometry = GeometryOf(page);
   MutexLock l(&mu_);
   absl::Time now = Now();
   ReapLocked(now);
@@ -318,6 +327,7 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
   m.sealed = false;
   m.last_access = now;
   m.resume_bytes = resume_bytes;
+  m.geometry = geometry;
   RETURN_IF_ERROR(tiers_[t]->Write(
       m, std::string_view(reinterpret_cast<const char*>(page.data()), page.size())));
   Charge(m.ns, t, static_cast<int64_t>(tiers_[t]->Footprint(m.size)));

@@ -1,0 +1,263 @@
+// PageStore: the page store's policy over a TieredStore (DESIGN.md "Trust"): tenancy, leases
+// and publish admission, in plain C++. The gRPC PageStoreService (cluster/
+// page_store_service.h) authenticates its callers and asks this class; the in-process
+// LocalPagePool (kvstore/local_page_pool.h) looks up, pins and reads as a trusted caller and
+// admits a tenant's pages as that tenant, so the embedded node admits and leases pages by the
+// same rules as a store node.
+//
+// Tenancy. A caller is a tenant or trusted (PageStoreCaller). A page's namespace is the one it
+// was admitted under, kept by the TieredStore's index. A page is visible to a tenant iff its
+// namespace is the tenant's or the shared one; a trusted caller (an in-process router that
+// authenticated its own callers) sees every page. An invisible page is reported exactly like
+// an absent one: Lookup stops there, Pin leaves it unpinned, Read fails with the miss error
+// (NotFound, reason kNotCached, "block <key> is not cached on <node_id>").
+//
+// Admission. Admit() fully verifies a page (at most options.max_page_bytes, page_format
+// checksums, a known layout, the header naming the key it is written under, layout and
+// page_tokens matching the writer's key space) and publishes it (TieredStore Write + Seal)
+// under the caller's tenant namespace, or the shared one when asked. A key cached (or being
+// admitted) under another namespace is refused (kNamespaceConflict) unless the caller can read
+// that copy (then kAlreadyPresent, and a retention hint refreshes that copy's retention). A
+// readable copy another caller is admitting at the same moment is waited for (at most 2 s of
+// real time), so that the caller's next page finds its parent sealed. The parent
+// must be cached in a namespace the page's may chain from (a tenant page continues its own
+// tenant's or a shared chain, a shared page only a shared chain); otherwise kParentMissing,
+// exactly like a missing parent. The page header holds no namespace and no model
+// fingerprint, and a key cannot be checked against its namespace without its tokens: a tenant
+// that knows another tenant's exact key can store a page under it while that key is not
+// cached (the owner then sees a miss and a conflict), and a conflict tells a writer that a
+// key it derived for another namespace is cached there (one bit, to a caller that already
+// knows the other tenant's tokens).
+//
+// Leases. Pin() pins the longest visible cached prefix under a lease: a random 128-bit hex id
+// owned by the caller, mapped to TieredStore pin handles, its deadline clamped to
+// options.max_lease. Pinning into an existing lease extends it. Another tenant's lease is
+// treated as unknown. An unknown or expired lease is NotFound (kLeaseNotFound) for Pin, Read
+// and CheckLease; Unpin of one releases 0. Each tenant holds at most max_leases_per_tenant
+// live leases (ResourceExhausted, retryable, kTooManyLeases); trusted callers are not
+// limited. Lease time is read from the TieredStore's clock.
+//
+// Errors are absl::Status; those a caller reports with a reason carry a PageStoreReason
+// (ReasonOf()).
+//
+// Thread-safety: every method is safe for concurrent use. The store and the clock are not
+// owned and must outlive the PageStore; its destructor releases every lease's pins. Results
+// are values owned by the caller.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/clock.h"
+#include "core/metrics.h"
+#include "core/mutex.h"
+#include "kvstore/page_format.h"
+#include "kvstore/tiered_store.h"
+
+namespace kv {
+
+// Why a call or a page was refused, for callers that report a reason (the gRPC service's
+// ErrorInfo.reason is ReasonName()).
+enum class PageStoreReason : uint8_t {
+  kNone = 0,
+  kNotCached,      // the block is absent or invisible to the caller
+  kLeaseNotFound,  // the lease is unknown, another tenant's, or expired
+  kTooManyLeases,  // the tenant holds max_leases_per_tenant live leases
+  // Admission.
+  kPageTooLarge,          // the page exceeds options.max_page_bytes
+  kMalformedPage,         // the page does not decode
+  kUnknownLayout,         // its layout code is unknown or reserved
+  kPageChecksumMismatch,  // a header or section checksum fails
+  kKeyMismatch,           // its header names another key
+  kKeySpaceMismatch,      // its layout or token count is not the writer's key space's
+  kNamespaceConflict,     // the key is held under a namespace the caller may not read
+  kParentMissing,         // the parent is absent or in a namespace the page may not chain from
+  kStoreFull,             // no room can be made (pins, quotas); retryable
+  kStoreError,            // the store failed otherwise (Unavailable, retryable: a concurrent
+                          // admission of the key did not finish in time)
+};
+// "NOT_CACHED", "LEASE_NOT_FOUND", ..., "" for kNone.
+std::string_view ReasonName(PageStoreReason reason);
+// The reason attached to `status` by a PageStore; kNone when there is none.
+PageStoreReason ReasonOf(const absl::Status& status);
+
+// Who is calling. Copyable value.
+class PageStoreCaller {
+ public:
+  // A tenant: sees its namespace and the shared one, owns its leases, writes under its
+  // namespace. InvalidArgument for a name KeyNamespace::Tenant refuses.
+  static absl::StatusOr<PageStoreCaller> Tenant(std::string_view tenant);
+  // A trusted in-process caller: sees every namespace, holds unlimited leases, and writes
+  // only shared pages (admit a tenant's pages as that tenant).
+  static PageStoreCaller Trusted() { return PageStoreCaller(); }
+
+  bool trusted() const { return ns_.empty(); }
+  const std::string& tenant() const { return tenant_; }  // empty when trusted
+  const std::string& ns() const { return ns_; }          // KeyNamespace::ToString(); "" trusted
+  // Whether a page under namespace `ns` is visible to this caller.
+  bool CanRead(std::string_view ns) const;
+
+ private:
+  PageStoreCaller() = default;
+  std::string tenant_, ns_;
+};
+
+struct PageStoreOptions {
+  std::string node_id = "store-0";  // named in miss messages
+  // nullptr: the store's (TieredStore::clock()); when set it must be the store's clock.
+  Clock* clock = nullptr;
+  MetricsRegistry* metrics = nullptr;     // kvstrata_pagestore_leases gauge; nullptr: none
+  uint64_t max_page_bytes = 64ull << 20;  // larger pages are refused (kPageTooLarge); 0: any
+  absl::Duration default_lease = absl::Seconds(30);
+  absl::Duration max_lease = absl::Minutes(5);
+  int max_leases_per_tenant = 1024;
+};
+
+// One block of a visible prefix.
+struct VisibleBlock {
+  TierKind tier = TierKind::kHost;  // the fastest tier holding it
+  std::string ns;                   // namespace it was admitted under
+  std::string layout;
+  uint64_t size = 0;  // encoded page bytes
+  PageGeometry geometry;
+  bool has_resume = false;  // the page carries a resume section (V4), current after strips
+};
+
+struct PageLookupOptions {
+  // Stop at the first block whose fastest tier is not listed; empty: any tier.
+  std::vector<TierKind> tiers;
+  // A block whose geometry the index does not know yet (a page recovered from nvme) is read
+  // once to learn it (the store then remembers it); a block that cannot be read ends the
+  // prefix. false: such blocks are returned with an unknown geometry.
+  bool geometry = true;
+};
+
+struct PinResult {
+  std::string lease_id;         // empty when nothing was pinned and no lease was given
+  absl::Time deadline;          // the lease's deadline, when lease_id is set
+  std::vector<TierKind> tiers;  // fastest tier of each pinned key: keys[0, tiers.size())
+};
+
+struct AdmitOptions {
+  std::string layout;                         // the writer's key space: layout name ("mla-fp8-656")
+  uint32_t page_tokens = 0;                   // its tokens per page; 0: not checked
+  bool shared_namespace = false;              // admit under the shared namespace, not the caller's
+  std::optional<absl::Duration> retention;    // TieredStore retention hint
+  PageRole resume_role = PageRole::kTurnEnd;  // why a V4 page kept its resume section
+};
+
+enum class AdmitOutcome { kStored, kAlreadyPresent, kRejected };
+struct AdmitResult {
+  AdmitOutcome outcome = AdmitOutcome::kRejected;
+  // kRejected: why, with its reason (ReasonOf; kNone only for a trusted caller's tenant
+  // write, a misuse). OK otherwise.
+  absl::Status error;
+};
+
+class PageStore {
+ public:
+  // `store` and options.clock are not owned and must outlive the PageStore.
+  PageStore(TieredStore* store, PageStoreOptions options);
+  ~PageStore();
+  PageStore(const PageStore&) = delete;
+  PageStore& operator=(const PageStore&) = delete;
+
+  // The longest prefix of `chain` that is cached and visible to `c` (and passes `o`), one
+  // entry per block in chain order. Never fails: an empty result is a miss.
+  std::vector<VisibleBlock> Lookup(const PageStoreCaller& c, std::span<const BlockKey> chain,
+                                   const PageLookupOptions& o = {});
+
+  // Pins the longest visible cached prefix of `keys` for `lease` (nullopt: default_lease;
+  // clamped to max_lease) under a new lease, or under `lease_id` when given, whose deadline
+  // then becomes the later of the two. A new lease is made only when something is pinned.
+  // InvalidArgument for a non-positive lease, or no keys and no lease id; NotFound
+  // (kLeaseNotFound) for a lease id unknown to `c`; ResourceExhausted (kTooManyLeases); the
+  // store's errors.
+  absl::StatusOr<PinResult> Pin(const PageStoreCaller& c, std::span<const BlockKey> keys,
+                                std::optional<absl::Duration> lease,
+                                std::string_view lease_id = {});
+  // Releases `keys` of the lease (all of them when empty; the lease ends once it pins
+  // nothing) and returns how many were released: 0 for a lease unknown to `c` or expired.
+  uint32_t Unpin(const PageStoreCaller& c, std::string_view lease_id,
+                 std::span<const BlockKey> keys = {});
+  // OK when `lease_id` is a live lease of `c`; NotFound (kLeaseNotFound) otherwise.
+  absl::Status CheckLease(const PageStoreCaller& c, std::string_view lease_id);
+
+  // The verified bytes of `key`, read under `lease_id` when it covers the key, else under a
+  // short private pin. NotFound (kNotCached) when absent or invisible to `c`; NotFound
+  // (kLeaseNotFound) when `lease_id` is given and unknown, foreign or expired (also when it
+  // expires during the read); the store's other errors.
+  absl::StatusOr<std::vector<uint8_t>> Read(const PageStoreCaller& c, const BlockKey& key,
+                                            std::string_view lease_id = {});
+
+  // Verifies `page`, written as `key`, and publishes it under `c`'s namespace or the shared
+  // one (see "Admission" above). Never fails as a call: the verdict is in the result.
+  AdmitResult Admit(const PageStoreCaller& c, const BlockKey& key, std::span<const uint8_t> page,
+                    const AdmitOptions& o);
+
+  // Live (unexpired) leases, all callers.
+  size_t live_leases();
+
+  TieredStore& store() { return *store_; }
+
+ private:
+  struct LeasePins {
+    TieredStore::PinHandle handle;
+    std::vector<BlockKey> keys;
+  };
+  struct Lease {
+    std::string owner;  // PageStoreCaller::tenant(); "" for trusted callers
+    absl::Time deadline;
+    std::vector<LeasePins> pins;
+  };
+
+  absl::Status Miss(const BlockKey& key) const;
+  absl::StatusOr<PageGeometry> LearnGeometry(const BlockKey& key, uint64_t size);
+  // The lease `id` if it is live and `c`'s; nullptr otherwise.
+  Lease* FindLeaseLocked(const PageStoreCaller& c, std::string_view id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The lease's handle covering `key` (0 when it does not cover it). NotFound
+  // (kLeaseNotFound) for an unknown, foreign or expired lease.
+  absl::StatusOr<TieredStore::PinHandle> LeaseHandle(const PageStoreCaller& c, std::string_view id,
+                                                     const BlockKey& key);
+  // Records a pin (handle may be 0: nothing pinned) into the lease `id` or a new one.
+  absl::StatusOr<PinResult> AddToLease(const PageStoreCaller& c, std::string_view id,
+                                       absl::Time deadline, TieredStore::PinHandle handle,
+                                       std::span<const BlockKey> pinned);
+  uint32_t UnpinSomeLocked(Lease& lease, std::span<const BlockKey> keys)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReapLeasesLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EraseLeaseLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status TooManyLeases() const;
+  // The namespace `key` is held or being admitted under, if any. Waits (bounded) for an
+  // admission of the key in a namespace `c` can read to finish; *timed_out when it did not.
+  std::optional<std::string> HolderLocked(const PageStoreCaller& c, const std::string& ns,
+                                          const BlockKey& key, bool* timed_out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  AdmitResult Publish(const PageStoreCaller& c, const std::string& ns, const PageHeader& h,
+                      std::span<const uint8_t> page, const AdmitOptions& o);
+
+  TieredStore* const store_;
+  const PageStoreOptions options_;
+  Clock* const clock_;
+  Gauge* leases_gauge_ = nullptr;
+
+  kv::Mutex mu_;
+  absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  std::set<std::pair<absl::Time, std::string>> lease_deadlines_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, int> leases_per_tenant_ ABSL_GUARDED_BY(mu_);
+  // Keys being admitted (between the namespace check and the end of their publish) and the
+  // namespace each goes under, so concurrent writers of one key agree on its namespace.
+  absl::flat_hash_map<BlockKey, std::string> admitting_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kv
