@@ -40,32 +40,7 @@ constexpr uint32_t kLayers = 2;
 // A chain of `n` mla-fp8-656 pages keyed under `ns` (tenant or shared).
 inline std::vector<TestPage> Chain(uint64_t seed, const KeyNamespace& ns, size_t n,
                                    std::optional<BlockKey> parent = std::nullopt) {
-  std::mt19937_64 rng(seed);
-  KeyParams params;
-  params.model_fingerprint = Sha256Of("kvstrata test model");
-  params.layout_id = "mla-fp8-656";
-  params.page_tokens = kTokens;
-  params.ns = ns;
-  std::vector<uint32_t> ids(n * kTokens);
-  for (auto& id : ids) id = static_cast<uint32_t>(rng() % 50000);
-  std::vector<BlockKey> keys = *DeriveBlockKeys(params, ids, parent);
-  std::vector<TestPage> out;
-  BlockKey prev = parent.value_or(BlockKey::Zero());
-  for (size_t i = 0; i < n; ++i) {
-    PageSpec spec{LayoutId::kMlaFp8_656, keys[i], prev, kTokens, 0, kLayers};
-    std::vector<uint8_t> kv(*KvSectionBytes(spec));
-    for (auto& b : kv) b = static_cast<uint8_t>(rng());
-    TestPage p;
-    p.bytes = *EncodePage(spec, kv);
-    p.meta.key = keys[i];
-    p.meta.parent = prev;
-    p.meta.ns = ns.ToString();
-    p.meta.layout = "mla-fp8-656";
-    p.meta.size = p.bytes.size();
-    out.push_back(std::move(p));
-    prev = keys[i];
-  }
-  return out;
+  return testing::MakeChain(seed, ns, n, kTokens, kLayers, parent);
 }
 
 inline KeyNamespace Tenant(const std::string& t) { return *KeyNamespace::Tenant(t); }

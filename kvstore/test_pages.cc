@@ -20,12 +20,17 @@ T OrDie(absl::StatusOr<T> v) {
 
 std::vector<TestPage> MakeChain(uint64_t seed, const std::string& tenant, size_t n, uint32_t tokens,
                                 uint32_t layers, std::optional<BlockKey> parent) {
+  return MakeChain(seed, OrDie(KeyNamespace::Tenant(tenant)), n, tokens, layers, parent);
+}
+
+std::vector<TestPage> MakeChain(uint64_t seed, const KeyNamespace& ns, size_t n, uint32_t tokens,
+                                uint32_t layers, std::optional<BlockKey> parent) {
   std::mt19937_64 rng(seed);
   KeyParams params;
   params.model_fingerprint = Sha256Of("kvstrata test model");
   params.layout_id = "mla-fp8-656";
   params.page_tokens = tokens;
-  params.ns = OrDie(KeyNamespace::Tenant(tenant));
+  params.ns = ns;
   std::vector<uint32_t> ids(n * tokens);
   for (auto& id : ids) id = static_cast<uint32_t>(rng() % 50000);
   std::vector<BlockKey> keys = OrDie(DeriveBlockKeys(params, ids, parent));

@@ -23,6 +23,9 @@ struct TestPage {
 std::vector<TestPage> MakeChain(uint64_t seed, const std::string& tenant, size_t n,
                                 uint32_t tokens = 4, uint32_t layers = 1,
                                 std::optional<BlockKey> parent = std::nullopt);
+// The same, keyed under any namespace (a tenant's or the shared one).
+std::vector<TestPage> MakeChain(uint64_t seed, const KeyNamespace& ns, size_t n, uint32_t tokens,
+                                uint32_t layers, std::optional<BlockKey> parent = std::nullopt);
 
 // A chain of v4-fp8-584 pages (256 tokens, 3 layers) under tenant `tenant`, one per entry
 // of `resume_sizes`: a kv section of `kv_blocks` x 576 random bytes, an indexer-keys section
