@@ -108,6 +108,9 @@ absl::StatusOr<GenerateResult> EmbeddedCluster::Generate(const GenerateRequest& 
   return router_->Generate(req, &route);
 }
 
-void EmbeddedCluster::WaitIdle() { prefill_->WaitIdle(); }
+void EmbeddedCluster::WaitIdle() {
+  prefill_->WaitIdle();
+  store_->WaitIdle();  // the store's own write-backs pin their pages while they copy them
+}
 
 }  // namespace kv::cluster

@@ -55,7 +55,8 @@ class EmbeddedCluster {
 
   // RouterBackend::Generate.
   absl::StatusOr<GenerateResult> Generate(const GenerateRequest& req);
-  // Blocks until queued page write-backs are published.
+  // Blocks until queued page write-backs are published and the store's write-backs to its
+  // lower tiers (which pin the pages they copy) have finished.
   void WaitIdle();
 
   RouterBackend& router() { return *router_; }
