@@ -50,6 +50,39 @@ absl::StatusOr<double> MedianSecs(int64_t runs, const std::function<absl::Status
   return Median(t);
 }
 
+// tiny-v4 decode steps after the prompt, on the cache that computed it and on one that
+// imported its pages: steps/s (median over `runs` runs of kDecodeSteps steps each). No limit:
+// the figure is compared across builds (docs/benchmarks.md, "Page import").
+absl::Status AddDecodeRows(const model::V4Model& m, const model::V4Cache& src,
+                           const std::vector<std::vector<uint8_t>>& run, int64_t runs,
+                           BenchReport* r) {
+  constexpr int64_t kDecodeSteps = 32;
+  const int64_t ctx = src.num_tokens();
+  for (const bool imported : {false, true}) {
+    std::vector<double> secs;
+    for (int64_t i = 0; i <= runs; ++i) {
+      std::unique_ptr<model::V4Cache> c;
+      if (imported) {
+        c = m.NewCache();
+        for (const auto& page : run) RETURN_IF_ERROR(m.ImportPage(page, c.get()));
+      } else {
+        c = std::make_unique<model::V4Cache>(src);  // a copy: decode appends to it
+      }
+      const double t0 = NowSeconds();
+      for (int64_t s = 0; s < kDecodeSteps; ++s) {
+        RETURN_IF_ERROR(m.DecodeStep(32 + static_cast<int32_t>(s % 90), ctx + s, c.get()).status());
+      }
+      if (i > 0) secs.push_back(NowSeconds() - t0);
+    }
+    r->Add({.name = imported ? "tiny-v4 decode step, cache imported from pages"
+                             : "tiny-v4 decode step, cache computed here",
+            .value = kDecodeSteps / Median(secs),
+            .unit = "steps/s",
+            .params = {{"context", kv::StrCat(ctx, "..", ctx + kDecodeSteps)}}});
+  }
+  return absl::OkStatus();
+}
+
 absl::Status RunV4(int64_t tokens, int64_t runs, int64_t pages, const std::string& json) {
   if (tokens < 128 || runs < 1 || pages < 1 || pages > 64)
     return absl::InvalidArgumentError("need --tokens >= 128, --runs >= 1, --pages in 1..64");
@@ -178,6 +211,7 @@ absl::Status RunV4(int64_t tokens, int64_t runs, int64_t pages, const std::strin
            .limit_name = "memcpy 1 thread, run-sized",
            .limit = run_limit,
            .params = {{"run", what}}});
+    RETURN_IF_ERROR(AddDecodeRows(**m, *src, run, runs, &r));
   }
   r.Note("threads", "1");
   r.Note("runs", kv::StrCat(runs, " timed runs after a warm-up, median"));
