@@ -462,15 +462,16 @@ absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page) {
   PageView view;
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const SectionInfo& s = h.sections[i];
-    const std::string name = SectionName(i, static_cast<uint16_t>(s.kind));
+    // The name only on error: formatting it for every section costs more than a small check.
+    auto name = [&] { return SectionName(i, static_cast<uint16_t>(s.kind)); };
     if (!AllZero(page.subspan(end, s.offset - end))) {
-      return absl::InvalidArgumentError(kv::StrCat(name, ": padding before it is not zero"));
+      return absl::InvalidArgumentError(kv::StrCat(name(), ": padding before it is not zero"));
     }
     std::span<const uint8_t> bytes = page.subspan(s.offset, s.length);
     const uint64_t computed = Xxh3_64(bytes.data(), bytes.size());
     if (computed != s.checksum) {
       return absl::DataLossError(absl::StrFormat(
-          "%s checksum mismatch (stored %016x, computed %016x)", name, s.checksum, computed));
+          "%s checksum mismatch (stored %016x, computed %016x)", name(), s.checksum, computed));
     }
     if (s.kind == SectionKind::kKv) view.kv_ = bytes;
     if (s.kind == SectionKind::kIndexerKeys) view.indexer_ = bytes;
