@@ -71,8 +71,8 @@ absl::Status DecodeIndexerBlock(const uint8_t* block, int64_t block_size, int64_
 // Checks a v4-fp8-584 block of n records (block_size == V4BlockBytes(n)) as DecodeV4Block
 // does (padding zero, no NaN code, no 0xFF scale, pad byte zero) and also that no RoPE bf16
 // is Inf or NaN, while copying its token bytes to tok_out (n × 576) and its scale bytes to
-// sc_out (n × 8). InvalidArgument for bad sizes; DataLoss naming the record and byte. The
-// outputs may be partly written on error.
+// sc_out (n × 8); with both outputs null it only checks. InvalidArgument for bad sizes;
+// DataLoss naming the record and byte. The outputs may be partly written on error.
 absl::Status CopyV4Block(const uint8_t* block, int64_t block_size, int64_t n, uint8_t* tok_out,
                          uint8_t* sc_out);
 // Dequantizes n split records (checked by CopyV4Block or written by EncodeV4Block; not checked
