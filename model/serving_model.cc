@@ -160,8 +160,9 @@ class V4ServingModel final : public ServingModel {
       return absl::OutOfRangeError(StrCat(
           "sequence of ", max_tokens, " tokens exceeds the context limit ", model_->max_context()));
     }
-    return std::unique_ptr<ServingSequence>(
-        new V4Sequence(model_, model_->NewCache(model::V4CacheFormat::kFp8)));
+    std::unique_ptr<model::V4Cache> cache = model_->NewCache(model::V4CacheFormat::kFp8);
+    cache->Reserve(max_tokens);
+    return std::unique_ptr<ServingSequence>(new V4Sequence(model_, std::move(cache)));
   }
   absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
                                                       const BlockKey& key,
