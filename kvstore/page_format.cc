@@ -340,6 +340,14 @@ absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec) {
   return uint64_t{spec.token_count} * spec.layer_count * layout.record_bytes;
 }
 
+uint64_t EncodedSectionsPageBytes(std::span<const uint64_t> section_lengths) {
+  uint64_t end = PageHeaderBytes(static_cast<uint32_t>(section_lengths.size()));
+  for (size_t i = 0; i < section_lengths.size(); ++i) {
+    end = (i == 0 ? end : RoundUp(end, kSectionAlign)) + section_lengths[i];
+  }
+  return end;
+}
+
 absl::StatusOr<uint64_t> EncodedPageBytes(const PageSpec& spec) {
   ASSIGN_OR_RETURN(uint64_t kv, KvSectionBytes(spec));
   return PageHeaderBytes(1) + kv;
@@ -401,6 +409,11 @@ absl::StatusOr<std::vector<uint8_t>> EncodePageSections(const PageSpec& spec,
     const uint64_t off = offsets.empty() ? end : RoundUp(end, kSectionAlign);
     offsets.push_back(off);
     end = off + sec.bytes.size();
+  }
+  std::vector<uint64_t> lengths;
+  for (const PageSectionData& sec : sections) lengths.push_back(sec.bytes.size());
+  if (end != EncodedSectionsPageBytes(lengths)) {
+    return absl::InternalError("encode page: the layout disagrees with EncodedSectionsPageBytes");
   }
   std::vector<uint8_t> out(end, 0);
   uint8_t* p = out.data();

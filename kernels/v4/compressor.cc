@@ -247,6 +247,16 @@ T Get(const std::string& in, size_t off) {
 }
 }  // namespace
 
+uint64_t CompressorStream::SerializedBytes(int ratio, int dim, int64_t next_position) {
+  if (ratio < 1 || dim < 0 || next_position < 0) return 0;
+  const bool overlapping = ratio == 4;  // Compressor::overlapping()
+  const uint64_t in_width = overlapping ? 2 * dim : dim;
+  const uint64_t n_buf = static_cast<uint64_t>(next_position % ratio);
+  const bool has_prev = overlapping && next_position >= ratio;
+  return kHeaderBytes + 2 * n_buf * in_width * sizeof(float) +
+         (has_prev ? 2 * uint64_t{static_cast<uint32_t>(ratio)} * dim * sizeof(float) : 0) + 8;
+}
+
 std::string CompressorStream::Serialize() const {
   std::string out(kMagic, 4);
   Put<uint16_t>(&out, kVersion);
