@@ -13,6 +13,7 @@
 #include "core/strings.h"
 #include "kernels/v4/v4_record.h"
 #include "kvstore/page_format.h"
+#include "model/config.h"
 #include "model/v4_model.h"
 
 namespace kv::model {
@@ -82,6 +83,49 @@ absl::Status AppendChecked(std::span<const uint8_t> block, int64_t n, int rec, i
 
 }  // namespace
 
+// ---- sizes ------------------------------------------------------------------------------------
+
+uint64_t V4LayerRecordBytes(const v4k::V4Config& c, int layer, int64_t start, int64_t end) {
+  if (layer < 0 || layer >= c.num_layers()) return 0;
+  const int ratio = c.compress_ratios[layer];
+  const int64_t e = V4EntriesBefore(end, ratio) - V4EntriesBefore(start, ratio);
+  if (ratio == 0) return 0;
+  return v4k::V4BlockBytes(e) + (ratio == v4k::kCsaRatio ? v4k::IndexerBlockBytes(e) : 0);
+}
+
+uint64_t V4ResumeBytes(const v4k::V4Config& c, int64_t end) {
+  const int64_t w = std::min<int64_t>(c.sliding_window, end);
+  uint64_t total = kResumeHeaderBytes;
+  for (int l = 0; l < c.num_layers(); ++l) {
+    const int ratio = c.compress_ratios[l];
+    total += kResumeLayerHeaderBytes + v4k::V4BlockBytes(w);
+    if (ratio > 0) total += v4k::CompressorStream::SerializedBytes(ratio, c.head_dim, end);
+    if (ratio == v4k::kCsaRatio) {
+      total += v4k::CompressorStream::SerializedBytes(ratio, c.index_head_dim, end);
+    }
+  }
+  return total;
+}
+
+uint64_t V4PageBytes(const v4k::V4Config& c, int64_t start, int64_t end, bool with_resume) {
+  uint64_t kv = 0, idx = 0;
+  for (int l = 0; l < c.num_layers(); ++l) {
+    const int ratio = c.compress_ratios[l];
+    const int64_t e = V4EntriesBefore(end, ratio) - V4EntriesBefore(start, ratio);
+    if (ratio > 0) kv += v4k::V4BlockBytes(e);
+    if (ratio == v4k::kCsaRatio) idx += v4k::IndexerBlockBytes(e);
+  }
+  std::vector<uint64_t> sections{kv};
+  if (c.CountLayers(v4k::kCsaRatio) > 0) sections.push_back(idx);
+  if (with_resume) sections.push_back(V4ResumeBytes(c, end));
+  return EncodedSectionsPageBytes(sections);
+}
+
+absl::StatusOr<uint64_t> V4PublishedPageBytes(const ModelConfig& config) {
+  RETURN_IF_ERROR(ValidateV4ForRuntime(config));
+  return V4PageBytes(ToV4Config(config), 0, kV4PageTokens, /*with_resume=*/true);
+}
+
 // ---- V4Cache ----------------------------------------------------------------------------------
 
 int64_t V4Cache::num_entries(int layer) const {
@@ -96,6 +140,14 @@ int64_t V4Cache::num_index_keys(int layer) const {
   const Layer& L = layers_[layer];
   return format_ == V4CacheFormat::kFp8 ? static_cast<int64_t>(L.key_sc.size()) / 4
                                         : static_cast<int64_t>(L.index_keys.size()) / kIndexerDim;
+}
+
+V4Cache::LayerRecordViews V4Cache::LayerRecords(int layer) const {
+  if (layer < 0 || layer >= static_cast<int>(layers_.size()) || format_ != V4CacheFormat::kFp8) {
+    return {};
+  }
+  const Layer& L = layers_[layer];
+  return {L.entry_tok, L.entry_sc, L.key_codes, L.key_sc};
 }
 
 int64_t V4Cache::WindowRows(const Layer& L) const {

@@ -275,7 +275,8 @@ absl::StatusOr<std::vector<float>> V4Model::Prefill(std::span<const int32_t> tok
     const int64_t to_page_end = kV4PageTokens - pos % kV4PageTokens;
     const int64_t m = std::min({chunk, n - done, to_page_end});
     Workspace ws(c, m);
-    absl::Status s = RunChunk(tokens.subspan(done, m), pos, cache, ws, trace ? &local : nullptr);
+    absl::Status s = RunChunk(tokens.subspan(done, m), pos, cache, ws, trace ? &local : nullptr,
+                              options.on_layer);
     if (!s.ok()) {
       cache->broken_ = true;
       return s;
@@ -299,7 +300,7 @@ absl::StatusOr<std::vector<float>> V4Model::DecodeStep(int32_t token, int64_t po
 }
 
 absl::Status V4Model::RunChunk(std::span<const int32_t> tokens, int64_t start_pos, V4Cache* cache,
-                               Workspace& ws, V4Trace* trace) const {
+                               Workspace& ws, V4Trace* trace, const V4LayerHook& on_layer) const {
   const ModelConfig& c = config();
   const int64_t m = static_cast<int64_t>(tokens.size()), d = c.hidden_size;
   for (int64_t t = 0; t < m; ++t) {
@@ -309,6 +310,7 @@ absl::Status V4Model::RunChunk(std::span<const int32_t> tokens, int64_t start_po
   for (int l = 0; l < v4_.num_layers(); ++l) {
     RETURN_IF_ERROR(Attention(l, m, start_pos, cache, ws, trace));
     RETURN_IF_ERROR(Mlp(l, m, ws));
+    if (on_layer) RETURN_IF_ERROR(on_layer(l, start_pos, m));
   }
   cache->num_tokens_ = start_pos + m;
   return absl::OkStatus();

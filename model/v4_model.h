@@ -46,6 +46,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -71,11 +72,32 @@ inline int64_t V4EntriesBefore(int64_t end, int ratio) { return ratio > 0 ? end 
 
 enum class V4CacheFormat { kFp8, kBf16 };
 
+// Sizes of a V4 sequence's state in its byte forms, from the config alone (exact: tested
+// against what the cache exports). `c` a valid V4 config (ToV4Config).
+// Layer `layer`'s records for tokens [start, end) as ExportLayerRecords gives them: the
+// entries block plus, for a CSA layer, the indexer-keys block (0 for a window-only layer).
+uint64_t V4LayerRecordBytes(const kernels::v4::V4Config& c, int layer, int64_t start, int64_t end);
+// The resume payload for the state at token `end` > 0 (ExportResume; a v4-resume section).
+uint64_t V4ResumeBytes(const kernels::v4::V4Config& c, int64_t end);
+// The encoded v4-fp8-584 page of tokens [start, end) (ExportPage), with or without its resume
+// section.
+uint64_t V4PageBytes(const kernels::v4::V4Config& c, int64_t start, int64_t end, bool with_resume);
+// The largest page a V4 model publishes: a full page with its resume section (every full
+// page with one has this size: 256 closes whole windows of both ratios). InvalidArgument
+// for a config that is not a valid V4 one.
+absl::StatusOr<uint64_t> V4PublishedPageBytes(const ModelConfig& config);
+
 // Optional record of intermediate values (A/B tests): the attention output (after the
 // inverse RoPE) of the last token of the call, [layers][heads][512].
 struct V4Trace {
   std::vector<float> attn_out;
 };
+
+// Called after layer `layer` has stored its records (window rows, and the entries and indexer
+// keys that tokens [start_pos, start_pos + n) close): they are final, and a handoff may send
+// them while later layers compute. A non-OK status aborts the forward (the cache is then
+// unusable).
+using V4LayerHook = std::function<absl::Status(int layer, int64_t start_pos, int64_t n)>;
 
 struct V4PrefillOptions {
   int64_t chunk_tokens = 256;  // tokens per forward chunk (any value gives the same bytes)
@@ -83,6 +105,7 @@ struct V4PrefillOptions {
   // when it is a page end not kept yet (the end of an imported page) (FP8 caches), so
   // ExportPage(p, with_resume = true) works for those pages (about 80 KB per layer each).
   bool keep_page_resume = true;
+  V4LayerHook on_layer;  // may be empty
 };
 
 class V4Model;
@@ -126,6 +149,12 @@ class V4Cache {
   struct LayerBlocks {
     std::vector<uint8_t> entries, keys;
   };
+  // Views of layer `layer`'s stored records (kFp8; kernels/v4/v4_record.h split layout),
+  // valid until the cache changes; empty for a bad layer or a kBf16 cache.
+  struct LayerRecordViews {
+    std::span<const uint8_t> entry_tok, entry_sc, key_codes, key_sc;
+  };
+  LayerRecordViews LayerRecords(int layer) const;
   absl::StatusOr<LayerBlocks> ExportLayerRecords(int layer, int64_t start, int64_t end) const;
   absl::StatusOr<std::string> ExportResume() const;
 
@@ -270,7 +299,7 @@ class V4Model {
   absl::Status ParseResumeLayer(std::span<const uint8_t> r, size_t* off, int layer, int64_t end,
                                 uint64_t window_tokens, ResumeLayer* out) const;
   absl::Status RunChunk(std::span<const int32_t> tokens, int64_t start_pos, V4Cache* cache,
-                        Workspace& ws, V4Trace* trace) const;
+                        Workspace& ws, V4Trace* trace, const V4LayerHook& on_layer) const;
   absl::Status Attention(int layer, int64_t m, int64_t start_pos, V4Cache* cache, Workspace& ws,
                          V4Trace* trace) const;
   // Attention's steps: q and the window kv of the chunk; the compressed entries and indexer
