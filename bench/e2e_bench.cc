@@ -2,9 +2,7 @@
 // by where the prompt's KV is cached, plus TTFT under concurrency.
 //
 // States (each a server on loopback driven by the real gRPC client, seeded tiny-v3 model, or
-// tiny-v4 with --model=tiny-v4: DeepSeek-V4 hybrid attention, 256-token v4-fp8-584 pages; in
-// its remote state the decode worker reads the pages from the store itself, there is no
-// prefill->decode handoff, docs/design-notes.md item 12):
+// tiny-v4 with --model=tiny-v4: DeepSeek-V4 hybrid attention, 256-token v4-fp8-584 pages):
 //   cold    nothing cached: the whole prompt is computed (the first request of each prompt);
 //   host    the prompt's pages in the host tier of `serve --role=all` (device tier off);
 //   nvme    the pages only in the nvme tier (RocksDB) of `serve --role=all`;
@@ -17,6 +15,8 @@
 // warm request (page bytes / load time) is compared with single-thread memcpy measured in the
 // same run. Concurrency: C clients at once, each with its own prompt of --concurrent-length
 // tokens, cold then warm (host state): TTFT p50/p99 and prompt tokens/s.
+// Handoff: cold prompts through the distributed roles with a prefill worker and without one
+// (decode-only), with the bytes handed off and the handoff time (RequestStats).
 // Writes --json and an SVG of TTFT vs prompt length per state (--svg).
 #include <unistd.h>
 
@@ -50,6 +50,8 @@ struct Sample {
   double load_gbps = 0;  // 0 when nothing was loaded
   uint32_t cached = 0;
   uint32_t prompt = 0;
+  uint64_t handoff_bytes = 0;  // prefill->decode handoff the decode worker imported
+  double handoff_ms = 0;
 };
 
 absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& s, const char* flag) {
@@ -95,6 +97,8 @@ absl::StatusOr<Sample> Generate(cluster::ClusterClient& c, const pb::Prompt& pro
   for (const auto& h : o.stats.tier_hits()) bytes += h.bytes();
   const double load_s = o.stats.load_time().seconds() + o.stats.load_time().nanos() * 1e-9;
   if (bytes > 0 && load_s > 0) s.load_gbps = static_cast<double>(bytes) / load_s / 1e9;
+  s.handoff_bytes = o.stats.handoff_bytes();
+  s.handoff_ms = o.stats.handoff_time().seconds() * 1e3 + o.stats.handoff_time().nanos() * 1e-6;
   return s;
 }
 
@@ -124,7 +128,9 @@ struct Options {
 struct Distributed {
   std::vector<std::unique_ptr<cluster::RoleServer>> nodes;
   std::string router;
-  absl::Status Start(const std::string& dir, const std::string& model_dir) {
+  // with_prefill false: no prefill worker, the decode worker computes every prompt.
+  absl::Status Start(const std::string& dir, const std::string& model_dir,
+                     bool with_prefill = true) {
     auto start = [&](const std::string& role,
                      const std::string& members) -> absl::StatusOr<std::string> {
       cluster::RoleServerOptions o;
@@ -146,16 +152,62 @@ struct Distributed {
     };
     ASSIGN_OR_RETURN(std::string store, start("store", ""));
     const std::string stores = StrCat("store=", store, "@store");
-    ASSIGN_OR_RETURN(std::string prefill, start("prefill", stores));
+    std::string prefill_member;
+    if (with_prefill) {
+      ASSIGN_OR_RETURN(std::string prefill, start("prefill", stores));
+      prefill_member = StrCat(",prefill=", prefill, "@prefill");
+    }
     ASSIGN_OR_RETURN(std::string decode, start("decode", stores));
-    ASSIGN_OR_RETURN(router, start("router", StrCat(stores, ",prefill=", prefill,
-                                                    "@prefill,decode=", decode, "@decode")));
+    ASSIGN_OR_RETURN(
+        router, start("router", StrCat(stores, prefill_member, ",decode=", decode, "@decode")));
     return absl::OkStatus();
   }
   ~Distributed() {
     for (auto it = nodes.rbegin(); it != nodes.rend(); ++it) (*it)->Shutdown();
   }
 };
+
+// Cold prompts through the distributed roles with a prefill worker (it computes the prompt but
+// its last token and hands the state to the decode worker over the node's transport) and
+// without one (the decode worker computes the prompt): TTFT of each, and the bytes handed off
+// and the handoff time the prefill path reports.
+absl::Status AddHandoffRows(const Options& opt, BenchReport* rep, uint64_t* salt) {
+  Distributed with, without;
+  RETURN_IF_ERROR(with.Start(StrCat(opt.dir, "/handoff"), StrCat(opt.dir, "/model")));
+  RETURN_IF_ERROR(without.Start(StrCat(opt.dir, "/decode-only"), StrCat(opt.dir, "/model"),
+                                /*with_prefill=*/false));
+  ASSIGN_OR_RETURN(auto via, cluster::ClusterClient::Connect(with.router, ""));
+  ASSIGN_OR_RETURN(auto direct, cluster::ClusterClient::Connect(without.router, ""));
+  for (int64_t n : opt.lengths) {
+    std::fprintf(stderr, "  e2e: handoff, %ld-token prompt ...\r", static_cast<long>(n));
+    ASSIGN_OR_RETURN(Sample d, Generate(*direct, MakePrompt(n, (*salt)++), pb::CACHE_POLICY_AUTO,
+                                        opt.max_tokens));
+    ASSIGN_OR_RETURN(
+        Sample p, Generate(*via, MakePrompt(n, (*salt)++), pb::CACHE_POLICY_AUTO, opt.max_tokens));
+    if (p.handoff_bytes == 0) {
+      return absl::InternalError(StrCat("the ", n, "-token prompt was not handed off"));
+    }
+    rep->Add({.name = StrCat("TTFT cold decode-only ", n, " tok"),
+              .value = d.ttft_ms,
+              .unit = "ms",
+              .params = {{"state", "decode-only"}, {"prompt_tokens", StrCat(n)}}});
+    rep->Add({.name = StrCat("TTFT cold via prefill worker ", n, " tok"),
+              .value = p.ttft_ms,
+              .unit = "ms",
+              .limit_name = "decode-only TTFT (same length)",
+              .limit = d.ttft_ms,
+              .lower_is_better = true,
+              .params = {{"state", "prefill-handoff"},
+                         {"prompt_tokens", StrCat(n)},
+                         {"handoff_bytes", StrCat(p.handoff_bytes)},
+                         {"handoff_ms", StrCat(p.handoff_ms)}}});
+    rep->Add({.name = StrCat("handoff ", n, " tok"),
+              .value = static_cast<double>(p.handoff_bytes) / 1e6,
+              .unit = "MB",
+              .params = {{"handoff_ms", StrCat(p.handoff_ms)}}});
+  }
+  return absl::OkStatus();
+}
 
 absl::Status Run(const Options& opt) {
   BenchReport rep("e2e");
@@ -306,6 +358,7 @@ absl::Status Run(const Options& opt) {
       }
     }
   }
+  RETURN_IF_ERROR(AddHandoffRows(opt, &rep, &salt));
   std::fprintf(stderr, "%80s\r", "");
   rep.Print();
   RETURN_IF_ERROR(rep.WriteJson(opt.json));

@@ -127,16 +127,24 @@ std::string FormatStats(const pb::RequestStats& s) {
   auto ms = [](const google::protobuf::Duration& d) {
     return absl::ToDoubleMilliseconds(FromProto(d));
   };
-  return fmt::format(
-      "TTFT {:.2f} ms, total {:.2f} ms (load {:.2f} ms, prefill {:.2f} ms, decode {:.2f} ms)\n"
-      "prompt {} tokens: {} cached, {} recomputed; {} generated; tier hits: {}\n"
-      "loaded {} bytes ({}), published {} pages\n"
-      "cost model: {} ({})\n",
-      ms(s.ttft()), ms(s.total_time()), ms(s.load_time()), ms(s.prefill_time()),
-      ms(s.decode_time()), s.prompt_tokens(), s.cached_tokens(), s.recomputed_tokens(),
-      s.output_tokens(), FormatTierHits(s), s.bytes_transferred(),
-      s.transport() == pb::TRANSPORT_KIND_INPROC ? "in-process" : "no transfer",
-      s.published_pages(), pb::CacheDecision_Name(s.cost().decision()), s.cost().reason());
+  const std::string handoff =
+      s.handoff_bytes() == 0
+          ? ""
+          : fmt::format(
+                "handoff: {} bytes prefill->decode, {:.2f} ms not overlapped with compute\n",
+                s.handoff_bytes(), ms(s.handoff_time()));
+  return handoff +
+         fmt::format(
+             "TTFT {:.2f} ms, total {:.2f} ms (load {:.2f} ms, prefill {:.2f} ms, decode {:.2f} "
+             "ms)\n"
+             "prompt {} tokens: {} cached, {} recomputed; {} generated; tier hits: {}\n"
+             "loaded {} bytes ({}), published {} pages\n"
+             "cost model: {} ({})\n",
+             ms(s.ttft()), ms(s.total_time()), ms(s.load_time()), ms(s.prefill_time()),
+             ms(s.decode_time()), s.prompt_tokens(), s.cached_tokens(), s.recomputed_tokens(),
+             s.output_tokens(), FormatTierHits(s), s.bytes_transferred(),
+             s.transport() == pb::TRANSPORT_KIND_INPROC ? "in-process" : "no transfer",
+             s.published_pages(), pb::CacheDecision_Name(s.cost().decision()), s.cost().reason());
 }
 
 namespace {

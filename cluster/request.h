@@ -75,6 +75,10 @@ struct RequestStats {
   uint64_t bytes_transferred = 0;
   std::string transport;
   int64_t published_pages = 0;  // pages this request queued for publishing
+  // The prefill->decode handoff the decode worker imported (0 / zero when none): bytes the
+  // prefill worker wrote, and its time not overlapped with compute (PrefillDone).
+  uint64_t handoff_bytes = 0;
+  absl::Duration handoff_time;
   CostPlan cost;
 };
 

@@ -144,7 +144,7 @@ absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
   ro.max_context = o.node.max_context > 0
                        ? o.node.max_context
                        : std::min<int64_t>(config.max_position_embeddings, 32768);
-  ro.prefill_handoff = !config.IsV4();
+  ro.prefill_handoff = true;  // MLA and V4 prompts both go through prefill workers
   ro.pages_have_resume = config.IsV4();
   ro.clock = o.node.clock;
   ASSIGN_OR_RETURN(ro.page_bytes, model::PublishedPageBytes(config, kp.layout_id));

@@ -306,6 +306,8 @@ void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::Pr
     st->recomputed_tokens = st->prompt_tokens - st->cached_tokens;  // the decode worker adds one
     st->load_time = done->load_time;
     st->prefill_time = done->compute_time;
+    st->handoff_bytes = done->bytes_sent;
+    st->handoff_time = done->handoff_time;
     AccountLoad(plan, st, done->bytes_loaded);
     return;
   }

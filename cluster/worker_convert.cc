@@ -1,5 +1,7 @@
 #include "cluster/worker_convert.h"
 
+#include <algorithm>
+
 #include <cstring>
 
 #include "cluster/proto_convert.h"
@@ -211,17 +213,21 @@ void ToProto(const prefill::PrefillDone& d, pb::PrefillDone* out) {
   out->set_published_pages(static_cast<uint32_t>(d.published_pages));
   for (uint64_t x : d.slot_xxh3) out->add_block_xxh3(x);
   out->set_kv_tokens(static_cast<uint32_t>(d.kv_tokens));
+  out->set_bytes_handed_off(d.bytes_sent);
+  SetDuration(d.handoff_time, out->mutable_handoff_time());
 }
 
 prefill::PrefillDone FromProto(const pb::PrefillDone& d) {
   prefill::PrefillDone out{.kv_tokens = d.kv_tokens(),
                            .cached_tokens = d.cached_tokens(),
                            .recomputed_tokens = d.recomputed_tokens(),
-                           .bytes_sent = d.bytes_transferred(),
+                           .bytes_sent = d.bytes_handed_off(),
                            .transport = TransportName(d.transport()),
                            .load_time = FromProto(d.load_time()),
                            .compute_time = FromProto(d.compute_time()),
                            .published_pages = d.published_pages()};
+  out.bytes_loaded = d.bytes_transferred() - std::min(d.bytes_transferred(), d.bytes_handed_off());
+  out.handoff_time = FromProto(d.handoff_time());
   out.slot_xxh3.assign(d.block_xxh3().begin(), d.block_xxh3().end());
   return out;
 }

@@ -8,6 +8,15 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+// libxxhash's runtime-dispatched XXH3 (xxh_x86dispatch.c, built into the shared library on
+// x86-64): the AVX2 / AVX-512 kernel where the CPU has it. The inlined copy above is built for
+// the baseline ISA (SSE2). XXH3's value does not depend on the kernel.
+#if defined(__x86_64__)
+extern "C" XXH64_hash_t XXH3_64bits_withSeed_dispatch(const void* input, size_t len,
+                                                      XXH64_hash_t seed);
+#define KV_XXH3_DISPATCH 1
+#endif
+
 namespace kv {
 
 // SHA256_CTX (the low-level API) is deprecated in OpenSSL 3 for new algorithms, but EVP
@@ -48,6 +57,11 @@ Digest256 Sha256Of(const void* data, size_t len) {
 }
 
 uint64_t Xxh3_64(const void* data, size_t len, uint64_t seed) {
+#ifdef KV_XXH3_DISPATCH
+  // Long inputs (page sections) through the vector kernel; short ones (keys, headers) stay
+  // inline, where a call through the dispatcher would cost more than it saves.
+  if (len >= 4096) return XXH3_64bits_withSeed_dispatch(data, len, seed);
+#endif
   return XXH3_64bits_withSeed(data, len, seed);
 }
 

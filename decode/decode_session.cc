@@ -291,7 +291,12 @@ absl::StatusOr<int64_t> DecodeSession::PublishTurn(const std::vector<int32_t>& o
                    DeriveRequestKeys(params_, convo, req_.tenant, req_.shared_prefix_tokens, &ns));
   if (keys.empty()) return 0;
   absl::StatusOr<PoolPrefix> have = ctx_->pool->Lookup(keys, req_.authorization);
-  const int64_t from = have.ok() ? have->blocks() : 0;
+  int64_t from = have.ok() ? have->blocks() : 0;
+  if (verdict_ == HandoffVerdict::kVerified && ctx_->model->pages_have_resume()) {
+    // A V4 handoff carries the resume state of the prompt's end only, not of the page ends
+    // inside it: the prompt's full pages are the prefill worker's to publish (it has them).
+    from = std::max(from, (n - 1) / pt);
+  }
   const int64_t to = static_cast<int64_t>(keys.size());
   if (from >= to) return 0;
   const int64_t shared_blocks = std::min<int64_t>(to, req_.shared_prefix_tokens / pt);

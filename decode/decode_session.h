@@ -26,7 +26,10 @@
 //                      first token from the last prompt position's logits, then decodes until
 //                      max_tokens, a stop token, EOS, cancellation or the deadline; streams each
 //                      token through `on_token` (returning false cancels); at the end of the
-//                      turn publishes the conversation's full pages the pool does not hold.
+//                      turn publishes the conversation's full pages the pool does not hold
+//                      (after a verified V4 handoff, only those past the prompt's full pages,
+//                      which the prefill worker publishes: the handoff carries the resume
+//                      state of the prompt's end, not of the page ends inside it).
 //
 // The session owns its sampler: every token of the request is drawn here, so no other process
 // draws from its random stream. The handoff destination's memory is released when the session

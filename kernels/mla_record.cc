@@ -22,21 +22,6 @@ namespace {
 // Records are little-endian (formats.md §2.1); scales and bf16 are memcpy'd from host order.
 static_assert(std::endian::native == std::endian::little, "kvstrata assumes a little-endian host");
 
-// E4M3 decode without a table lookup or branches, so a loop of it vectorises: a normal
-// code's 7 magnitude bits shifted to float bits 20..26 and rebiased by 120 are exactly the
-// float's exponent and mantissa; a subnormal code is m * 2^-9 through an int->float
-// conversion (no f32 subnormal arithmetic, which is slow on x86). 0x7F/0xFF become NaN.
-// Equal to E4m3ToFloat for every code (kernels/fp8_test.cc).
-inline float E4m3ToFloatArith(uint8_t c) {
-  const uint32_t mag = c & 0x7Fu;
-  const uint32_t normal = (mag << 20) + (120u << 23);
-  const uint32_t sub = FloatBits(static_cast<float>(static_cast<int32_t>(mag)) * 0x1p-9f);
-  const uint32_t is_sub = 0u - static_cast<uint32_t>(mag < 8u);
-  const uint32_t is_nan = 0u - static_cast<uint32_t>(mag == 0x7Fu);
-  const uint32_t bits = (((normal & ~is_sub) | (sub & is_sub)) & ~is_nan) | (0x7FC00000u & is_nan);
-  return BitsToFloat(bits | (static_cast<uint32_t>(c & 0x80u) << 24));
-}
-
 bool Bf16IsFinite(uint16_t h) { return (h & 0x7F80u) != 0x7F80u; }
 
 // Largest |x| of a tile as raw bits (the unsigned order of |x|'s bits is the order of |x|;

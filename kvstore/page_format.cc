@@ -340,6 +340,14 @@ absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec) {
   return uint64_t{spec.token_count} * spec.layer_count * layout.record_bytes;
 }
 
+uint64_t EncodedSectionsPageBytes(std::span<const uint64_t> section_lengths) {
+  uint64_t end = PageHeaderBytes(static_cast<uint32_t>(section_lengths.size()));
+  for (size_t i = 0; i < section_lengths.size(); ++i) {
+    end = (i == 0 ? end : RoundUp(end, kSectionAlign)) + section_lengths[i];
+  }
+  return end;
+}
+
 absl::StatusOr<uint64_t> EncodedPageBytes(const PageSpec& spec) {
   ASSIGN_OR_RETURN(uint64_t kv, KvSectionBytes(spec));
   return PageHeaderBytes(1) + kv;
@@ -402,6 +410,11 @@ absl::StatusOr<std::vector<uint8_t>> EncodePageSections(const PageSpec& spec,
     offsets.push_back(off);
     end = off + sec.bytes.size();
   }
+  std::vector<uint64_t> lengths;
+  for (const PageSectionData& sec : sections) lengths.push_back(sec.bytes.size());
+  if (end != EncodedSectionsPageBytes(lengths)) {
+    return absl::InternalError("encode page: the layout disagrees with EncodedSectionsPageBytes");
+  }
   std::vector<uint8_t> out(end, 0);
   uint8_t* p = out.data();
   std::memcpy(p, kPageMagic, sizeof(kPageMagic));
@@ -462,15 +475,16 @@ absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page) {
   PageView view;
   for (size_t i = 0; i < h.sections.size(); ++i) {
     const SectionInfo& s = h.sections[i];
-    const std::string name = SectionName(i, static_cast<uint16_t>(s.kind));
+    // The name only on error: formatting it for every section costs more than a small check.
+    auto name = [&] { return SectionName(i, static_cast<uint16_t>(s.kind)); };
     if (!AllZero(page.subspan(end, s.offset - end))) {
-      return absl::InvalidArgumentError(kv::StrCat(name, ": padding before it is not zero"));
+      return absl::InvalidArgumentError(kv::StrCat(name(), ": padding before it is not zero"));
     }
     std::span<const uint8_t> bytes = page.subspan(s.offset, s.length);
     const uint64_t computed = Xxh3_64(bytes.data(), bytes.size());
     if (computed != s.checksum) {
       return absl::DataLossError(absl::StrFormat(
-          "%s checksum mismatch (stored %016x, computed %016x)", name, s.checksum, computed));
+          "%s checksum mismatch (stored %016x, computed %016x)", name(), s.checksum, computed));
     }
     if (s.kind == SectionKind::kKv) view.kv_ = bytes;
     if (s.kind == SectionKind::kIndexerKeys) view.indexer_ = bytes;

@@ -214,6 +214,9 @@ struct PageSectionData {
   SectionKind kind = SectionKind::kKv;
   std::span<const uint8_t> bytes;
 };
+// The size of the page EncodePageSections writes for sections of these lengths, in order
+// (the header, then each section, the second and later ones 64-byte aligned).
+uint64_t EncodedSectionsPageBytes(std::span<const uint64_t> section_lengths);
 // Encodes a page with the given sections, in order. MLA layouts: exactly one kv section of
 // KvSectionBytes(spec). v4-fp8-584: kv, then optionally indexer-keys, then optionally
 // v4-resume; kv and indexer-keys sizes multiples of 576, v4-resume non-empty.

@@ -7,6 +7,8 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kernels/kv_layout.h"
+#include "kernels/v4/v4_record.h"
 #include "kvstore/page_format.h"
 
 namespace kv::model {
@@ -39,8 +41,31 @@ class MlaSequence final : public ServingSequence {
                                           const BlockKey&) const override {
     return kv_->ExportBlock(b);
   }
-  absl::StatusOr<std::span<const uint8_t>> HandoffSlot(int64_t slot) const override {
-    return kv_->BlockView(slot);
+  // A block holds its layers one after another (page_tokens records each), so a layer's
+  // records of positions [start, start + n) are one byte range per block they touch.
+  absl::StatusOr<std::vector<HandoffPiece>> LayerHandoffPieces(int layer, int64_t start, int64_t n,
+                                                               int64_t handed) const override {
+    // (Called from a LayerHook, before the sequence counts the chunk's tokens: bounded by
+    // the handoff; BlockView refuses blocks that do not exist.)
+    if (start < 0 || n < 0 || start + n > handed) {
+      return absl::OutOfRangeError(
+          StrCat("handoff: positions [", start, ", +", n, ") past the handoff's ", handed));
+    }
+    const int64_t pt = kv_->options().page_tokens;
+    const int64_t rb = kernels::RecordBytes(kv_->options().layout);
+    std::vector<HandoffPiece> out;
+    for (int64_t p = start; p < start + n;) {
+      const int64_t b = p / pt, in = p % pt;
+      const int64_t len = std::min(pt - in, start + n - p);
+      ASSIGN_OR_RETURN(std::span<const uint8_t> blk, kv_->BlockView(b));
+      const uint64_t off = static_cast<uint64_t>((layer * pt + in) * rb);
+      out.push_back({.slot = b, .offset = off, .bytes = blk.subspan(off, len * rb)});
+      p += len;
+    }
+    return out;
+  }
+  absl::StatusOr<std::vector<HandoffPiece>> FinalHandoffPieces(int64_t) override {
+    return std::vector<HandoffPiece>{};
   }
   absl::Status ImportHandoff(std::span<const std::span<const uint8_t>> slots,
                              int64_t tokens) override {
@@ -108,9 +133,11 @@ class V4Sequence final : public ServingSequence {
   // Resume snapshots are kept at every page end the forward crosses, so any full page can
   // be published with its resume section (the Engine's policy picks which).
   absl::StatusOr<std::vector<float>> Prefill(std::span<const int32_t> tokens, int64_t start_pos,
-                                             int64_t chunk_tokens, const LayerHook&) override {
-    return model_->Prefill(tokens, start_pos, cache_.get(),
-                           {.chunk_tokens = chunk_tokens, .keep_page_resume = true});
+                                             int64_t chunk_tokens,
+                                             const LayerHook& on_layer) override {
+    return model_->Prefill(
+        tokens, start_pos, cache_.get(),
+        {.chunk_tokens = chunk_tokens, .keep_page_resume = true, .on_layer = on_layer});
   }
   absl::StatusOr<std::vector<float>> DecodeStep(int32_t token) override {
     return model_->DecodeStep(token, cache_->num_tokens(), cache_.get());
@@ -131,17 +158,122 @@ class V4Sequence final : public ServingSequence {
     ASSIGN_OR_RETURN(std::vector<uint8_t> page, cache_->ExportPage(b, with_resume, key, parent));
     return std::string(page.begin(), page.end());
   }
-  absl::StatusOr<std::span<const uint8_t>> HandoffSlot(int64_t) const override {
-    return absl::UnimplementedError("V4 sequences have no handoff slots yet");
-  }
-  absl::Status ImportHandoff(std::span<const std::span<const uint8_t>>, int64_t) override {
-    return absl::UnimplementedError("V4 sequences have no handoff slots yet");
-  }
+  absl::StatusOr<std::vector<HandoffPiece>> LayerHandoffPieces(int layer, int64_t start, int64_t n,
+                                                               int64_t handed) const override;
+  absl::StatusOr<std::vector<HandoffPiece>> FinalHandoffPieces(int64_t handed) override;
+  absl::Status ImportHandoff(std::span<const std::span<const uint8_t>> slots,
+                             int64_t tokens) override;
 
  private:
   const model::V4Model* const model_;
   std::unique_ptr<model::V4Cache> cache_;
+  std::string resume_;  // the resume payload FinalHandoffPieces hands out
 };
+
+// Zeros for block padding pieces (a padding run is < 576 bytes).
+const uint8_t kZeros[kernels::v4::kV4BlockAlign] = {};
+
+// Slot `layer` of a handoff of `handed` tokens holds [entries block | keys block] (E = the
+// entries those tokens close): token bytes of entry j at j·576, its scale bytes at E·576 + j·8;
+// then at V4BlockBytes(E) the key codes of j at j·128 and its scale at E·128 + j·4.
+absl::StatusOr<std::vector<HandoffPiece>> V4Sequence::LayerHandoffPieces(int layer, int64_t start,
+                                                                         int64_t n,
+                                                                         int64_t handed) const {
+  namespace v4k = kernels::v4;
+  const kernels::v4::V4Config& c = model_->v4_config();
+  // (Called from a LayerHook, before the cache counts the chunk's tokens: bounded by the
+  // handoff, and by the records the layer holds.)
+  if (layer < 0 || layer >= c.num_layers() || start < 0 || n < 0 || start + n > handed) {
+    return absl::OutOfRangeError(StrCat("handoff: layer ", layer, " positions [", start, ", +", n,
+                                        ") outside ", c.num_layers(), " layers x ", handed,
+                                        " tokens"));
+  }
+  const int ratio = c.compress_ratios[layer];
+  const int64_t e = model::V4EntriesBefore(handed, ratio);
+  const int64_t j0 = model::V4EntriesBefore(start, ratio),
+                j1 = model::V4EntriesBefore(start + n, ratio);
+  std::vector<HandoffPiece> out;
+  if (ratio == 0 || j1 == j0) return out;
+  const model::V4Cache::LayerRecordViews r = cache_->LayerRecords(layer);
+  if (static_cast<int64_t>(r.entry_sc.size()) < j1 * v4k::kV4ScaleBytes ||
+      (ratio == v4k::kCsaRatio && static_cast<int64_t>(r.key_sc.size()) < j1 * 4)) {
+    return absl::FailedPreconditionError(
+        StrCat("handoff: layer ", layer, " holds no entry ", j1 - 1));
+  }
+  auto piece = [&](uint64_t off, std::span<const uint8_t> src, int64_t unit) {
+    out.push_back(
+        {.slot = layer, .offset = off, .bytes = src.subspan(j0 * unit, (j1 - j0) * unit)});
+  };
+  piece(j0 * v4k::kV4TokenBytes, r.entry_tok, v4k::kV4TokenBytes);
+  piece(e * v4k::kV4TokenBytes + j0 * v4k::kV4ScaleBytes, r.entry_sc, v4k::kV4ScaleBytes);
+  if (ratio == v4k::kCsaRatio) {
+    const uint64_t base = v4k::V4BlockBytes(e);
+    piece(base + j0 * v4k::kIndexerDim, r.key_codes, v4k::kIndexerDim);
+    piece(base + e * v4k::kIndexerDim + j0 * 4, r.key_sc, 4);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<HandoffPiece>> V4Sequence::FinalHandoffPieces(int64_t handed) {
+  namespace v4k = kernels::v4;
+  if (handed != cache_->num_tokens()) {
+    return absl::OutOfRangeError(StrCat("handoff: the sequence holds ", cache_->num_tokens(),
+                                        " tokens, the handoff ", handed));
+  }
+  ASSIGN_OR_RETURN(resume_, cache_->ExportResume());
+  const kernels::v4::V4Config& c = model_->v4_config();
+  std::vector<HandoffPiece> out;
+  auto zeros = [&](int64_t slot, uint64_t from, uint64_t to) {
+    if (to > from) out.push_back({.slot = slot, .offset = from, .bytes = {kZeros, to - from}});
+  };
+  for (int l = 0; l < c.num_layers(); ++l) {  // each block's zero padding
+    const int ratio = c.compress_ratios[l];
+    const int64_t e = model::V4EntriesBefore(handed, ratio);
+    if (ratio == 0) continue;
+    zeros(l, e * v4k::kV4RecordBytes, v4k::V4BlockBytes(e));
+    if (ratio == v4k::kCsaRatio) {
+      const uint64_t base = v4k::V4BlockBytes(e);
+      zeros(l, base + e * v4k::kIndexerRecordBytes, base + v4k::IndexerBlockBytes(e));
+    }
+  }
+  out.push_back({.slot = c.num_layers(), .offset = 0, .bytes = Bytes(resume_)});
+  return out;
+}
+
+absl::Status V4Sequence::ImportHandoff(std::span<const std::span<const uint8_t>> slots,
+                                       int64_t tokens) {
+  namespace v4k = kernels::v4;
+  const kernels::v4::V4Config& c = model_->v4_config();
+  if (cache_->num_tokens() != 0 || tokens <= 0 ||
+      static_cast<int64_t>(slots.size()) != c.num_layers() + 1) {
+    return absl::InvalidArgumentError(StrCat("handoff import: ", slots.size(), " slots for ",
+                                             tokens, " tokens into a sequence of ",
+                                             cache_->num_tokens(), "; want ", c.num_layers() + 1));
+  }
+  absl::Status s;
+  for (int l = 0; l < c.num_layers() && s.ok(); ++l) {
+    const int ratio = c.compress_ratios[l];
+    const int64_t e = model::V4EntriesBefore(tokens, ratio);
+    const uint64_t eb = ratio > 0 ? v4k::V4BlockBytes(e) : 0;
+    const uint64_t kb = ratio == v4k::kCsaRatio ? v4k::IndexerBlockBytes(e) : 0;
+    if (slots[l].size() < eb + kb) {
+      s = absl::InvalidArgumentError(StrCat("handoff import: slot ", l, " is ", slots[l].size(),
+                                            " bytes, layer ", l, " needs ", eb + kb));
+      break;
+    }
+    s = model_->ImportLayerRecords(l, tokens, slots[l].first(eb), slots[l].subspan(eb, kb),
+                                   cache_.get());
+  }
+  const uint64_t rb = model::V4ResumeBytes(c, tokens);
+  if (s.ok() && slots.back().size() < rb) {
+    s = absl::InvalidArgumentError(StrCat("handoff import: the resume slot is ",
+                                          slots.back().size(), " bytes, token ", tokens, " needs ",
+                                          rb));
+  }
+  if (s.ok()) s = model_->FinishImport(tokens, slots.back().first(rb), cache_.get());
+  if (!s.ok()) model_->AbortImport(cache_.get());  // the caller starts over
+  return s;
+}
 
 class V4ServingModel final : public ServingModel {
  public:
@@ -153,15 +285,24 @@ class V4ServingModel final : public ServingModel {
   const LayoutInfo& layout() const override { return info_; }
   uint64_t page_bytes() const override { return page_bytes_; }
   int64_t raw_block_bytes() const override { return 0; }
-  HandoffLayout handoff_layout(int64_t) const override { return {}; }
+  HandoffLayout handoff_layout(int64_t tokens) const override {
+    if (tokens <= 0) return {};
+    const kernels::v4::V4Config& c = model_->v4_config();
+    uint64_t slot = model::V4ResumeBytes(c, tokens);
+    for (int l = 0; l < c.num_layers(); ++l) {
+      slot = std::max(slot, model::V4LayerRecordBytes(c, l, 0, tokens));
+    }
+    return {c.num_layers() + 1, slot};
+  }
   bool pages_have_resume() const override { return true; }
   absl::StatusOr<std::unique_ptr<ServingSequence>> NewSequence(int64_t max_tokens) const override {
     if (max_tokens > model_->max_context()) {
       return absl::OutOfRangeError(StrCat(
           "sequence of ", max_tokens, " tokens exceeds the context limit ", model_->max_context()));
     }
-    return std::unique_ptr<ServingSequence>(
-        new V4Sequence(model_, model_->NewCache(model::V4CacheFormat::kFp8)));
+    std::unique_ptr<model::V4Cache> cache = model_->NewCache(model::V4CacheFormat::kFp8);
+    cache->Reserve(max_tokens);
+    return std::unique_ptr<ServingSequence>(new V4Sequence(model_, std::move(cache)));
   }
   absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
                                                       const BlockKey& key,
@@ -246,22 +387,21 @@ absl::StatusOr<std::unique_ptr<ServingModel>> NewMlaServingModel(const model::Tr
 absl::StatusOr<std::unique_ptr<ServingModel>> NewV4ServingModel(const model::V4Model* model) {
   if (model == nullptr) return absl::InvalidArgumentError("serving model: no model");
   ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(static_cast<uint16_t>(LayoutId::kV4Fp8_584)));
-  // Page sizes depend on positions only: one full page with its resume section, of any
-  // tokens, has the size every full resumable page has.
-  std::unique_ptr<model::V4Cache> probe = model->NewCache(model::V4CacheFormat::kFp8);
-  std::vector<int32_t> zeros(model::kV4PageTokens, 0);
-  RETURN_IF_ERROR(
-      Annotate(model->Prefill(zeros, 0, probe.get()).status(), "measuring the V4 page size"));
-  ASSIGN_OR_RETURN(std::vector<uint8_t> page, probe->ExportPage(0, /*with_resume=*/true));
-  return std::unique_ptr<ServingModel>(new V4ServingModel(model, info, page.size()));
+  // Page sizes depend on positions only: every full page with its resume section has this
+  // size (computed from the section sizes; model/v4_model_test.cc checks it against pages).
+  ASSIGN_OR_RETURN(uint64_t page_bytes, model::V4PublishedPageBytes(model->config()));
+  return std::unique_ptr<ServingModel>(new V4ServingModel(model, info, page_bytes));
 }
 
 absl::StatusOr<uint64_t> PublishedPageBytes(const model::ModelConfig& config,
                                             std::string_view layout) {
   ASSIGN_OR_RETURN(LayoutInfo info, LookupLayout(layout));
   if (config.IsV4()) {
-    // TEMPORARY estimate, replaced by the exact size in the V4 transport change.
-    return uint64_t{info.record_bytes} * info.default_page_tokens * config.num_hidden_layers;
+    if (info.id != LayoutId::kV4Fp8_584) {
+      return absl::InvalidArgumentError(StrCat(
+          "layout ", info.name, " does not fit a DeepSeek-V4 model: its pages are v4-fp8-584"));
+    }
+    return model::V4PublishedPageBytes(config);  // exact: a full page with its resume section
   }
   PageSpec spec{.layout = info.id,
                 .token_count = static_cast<uint32_t>(info.default_page_tokens),

@@ -15,7 +15,7 @@
 //     passes it through.
 //   - Page size. MLA pages have one size. V4 page sizes depend only on the page's token
 //     positions (entries closed, window rows, compressor state), so the size of a full page
-//     with its resume section is measured once, at load, on a probe sequence.
+//     with its resume section follows from the config (model::V4PublishedPageBytes).
 //
 // Thread-safety: a ServingModel is immutable after creation and may be shared by concurrent
 // requests; a ServingSequence belongs to one request (one thread at a time). The model owns
@@ -45,11 +45,23 @@ namespace kv::model {
 
 // The prefill -> decode handoff of a prompt's state (transport/handoff.h): `slots` slots of
 // `slot_bytes`, each checksummed on its own. MLA: one slot per KvCache block of the tokens
-// (layer-major records, the last block partly filled). A model without a handoff (0 slots)
+// (layer-major records, the last block partly filled). V4: one slot per layer (its compressed
+// entries of all the tokens as one v4-fp8-584 block, then for a CSA layer its indexer keys as
+// one indexer block; model::V4LayerRecordBytes), then one slot with the resume payload at the
+// last token (window rows and compressor states; model::V4ResumeBytes); slot_bytes is the
+// largest of them, so integrity is checked per layer. A model without a handoff (0 slots)
 // computes prompts on the decode side.
 struct HandoffLayout {
   int64_t slots = 0;
   uint64_t slot_bytes = 0;
+};
+
+// One piece of a handoff: bytes [offset, offset + bytes.size()) of slot `slot`. `bytes` views
+// the sequence (or static zeros), valid until the sequence changes.
+struct HandoffPiece {
+  int64_t slot = 0;
+  uint64_t offset = 0;
+  std::span<const uint8_t> bytes;
 };
 
 // Called by Prefill after `layer` has written the records of positions [start_pos, +n): they
@@ -86,10 +98,18 @@ class ServingSequence {
   virtual absl::StatusOr<std::string> ExportBlock(int64_t b, bool with_resume, const BlockKey& key,
                                                   const BlockKey& parent) const = 0;
 
-  // Handoff, sender side: the current bytes of handoff slot `slot` (HandoffLayout of
-  // num_tokens()), a view valid until the sequence changes. OutOfRange for a slot past the
-  // layout; Unimplemented for a model without a handoff.
-  virtual absl::StatusOr<std::span<const uint8_t>> HandoffSlot(int64_t slot) const = 0;
+  // Handoff, sender side, for a handoff of the first `handed` tokens (HandoffLayout of
+  // `handed`). LayerHandoffPieces: where layer `layer`'s state of positions [start, start + n)
+  // goes (final once the layer has computed them: after a LayerHook call, or for tokens
+  // imported from pages); the same offsets on both sides. FinalHandoffPieces, once every
+  // layer's pieces of all `handed` == num_tokens() tokens were taken: what completes the
+  // handoff (V4: block padding and the resume payload; MLA: nothing). OutOfRange for
+  // positions past num_tokens() or `handed`; Unimplemented for a model without a handoff;
+  // FailedPrecondition when the state at `handed` is not known (V4).
+  virtual absl::StatusOr<std::vector<HandoffPiece>> LayerHandoffPieces(int layer, int64_t start,
+                                                                       int64_t n,
+                                                                       int64_t handed) const = 0;
+  virtual absl::StatusOr<std::vector<HandoffPiece>> FinalHandoffPieces(int64_t handed) = 0;
   // Handoff, receiver side: appends the state of `tokens` tokens from verified slots (the
   // HandoffLayout of `tokens`), to an empty sequence. InvalidArgument for a wrong slot count
   // or size; the runtime's import errors (nothing is kept on error: the caller starts over).
@@ -109,7 +129,7 @@ class ServingModel {
   // Bytes of the largest full page this model publishes (with a resume section for V4).
   virtual uint64_t page_bytes() const = 0;
   // Bytes of one raw KV block (all layers) a prefill worker can hand over; 0 when the model
-  // has none (V4: its state is more than per-token records, it moves as pages).
+  // has none (V4: its state is more than per-token records; it moves in per-layer slots).
   virtual int64_t raw_block_bytes() const = 0;
   // The handoff of a prompt's first `tokens` tokens ({0, 0}: this model has none).
   virtual HandoffLayout handoff_layout(int64_t tokens) const = 0;

@@ -13,6 +13,7 @@
 #include "kernels/v4/v4_record.h"
 #include "kvstore/page_format.h"
 #include "model/sampling.h"
+#include "model/serving_model.h"
 #include "model/test_util.h"
 #include "model/tokenizer.h"
 #include "model/transformer.h"
@@ -285,6 +286,109 @@ TEST_F(V4ModelTest, BadPagesAreRefusedAndLeaveTheCacheUnchanged) {
   EXPECT_EQ(model_->Prefill(bad_tok, 256, c.get()).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(model_->Prefill(std::span<const int32_t>(tokens).subspan(256), 256, c.get()).ok());
+}
+
+// The byte sizes computed from the config (what the router's cost model and the handoff
+// layout use) equal what the cache really exports: resume payloads at window / ratio edges,
+// layer records, partial and full pages with and without resume sections.
+TEST_F(V4ModelTest, ComputedSizesEqualExportedBytes) {
+  SCOPED_TRACE(::testing::Message() << "seed=" << seed_);
+  const kernels::v4::V4Config& c = model_->v4_config();
+  const auto tokens = RandomTokens(700);
+  std::span<const int32_t> all(tokens);
+  auto cache = model_->NewCache();
+  int64_t have = 0;
+  for (int64_t end : {1, 3, 4, 5, 127, 128, 129, 255, 256, 300, 512, 513, 700}) {
+    MustPrefill(all.subspan(have, end - have), have, cache.get(), 64);
+    have = end;
+    auto r = cache->ExportResume();
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->size(), V4ResumeBytes(c, end)) << "end " << end;
+    for (int l = 0; l < c.num_layers(); ++l) {
+      auto b = cache->ExportLayerRecords(l, 0, end);
+      ASSERT_TRUE(b.ok()) << b.status();
+      EXPECT_EQ(b->entries.size() + b->keys.size(), V4LayerRecordBytes(c, l, 0, end))
+          << "layer " << l << " end " << end;
+    }
+    const int64_t p = (end - 1) / kV4PageTokens;
+    for (bool resume : {false, true}) {
+      auto page = cache->ExportPage(p, resume);
+      ASSERT_TRUE(page.ok()) << page.status();
+      EXPECT_EQ(page->size(), V4PageBytes(c, p * kV4PageTokens, end, resume)) << "end " << end;
+    }
+  }
+  // The published page size: a full page with its resume section, any page of the chain.
+  auto published = V4PublishedPageBytes(model_->config());
+  ASSERT_TRUE(published.ok()) << published.status();
+  for (int64_t p : {0, 1}) EXPECT_EQ(MustExport(*cache, p, true).size(), *published) << p;
+  auto router_size = PublishedPageBytes(model_->config(), "v4-fp8-584");  // the cost model's
+  ASSERT_TRUE(router_size.ok()) << router_size.status();
+  EXPECT_EQ(*router_size, *published);
+  EXPECT_FALSE(PublishedPageBytes(model_->config(), "mla-fp8-656").ok());
+  ModelConfig v3 = *PresetConfig("tiny-v3");
+  EXPECT_EQ(V4PublishedPageBytes(v3).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The pieces of a page moved one layer at a time (a prefill->decode handoff): a fresh cache
+// that imports every layer's records of tokens [0, T) and the resume payload at T continues
+// exactly like the cache that computed them; a corrupt layer is refused by name and leaves
+// the layer as it was; a half-done import blocks the forward until finished or aborted.
+TEST_F(V4ModelTest, LayerByLayerImportContinuesExactly) {
+  SCOPED_TRACE(::testing::Message() << "seed=" << seed_);
+  const kernels::v4::V4Config& c = model_->v4_config();
+  const auto tokens = RandomTokens(460);
+  std::span<const int32_t> all(tokens);
+  auto full = model_->NewCache();
+  const auto want = MustPrefill(tokens, 0, full.get());
+  auto src = model_->NewCache();
+  const int64_t t = 333;
+  MustPrefill(all.first(t), 0, src.get(), 50);
+  auto resume = src->ExportResume();
+  ASSERT_TRUE(resume.ok()) << resume.status();
+  const std::span<const uint8_t> rs(reinterpret_cast<const uint8_t*>(resume->data()),
+                                    resume->size());
+  std::vector<V4Cache::LayerBlocks> blocks;
+  for (int l = 0; l < c.num_layers(); ++l) blocks.push_back(*src->ExportLayerRecords(l, 0, t));
+
+  auto dst = model_->NewCache();
+  // Layers in reverse order; the first CSA layer first with one flipped scale (refused).
+  const int csa = 1;
+  ASSERT_EQ(c.compress_ratios[csa], 4);
+  std::vector<uint8_t> bad = blocks[csa].entries;
+  bad[(t / 4) * kernels::v4::kV4TokenBytes + 2] = 0xFF;  // entry 0's scale 2: NaN
+  absl::Status s = model_->ImportLayerRecords(csa, t, bad, blocks[csa].keys, dst.get());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(s.ToString(), HasSubstr("layer 1 entries"));
+  EXPECT_EQ(dst->num_entries(csa), 0);
+  for (int l = c.num_layers() - 1; l >= 0; --l) {
+    ASSERT_TRUE(
+        model_->ImportLayerRecords(l, t, blocks[l].entries, blocks[l].keys, dst.get()).ok());
+    if (l == 2) {  // mid-import: the forward and a second import of a layer are refused
+      EXPECT_EQ(model_->Prefill(all.subspan(0, 1), 0, dst.get()).status().code(),
+                absl::StatusCode::kFailedPrecondition);
+      EXPECT_EQ(
+          model_->ImportLayerRecords(l, t, blocks[l].entries, blocks[l].keys, dst.get()).code(),
+          absl::StatusCode::kFailedPrecondition);
+      EXPECT_EQ(model_->FinishImport(t, rs, dst.get()).code(),
+                absl::StatusCode::kFailedPrecondition);  // layers 0 and 1 are missing
+    }
+  }
+  // A resume payload for another token is refused; the right one finishes the import.
+  EXPECT_EQ(model_->FinishImport(t + 1, rs, dst.get()).code(),
+            absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(model_->FinishImport(t, rs, dst.get()).ok());
+  EXPECT_EQ(dst->num_tokens(), t);
+  EXPECT_TRUE(dst->can_continue());
+  EXPECT_EQ(MustPrefill(all.subspan(t), t, dst.get()), want);
+  EXPECT_EQ(MustExport(*dst, 1, true), MustExport(*full, 1, true));
+
+  // AbortImport drops what a half-done import appended.
+  auto half = model_->NewCache();
+  ASSERT_TRUE(model_->ImportLayerRecords(1, t, blocks[1].entries, blocks[1].keys, half.get()).ok());
+  EXPECT_GT(half->num_entries(1), 0);
+  model_->AbortImport(half.get());
+  EXPECT_EQ(half->num_entries(1), 0);
+  EXPECT_TRUE(MustPrefill(all.first(10), 0, half.get()).size() > 0);
 }
 
 // ---- FP8 vs bf16 A/B (as model/transformer_test.cc Fp8VersusBf16AccuracyAB) ----------------

@@ -10,20 +10,6 @@
 
 namespace kv::prefill {
 
-std::vector<SlotRange> MlaLayerRanges(int layer, int64_t start, int64_t n, int64_t page_tokens,
-                                      int64_t record_bytes) {
-  std::vector<SlotRange> out;
-  for (int64_t p = start; p < start + n;) {
-    const int64_t b = p / page_tokens, in = p % page_tokens;
-    const int64_t len = std::min(page_tokens - in, start + n - p);
-    out.push_back({.slot = b,
-                   .offset = static_cast<uint64_t>((layer * page_tokens + in) * record_bytes),
-                   .length = static_cast<uint64_t>(len * record_bytes)});
-    p += len;
-  }
-  return out;
-}
-
 absl::StatusOr<std::unique_ptr<HandoffWriter>> HandoffWriter::Open(
     transport::Transport* transport, transport::RegionGraveyard* graveyard, Clock* clock,
     const transport::HandoffDestination& target, int64_t slots, uint64_t slot_bytes,

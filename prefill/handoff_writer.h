@@ -9,9 +9,8 @@
 // error, and the receiver then computes the prompt itself. Staging memory that the transport
 // keeps quarantined after a failure is buried in the graveyard.
 //
-// MlaLayerRanges is the KvCache record layout the writer needs for MLA models: a block holds
-// its layers one after another (page_tokens records of record_bytes each), so a layer's fresh
-// records for positions [start, start + n) are one byte range per block they touch.
+// Where each piece goes is the model's business (model::ServingSequence::LayerHandoffPieces):
+// the writer only bounds-checks slots and offsets.
 //
 // Thread-safety: one writer per request, used from one thread. Not owned: transport,
 // graveyard and clock, which must outlive it.
@@ -30,17 +29,6 @@
 #include "transport/transport.h"
 
 namespace kv::prefill {
-
-// Bytes [offset, offset + length) of slot `slot`.
-struct SlotRange {
-  int64_t slot = 0;
-  uint64_t offset = 0;
-  uint64_t length = 0;
-};
-
-// The ranges layer `layer` of an MLA KvCache wrote for positions [start, start + n).
-std::vector<SlotRange> MlaLayerRanges(int layer, int64_t start, int64_t n, int64_t page_tokens,
-                                      int64_t record_bytes);
 
 class HandoffWriter {
  public:

@@ -79,6 +79,7 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys, DeriveRequestKeys(params, req.prompt, req.tenant,
                                                                  req.shared_prefix_tokens, &ns));
   ASSIGN_OR_RETURN(std::unique_ptr<model::ServingSequence> seq, m.NewSequence(n));
+  const absl::Time run_start = clock()->Now();
   ASSIGN_OR_RETURN(
       std::unique_ptr<HandoffWriter> writer,
       HandoffWriter::Open(ctx_->transport, ctx_->graveyard, clock(), req.target, layout.slots,
@@ -111,24 +112,23 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
   }
   done.load_time = clock()->Now() - load_start;
   // Loaded blocks go to the decode worker at once, while the rest computes.
-  absl::Status status;
-  for (int64_t b = 0; b < loaded && status.ok(); ++b) {
-    absl::StatusOr<std::span<const uint8_t>> slot = seq->HandoffSlot(b);
-    status = slot.ok() ? writer->Send(b, 0, *slot) : slot.status();
-  }
   const int64_t start_pos = loaded * pt;
+  auto send = [&](absl::StatusOr<std::vector<model::HandoffPiece>> pieces) -> absl::Status {
+    RETURN_IF_ERROR(pieces.status());
+    std::vector<HandoffWriter::Piece> out;
+    for (const model::HandoffPiece& p : *pieces) out.push_back({p.slot, p.offset, p.bytes});
+    return writer->Send(out);
+  };
+  absl::Status status;
+  for (int l = 0; l < layers && status.ok() && start_pos > 0; ++l) {
+    status = send(seq->LayerHandoffPieces(l, 0, start_pos, handed));
+  }
   const absl::Time compute_start = clock()->Now();
   if (status.ok() && start_pos < handed) {
-    const int64_t record_bytes = m.layout().record_bytes;
     int layers_done = 0;
-    // Each layer's fresh records: one piece per touched block, same offsets both sides.
+    // Each layer's fresh state as soon as the forward has written it.
     model::LayerHook on_layer = [&](int layer, int64_t start, int64_t count) -> absl::Status {
-      std::vector<HandoffWriter::Piece> pieces;
-      for (const SlotRange& r : MlaLayerRanges(layer, start, count, pt, record_bytes)) {
-        ASSIGN_OR_RETURN(std::span<const uint8_t> blk, seq->HandoffSlot(r.slot));
-        pieces.push_back({r.slot, r.offset, blk.subspan(r.offset, r.length)});
-      }
-      RETURN_IF_ERROR(writer->Send(pieces));
+      RETURN_IF_ERROR(send(seq->LayerHandoffPieces(layer, start, count, handed)));
       if (start + count == handed && progress) {  // once per layer of the last chunk
         progress({.layers_done = ++layers_done,
                   .layers_total = layers,
@@ -142,11 +142,13 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
             .status();
   }
   done.compute_time = clock()->Now() - compute_start;
+  if (status.ok()) status = send(seq->FinalHandoffPieces(handed));  // V4: the resume state
   if (!status.ok()) {
     (void)writer->Finish();  // waits out or cancels what was posted
     return status;
   }
   ASSIGN_OR_RETURN(done.slot_xxh3, writer->Finish());
+  done.handoff_time = clock()->Now() - run_start - done.load_time - done.compute_time;
   done.kv_tokens = handed;
   done.cached_tokens = start_pos;
   done.recomputed_tokens = handed - start_pos;

@@ -1,9 +1,12 @@
 // PrefillWorker: the prefill side of a request, as a library (no gRPC): load the cached prefix
 // a router pinned, compute the rest of the prompt but its last token, and write that state
-// into the decode session's destination (transport/handoff.h) while it computes: cached
-// blocks as soon as they are loaded, then each layer's fresh records as soon as the forward
-// has written them (HandoffWriter below), so the transfer overlaps compute. The decode
-// session computes the prompt's last token itself and samples every token of the request.
+// into the decode session's destination (transport/handoff.h) while it computes: the cached
+// prefix's records as soon as they are loaded, then each layer's fresh records as soon as the
+// forward has written them (HandoffWriter below), so the transfer overlaps compute, then what
+// completes the handoff (V4: the resume state at the prompt's end). Where each piece goes is
+// the model's (model::ServingSequence::LayerHandoffPieces / FinalHandoffPieces: MLA KvCache
+// blocks; V4 per-layer entries and indexer keys, then the resume slot). The decode session
+// computes the prompt's last token itself and samples every token of the request.
 //
 // The worker answers with one XXH3-64 per destination slot, taken from its own copy of what
 // it sent, so the receiver accepts the KV only if every byte arrived intact. Afterwards the
@@ -83,6 +86,9 @@ struct PrefillDone {
   uint64_t bytes_sent = 0;    // bytes written to the decode worker
   std::string transport;
   absl::Duration load_time, compute_time;
+  // Handoff time not overlapped with compute: opening the destination, sending the loaded
+  // prefix and the final pieces (V4: the resume state), and waiting for the last transfers.
+  absl::Duration handoff_time;
   int64_t published_pages = 0;  // queued for write-back
 };
 

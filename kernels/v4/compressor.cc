@@ -41,7 +41,19 @@ std::vector<float> Compressor::EntryRopeTable(int64_t n_entries) const {
   return cs;
 }
 
+namespace {
+// Whether all n floats are finite: an OR over "exponent all ones", without a branch per
+// element, so the loop vectorises (CheckFinite runs over every row the attention reads).
+bool AllFinite(const float* x, int64_t n) {
+  // |x| <= FLT_MAX is false exactly for +-Inf and NaN.
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(x[i]) <= std::numeric_limits<float>::max());
+  return bad == 0;
+}
+}  // namespace
+
 absl::Status CheckFinite(const float* x, int64_t rows, int64_t width, const char* what) {
+  if (rows <= 0 || AllFinite(x, rows * width)) return absl::OkStatus();
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < width; ++i) {
       if (!std::isfinite(x[r * width + i])) {
@@ -163,11 +175,10 @@ absl::Status Compressor::CompressAll(const float* c, const float* z, int64_t n,
 }
 
 CompressorStream::CompressorStream(const Compressor& comp)
-    : ratio_(comp.spec().ratio),
-      dim_(comp.spec().dim),
-      in_width_(comp.in_width()),
-      buf_c_(static_cast<size_t>(ratio_) * in_width_),
-      buf_z_(buf_c_.size()) {
+    : ratio_(comp.spec().ratio), dim_(comp.spec().dim), in_width_(comp.in_width()) {
+  // buf_c_ / buf_z_ (ratio × in_width each, 512 KB for an HCA stream) are sized by the first
+  // Append, or by Deserialize to the buffered rows: a stream restored from a page then costs
+  // no more than its state's bytes.
   if (comp.overlapping()) {
     prev_c_.resize(static_cast<size_t>(ratio_) * dim_);
     prev_z_.resize(prev_c_.size());
@@ -190,6 +201,10 @@ absl::Status CompressorStream::Append(const Compressor& comp, const float* c, co
   RETURN_IF_ERROR(CheckFinite(c, n, in_width_, "compressor C"));
   RETURN_IF_ERROR(CheckFinite(z, n, in_width_, "compressor Z"));
   const size_t iw = in_width_;
+  if (n > 0 && buf_c_.size() < static_cast<size_t>(ratio_) * iw) {
+    buf_c_.resize(static_cast<size_t>(ratio_) * iw);
+    buf_z_.resize(buf_c_.size());
+  }
   for (int64_t t = 0; t < n; ++t) {
     std::memcpy(&buf_c_[n_buf_ * iw], c + t * iw, iw * sizeof(float));
     std::memcpy(&buf_z_[n_buf_ * iw], z + t * iw, iw * sizeof(float));
@@ -231,6 +246,16 @@ T Get(const std::string& in, size_t off) {
   return v;
 }
 }  // namespace
+
+uint64_t CompressorStream::SerializedBytes(int ratio, int dim, int64_t next_position) {
+  if (ratio < 1 || dim < 0 || next_position < 0) return 0;
+  const bool overlapping = ratio == 4;  // Compressor::overlapping()
+  const uint64_t in_width = overlapping ? 2 * dim : dim;
+  const uint64_t n_buf = static_cast<uint64_t>(next_position % ratio);
+  const bool has_prev = overlapping && next_position >= ratio;
+  return kHeaderBytes + 2 * n_buf * in_width * sizeof(float) +
+         (has_prev ? 2 * uint64_t{static_cast<uint32_t>(ratio)} * dim * sizeof(float) : 0) + 8;
+}
 
 std::string CompressorStream::Serialize() const {
   std::string out(kMagic, 4);
@@ -291,6 +316,8 @@ absl::StatusOr<CompressorStream> CompressorStream::Deserialize(const Compressor&
   const size_t want = kHeaderBytes + 2 * buf_bytes + 2 * prev_bytes + 8;
   if (bytes.size() != want) return loss("size ", bytes.size(), " != expected ", want);
   size_t off = kHeaderBytes;
+  s.buf_c_.resize(static_cast<size_t>(n_buf) * s.in_width_);
+  s.buf_z_.resize(s.buf_c_.size());
   std::memcpy(s.buf_c_.data(), bytes.data() + off, buf_bytes);
   off += buf_bytes;
   std::memcpy(s.buf_z_.data(), bytes.data() + off, buf_bytes);

@@ -116,6 +116,10 @@ class CompressorStream {
   //   u8 has_prev | 3 zero bytes | f32 buffered C [n_buf × in_width] | f32 buffered Z [same] |
   //   (has_prev) f32 prev Ca [ratio × dim] | f32 prev Za [same] | u64 XXH3-64 of all before.
   std::string Serialize() const;
+  // The size of Serialize() for a stream of a ratio-`ratio`, dim-wide compressor at
+  // next_position (n_buffered = next_position mod ratio; the previous window kept by an
+  // overlapping one once next_position >= ratio). Exact; 0 for ratio < 1.
+  static uint64_t SerializedBytes(int ratio, int dim, int64_t next_position);
   // Rebuilds a stream for comp from bytes. DataLoss naming the defect for a truncated or
   // oversized buffer, bad magic, checksum mismatch, inconsistent counts, non-finite values;
   // FailedPrecondition when the state was written for another ratio/dim; Unimplemented for an

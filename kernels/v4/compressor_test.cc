@@ -151,6 +151,8 @@ TEST(CompressorStream, RandomChunkingsAreBitIdentical) {
         }
         ASSERT_EQ(s.next_position(), t);
         ASSERT_EQ(s.buffered_tokens(), t % ratio);
+        ASSERT_EQ(s.Serialize().size(),
+                  CompressorStream::SerializedBytes(ratio, tc.comp.spec().dim, t));
       }
       ASSERT_EQ(got.size(), oneshot.size());
       EXPECT_EQ(std::memcmp(got.data(), oneshot.data(), got.size() * sizeof(float)), 0)

@@ -59,6 +59,14 @@ struct IndexerQuery {
 absl::Status IndexerScores(const IndexerQuery& q, const float* keys, int64_t n_entries,
                            float* scores);
 
+// IndexerScores for n_queries queries over FP8 keys held as split records
+// (kernels/v4/v4_record.h: codes + s·128, scales + s·4; head_dim must be 128): writes
+// scores[q·n_entries + s], bit-identical to IndexerScores(queries[q], the dequantized keys).
+// Keys are dequantized in blocks of 64, once for all the queries, and never all at once.
+// Errors as IndexerScores (a visible key that dequantizes to a non-finite value included).
+absl::Status IndexerScoresFp8(const IndexerQuery* queries, int64_t n_queries, const uint8_t* codes,
+                              const uint8_t* scales, int64_t n_entries, float* scores);
+
 // Top-k over scores: writes k indices, best first, ties to the lower index; -1 fills picks
 // past the finite (visible) scores. InvalidArgument for k < 1, n < 0, a NaN score or +inf.
 absl::Status TopKIndices(const float* scores, int64_t n, int k, int32_t* out);

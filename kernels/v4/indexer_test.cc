@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "kernels/v4/compressor.h"
 #include "kernels/v4/sparse_attention.h"
+#include "kernels/v4/v4_record.h"
 #include "kernels/v4/v4_test_util.h"
 
 namespace kv::kernels::v4 {
@@ -194,6 +195,49 @@ TEST(Causality, HcaLayerOutputIgnoresFutureTokens) {
       EXPECT_EQ(same, t > i) << "query " << i << " perturbed token " << t;
     }
   }
+}
+
+// Scores over FP8 key records for several queries at once equal IndexerScores over the
+// dequantized keys, per query, bit for bit (positions from "sees nothing" to "sees all", key
+// counts across the 64-key dequantization blocks).
+TEST(Indexer, Fp8RecordScoresEqualFloatScores) {
+  Rng rng;
+  const int H = 4, d = 128;
+  const int64_t n = 150;
+  std::vector<float> raw = rng.NormalVector(n * d);
+  std::vector<uint8_t> codes(n * d), scales(n * 4);
+  ASSERT_TRUE(EncodeIndexerRecords(raw.data(), n, codes.data(), scales.data()).ok());
+  std::vector<float> keys(n * d);
+  DequantizeIndexerRecords(codes.data(), scales.data(), n, keys.data());
+  const std::vector<int64_t> positions = {0, 3, 130, 257, 598, 599, 2000};
+  std::vector<float> q = rng.NormalVector(positions.size() * H * d);
+  std::vector<float> w = rng.NormalVector(positions.size() * H);
+  std::vector<IndexerQuery> qs;
+  for (size_t i = 0; i < positions.size(); ++i) {
+    qs.push_back({.position = positions[i],
+                  .n_heads = H,
+                  .head_dim = d,
+                  .q = &q[i * H * d],
+                  .weights = &w[i * H]});
+  }
+  std::vector<float> got(qs.size() * n, NAN);
+  ASSERT_TRUE(IndexerScoresFp8(qs.data(), static_cast<int64_t>(qs.size()), codes.data(),
+                               scales.data(), n, got.data())
+                  .ok());
+  for (size_t i = 0; i < qs.size(); ++i) {
+    std::vector<float> want(n, NAN);
+    ASSERT_TRUE(IndexerScores(qs[i], keys.data(), n, want.data()).ok());
+    for (int64_t s = 0; s < n; ++s) {
+      ASSERT_EQ(std::memcmp(&got[i * n + s], &want[s], 4), 0) << "query " << i << " key " << s;
+    }
+  }
+  // A visible key whose scale is 2^127 dequantizes to Inf: refused by name.
+  const float huge = 0x1p127f;
+  std::memcpy(&scales[4 * 5], &huge, 4);
+  absl::Status s = IndexerScoresFp8(qs.data(), static_cast<int64_t>(qs.size()), codes.data(),
+                                    scales.data(), n, got.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("indexer key"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "kernels/portable_math.h"
 #include "kernels/v4/compressor.h"
 #include "kernels/v4/indexer.h"
+#include "kernels/v4/v4_record.h"
 
 namespace kv::kernels::v4 {
 
@@ -20,8 +21,10 @@ std::vector<int32_t> AllVisibleIndices(int64_t position, int ratio) {
 }
 
 namespace {
+// Validates the arguments and lists the rows to attend, selected entries first (in index
+// order) then the window. FP8 entries are dequantized into *scratch, which must outlive kv.
 absl::Status Validate(const SparseAttentionArgs& a, const std::vector<double>& freqs,
-                      std::vector<const float*>* kv) {
+                      std::vector<const float*>* kv, std::vector<float>* scratch) {
   auto bad = [](auto... p) {
     return absl::InvalidArgumentError(kv::StrCat("SparseAttention: ", p...));
   };
@@ -37,8 +40,13 @@ absl::Status Validate(const SparseAttentionArgs& a, const std::vector<double>& f
   if (a.n_window != want_w) return bad("n_window ", a.n_window, " != min(window, i+1) = ", want_w);
   if (a.ratio != 0 && a.ratio != 4 && a.ratio != 128)
     return bad("ratio ", a.ratio, " (0, 4 or 128)");
-  if (a.n_indices < 0 || (a.n_indices > 0 && (a.indices == nullptr || a.entries == nullptr)))
+  const bool fp8 = a.entries == nullptr;
+  if (a.n_indices < 0 ||
+      (a.n_indices > 0 &&
+       (a.indices == nullptr || (fp8 && (a.entry_tok == nullptr || a.entry_sc == nullptr)))))
     return bad("null indices/entries with n_indices ", a.n_indices);
+  if (fp8 && a.n_indices > 0 && a.head_dim != kV4Dim)
+    return bad("FP8 entries need head_dim ", kV4Dim, ", got ", a.head_dim);
   if (a.ratio == 0 && a.n_indices > 0) return bad("window-only layer given compressed indices");
   RETURN_IF_ERROR(CheckFinite(a.q, a.n_heads, a.head_dim, "attention q"));
   RETURN_IF_ERROR(CheckFinite(a.sink, 1, a.n_heads, "attention sink"));
@@ -53,7 +61,17 @@ absl::Status Validate(const SparseAttentionArgs& a, const std::vector<double>& f
       return bad("index[", t, "] = ", j, " is not visible at position ", a.position, " (ratio ",
                  a.ratio, ")");
     seen.push_back(j);
-    kv->push_back(a.entries + static_cast<int64_t>(j) * a.head_dim);
+  }
+  if (fp8) scratch->resize(seen.size() * kV4Dim);
+  for (size_t t = 0; t < seen.size(); ++t) {
+    if (!fp8) {
+      kv->push_back(a.entries + static_cast<int64_t>(seen[t]) * a.head_dim);
+      continue;
+    }
+    float* row = scratch->data() + t * kV4Dim;
+    DequantizeV4Records(a.entry_tok + static_cast<int64_t>(seen[t]) * kV4TokenBytes,
+                        a.entry_sc + static_cast<int64_t>(seen[t]) * kV4ScaleBytes, 1, row);
+    kv->push_back(row);
   }
   std::sort(seen.begin(), seen.end());
   if (std::adjacent_find(seen.begin(), seen.end()) != seen.end()) return bad("duplicated index");
@@ -67,7 +85,8 @@ absl::Status SparseAttention(const SparseAttentionArgs& a, const std::vector<dou
                              float* out) {
   if (out == nullptr) return absl::InvalidArgumentError("SparseAttention: null out");
   std::vector<const float*> kv;
-  RETURN_IF_ERROR(Validate(a, rope_freqs, &kv));
+  std::vector<float> fp8_rows;
+  RETURN_IF_ERROR(Validate(a, rope_freqs, &kv, &fp8_rows));
   const int d = a.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   std::vector<float> logits(kv.size()), acc(d);

@@ -32,6 +32,12 @@ struct SparseAttentionArgs {
   // [0, n_entries) or -1 (skipped). ratio is the layer's m (4 or 128); 0 for window-only
   // layers, which must pass no indices.
   const float* entries = nullptr;
+  // Or, when entries is null, the entries as split v4-fp8-584 records (kernels/v4/v4_record.h:
+  // token bytes entry_tok + j·576, scale bytes entry_sc + j·8; head_dim must be 512): only
+  // the selected ones are dequantized, to the same bits DecodeV4Block gives, so the output is
+  // identical to passing the dequantized entries.
+  const uint8_t* entry_tok = nullptr;
+  const uint8_t* entry_sc = nullptr;
   int64_t n_entries = 0;
   int ratio = 0;
   const int32_t* indices = nullptr;

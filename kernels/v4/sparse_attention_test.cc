@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "gtest/gtest.h"
 #include "kernels/v4/indexer.h"
 #include "kernels/v4/v4_config.h"
+#include "kernels/v4/v4_record.h"
 #include "kernels/v4/v4_test_util.h"
 
 namespace kv::kernels::v4 {
@@ -126,6 +128,54 @@ TEST(SparseAttention, RefusesBadSelections) {
   EXPECT_FALSE(SparseAttention(args(neg, 18, 19), freqs, out.data()).ok());
   s = SparseAttention(args(ok, 18, 18), freqs, out.data());
   EXPECT_NE(s.message().find("n_window"), std::string::npos) << s;
+}
+
+// Entries given as FP8 records give the same output bits as the same entries dequantized and
+// given as floats (the model's FP8 cache reads records directly); a corrupt scale that
+// dequantizes to Inf is refused by name.
+TEST(SparseAttention, Fp8RecordEntriesEqualTheirDequantizedFloats) {
+  Rng rng;
+  const V4Config cfg = V4FlashConfig();
+  const auto freqs = *RopeFrequencies(CompressRopeParams(cfg));
+  for (const Case c : {Case{4, 300}, Case{128, 700}}) {
+    const int H = 4, d = 512;
+    const int64_t n_entries = NumVisibleEntries(c.position, c.ratio) + 3;
+    std::vector<float> raw = rng.NormalVector(n_entries * d);
+    std::vector<uint8_t> tok(n_entries * kV4TokenBytes), sc(n_entries * kV4ScaleBytes);
+    ASSERT_TRUE(EncodeV4Records(raw.data(), n_entries, tok.data(), sc.data()).ok());
+    std::vector<float> entries(n_entries * d);
+    DequantizeV4Records(tok.data(), sc.data(), n_entries, entries.data());
+    std::vector<int32_t> idx = AllVisibleIndices(c.position, c.ratio);
+    std::shuffle(idx.begin(), idx.end(), rng.gen());
+    if (c.ratio == 4) idx.resize(std::min<size_t>(idx.size(), 10));
+    idx.push_back(-1);
+    const int64_t nw = std::min<int64_t>(128, c.position + 1);
+    std::vector<float> window = rng.NormalVector(nw * d), q = rng.NormalVector(H * d, 2.0f);
+    std::vector<float> sink = {-5.0f, 0.0f, 3.0f, 8.0f};
+    SparseAttentionArgs a{.position = c.position,
+                          .n_heads = H,
+                          .q = q.data(),
+                          .sink = sink.data(),
+                          .entries = entries.data(),
+                          .n_entries = n_entries,
+                          .ratio = c.ratio,
+                          .indices = idx.data(),
+                          .n_indices = static_cast<int64_t>(idx.size()),
+                          .window = window.data(),
+                          .n_window = nw};
+    std::vector<float> want(H * d, NAN), got(H * d, NAN);
+    ASSERT_TRUE(SparseAttention(a, freqs, want.data()).ok());
+    a.entries = nullptr;
+    a.entry_tok = tok.data();
+    a.entry_sc = sc.data();
+    ASSERT_TRUE(SparseAttention(a, freqs, got.data()).ok());
+    for (int i = 0; i < H * d; ++i) ASSERT_EQ(std::memcmp(&got[i], &want[i], 4), 0) << i;
+    // Scale byte 0xFE (2^127) of a picked entry overflows its values to Inf: refused.
+    sc[idx[0] * kV4ScaleBytes] = 0xFE;
+    absl::Status s = SparseAttention(a, freqs, got.data());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("selected entry"), std::string::npos) << s;
+  }
 }
 
 }  // namespace

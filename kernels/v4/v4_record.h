@@ -61,4 +61,32 @@ absl::Status EncodeIndexerBlock(const float* keys, int64_t n, int64_t block_entr
 absl::Status DecodeIndexerBlock(const uint8_t* block, int64_t block_size, int64_t block_entries,
                                 int64_t n, float* keys);
 
+// ---- Split records: what the model's cache keeps and the attention reads ----------------------
+//
+// n records as a block lays them out, without the padding: the token bytes of record t at
+// tok + t·576 and its scale bytes at sc + t·8 (for a block of B: tok = block, sc = block +
+// B·576), so a block's records are appended to a cache by two copies. Indexer keys the same:
+// codes + t·128 and scales + t·4.
+
+// Checks a v4-fp8-584 block of n records (block_size == V4BlockBytes(n)) as DecodeV4Block
+// does (padding zero, no NaN code, no 0xFF scale, pad byte zero) and also that no RoPE bf16
+// is Inf or NaN, while copying its token bytes to tok_out (n × 576) and its scale bytes to
+// sc_out (n × 8); with both outputs null it only checks. InvalidArgument for bad sizes;
+// DataLoss naming the record and byte. The outputs may be partly written on error.
+absl::Status CopyV4Block(const uint8_t* block, int64_t block_size, int64_t n, uint8_t* tok_out,
+                         uint8_t* sc_out);
+// Dequantizes n split records (checked by CopyV4Block or written by EncodeV4Block; not checked
+// again) to n × 512 floats, bit-identical to DecodeV4Block. Never fails.
+void DequantizeV4Records(const uint8_t* tok, const uint8_t* sc, int64_t n, float* out);
+// Writes n split records (the layout above) from n × 512 floats; InvalidArgument for a
+// non-finite value (the record named). The bytes equal EncodeV4Block's.
+absl::Status EncodeV4Records(const float* kv, int64_t n, uint8_t* tok_out, uint8_t* sc_out);
+
+// The same for indexer key blocks: codes_out n × 128, scales_out n × 4.
+absl::Status CopyIndexerBlock(const uint8_t* block, int64_t block_size, int64_t n,
+                              uint8_t* codes_out, uint8_t* scales_out);
+void DequantizeIndexerRecords(const uint8_t* codes, const uint8_t* scales, int64_t n, float* out);
+absl::Status EncodeIndexerRecords(const float* keys, int64_t n, uint8_t* codes_out,
+                                  uint8_t* scales_out);
+
 }  // namespace kv::kernels::v4

@@ -1,5 +1,6 @@
 #include "kernels/v4/v4_record.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -148,6 +149,96 @@ TEST(IndexerRecord, LayoutAndRoundTrip) {
   std::memcpy(&bad[B * 128 + 4], &three, 4);
   EXPECT_EQ(DecodeIndexerBlock(bad.data(), bad.size(), B, n, back.data()).code(),
             absl::StatusCode::kDataLoss);
+}
+
+// Split records (the model cache's layout): EncodeV4Records writes the bytes of a block's two
+// parts, CopyV4Block copies them back out, and DequantizeV4Records gives the same bits as
+// DecodeV4Block. Poisoned outputs show unwritten bytes.
+TEST(V4Record, SplitRecordsEqualTheBlock) {
+  Rng rng;
+  for (const int64_t n : {1, 7, 64, 130}) {
+    SCOPED_TRACE(n);
+    const std::vector<float> kv = VariedRows(rng, n, 512);
+    std::vector<uint8_t> blk(V4BlockBytes(n));
+    ASSERT_TRUE(EncodeV4Block(kv.data(), n, n, blk.data(), blk.size()).ok());
+    std::vector<uint8_t> tok(n * 576, 0xA5), sc(n * 8, 0xA5);
+    ASSERT_TRUE(EncodeV4Records(kv.data(), n, tok.data(), sc.data()).ok());
+    EXPECT_TRUE(std::equal(tok.begin(), tok.end(), blk.begin()));
+    EXPECT_TRUE(std::equal(sc.begin(), sc.end(), blk.begin() + n * 576));
+    std::vector<uint8_t> tok2(n * 576, 0x5A), sc2(n * 8, 0x5A);
+    ASSERT_TRUE(CopyV4Block(blk.data(), blk.size(), n, tok2.data(), sc2.data()).ok());
+    EXPECT_EQ(tok2, tok);
+    EXPECT_EQ(sc2, sc);
+    std::vector<float> want(n * 512, NAN), got(n * 512, NAN);
+    ASSERT_TRUE(DecodeV4Block(blk.data(), blk.size(), n, n, want.data()).ok());
+    DequantizeV4Records(tok.data(), sc.data(), n, got.data());
+    for (int64_t i = 0; i < n * 512; ++i) ASSERT_EQ(FloatBits(got[i]), FloatBits(want[i])) << i;
+  }
+}
+
+TEST(V4Record, CopyRefusesWhatTheDecoderRefuses) {
+  Rng rng;
+  const int64_t n = 5;
+  const std::vector<float> kv = VariedRows(rng, n, 512);
+  std::vector<uint8_t> good(V4BlockBytes(n));
+  ASSERT_TRUE(EncodeV4Block(kv.data(), n, n, good.data(), good.size()).ok());
+  std::vector<uint8_t> tok(n * 576), sc(n * 8);
+  std::vector<float> out(n * 512);
+  auto check = [&](size_t at, uint8_t v, const char* what) {
+    std::vector<uint8_t> bad = good;
+    bad[at] = v;
+    absl::Status c = CopyV4Block(bad.data(), bad.size(), n, tok.data(), sc.data());
+    EXPECT_EQ(c.code(), absl::StatusCode::kDataLoss) << what;
+    EXPECT_NE(c.message().find(what), std::string::npos) << c;
+    EXPECT_EQ(DecodeV4Block(bad.data(), bad.size(), n, n, out.data()).code(),
+              absl::StatusCode::kDataLoss)
+        << what;
+  };
+  check(3 * 576 + 10, 0xFF, "token 3: e4m3 code at byte 10");
+  check(n * 576 + 2 * 8 + 3, 0xFF, "token 2: scale 3");
+  check(n * 576 + 1 * 8 + 7, 1, "token 1: pad byte");
+  check(good.size() - 1, 9, "padding byte");
+  // A RoPE bf16 of all-ones exponent (Inf / NaN): byte 448 + 2i is the low byte.
+  std::vector<uint8_t> bad = good;
+  bad[4 * 576 + 448 + 2 * 5] = 0x80;
+  bad[4 * 576 + 448 + 2 * 5 + 1] = 0x7F;
+  absl::Status c = CopyV4Block(bad.data(), bad.size(), n, tok.data(), sc.data());
+  EXPECT_EQ(c.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(c.message().find("token 4: rope bf16 5"), std::string::npos) << c;
+  EXPECT_EQ(CopyV4Block(good.data(), good.size() - 576, n, tok.data(), sc.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CopyV4Block(good.data(), 0, 0, tok.data(), sc.data()).ok());
+}
+
+TEST(IndexerRecord, SplitRecordsEqualTheBlock) {
+  Rng rng;
+  const int64_t n = 37;
+  std::vector<float> k = VariedRows(rng, n, 128);
+  std::vector<uint8_t> blk(IndexerBlockBytes(n));
+  ASSERT_TRUE(EncodeIndexerBlock(k.data(), n, n, blk.data(), blk.size()).ok());
+  std::vector<uint8_t> codes(n * 128, 0xA5), scales(n * 4, 0xA5);
+  ASSERT_TRUE(EncodeIndexerRecords(k.data(), n, codes.data(), scales.data()).ok());
+  EXPECT_TRUE(std::equal(codes.begin(), codes.end(), blk.begin()));
+  EXPECT_TRUE(std::equal(scales.begin(), scales.end(), blk.begin() + n * 128));
+  std::vector<uint8_t> c2(n * 128, 0x5A), s2(n * 4, 0x5A);
+  ASSERT_TRUE(CopyIndexerBlock(blk.data(), blk.size(), n, c2.data(), s2.data()).ok());
+  EXPECT_EQ(c2, codes);
+  EXPECT_EQ(s2, scales);
+  std::vector<float> want(n * 128, NAN), got(n * 128, NAN);
+  ASSERT_TRUE(DecodeIndexerBlock(blk.data(), blk.size(), n, n, want.data()).ok());
+  DequantizeIndexerRecords(codes.data(), scales.data(), n, got.data());
+  for (int64_t i = 0; i < n * 128; ++i) ASSERT_EQ(FloatBits(got[i]), FloatBits(want[i])) << i;
+  std::vector<uint8_t> bad = blk;
+  bad[9 * 128 + 4] = 0x7F;
+  absl::Status s = CopyIndexerBlock(bad.data(), bad.size(), n, c2.data(), s2.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("entry 9: code 4"), std::string::npos) << s;
+  bad = blk;
+  const float three = 3.0f;
+  std::memcpy(&bad[n * 128 + 4 * 6], &three, 4);
+  s = CopyIndexerBlock(bad.data(), bad.size(), n, c2.data(), s2.data());
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("entry 6: scale 3"), std::string::npos) << s;
 }
 
 }  // namespace

@@ -2,8 +2,9 @@
 # A kvstrata cluster serves a DeepSeek-V4 model (tiny-v4, v4-fp8-584 pages of 256 tokens)
 # with prefix reuse across sessions, through the real gRPC Cluster API and client, twice:
 # the embedded cluster (serve --role=all), then the disaggregated one as separate processes
-# (a store, a decode worker and a router over static membership; the decode worker loads
-# the pinned pages from the store over gRPC and computes the rest). In each:
+# (a store, a prefill worker, a decode worker and a router over static membership; the
+# prefill worker loads the pinned pages from the store over gRPC, computes the rest but the
+# last token and hands the state to the decode worker over UCX, layer by layer). In each:
 #   1. session a: a shared system prompt (512 tokens, --shared-prefix-tokens) + a question:
 #      a cold request, publishes its pages;
 #   2. session b: the same system prompt + another question: loads the 2 shared pages (the
@@ -101,10 +102,16 @@ wait "$all_pid" || rc=$?
 
 start store --role=store --host-mib=64 --nvme-mib=256
 store=$addr
+start prefill --role=prefill --members="store=$store@store"
+prefill=$addr
 start decode --role=decode --members="store=$store@store"
 decode=$addr
-start router --role=router --members="store=$store@store,decode=$decode@decode"
+start router --role=router --members="store=$store@store,prefill=$prefill@prefill,decode=$decode@decode"
 sessions distributed
+for s in a b c; do  # every prompt went through the prefill worker and was imported
+  grep -q "^handoff: [1-9][0-9]* bytes" "$work/distributed-$s.out" \
+    || { echo "FAIL: distributed session $s was not handed off"; fail=1; }
+done
 
 if [ $fail -ne 0 ]; then
   for f in "$work"/*.out "$work"/*.ref; do echo "== $f"; cat "$f"; done
