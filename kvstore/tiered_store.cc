@@ -67,12 +67,12 @@ TieredStore::TieredStore(TieredStoreOptions options,
   metrics_->lookup_seconds = reg->GetHistogram(
       "kvstrata_store_lookup_seconds", "Longest-prefix lookup latency", Histogram::LatencyBounds());
   if (options_.background_threads > 0) {
-    pool_ = std::make_unique<ThreadPool>(options_.background_threads);
+    threads_ = std::make_unique<ThreadPool>(options_.background_threads);
   }
 }
 
 TieredStore::~TieredStore() {
-  if (pool_) pool_->Shutdown();
+  if (threads_) threads_->Shutdown();
 }
 
 absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(

@@ -254,6 +254,20 @@ class TieredStore {
   // skipped. tiered_store_resume.cc.
   absl::StatusOr<uint64_t> StripResumeLocked(const BlockKey& key)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // StripResumeLocked's three steps: read and verify every copy, rewrite each stripped, then
+  // settle the index, residency and accounting on what the rewrite left.
+  struct StripWork {
+    PageMeta meta;
+    uint8_t resident = 0;
+    std::array<std::vector<uint8_t>, kNumTiers> copies, stripped;
+    uint64_t new_size = 0;
+    uint8_t ok_tiers = 0, kept = 0, lost = 0;  // after the rewrite, one bit per tier
+    absl::Status why;                          // the last rewrite failure
+  };
+  bool ReadStripCopiesLocked(const BlockKey& key, StripWork& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RewriteStrippedLocked(const BlockKey& key, StripWork& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint64_t> SettleStripLocked(const BlockKey& key, const StripWork& w)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Pressure stripping in tier t (namespace `ns` only when non-null) until `has_room` says
   // so or no candidate is left. Returns whether `has_room` holds at the end.
   absl::StatusOr<bool> StripForPressureLocked(int t, const std::string* ns,
@@ -289,7 +303,7 @@ class TieredStore {
   absl::flat_hash_map<BlockKey, uint8_t> doomed_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::array<int64_t, kNumTiers>> usage_ ABSL_GUARDED_BY(mu_);
   StoreStats stats_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ThreadPool> pool_;  // last member: destroyed (joined) first
+  std::unique_ptr<ThreadPool> threads_;  // last member: destroyed (joined) first
 };
 
 }  // namespace kv

@@ -387,7 +387,7 @@ absl::Status TieredStore::Seal(const BlockKey& key) {
                  Present(static_cast<int>(TierKind::kHost));
   }
   if (write_back) {
-    if (pool_ == nullptr || !pool_->Schedule([this, key] { WriteBack(key); })) WriteBack(key);
+    if (threads_ == nullptr || !threads_->Schedule([this, key] { WriteBack(key); })) WriteBack(key);
   }
   return absl::OkStatus();
 }
@@ -533,7 +533,7 @@ absl::Status TieredStore::CheckInvariants() {
 }
 
 void TieredStore::WaitIdle() {
-  if (pool_) pool_->WaitIdle();
+  if (threads_) threads_->WaitIdle();
 }
 
 }  // namespace kv

@@ -14,6 +14,14 @@
 namespace kv {
 namespace {
 uint8_t Bit(int t) { return static_cast<uint8_t>(1u << t); }
+
+// Calls fn(t) for each tier t whose bit is set in `mask`, fastest first.
+template <typename Fn>
+void EachTier(uint8_t mask, Fn fn) {
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (mask & Bit(t)) fn(t);
+  }
+}
 }  // namespace
 
 absl::StatusOr<uint64_t> TieredStore::DropResume(std::span<const BlockKey> keys) {
@@ -36,21 +44,27 @@ absl::StatusOr<uint64_t> TieredStore::DropResume(std::span<const BlockKey> keys)
 absl::StatusOr<uint64_t> TieredStore::StripResumeLocked(const BlockKey& key) {
   const IndexEntry* e = index_.Find(key);
   if (e == nullptr || e->pins > 0 || e->resume_bytes == 0 || doomed_.contains(key)) return 0;
-  const PageMeta meta = MetaOf(*e);
-  const uint8_t resident = e->residency;
-  auto each = [&](uint8_t mask, auto fn) {
-    for (int t = 0; t < kNumTiers; ++t) {
-      if (mask & Bit(t)) fn(t);
-    }
-  };
+  StripWork w{.meta = MetaOf(*e), .resident = e->residency};
+  if (!ReadStripCopiesLocked(key, w)) return 0;
+  if (w.new_size == w.meta.size) {
+    // No resume section after all (an unknown size resolved, or a layout without one).
+    RETURN_IF_ERROR(index_.SetSize(key, w.meta.size, 0));
+    return 0;
+  }
+  RewriteStrippedLocked(key, w);
+  return SettleStripLocked(key, w);
+}
 
-  std::array<std::vector<uint8_t>, kNumTiers> copies;
+// Reads, verifies and strips every copy. False when the strip is skipped: a copy failed
+// verification (quarantined) or its tier failed transiently.
+bool TieredStore::ReadStripCopiesLocked(const BlockKey& key, StripWork& w) {
   bool bad = false, transient = false;
-  each(resident, [&](int t) {
+  EachTier(w.resident, [&](int t) {
     if (bad || transient) return;
-    copies[t].resize(meta.size);
-    absl::StatusOr<size_t> n = tiers_[t]->Read(key, copies[t]);
-    absl::Status st = n.ok() ? options_.verify(std::span(copies[t]).first(*n), meta) : n.status();
+    w.copies[t].resize(w.meta.size);
+    absl::StatusOr<size_t> n = tiers_[t]->Read(key, w.copies[t]);
+    absl::Status st =
+        n.ok() ? options_.verify(std::span(w.copies[t]).first(*n), w.meta) : n.status();
     if (st.ok()) return;
     if (IsRetryable(st) && !absl::IsDataLoss(st)) {
       log::Debug("resume_strip_skipped", "key", key.Hex(), "reason", st.ToString());
@@ -61,28 +75,28 @@ absl::StatusOr<uint64_t> TieredStore::StripResumeLocked(const BlockKey& key) {
     bad = true;
   });
   if (bad) ReclaimDoomedLocked();
-  if (bad || transient) return 0;
+  if (bad || transient) return false;
 
-  std::array<std::vector<uint8_t>, kNumTiers> stripped;
-  uint64_t new_size = meta.size;
+  w.new_size = w.meta.size;
   absl::Status strip_st;
-  each(resident, [&](int t) {
-    absl::StatusOr<std::vector<uint8_t>> s = StripResumeSection(copies[t]);
+  EachTier(w.resident, [&](int t) {
+    absl::StatusOr<std::vector<uint8_t>> s = StripResumeSection(w.copies[t]);
     if (!s.ok()) {
       strip_st = s.status();
       return;
     }
-    stripped[t] = *std::move(s);
-    new_size = stripped[t].size();
+    w.stripped[t] = *std::move(s);
+    w.new_size = w.stripped[t].size();
   });
-  if (!strip_st.ok() || new_size == meta.size) {
-    // No resume section after all (an unknown size resolved, or a layout without one).
-    RETURN_IF_ERROR(index_.SetSize(key, meta.size, 0));
-    return 0;
-  }
+  if (!strip_st.ok()) w.new_size = w.meta.size;
+  return true;
+}
 
-  PageMeta nm = meta;
-  nm.size = new_size;
+// Replaces each copy by its stripped bytes; a copy whose rewrite fails goes back as it was
+// (kept) or is lost.
+void TieredStore::RewriteStrippedLocked(const BlockKey& key, StripWork& w) {
+  PageMeta nm = w.meta;
+  nm.size = w.new_size;
   nm.resume_bytes = 0;
   auto write_sealed = [&](int t, const PageMeta& m, const std::vector<uint8_t>& bytes) {
     absl::Status st = tiers_[t]->Write(
@@ -93,41 +107,44 @@ absl::StatusOr<uint64_t> TieredStore::StripResumeLocked(const BlockKey& key) {
     }
     return st;
   };
-  uint8_t ok_tiers = 0, kept = 0, lost = 0;
-  absl::Status why;
-  each(resident, [&](int t) {
+  EachTier(w.resident, [&](int t) {
     absl::Status st = tiers_[t]->Erase(key);
     if (!st.ok()) {  // the old copy is still there, untouched
-      kept |= Bit(t);
-      why = st;
+      w.kept |= Bit(t);
+      w.why = st;
       return;
     }
-    st = write_sealed(t, nm, stripped[t]);
+    st = write_sealed(t, nm, w.stripped[t]);
     if (st.ok()) {
-      ok_tiers |= Bit(t);
+      w.ok_tiers |= Bit(t);
       return;
     }
-    why = st;
-    if (write_sealed(t, meta, copies[t]).ok()) {
-      kept |= Bit(t);
+    w.why = st;
+    if (write_sealed(t, w.meta, w.copies[t]).ok()) {
+      w.kept |= Bit(t);
     } else {
-      lost |= Bit(t);
+      w.lost |= Bit(t);
     }
   });
-  if (!why.ok()) {
-    log::Warn("resume_strip_partial", "key", key.Hex(), "stripped", int{ok_tiers}, "kept",
-              int{kept}, "lost", int{lost}, "reason", why.ToString());
+  if (!w.why.ok()) {
+    log::Warn("resume_strip_partial", "key", key.Hex(), "stripped", int{w.ok_tiers}, "kept",
+              int{w.kept}, "lost", int{w.lost}, "reason", w.why.ToString());
   }
+}
 
-  const uint8_t good = ok_tiers != 0 ? ok_tiers : kept;
+// Drops copies left at the old size, charges the freed bytes and records the new size.
+// Returns the bytes freed.
+absl::StatusOr<uint64_t> TieredStore::SettleStripLocked(const BlockKey& key, const StripWork& w) {
+  const PageMeta& meta = w.meta;
+  const uint8_t good = w.ok_tiers != 0 ? w.ok_tiers : w.kept;
   if (good == 0) {
     // Every copy was lost mid-rewrite: as if each had failed verification.
-    each(lost, [&](int t) { QuarantineLocked(key, t, why); });
+    EachTier(w.lost, [&](int t) { QuarantineLocked(key, t, w.why); });
     ReclaimDoomedLocked();
     return 0;
   }
   absl::Status drop_st;
-  each(resident & ~good, [&](int t) {
+  EachTier(w.resident & ~good, [&](int t) {
     absl::Status st = index_.RemoveResidency(key, static_cast<TierKind>(t));
     if (!st.ok()) {
       drop_st = st;
@@ -139,16 +156,17 @@ absl::StatusOr<uint64_t> TieredStore::StripResumeLocked(const BlockKey& key) {
     metrics_->evictions[t]->Inc();
   });
   if (!drop_st.ok()) return absl::InternalError(StrCat("resume strip: ", drop_st.message()));
-  if (ok_tiers == 0) return 0;
+  if (w.ok_tiers == 0) return 0;
 
   uint64_t freed = 0;
-  each(ok_tiers, [&](int t) {
-    const uint64_t before = tiers_[t]->Footprint(meta.size), after = tiers_[t]->Footprint(new_size);
+  EachTier(w.ok_tiers, [&](int t) {
+    const uint64_t before = tiers_[t]->Footprint(meta.size),
+                   after = tiers_[t]->Footprint(w.new_size);
     Charge(meta.ns, t, static_cast<int64_t>(after) - static_cast<int64_t>(before));
     freed += before - after;
-    stats_.tiers[t].write_bytes += new_size;
+    stats_.tiers[t].write_bytes += w.new_size;
   });
-  RETURN_IF_ERROR(index_.SetSize(key, new_size, 0));
+  RETURN_IF_ERROR(index_.SetSize(key, w.new_size, 0));
   ++stats_.resume_strips;
   stats_.resume_bytes_freed += freed;
   metrics_->resume_strips->Inc();
