@@ -45,9 +45,7 @@ std::vector<BlockKey> RunKeys(const CachedRun& run, std::span<const BlockKey> ke
 
 }  // namespace
 
-absl::StatusOr<PrefillDone> PrefillWorker::Run(
-    const PrefillRequest& req, absl::Time deadline,
-    const std::function<void(const PrefillProgress&)>& progress) {
+absl::Status PrefillWorker::Validate(const PrefillRequest& req) const {
   const model::ServingModel& m = *ctx_->model;
   const int64_t n = static_cast<int64_t>(req.prompt.size());
   if (n < 2)
@@ -64,6 +62,107 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
     return absl::OutOfRangeError(
         StrCat("prefill: prompt of ", n, " tokens reaches the context limit ", m.max_context()));
   }
+  return absl::OkStatus();
+}
+
+// The cached run, in block order, each page verified before use. A read that fails only
+// costs the blocks: they are computed instead.
+int64_t PrefillWorker::LoadCached(const PrefillRequest& req, std::span<const BlockKey> keys,
+                                  int64_t handed, absl::Time deadline, model::ServingSequence* seq,
+                                  PrefillDone& done) {
+  const absl::Time load_start = clock()->Now();
+  int64_t loaded = 0;
+  const std::vector<BlockKey> want =
+      req.cached && ctx_->pool != nullptr
+          ? RunKeys(*req.cached, keys, handed / ctx_->model->page_tokens())
+          : std::vector<BlockKey>{};
+  if (!want.empty()) {
+    absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
+        ctx_->pool->Read(req.cached->address, want, req.cached->lease_id, req.authorization,
+                         std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout));
+    if (!pages.ok()) {
+      log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
+                pages.status().ToString());
+    } else {
+      const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
+      absl::StatusOr<int64_t> imported =
+          model::ImportResumable(*ctx_->model, seq, spans, want, BlockKey::Zero());
+      if (imported.ok()) loaded = *imported;
+      for (int64_t i = 0; i < loaded; ++i) done.bytes_loaded += (*pages)[i].size();
+    }
+  }
+  done.load_time = clock()->Now() - load_start;
+  return loaded;
+}
+
+// Loaded blocks go to the decode worker at once, while the rest computes; each computed
+// layer's fresh state as soon as the forward has written it; then the final pieces (V4: the
+// resume state).
+absl::Status PrefillWorker::HandOff(const PrefillRequest& req, int64_t start_pos, int64_t handed,
+                                    model::ServingSequence* seq, HandoffWriter& writer,
+                                    const std::function<void(const PrefillProgress&)>& progress,
+                                    PrefillDone& done) {
+  const int layers = static_cast<int>(ctx_->model->config().num_hidden_layers);
+  auto send = [&](absl::StatusOr<std::vector<model::HandoffPiece>> pieces) -> absl::Status {
+    RETURN_IF_ERROR(pieces.status());
+    std::vector<HandoffWriter::Piece> out;
+    for (const model::HandoffPiece& p : *pieces) out.push_back({p.slot, p.offset, p.bytes});
+    return writer.Send(out);
+  };
+  for (int l = 0; l < layers && start_pos > 0; ++l) {
+    RETURN_IF_ERROR(send(seq->LayerHandoffPieces(l, 0, start_pos, handed)));
+  }
+  const absl::Time compute_start = clock()->Now();
+  if (start_pos < handed) {
+    int layers_done = 0;
+    model::LayerHook on_layer = [&](int layer, int64_t start, int64_t count) -> absl::Status {
+      RETURN_IF_ERROR(send(seq->LayerHandoffPieces(layer, start, count, handed)));
+      if (start + count == handed && progress) {  // once per layer of the last chunk
+        progress({.layers_done = ++layers_done,
+                  .layers_total = layers,
+                  .bytes_sent = writer.bytes_sent()});
+      }
+      return absl::OkStatus();
+    };
+    absl::Status st =
+        seq->Prefill(std::span<const int32_t>(req.prompt).subspan(start_pos, handed - start_pos),
+                     start_pos, ctx_->options.prefill_chunk, on_layer)
+            .status();
+    done.compute_time = clock()->Now() - compute_start;
+    RETURN_IF_ERROR(st);
+  }
+  return send(seq->FinalHandoffPieces(handed));
+}
+
+// Write-back of the new full prompt pages, after the answer (off the critical path).
+void PrefillWorker::ScheduleWriteBack(const PrefillRequest& req, const KeyParams& params,
+                                      std::vector<BlockKey> keys, std::vector<std::string> ns,
+                                      int64_t loaded, int64_t handed,
+                                      const model::ServingSequence& seq, PrefillDone& done) {
+  const model::ServingModel& m = *ctx_->model;
+  const int64_t full = handed / m.page_tokens();
+  if (req.skip_publish || ctx_->pool == nullptr || full <= loaded) return;
+  const int64_t shared_blocks = std::min<int64_t>(full, req.shared_prefix_tokens / m.page_tokens());
+  std::vector<model::ExportedBlock> blocks = model::ExportChainBlocks(
+      m, seq, keys, loaded, full, shared_blocks, full, ctx_->options.resume_checkpoint_pages);
+  done.published_pages = static_cast<int64_t>(blocks.size());
+  PoolWriteOptions wo{.key_space = params,
+                      .tenant = req.tenant,
+                      .session_id = req.session_id,
+                      .retention = req.retention};
+  write_back_->Schedule([this, keys = std::move(keys), ns = std::move(ns),
+                         blocks = std::move(blocks), wo, loaded, auth = req.authorization] {
+    const std::vector<PoolPage> pages = model::EncodePoolPages(*ctx_->model, blocks);
+    (void)PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, auth);
+  });
+}
+
+absl::StatusOr<PrefillDone> PrefillWorker::Run(
+    const PrefillRequest& req, absl::Time deadline,
+    const std::function<void(const PrefillProgress&)>& progress) {
+  RETURN_IF_ERROR(Validate(req));
+  const model::ServingModel& m = *ctx_->model;
+  const int64_t n = static_cast<int64_t>(req.prompt.size());
   const int64_t handed = n - 1;  // the decode session computes the last prompt token
   const model::HandoffLayout layout = m.handoff_layout(handed);
   if (layout.slots == 0) {
@@ -84,65 +183,11 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
       std::unique_ptr<HandoffWriter> writer,
       HandoffWriter::Open(ctx_->transport, ctx_->graveyard, clock(), req.target, layout.slots,
                           layout.slot_bytes, ctx_->options.handoff_timeout, deadline));
-  const int64_t pt = m.page_tokens();
-  const int layers = static_cast<int>(m.config().num_hidden_layers);
   PrefillDone done;
   done.transport = ctx_->transport->capabilities().name;
-
-  // The cached run, in block order, each page verified before use.
-  const absl::Time load_start = clock()->Now();
-  int64_t loaded = 0;
-  if (req.cached && ctx_->pool != nullptr) {
-    const std::vector<BlockKey> want = RunKeys(*req.cached, keys, handed / pt);
-    if (!want.empty()) {
-      absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
-          ctx_->pool->Read(req.cached->address, want, req.cached->lease_id, req.authorization,
-                           std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout));
-      if (!pages.ok()) {
-        log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
-                  pages.status().ToString());
-      } else {
-        const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
-        absl::StatusOr<int64_t> imported =
-            model::ImportResumable(m, seq.get(), spans, want, BlockKey::Zero());
-        if (imported.ok()) loaded = *imported;
-        for (int64_t i = 0; i < loaded; ++i) done.bytes_loaded += (*pages)[i].size();
-      }
-    }
-  }
-  done.load_time = clock()->Now() - load_start;
-  // Loaded blocks go to the decode worker at once, while the rest computes.
-  const int64_t start_pos = loaded * pt;
-  auto send = [&](absl::StatusOr<std::vector<model::HandoffPiece>> pieces) -> absl::Status {
-    RETURN_IF_ERROR(pieces.status());
-    std::vector<HandoffWriter::Piece> out;
-    for (const model::HandoffPiece& p : *pieces) out.push_back({p.slot, p.offset, p.bytes});
-    return writer->Send(out);
-  };
-  absl::Status status;
-  for (int l = 0; l < layers && status.ok() && start_pos > 0; ++l) {
-    status = send(seq->LayerHandoffPieces(l, 0, start_pos, handed));
-  }
-  const absl::Time compute_start = clock()->Now();
-  if (status.ok() && start_pos < handed) {
-    int layers_done = 0;
-    // Each layer's fresh state as soon as the forward has written it.
-    model::LayerHook on_layer = [&](int layer, int64_t start, int64_t count) -> absl::Status {
-      RETURN_IF_ERROR(send(seq->LayerHandoffPieces(layer, start, count, handed)));
-      if (start + count == handed && progress) {  // once per layer of the last chunk
-        progress({.layers_done = ++layers_done,
-                  .layers_total = layers,
-                  .bytes_sent = writer->bytes_sent()});
-      }
-      return absl::OkStatus();
-    };
-    status =
-        seq->Prefill(std::span<const int32_t>(req.prompt).subspan(start_pos, handed - start_pos),
-                     start_pos, ctx_->options.prefill_chunk, on_layer)
-            .status();
-  }
-  done.compute_time = clock()->Now() - compute_start;
-  if (status.ok()) status = send(seq->FinalHandoffPieces(handed));  // V4: the resume state
+  const int64_t loaded = LoadCached(req, keys, handed, deadline, seq.get(), done);
+  const int64_t start_pos = loaded * m.page_tokens();
+  absl::Status status = HandOff(req, start_pos, handed, seq.get(), *writer, progress, done);
   if (!status.ok()) {
     (void)writer->Finish();  // waits out or cancels what was posted
     return status;
@@ -153,24 +198,7 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
   done.cached_tokens = start_pos;
   done.recomputed_tokens = handed - start_pos;
   done.bytes_sent = writer->bytes_sent();
-
-  // Write-back of the new full prompt pages, after the answer (off the critical path).
-  const int64_t full = handed / pt;
-  if (!req.skip_publish && ctx_->pool != nullptr && full > loaded) {
-    const int64_t shared_blocks = std::min<int64_t>(full, req.shared_prefix_tokens / pt);
-    std::vector<model::ExportedBlock> blocks = model::ExportChainBlocks(
-        m, *seq, keys, loaded, full, shared_blocks, full, ctx_->options.resume_checkpoint_pages);
-    done.published_pages = static_cast<int64_t>(blocks.size());
-    PoolWriteOptions wo{.key_space = params,
-                        .tenant = req.tenant,
-                        .session_id = req.session_id,
-                        .retention = req.retention};
-    write_back_->Schedule([this, keys = std::move(keys), ns = std::move(ns),
-                           blocks = std::move(blocks), wo, loaded, auth = req.authorization] {
-      const std::vector<PoolPage> pages = model::EncodePoolPages(*ctx_->model, blocks);
-      (void)PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, auth);
-    });
-  }
+  ScheduleWriteBack(req, params, std::move(keys), std::move(ns), loaded, handed, *seq, done);
   return done;
 }
 

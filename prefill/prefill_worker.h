@@ -92,6 +92,8 @@ struct PrefillDone {
   int64_t published_pages = 0;  // queued for write-back
 };
 
+class HandoffWriter;
+
 class PrefillWorker {
  public:
   // FailedPrecondition for a context without model, transport or graveyard.
@@ -110,6 +112,19 @@ class PrefillWorker {
  private:
   explicit PrefillWorker(const PrefillContext* ctx);
   Clock* clock() const { return ctx_->clock != nullptr ? ctx_->clock : Clock::Real(); }
+  // Run's steps: the request's checks; the cached run loaded into `seq` (returns the blocks
+  // loaded); every layer's state handed through `writer`, computing the rest of the prompt;
+  // the write-back of the new full pages.
+  absl::Status Validate(const PrefillRequest& req) const;
+  int64_t LoadCached(const PrefillRequest& req, std::span<const BlockKey> keys, int64_t handed,
+                     absl::Time deadline, model::ServingSequence* seq, PrefillDone& done);
+  absl::Status HandOff(const PrefillRequest& req, int64_t start_pos, int64_t handed,
+                       model::ServingSequence* seq, HandoffWriter& writer,
+                       const std::function<void(const PrefillProgress&)>& progress,
+                       PrefillDone& done);
+  void ScheduleWriteBack(const PrefillRequest& req, const KeyParams& params,
+                         std::vector<BlockKey> keys, std::vector<std::string> ns, int64_t loaded,
+                         int64_t handed, const model::ServingSequence& seq, PrefillDone& done);
 
   const PrefillContext* const ctx_;
   std::unique_ptr<ThreadPool> write_back_;
