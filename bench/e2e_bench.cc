@@ -209,82 +209,71 @@ absl::Status AddHandoffRows(const Options& opt, BenchReport* rep, uint64_t* salt
   return absl::OkStatus();
 }
 
-absl::Status Run(const Options& opt) {
-  BenchReport rep("e2e");
-  const double memcpy_gbps = MeasureMemcpyGBps(256ull << 20);
-  const bool v4 = opt.model == "tiny-v4";
-  const int64_t page_tokens = v4 ? 256 : 64;
-  rep.Note("model", v4 ? "tiny-v4 (seeded), v4-fp8-584 pages of 256 tokens"
-                       : "tiny-v3 (seeded), mla-fp8-656 pages of 64 tokens");
-  rep.Note("warm policy", "CACHE_POLICY_FORCE_LOAD");
-  rep.Note("max_tokens", StrCat(opt.max_tokens));
+// What Run's steps share.
+struct RunState {
+  BenchReport rep{"e2e"};
+  double memcpy_gbps = 0;
+  int64_t page_tokens = 0;
   std::vector<Series> plot;
-  std::map<int64_t, double> cold_ms;  // by length (from the host state's first request)
   uint64_t salt = 1;
+};
 
-  auto embedded = [&](const std::string& name, uint64_t host,
-                      uint64_t nvme) -> absl::StatusOr<std::unique_ptr<cluster::EmbeddedServer>> {
-    cluster::EmbeddedServerOptions o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_port = -1;
-    o.node.data_dir = StrCat(opt.dir, "/", name);
-    o.node.model_dir = StrCat(opt.dir, "/model");
-    o.node.device_bytes = 0;
-    o.node.host_bytes = host;
-    o.node.nvme_bytes = nvme;
-    o.node.slab_bytes = 1ull << 20;
-    return cluster::EmbeddedServer::Start(o);
-  };
-  if (v4) {  // the shared model directory
+// The model directory every server of the run loads.
+absl::Status PrepareModel(const Options& opt) {
+  if (opt.model == "tiny-v4") {
     ASSIGN_OR_RETURN(model::ModelConfig c, model::PresetConfig("tiny-v4"));
-    RETURN_IF_ERROR(model::WriteRandomModel(c, 1, StrCat(opt.dir, "/model")));
-  } else {
-    cluster::NodeOptions no;
-    no.data_dir = StrCat(opt.dir, "/model-src");
-    ASSIGN_OR_RETURN(std::string src, cluster::EnsureModelDir(no));
-    std::filesystem::rename(src, StrCat(opt.dir, "/model"));
+    return model::WriteRandomModel(c, 1, StrCat(opt.dir, "/model"));
   }
-  for (const std::string state : {"host", "nvme", "remote"}) {
-    std::unique_ptr<cluster::EmbeddedServer> server;
-    Distributed dist;
-    std::string address;
-    if (state == "remote") {
-      RETURN_IF_ERROR(dist.Start(opt.dir, StrCat(opt.dir, "/model")));
-      address = dist.router;
-    } else {
-      ASSIGN_OR_RETURN(server, embedded(state, state == "host" ? (2ull << 30) : 0,
-                                        state == "host" ? 0 : (4ull << 30)));
-      address = server->address();
-    }
-    ASSIGN_OR_RETURN(auto client, cluster::ClusterClient::Connect(address, ""));
-    Series series{.label = state};
-    Series cold_series{.label = "cold"};
-    for (int64_t n : opt.lengths) {
-      const pb::Prompt prompt = MakePrompt(n, salt++);
-      std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: cold ...\r", state.c_str(),
-                   static_cast<long>(n));
-      ASSIGN_OR_RETURN(Sample cold,
-                       Generate(*client, prompt, pb::CACHE_POLICY_AUTO, opt.max_tokens));
-      const uint32_t blocks = static_cast<uint32_t>((n - 1) / page_tokens);
-      RETURN_IF_ERROR(WaitCached(*client, prompt, blocks));
-      std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: warm ...\r", state.c_str(),
-                   static_cast<long>(n));
-      // What the cost model would do with this prefix (the warm request forces the load).
-      pb::LookupRequest lr;
-      *lr.mutable_prompt() = prompt;
-      ASSIGN_OR_RETURN(pb::LookupResponse look, client->Lookup(lr, absl::Seconds(30)));
-      const std::string decision = pb::CacheDecision_Name(look.cost().decision());
-      ASSIGN_OR_RETURN(Sample warm,
-                       Generate(*client, prompt, pb::CACHE_POLICY_FORCE_LOAD, opt.max_tokens));
-      if (state == "host") {
-        cold_ms[n] = cold.ttft_ms;
-        cold_series.points.push_back({static_cast<double>(n), cold.ttft_ms});
-        rep.Add({.name = StrCat("TTFT cold ", n, " tok"),
+  cluster::NodeOptions no;
+  no.data_dir = StrCat(opt.dir, "/model-src");
+  ASSIGN_OR_RETURN(std::string src, cluster::EnsureModelDir(no));
+  std::filesystem::rename(src, StrCat(opt.dir, "/model"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<cluster::EmbeddedServer>> StartEmbedded(const Options& opt,
+                                                                       const std::string& name,
+                                                                       uint64_t host,
+                                                                       uint64_t nvme) {
+  cluster::EmbeddedServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.metrics_port = -1;
+  o.node.data_dir = StrCat(opt.dir, "/", name);
+  o.node.model_dir = StrCat(opt.dir, "/model");
+  o.node.device_bytes = 0;
+  o.node.host_bytes = host;
+  o.node.nvme_bytes = nvme;
+  o.node.slab_bytes = 1ull << 20;
+  return cluster::EmbeddedServer::Start(o);
+}
+
+// One prompt length in one cache state: a cold request, then a warm one that forces the load.
+absl::Status LengthRows(const Options& opt, const std::string& state, int64_t n,
+                        cluster::ClusterClient& client, RunState& run, Series& series,
+                        Series& cold_series) {
+  const pb::Prompt prompt = MakePrompt(n, run.salt++);
+  std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: cold ...\r", state.c_str(),
+               static_cast<long>(n));
+  ASSIGN_OR_RETURN(Sample cold, Generate(client, prompt, pb::CACHE_POLICY_AUTO, opt.max_tokens));
+  const uint32_t blocks = static_cast<uint32_t>((n - 1) / run.page_tokens);
+  RETURN_IF_ERROR(WaitCached(client, prompt, blocks));
+  std::fprintf(stderr, "  e2e: %s state, %ld-token prompt: warm ...\r", state.c_str(),
+               static_cast<long>(n));
+  // What the cost model would do with this prefix (the warm request forces the load).
+  pb::LookupRequest lr;
+  *lr.mutable_prompt() = prompt;
+  ASSIGN_OR_RETURN(pb::LookupResponse look, client.Lookup(lr, absl::Seconds(30)));
+  const std::string decision = pb::CacheDecision_Name(look.cost().decision());
+  ASSIGN_OR_RETURN(Sample warm,
+                   Generate(client, prompt, pb::CACHE_POLICY_FORCE_LOAD, opt.max_tokens));
+  if (state == "host") {
+    cold_series.points.push_back({static_cast<double>(n), cold.ttft_ms});
+    run.rep.Add({.name = StrCat("TTFT cold ", n, " tok"),
                  .value = cold.ttft_ms,
                  .unit = "ms",
                  .params = {{"state", "cold"}, {"prompt_tokens", StrCat(n)}}});
-      }
-      rep.Add({.name = StrCat("TTFT ", state, " ", n, " tok"),
+  }
+  run.rep.Add({.name = StrCat("TTFT ", state, " ", n, " tok"),
                .value = warm.ttft_ms,
                .unit = "ms",
                .limit_name = "cold TTFT (same prompt)",
@@ -295,83 +284,121 @@ absl::Status Run(const Options& opt) {
                           {"cached_tokens", StrCat(warm.cached)},
                           {"cost_model_decision", decision},
                           {"cost_model_reason", look.cost().reason()}}});
-      if (warm.load_gbps > 0) {
-        rep.Add({.name = StrCat("cache load ", state, " ", n, " tok"),
+  if (warm.load_gbps > 0) {
+    run.rep.Add({.name = StrCat("cache load ", state, " ", n, " tok"),
                  .value = warm.load_gbps,
                  .unit = "GB/s",
                  .limit_name = "memcpy",
-                 .limit = memcpy_gbps,
+                 .limit = run.memcpy_gbps,
                  .params = {{"state", state}, {"prompt_tokens", StrCat(n)}}});
-      }
-      series.points.push_back({static_cast<double>(n), warm.ttft_ms});
-    }
-    if (!cold_series.points.empty()) plot.push_back(cold_series);
-    plot.push_back(series);
-    // Concurrency, on the host state: C clients at once, cold then warm.
-    if (state != "host") continue;
-    for (int64_t c : opt.concurrency) {
-      for (const bool warm : {false, true}) {
-        std::vector<pb::Prompt> prompts;
-        for (int64_t i = 0; i < c; ++i)
-          prompts.push_back(MakePrompt(opt.concurrent_length, 1000 * c + i));
-        if (warm) {
-          for (const auto& p : prompts) {
-            RETURN_IF_ERROR(WaitCached(
-                *client, p, static_cast<uint32_t>((opt.concurrent_length - 1) / page_tokens)));
-          }
-        }
-        std::vector<absl::StatusOr<Sample>> results(c, absl::UnknownError("not run"));
-        const double t0 = NowSeconds();
-        std::vector<std::thread> threads;
-        for (int64_t i = 0; i < c; ++i) {
-          threads.emplace_back([&, i] {
-            auto cc = cluster::ClusterClient::Connect(address, "");
-            results[i] = cc.ok()
-                             ? Generate(**cc, prompts[i],
-                                        warm ? pb::CACHE_POLICY_FORCE_LOAD : pb::CACHE_POLICY_AUTO,
-                                        static_cast<int>(opt.max_tokens))
-                             : absl::StatusOr<Sample>(cc.status());
-          });
-        }
-        for (auto& t : threads) t.join();
-        const double wall = NowSeconds() - t0;
-        std::vector<double> ttft;
-        for (auto& r : results) {
-          RETURN_IF_ERROR(r.status());
-          ttft.push_back(r->ttft_ms);
-        }
-        const char* tag = warm ? "warm" : "cold";
-        rep.Add({.name = StrCat("TTFT p50 c=", c, " ", tag),
-                 .value = Percentile(ttft, 50),
-                 .unit = "ms",
-                 .params = {{"concurrency", StrCat(c)},
-                            {"prompt_tokens", StrCat(opt.concurrent_length)}}});
-        rep.Add({.name = StrCat("TTFT p99 c=", c, " ", tag),
-                 .value = Percentile(ttft, 99),
-                 .unit = "ms",
-                 .params = {{"concurrency", StrCat(c)},
-                            {"prompt_tokens", StrCat(opt.concurrent_length)}}});
-        rep.Add({.name = StrCat("prompt tokens/s c=", c, " ", tag),
-                 .value = static_cast<double>(c * opt.concurrent_length) / wall,
-                 .unit = "tok/s",
-                 .params = {{"concurrency", StrCat(c)}, {"wall_s", StrCat(wall)}}});
-      }
-    }
   }
-  RETURN_IF_ERROR(AddHandoffRows(opt, &rep, &salt));
-  std::fprintf(stderr, "%80s\r", "");
-  rep.Print();
-  RETURN_IF_ERROR(rep.WriteJson(opt.json));
-  if (!opt.svg.empty()) {
-    RETURN_IF_ERROR(WritePlotSvg(
-        opt.svg, {.title = StrCat("kvstrata e2e: TTFT vs prompt length (", opt.model, ", CPU)"),
-                  .x_label = "prompt tokens",
-                  .y_label = "TTFT (ms)",
-                  .log_x = true,
-                  .log_y = true,
-                  .series = plot}));
+  series.points.push_back({static_cast<double>(n), warm.ttft_ms});
+  return absl::OkStatus();
+}
+
+// C clients at once on the server at `address`, cold (`warm` false) or warm.
+absl::Status ConcurrencyRows(const Options& opt, const std::string& address,
+                             cluster::ClusterClient& client, int64_t c, bool warm, RunState& run) {
+  std::vector<pb::Prompt> prompts;
+  for (int64_t i = 0; i < c; ++i)
+    prompts.push_back(MakePrompt(opt.concurrent_length, 1000 * c + i));
+  if (warm) {
+    const auto blocks = static_cast<uint32_t>((opt.concurrent_length - 1) / run.page_tokens);
+    for (const auto& p : prompts) RETURN_IF_ERROR(WaitCached(client, p, blocks));
+  }
+  std::vector<absl::StatusOr<Sample>> results(c, absl::UnknownError("not run"));
+  const double t0 = NowSeconds();
+  std::vector<std::thread> threads;
+  for (int64_t i = 0; i < c; ++i) {
+    threads.emplace_back([&, i] {
+      auto cc = cluster::ClusterClient::Connect(address, "");
+      results[i] = cc.ok() ? Generate(**cc, prompts[i],
+                                      warm ? pb::CACHE_POLICY_FORCE_LOAD : pb::CACHE_POLICY_AUTO,
+                                      static_cast<int>(opt.max_tokens))
+                           : absl::StatusOr<Sample>(cc.status());
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double wall = NowSeconds() - t0;
+  std::vector<double> ttft;
+  for (auto& r : results) {
+    RETURN_IF_ERROR(r.status());
+    ttft.push_back(r->ttft_ms);
+  }
+  const char* tag = warm ? "warm" : "cold";
+  const std::map<std::string, std::string> params = {
+      {"concurrency", StrCat(c)}, {"prompt_tokens", StrCat(opt.concurrent_length)}};
+  run.rep.Add({.name = StrCat("TTFT p50 c=", c, " ", tag),
+               .value = Percentile(ttft, 50),
+               .unit = "ms",
+               .params = params});
+  run.rep.Add({.name = StrCat("TTFT p99 c=", c, " ", tag),
+               .value = Percentile(ttft, 99),
+               .unit = "ms",
+               .params = params});
+  run.rep.Add({.name = StrCat("prompt tokens/s c=", c, " ", tag),
+               .value = static_cast<double>(c * opt.concurrent_length) / wall,
+               .unit = "tok/s",
+               .params = {{"concurrency", StrCat(c)}, {"wall_s", StrCat(wall)}}});
+  return absl::OkStatus();
+}
+
+// Every prompt length in one cache state (host, nvme: one embedded server; remote: the
+// distributed roles), then, on the host state, the concurrency rows.
+absl::Status StateRows(const Options& opt, const std::string& state, RunState& run) {
+  std::unique_ptr<cluster::EmbeddedServer> server;
+  Distributed dist;
+  std::string address;
+  if (state == "remote") {
+    RETURN_IF_ERROR(dist.Start(opt.dir, StrCat(opt.dir, "/model")));
+    address = dist.router;
+  } else {
+    ASSIGN_OR_RETURN(server, StartEmbedded(opt, state, state == "host" ? (2ull << 30) : 0,
+                                           state == "host" ? 0 : (4ull << 30)));
+    address = server->address();
+  }
+  ASSIGN_OR_RETURN(auto client, cluster::ClusterClient::Connect(address, ""));
+  Series series{.label = state};
+  Series cold_series{.label = "cold"};
+  for (int64_t n : opt.lengths) {
+    RETURN_IF_ERROR(LengthRows(opt, state, n, *client, run, series, cold_series));
+  }
+  if (!cold_series.points.empty()) run.plot.push_back(cold_series);
+  run.plot.push_back(series);
+  if (state != "host") return absl::OkStatus();
+  for (int64_t c : opt.concurrency) {
+    for (const bool warm : {false, true}) {
+      RETURN_IF_ERROR(ConcurrencyRows(opt, address, *client, c, warm, run));
+    }
   }
   return absl::OkStatus();
+}
+
+absl::Status Run(const Options& opt) {
+  RunState run;
+  run.memcpy_gbps = MeasureMemcpyGBps(256ull << 20);
+  const bool v4 = opt.model == "tiny-v4";
+  run.page_tokens = v4 ? 256 : 64;
+  run.rep.Note("model", v4 ? "tiny-v4 (seeded), v4-fp8-584 pages of 256 tokens"
+                           : "tiny-v3 (seeded), mla-fp8-656 pages of 64 tokens");
+  run.rep.Note("warm policy", "CACHE_POLICY_FORCE_LOAD");
+  run.rep.Note("max_tokens", StrCat(opt.max_tokens));
+  RETURN_IF_ERROR(PrepareModel(opt));
+  for (const std::string state : {"host", "nvme", "remote"}) {
+    RETURN_IF_ERROR(StateRows(opt, state, run));
+  }
+  RETURN_IF_ERROR(AddHandoffRows(opt, &run.rep, &run.salt));
+  std::fprintf(stderr, "%80s\r", "");
+  run.rep.Print();
+  RETURN_IF_ERROR(run.rep.WriteJson(opt.json));
+  if (opt.svg.empty()) return absl::OkStatus();
+  return WritePlotSvg(
+      opt.svg, {.title = StrCat("kvstrata e2e: TTFT vs prompt length (", opt.model, ", CPU)"),
+                .x_label = "prompt tokens",
+                .y_label = "TTFT (ms)",
+                .log_x = true,
+                .log_y = true,
+                .series = run.plot});
 }
 
 int RunE2eBench(int argc, char** argv) {

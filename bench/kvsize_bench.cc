@@ -277,6 +277,30 @@ absl::StatusOr<std::pair<int64_t, int64_t>> MeasureV3Page(kernels::KvLayout layo
                                      static_cast<int64_t>(PageHeaderBytes(1))};
 }
 
+// Where the measured sizes come from.
+void AddNotes(int64_t n, const MeasuredV4& m, const PageMeasuredV4& pm,
+              std::pair<int64_t, int64_t> v3p_fp8, std::pair<int64_t, int64_t> v3p_bf16,
+              BenchReport& r) {
+  r.Note("context_tokens", kv::StrCat(n));
+  r.Note("v4_page_bytes", kv::StrCat("CSA page (64 entries + 64 indexer keys) ", m.csa_page,
+                                     " B, HCA page (2 entries) ", m.hca_page, " B, window ",
+                                     m.window, " B per layer"));
+  r.Note("v4_tiny_pages",
+         kv::StrCat("tiny-v4 page 1 of a 512-token prefill: ", pm.page_bytes, " B with resume, ",
+                    pm.page_bytes_no_resume, " B without; per page: CSA layer ",
+                    static_cast<int64_t>(pm.csa_layer_page), " B, HCA layer ",
+                    static_cast<int64_t>(pm.hca_layer_page), " B, header ",
+                    static_cast<int64_t>(pm.page_overhead), " B; resume per layer: CSA ",
+                    static_cast<int64_t>(pm.resume_csa), " B, HCA ",
+                    static_cast<int64_t>(pm.resume_hca), " B, window-only ",
+                    static_cast<int64_t>(pm.resume_window), " B"));
+  r.Note("v3_tiny_pages",
+         kv::StrCat("tiny-v3 64-token 4-layer page: fp8 ", v3p_fp8.first, " B, bf16 ",
+                    v3p_bf16.first, " B (header ", v3p_fp8.second, " B)"));
+  r.Note("layers",
+         "V3/V3.2 61; V4-Pro 61 = 31 HCA + 30 CSA; V4-Flash 43 = 2 window + 21 CSA + 20 HCA");
+}
+
 absl::Status RunKvSize(int64_t n, const std::string& json) {
   if (n < 1) return absl::InvalidArgumentError(kv::StrCat("--context ", n, " must be >= 1"));
   const bool at_1m = n == (int64_t{1} << 20);
@@ -348,24 +372,7 @@ absl::Status RunKvSize(int64_t n, const std::string& json) {
            .lower_is_better = true,
            .params = {{"bytes", kv::StrCat(static_cast<int64_t>(it.bytes))}}});
   }
-  r.Note("context_tokens", kv::StrCat(n));
-  r.Note("v4_page_bytes", kv::StrCat("CSA page (64 entries + 64 indexer keys) ", m.csa_page,
-                                     " B, HCA page (2 entries) ", m.hca_page, " B, window ",
-                                     m.window, " B per layer"));
-  r.Note("v4_tiny_pages",
-         kv::StrCat("tiny-v4 page 1 of a 512-token prefill: ", pm.page_bytes, " B with resume, ",
-                    pm.page_bytes_no_resume, " B without; per page: CSA layer ",
-                    static_cast<int64_t>(pm.csa_layer_page), " B, HCA layer ",
-                    static_cast<int64_t>(pm.hca_layer_page), " B, header ",
-                    static_cast<int64_t>(pm.page_overhead), " B; resume per layer: CSA ",
-                    static_cast<int64_t>(pm.resume_csa), " B, HCA ",
-                    static_cast<int64_t>(pm.resume_hca), " B, window-only ",
-                    static_cast<int64_t>(pm.resume_window), " B"));
-  r.Note("v3_tiny_pages",
-         kv::StrCat("tiny-v3 64-token 4-layer page: fp8 ", v3p_fp8.first, " B, bf16 ",
-                    v3p_bf16.first, " B (header ", v3p_fp8.second, " B)"));
-  r.Note("layers",
-         "V3/V3.2 61; V4-Pro 61 = 31 HCA + 30 CSA; V4-Flash 43 = 2 window + 21 CSA + 20 HCA");
+  AddNotes(n, m, pm, v3p_fp8, v3p_bf16, r);
   r.Print();
   return r.WriteJson(json);
 }

@@ -154,35 +154,9 @@ absl::StatusOr<ForwardTimes> TimeForward(const model::Transformer& t,
   return out;
 }
 
-absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
-  if (f.tokens < 16 || f.chunk < 1 || f.runs < 1 || f.decode_steps < 1) {
-    return absl::InvalidArgumentError(
-        "need --tokens >= 16, --chunk >= 1, --runs >= 1, --decode-steps >= 1");
-  }
-  kernels::SetBlasThreads(1);
-  ASSIGN_OR_RETURN(const kernels::GemmIsa isa, kernels::DefaultGemmIsa());
-  std::string tmp;
-  ASSIGN_OR_RETURN(const std::string dir, ModelDir(f.model_dir, &tmp));
-  const int64_t ctx = f.tokens + f.decode_steps + 64;
-  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  ThreadPool pool(std::max(1, cores - 1));
-  auto invariant = model::Transformer::Load(dir, {.max_context = ctx});
-  auto parallel = model::Transformer::Load(dir, {.max_context = ctx, .pool = &pool});
-  auto baseline = model::Transformer::Load(dir, {.max_context = ctx, .blas_baseline = true});
-  if (!tmp.empty()) {
-    std::error_code ec;
-    std::filesystem::remove_all(tmp, ec);
-  }
-  RETURN_IF_ERROR(invariant.status());
-  RETURN_IF_ERROR(parallel.status());
-  RETURN_IF_ERROR(baseline.status());
-  const model::ModelConfig& c = (*invariant)->config();
-  std::mt19937_64 rng(7);
-  std::vector<int32_t> prompt(f.tokens);
-  for (auto& t : prompt) t = static_cast<int32_t>(rng() % c.vocab_size);
-
-  BenchReport rep("prefill");
-  // 1. GEMM at the forward's shapes.
+// 1. The invariant GEMM against OpenBLAS at the forward's shapes, at m = chunk and m = 1.
+absl::StatusOr<bench::Plot> GemmRows(const model::ModelConfig& c, const PrefillBenchFlags& f,
+                                     kernels::GemmIsa isa, BenchReport& rep) {
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   bench::Plot plot{
       .title =
@@ -220,11 +194,13 @@ absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
              .limit = flops_total / blas_total / 1e9});
   }
   plot.series = {inv_series, blas_series};
+  return plot;
+}
 
-  // 2. and 3. The forward on the invariant path, with the pool, and on the old path.
-  ASSIGN_OR_RETURN(const ForwardTimes inv, TimeForward(**invariant, prompt, f));
-  ASSIGN_OR_RETURN(const ForwardTimes par, TimeForward(**parallel, prompt, f));
-  ASSIGN_OR_RETURN(const ForwardTimes old, TimeForward(**baseline, prompt, f));
+// 2. and 3. The forward on the invariant path (1 thread and every core) against the old path.
+void ForwardRows(const model::ModelConfig& c, const PrefillBenchFlags& f, int cores,
+                 const ForwardTimes& inv, const ForwardTimes& par, const ForwardTimes& old,
+                 BenchReport& rep) {
   const double flops = model::Transformer::ForwardFlops(c, 0, f.tokens);
   rep.Add({.name = StrCat("prefill ", f.tokens, " tok, 1 thread"),
            .value = f.tokens / inv.prefill_s,
@@ -251,6 +227,43 @@ absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
            .unit = "tok/s",
            .limit_name = "old path (16-row tile)",
            .limit = old.decode_tok_s});
+  rep.Note("flops_per_prefill", StrCat(flops));
+}
+
+absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
+  if (f.tokens < 16 || f.chunk < 1 || f.runs < 1 || f.decode_steps < 1) {
+    return absl::InvalidArgumentError(
+        "need --tokens >= 16, --chunk >= 1, --runs >= 1, --decode-steps >= 1");
+  }
+  kernels::SetBlasThreads(1);
+  ASSIGN_OR_RETURN(const kernels::GemmIsa isa, kernels::DefaultGemmIsa());
+  std::string tmp;
+  ASSIGN_OR_RETURN(const std::string dir, ModelDir(f.model_dir, &tmp));
+  const int64_t ctx = f.tokens + f.decode_steps + 64;
+  const int cores = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  ThreadPool pool(std::max(1, cores - 1));
+  auto invariant = model::Transformer::Load(dir, {.max_context = ctx});
+  auto parallel = model::Transformer::Load(dir, {.max_context = ctx, .pool = &pool});
+  auto baseline = model::Transformer::Load(dir, {.max_context = ctx, .blas_baseline = true});
+  if (!tmp.empty()) {
+    std::error_code ec;
+    std::filesystem::remove_all(tmp, ec);
+  }
+  RETURN_IF_ERROR(invariant.status());
+  RETURN_IF_ERROR(parallel.status());
+  RETURN_IF_ERROR(baseline.status());
+  const model::ModelConfig& c = (*invariant)->config();
+  std::mt19937_64 rng(7);
+  std::vector<int32_t> prompt(f.tokens);
+  for (auto& t : prompt) t = static_cast<int32_t>(rng() % c.vocab_size);
+
+  BenchReport rep("prefill");
+  ASSIGN_OR_RETURN(const bench::Plot plot, GemmRows(c, f, isa, rep));
+  ASSIGN_OR_RETURN(const ForwardTimes inv, TimeForward(**invariant, prompt, f));
+  ASSIGN_OR_RETURN(const ForwardTimes par, TimeForward(**parallel, prompt, f));
+  ASSIGN_OR_RETURN(const ForwardTimes old, TimeForward(**baseline, prompt, f));
+  ForwardRows(c, f, cores, inv, par, old, rep);
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   rep.Note("model",
            StrCat(c.num_hidden_layers, " layers, hidden ", c.hidden_size, ", ",
                   c.num_attention_heads, " heads, kv_lora 512 + rope 64, layout ", "mla-fp8-656"));
@@ -258,7 +271,6 @@ absl::Status RunPrefillBench(const PrefillBenchFlags& f) {
   rep.Note("openblas_coretype", coretype == nullptr ? "(unset: OpenBLAS picks)" : coretype);
   rep.Note("runs", StrCat(f.runs, " (median), chunk ", f.chunk, ", decode steps ", f.decode_steps,
                           " after the prompt"));
-  rep.Note("flops_per_prefill", StrCat(flops));
   rep.Print();
   RETURN_IF_ERROR(rep.WriteJson(f.json));
   if (!f.svg.empty()) RETURN_IF_ERROR(bench::WritePlotSvg(f.svg, plot));

@@ -168,6 +168,90 @@ absl::StatusOr<double> HandoffMicros(Link& l, int reps) {
   return Median(us);
 }
 
+struct Size {
+  std::string label;
+  size_t bytes, op;
+};
+
+// Our write of `s.bytes` in ops of `s.op` with both protocols, next to ucx_perftest at the
+// same size. Returns the limit (ucx_perftest's best of put and tag at the op size).
+absl::StatusOr<double> SizeRows(const Flags& f, const Fabric& fab, const Size& s, Link& autol,
+                                Link& otherl, UcxOptions::Protocol picked,
+                                UcxOptions::Protocol other, BenchReport& r) {
+  // Interleaved repetitions, medians: the limit and ours see the same machine load.
+  // A batch of several ops touches s.bytes of distinct memory per side, while ucx_perftest
+  // at the op size reuses one op-sized buffer (4 MiB: cache-resident here). So for those the
+  // limit is also measured with ucx_perftest messages of the whole batch size (the same bytes
+  // touched), and reported beside the op-size one.
+  const bool multi = s.bytes != s.op;
+  std::vector<double> puts, tags, ourss, alts, bigs;
+  for (int64_t rep = 0; rep < f.reps; ++rep) {
+    ASSIGN_OR_RETURN(double put, Perftest(f, "ucp_put_bw", s.op));
+    ASSIGN_OR_RETURN(double tag, Perftest(f, "tag_bw", s.op));
+    if (multi) {
+      ASSIGN_OR_RETURN(double bput, Perftest(f, "ucp_put_bw", s.bytes));
+      ASSIGN_OR_RETURN(double btag, Perftest(f, "tag_bw", s.bytes));
+      bigs.push_back(std::max(bput, btag));
+    }
+    ASSIGN_OR_RETURN(double ours, WriteGBps(autol, s.bytes, s.op, f.seconds));
+    ASSIGN_OR_RETURN(double alt, WriteGBps(otherl, s.bytes, s.op, f.seconds));
+    puts.push_back(put);
+    tags.push_back(tag);
+    ourss.push_back(ours);
+    alts.push_back(alt);
+  }
+  const double put = Median(puts), tag = Median(tags), ours = Median(ourss);
+  const double alt = Median(alts);
+  const double limit = std::max(put, tag);
+  std::map<std::string, std::string> params = {{"ucx_tls", fab.tls},
+                                               {"ops_per_batch", std::to_string(s.bytes / s.op)},
+                                               {"perftest_put_GBps", absl::StrCat(put)},
+                                               {"perftest_tag_GBps", absl::StrCat(tag)}};
+  r.Add({.name = absl::StrCat(fab.name, " write ", s.label, " (", std::string(ProtocolName(picked)),
+                              ")"),
+         .value = ours,
+         .unit = "GB/s",
+         .limit_name = "ucx_perftest best(put,tag)",
+         .limit = limit,
+         .params = params});
+  r.Add({.name = absl::StrCat(fab.name, " write ", s.label, " (", std::string(ProtocolName(other)),
+                              ", not picked)"),
+         .value = alt,
+         .unit = "GB/s",
+         .limit_name = "ucx_perftest best(put,tag)",
+         .limit = limit,
+         .params = params});
+  if (multi) {
+    r.Add({.name = absl::StrCat(fab.name, " write ", s.label, " (",
+                                std::string(ProtocolName(picked)), "), same bytes touched"),
+           .value = ours,
+           .unit = "GB/s",
+           .limit_name = absl::StrCat("perftest best at ", s.bytes >> 20, " MiB msgs"),
+           .limit = Median(bigs),
+           .params = params});
+  }
+  return limit;
+}
+
+// The 128-token handoff (two 168 KB pages) latency, next to the raw bandwidth at 168 KB.
+absl::Status HandoffRows(const Fabric& fab, Link& autol, double limit_168k, BenchReport& r) {
+  ASSIGN_OR_RETURN(double us, HandoffMicros(autol, 200));
+  const double bytes = 2.0 * kTinyPage;
+  r.Add({.name = absl::StrCat(fab.name, " 128-token handoff latency (2 x 168 KB)"),
+         .value = us,
+         .unit = "us",
+         .limit_name = "bytes / raw UCX bw at 168 KB",
+         .limit = bytes / (limit_168k * 1e9) * 1e6,
+         .lower_is_better = true});
+  r.Add({.name = absl::StrCat(fab.name, " 128-token handoff efficiency"),
+         .value = bytes / (us * 1e-6) / 1e9,
+         .unit = "GB/s",
+         .limit_name = "raw UCX bw at 168 KB",
+         .limit = limit_168k,
+         .params = {{"mooncake_published_efficiency", "0.12-0.18"}}});
+  return absl::OkStatus();
+}
+
 absl::Status RunFabric(const Flags& f, const Fabric& fab, BenchReport& r) {
   SetFabricEnv(fab);
   std::vector<char> src(kPeerBytes);
@@ -187,66 +271,11 @@ absl::Status RunFabric(const Flags& f, const Fabric& fab, BenchReport& r) {
   UcxOptions::Protocol other = picked == UcxOptions::Protocol::kRma ? UcxOptions::Protocol::kTag
                                                                     : UcxOptions::Protocol::kRma;
   ASSIGN_OR_RETURN(Link otherl, Open(other, f.spin_us, addr, key, src));
-  struct Size {
-    std::string label;
-    size_t bytes, op;
-  };
   double limit_168k = 0;
   for (const Size& s : {Size{"168 KB", kTinyPage, kTinyPage}, Size{"2.6 MB", kV3Page, kV3Page},
                         Size{"64 MiB", kPeerBytes, 4u << 20}}) {
-    // Interleaved repetitions, medians: the limit and ours see the same machine load.
-    // A batch of several ops touches s.bytes of distinct memory per side, while ucx_perftest
-    // at the op size reuses one op-sized buffer (4 MiB: cache-resident here). So for those the
-    // limit is also measured with ucx_perftest messages of the whole batch size (the same bytes
-    // touched), and reported beside the op-size one.
-    const bool multi = s.bytes != s.op;
-    std::vector<double> puts, tags, ourss, alts, bigs;
-    for (int64_t rep = 0; rep < f.reps; ++rep) {
-      ASSIGN_OR_RETURN(double put, Perftest(f, "ucp_put_bw", s.op));
-      ASSIGN_OR_RETURN(double tag, Perftest(f, "tag_bw", s.op));
-      if (multi) {
-        ASSIGN_OR_RETURN(double bput, Perftest(f, "ucp_put_bw", s.bytes));
-        ASSIGN_OR_RETURN(double btag, Perftest(f, "tag_bw", s.bytes));
-        bigs.push_back(std::max(bput, btag));
-      }
-      ASSIGN_OR_RETURN(double ours, WriteGBps(autol, s.bytes, s.op, f.seconds));
-      ASSIGN_OR_RETURN(double alt, WriteGBps(otherl, s.bytes, s.op, f.seconds));
-      puts.push_back(put);
-      tags.push_back(tag);
-      ourss.push_back(ours);
-      alts.push_back(alt);
-    }
-    const double put = Median(puts), tag = Median(tags), ours = Median(ourss);
-    const double alt = Median(alts);
-    const double limit = std::max(put, tag);
+    ASSIGN_OR_RETURN(const double limit, SizeRows(f, fab, s, autol, otherl, picked, other, r));
     if (s.bytes == kTinyPage) limit_168k = limit;
-    std::map<std::string, std::string> params = {{"ucx_tls", fab.tls},
-                                                 {"ops_per_batch", std::to_string(s.bytes / s.op)},
-                                                 {"perftest_put_GBps", absl::StrCat(put)},
-                                                 {"perftest_tag_GBps", absl::StrCat(tag)}};
-    r.Add({.name = absl::StrCat(fab.name, " write ", s.label, " (",
-                                std::string(ProtocolName(picked)), ")"),
-           .value = ours,
-           .unit = "GB/s",
-           .limit_name = "ucx_perftest best(put,tag)",
-           .limit = limit,
-           .params = params});
-    r.Add({.name = absl::StrCat(fab.name, " write ", s.label, " (",
-                                std::string(ProtocolName(other)), ", not picked)"),
-           .value = alt,
-           .unit = "GB/s",
-           .limit_name = "ucx_perftest best(put,tag)",
-           .limit = limit,
-           .params = params});
-    if (multi) {
-      r.Add({.name = absl::StrCat(fab.name, " write ", s.label, " (",
-                                  std::string(ProtocolName(picked)), "), same bytes touched"),
-             .value = ours,
-             .unit = "GB/s",
-             .limit_name = absl::StrCat("perftest best at ", s.bytes >> 20, " MiB msgs"),
-             .limit = Median(bigs),
-             .params = params});
-    }
   }
   // The last 64 MiB batch landed intact? (a benchmark of wrong bytes is worthless)
   std::string sums = peer.Call(absl::StrCat("SUMS 0 ", 4u << 20, " 16"));
@@ -257,21 +286,7 @@ absl::Status RunFabric(const Flags& f, const Fabric& fab, BenchReport& r) {
   if (sums != want) {
     return absl::DataLossError(absl::StrCat(fab.name, ": peer checksum mismatch: ", sums));
   }
-  ASSIGN_OR_RETURN(double us, HandoffMicros(autol, 200));
-  const double bytes = 2.0 * kTinyPage;
-  r.Add({.name = absl::StrCat(fab.name, " 128-token handoff latency (2 x 168 KB)"),
-         .value = us,
-         .unit = "us",
-         .limit_name = "bytes / raw UCX bw at 168 KB",
-         .limit = bytes / (limit_168k * 1e9) * 1e6,
-         .lower_is_better = true});
-  r.Add({.name = absl::StrCat(fab.name, " 128-token handoff efficiency"),
-         .value = bytes / (us * 1e-6) / 1e9,
-         .unit = "GB/s",
-         .limit_name = "raw UCX bw at 168 KB",
-         .limit = limit_168k,
-         .params = {{"mooncake_published_efficiency", "0.12-0.18"}}});
-  return absl::OkStatus();
+  return HandoffRows(fab, autol, limit_168k, r);
 }
 
 absl::Status RunTransportBench(const Flags& f) {
