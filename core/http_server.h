@@ -4,7 +4,11 @@
 // Start() binds and listens before it returns (connections queue in the backlog until the
 // server thread accepts them), so a caller may scrape
 // right away. Stop() (also run by the destructor) is idempotent and joins the server thread.
-// The health callback runs on the server thread; it must be thread-safe and fast.
+// The health callback runs on the server's threads; it must be thread-safe and fast.
+//
+// Slow clients cannot starve the probes: 64 connections are served at once, a connection
+// that sends nothing (or stops mid-request) is dropped after 2 s, and methods other than GET
+// and HEAD get 405 (404 off the two paths) before any request body is read.
 #pragma once
 
 #include <functional>

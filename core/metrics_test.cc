@@ -1,6 +1,13 @@
 #include "core/metrics.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -94,6 +101,98 @@ TEST(MetricsHttpServer, ServesMetricsAndHealth) {
   EXPECT_NE(res->body.find("draining"), std::string::npos);
   (*server)->Stop();
   (*server)->Stop();  // idempotent
+}
+
+// Opens a TCP connection to 127.0.0.1:port and sends `bytes` (possibly nothing); returns the
+// fd (-1 on failure). The caller closes it.
+int OpenRaw(int port, const std::string& bytes) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      (!bytes.empty() && send(fd, bytes.data(), bytes.size(), 0) < 0)) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Issue #18 item 6: slow or idle clients must not starve the liveness probe.
+TEST(MetricsHttpServer, HealthAnswersWhileManyConnectionsSitIdle) {
+  MetricsRegistry r;
+  auto server = MetricsHttpServer::Start(&r, "127.0.0.1", 0);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 32; ++i) {
+    // Half of them opened and silent, half stuck in the middle of a request line.
+    const int fd = OpenRaw(port, i % 2 == 0 ? "" : "GET /heal");
+    ASSERT_GE(fd, 0);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // let the server accept them
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_connection_timeout(2);
+  cli.set_read_timeout(2);
+  double best_ms = 1e9;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto res = cli.Get("/healthz");
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    ASSERT_TRUE(res) << "attempt " << attempt << ": no answer within 2 s";
+    EXPECT_EQ(res->status, 200);
+    best_ms = std::min(best_ms, ms);
+  }
+  EXPECT_LT(best_ms, 100.0);
+  for (int fd : idle) close(fd);
+}
+
+// Wrong methods get 405 (with Allow) at once, whatever their body; nothing waits for a body
+// that never comes.
+TEST(MetricsHttpServer, WrongMethodsAre405Immediately) {
+  MetricsRegistry r;
+  auto server = MetricsHttpServer::Start(&r, "127.0.0.1", 0);
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::Client cli("127.0.0.1", (*server)->port());
+  cli.set_connection_timeout(2);
+  cli.set_read_timeout(2);
+  for (const char* path : {"/metrics", "/healthz"}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto post = cli.Post(path, "x=1", "application/x-www-form-urlencoded");
+    ASSERT_TRUE(post) << path;
+    EXPECT_EQ(post->status, 405) << path;
+    EXPECT_EQ(post->get_header_value("Allow"), "GET, HEAD") << path;
+    auto del = cli.Delete(path);
+    ASSERT_TRUE(del) << path;
+    EXPECT_EQ(del->status, 405) << path;
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(ms, 1000.0) << path;
+  }
+  // A POST that announces no body and sends none is answered, not held open.
+  const int fd = OpenRaw((*server)->port(), "POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_GE(fd, 0);
+  timeval tv{.tv_sec = 2, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[64] = {};
+  const auto t0 = std::chrono::steady_clock::now();
+  const ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  close(fd);
+  ASSERT_GT(n, 12);
+  EXPECT_EQ(std::string(buf, 12), "HTTP/1.1 405");
+  EXPECT_LT(ms, 1000.0);
+  auto head = cli.Head("/healthz");
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
+  auto get = cli.Get("/nope");
+  ASSERT_TRUE(get);
+  EXPECT_EQ(get->status, 404);
 }
 
 }  // namespace
