@@ -463,7 +463,11 @@ absl::StatusOr<uint64_t> TieredStore::Evict(TierKind tier, uint64_t bytes) {
     std::optional<BlockKey> v = index_.PickVictim(tier, nullptr, can_demote);
     if (!v) break;
     uint64_t fp = tiers_[t]->Footprint(index_.Find(*v)->size);
-    RETURN_IF_ERROR(EvictLocked(t, *v));
+    absl::Status st = EvictLocked(t, *v);
+    // The oldest victim is the only copy of a parent and the tier below has no room for it
+    // (full of pinned pages, or its quota): nothing more is evictable now.
+    if (absl::IsResourceExhausted(st)) break;
+    RETURN_IF_ERROR(st);
     freed += fp;
   }
   return freed;
