@@ -138,7 +138,14 @@ class GenerateReactor final : public grpc::ServerWriteReactor<pb::GenerateRespon
       }
       return true;
     };
+    req_.deadline = deadline_;
+    req_.cancelled = [this] { return cancelled_.load(); };
     absl::StatusOr<GenerateResult> r = backend->Generate(req_, &route);
+    // Stopped before any token: the deadline passed during the prompt.
+    if (r.ok() && r->finish == FinishReason::kCancelled && !cancelled_ &&
+        svc_->clock()->Now() > deadline_) {
+      deadline_hit = true;
+    }
     absl::Status status = r.status();
     if (status.ok() && deadline_hit) {
       status = absl::DeadlineExceededError(

@@ -8,10 +8,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/generate.h"
@@ -223,6 +225,49 @@ TEST_F(EmbeddedClusterTest, CancelStopsEarlyAndKeepsTokens) {
   GenerateResult g = Gen(r);
   EXPECT_EQ(g.finish, FinishReason::kCancelled);
   EXPECT_EQ(g.tokens.size(), 3u);
+}
+
+// Issue #18 item 2: a request abandoned during its prompt (deadline passed, or the caller
+// gave up) stops the prompt's compute within a bound, on the prefill worker and the decode
+// session alike, and the node is idle again right after.
+TEST_F(EmbeddedClusterTest, DeadlineOrCancelDuringThePromptStopsTheCompute) {
+  Open("mla-fp8-656");
+  std::vector<int32_t> prompt(3000);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 31 + 7) % 250);
+  constexpr absl::Duration kBound = absl::Milliseconds(300);
+  {
+    GenerateRequest r = Req(prompt);
+    r.deadline = absl::Now() + absl::Milliseconds(150);
+    auto g = node_->Generate(r);
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->finish, FinishReason::kCancelled);
+    EXPECT_TRUE(g->tokens.empty());
+    node_->WaitIdle();
+    EXPECT_LT(absl::Now() - r.deadline, kBound);
+  }
+  {
+    prompt[0] = 1;  // not the prompt above: nothing of it is cached
+    GenerateRequest r = Req(prompt);
+    std::atomic<bool> gave_up{false};
+    std::atomic<int64_t> at{0};
+    r.cancelled = [&] { return gave_up.load(); };
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      at = absl::ToUnixMicros(absl::Now());
+      gave_up = true;
+    });
+    auto g = node_->Generate(r);
+    node_->WaitIdle();
+    const absl::Time end = absl::Now();
+    canceller.join();
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->finish, FinishReason::kCancelled);
+    EXPECT_TRUE(g->tokens.empty());
+    EXPECT_LT(end - absl::FromUnixMicros(at), kBound);
+  }
+  // The node serves the next request as before.
+  GenerateResult g = Gen(Req(Text(kSystem)));
+  EXPECT_EQ(g.tokens.size(), 24u);
 }
 
 TEST_F(EmbeddedClusterTest, PagesDemotedToNvmeServeExactTokens) {

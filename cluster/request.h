@@ -51,6 +51,11 @@ struct GenerateRequest {
   // Called with each generated token as soon as it is sampled; returning false cancels the
   // request (FinishReason::kCancelled, the tokens so far are kept).
   std::function<bool(int32_t)> on_token;
+  // The caller's deadline (the router also caps a request at its max_request_time) and, when
+  // set, whether the caller gave up. Both are checked after every layer of the prompt's
+  // compute, so an abandoned request stops within one layer's work, not at its first token.
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;
 };
 
 struct TierHit {

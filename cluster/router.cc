@@ -281,7 +281,8 @@ absl::StatusOr<prefill::PrefillDone> RouterBackend::RunPrefill(
                                .target = dest,
                                .session_id = dreq.session_id,
                                .retention = dreq.retention,
-                               .skip_publish = dreq.skip_publish};
+                               .skip_publish = dreq.skip_publish,
+                               .cancelled = dreq.cancelled};
   absl::StatusOr<prefill::PrefillDone> done = workers_(*place.prefill)->Prefill(preq, deadline);
   if (!done.ok()) {
     log::Warn("router_prefill_failed", "node", place.prefill_id(), "error",
@@ -326,7 +327,7 @@ void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::Pr
 
 absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Route* route) {
   const absl::Time start = clock()->Now();
-  const absl::Time deadline = start + options_.max_request_time;
+  const absl::Time deadline = std::min(start + options_.max_request_time, req.deadline);
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req));
   ASSIGN_OR_RETURN(Placement place, Place(plan, route));
   if (req.on_plan) req.on_plan(plan.cost);
@@ -373,7 +374,8 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
                              .session_id = req.session_id,
                              .retention = retention,
                              .skip_publish = req.policy == CachePolicy::kBypass,
-                             .cached = run};
+                             .cached = run,
+                             .cancelled = req.cancelled};
   ASSIGN_OR_RETURN(std::unique_ptr<DecodeCall> call,
                    workers_(place.decode)->StartDecode(dreq, deadline));
   ASSIGN_OR_RETURN(transport::HandoffDestination dest, call->Ready());

@@ -1,6 +1,7 @@
 #include "cluster/worker_service.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -125,6 +126,8 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
     if (finish) Finish(ToGrpcStatus(*finish));
   }
   void OnDone() override { delete this; }
+  // The router gave up (or the server is shutting down): the prefill stops after its layer.
+  void OnCancel() override { cancelled_ = true; }
 
  private:
   void Push(pb::PrefillResponse m) {
@@ -142,7 +145,8 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
                               .authorization = authorization_,
                               .shared_prefix_tokens = req_.shared_prefix_tokens(),
                               .session_id = req_.session_id(),
-                              .skip_publish = req_.skip_publish()};
+                              .skip_publish = req_.skip_publish(),
+                              .cancelled = [this] { return cancelled_.load(); }};
     ASSIGN_OR_RETURN(r.prompt, w.Tokens(req_.token_ids()));
     if (!req_.cached().empty() && req_.cached(0).first_block() == 0) {
       ASSIGN_OR_RETURN(r.cached, FromProto(req_.cached(0)));
@@ -174,6 +178,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
   }
 
   WorkerService* const svc_;
+  std::atomic<bool> cancelled_{false};
   const pb::PrefillRequest req_;
   const std::string authorization_;
   absl::Time deadline_;

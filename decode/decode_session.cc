@@ -159,6 +159,10 @@ absl::Status DecodeSession::OnPrefillResult(const PrefillResult& r) {
 
 void DecodeSession::Cancel() { cancelled_.store(true); }
 
+bool DecodeSession::Cancelled() const {
+  return cancelled_.load() || (req_.cancelled && req_.cancelled());
+}
+
 int64_t DecodeSession::LoadCached(int64_t usable, DecodeOutcome* out) {
   if (ctx_->pool == nullptr || !req_.cached || usable <= 0) return 0;
   absl::StatusOr<std::vector<BlockKey>> keys = DeriveRequestKeys(
@@ -203,9 +207,18 @@ absl::StatusOr<std::vector<float>> DecodeSession::ComputePrompt(DecodeOutcome* o
   out->cached_tokens = start_pos;
   out->recomputed_tokens = n - start_pos;
   const absl::Time compute_start = clock()->Now();
+  // Checked after every layer of every chunk: a cancel or the deadline stops the compute
+  // within one layer's work, not at the first sampled token.
+  model::LayerHook check = [this](int, int64_t, int64_t) -> absl::Status {
+    if (Cancelled()) return absl::CancelledError("decode: cancelled during the prompt");
+    if (clock()->Now() > deadline_) {
+      return absl::DeadlineExceededError("decode: deadline passed during the prompt");
+    }
+    return absl::OkStatus();
+  };
   absl::StatusOr<std::vector<float>> logits =
       seq_->Prefill(std::span<const int32_t>(req_.prompt).subspan(start_pos), start_pos,
-                    ctx_->options.prefill_chunk);
+                    ctx_->options.prefill_chunk, check);
   out->compute_time = clock()->Now() - compute_start;
   return logits;
 }
@@ -213,14 +226,14 @@ absl::StatusOr<std::vector<float>> DecodeSession::ComputePrompt(DecodeOutcome* o
 absl::StatusOr<DecodeOutcome> DecodeSession::Run(const std::function<bool(int32_t)>& on_token) {
   DecodeOutcome out;
   if (state_ == State::kNew || state_ == State::kHandoffReady) {
-    if (!cancelled_.load()) {
+    if (!Cancelled()) {
       return absl::FailedPreconditionError("decode: Run before the prefill result");
     }
     state_ = State::kCancelled;
   }
   if (state_ == State::kDone) return absl::FailedPreconditionError("decode: Run called twice");
   ReleaseDestination();
-  if (cancelled_.load() || state_ == State::kCancelled) {
+  if (Cancelled() || state_ == State::kCancelled) {
     state_ = State::kDone;
     out.finish = FinishReason::kCancelled;
     return out;
@@ -233,6 +246,10 @@ absl::StatusOr<DecodeOutcome> DecodeSession::Run(const std::function<bool(int32_
     logits = seq_->DecodeStep(req_.prompt.back());  // the one prompt token not handed off
   } else {
     logits = ComputePrompt(&out);
+    if (absl::IsCancelled(logits.status()) || absl::IsDeadlineExceeded(logits.status())) {
+      out.finish = FinishReason::kCancelled;  // stopped mid-prompt: no tokens, nothing to publish
+      return out;
+    }
   }
   RETURN_IF_ERROR(logits.status());
 
@@ -244,7 +261,7 @@ absl::StatusOr<DecodeOutcome> DecodeSession::Run(const std::function<bool(int32_
     ASSIGN_OR_RETURN(int32_t tok, sampler.Sample(*logits));
     tokens.push_back(tok);
     const bool keep_going = on_token ? on_token(tok) : true;
-    if (!keep_going || cancelled_.load()) {
+    if (!keep_going || Cancelled()) {
       out.finish = FinishReason::kCancelled;
       break;
     }

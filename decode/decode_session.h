@@ -102,6 +102,9 @@ struct DecodeRequest {
   bool skip_publish = false;                        // a cache-bypass request
   // The pinned cached run (blocks from 0) to load when the session computes the prompt.
   std::optional<CachedRun> cached;
+  // When set, returns true once the caller gave up: like Cancel(), checked after every layer
+  // of the prompt's compute and after every token.
+  std::function<bool()> cancelled;
 };
 
 // The prefill worker's report, forwarded by the router.
@@ -144,6 +147,8 @@ class DecodeSession {
   // a rejected handoff, not an error.
   absl::Status OnPrefillResult(const PrefillResult& result);
   void Cancel();
+  // Cancel() was called or the request's `cancelled` says the caller gave up.
+  bool Cancelled() const;
   // kPrefilled or kCancelled -> kDone. The model's errors; DeadlineExceeded is not an error
   // but a kCancelled finish.
   absl::StatusOr<DecodeOutcome> Run(const std::function<bool(int32_t)>& on_token);

@@ -7,8 +7,12 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/clock.h"
@@ -82,7 +86,9 @@ class DecodeSessionTest : public ::testing::Test {
   absl::StatusOr<prefill::PrefillDone> Prefill(const DecodeRequest& r,
                                                const transport::HandoffDestination& dest,
                                                transport::Transport* transport,
-                                               absl::Duration step = absl::Seconds(10)) {
+                                               absl::Duration step = absl::Seconds(10),
+                                               absl::Time deadline = absl::InfiniteFuture(),
+                                               std::function<bool()> cancelled = nullptr) {
     prefill::PrefillContext pc{.model = &model(),
                                .pool = pool_.get(),
                                .transport = transport,
@@ -95,8 +101,11 @@ class DecodeSessionTest : public ::testing::Test {
                               .tenant = r.tenant,
                               .cached = r.cached,
                               .target = dest,
-                              .skip_publish = true};
-    return (*worker)->Run(p, absl::Now() + absl::Seconds(30), nullptr);
+                              .skip_publish = true,
+                              .cancelled = std::move(cancelled)};
+    return (*worker)->Run(
+        p, deadline == absl::InfiniteFuture() ? absl::Now() + absl::Seconds(30) : deadline,
+        nullptr);
   }
   std::unique_ptr<DecodeSession> Session(DecodeRequest r,
                                          absl::Time deadline = absl::InfiniteFuture()) {
@@ -287,6 +296,78 @@ TEST_F(DecodeSessionTest, OneTokenPromptOffersNoDestination) {
   auto out = s->Run(nullptr);
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->tokens, Local(r));
+}
+
+// Issue #18 item 2: cancelling or passing the deadline stops the prompt's compute within a
+// bound, not at the next sampled token. A 2,000-token tiny-v3 prompt takes seconds here.
+constexpr absl::Duration kStopBound = absl::Milliseconds(200);
+
+TEST_F(DecodeSessionTest, CancelMidPrefillStopsTheComputeWithinABound) {
+  auto s = Session(Req(Prompt(2000, 9), 4));
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->Start().ok());
+  ASSERT_TRUE(s->OnPrefillResult({}).ok());  // no handoff: the session computes the prompt
+  std::atomic<int64_t> cancel_at{0};
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    cancel_at = absl::ToUnixMicros(absl::Now());
+    s->Cancel();
+  });
+  auto out = s->Run(nullptr);
+  const absl::Time end = absl::Now();
+  canceller.join();
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->finish, FinishReason::kCancelled);
+  EXPECT_TRUE(out->tokens.empty());
+  EXPECT_LT(end - absl::FromUnixMicros(cancel_at), kStopBound);
+}
+
+TEST_F(DecodeSessionTest, DeadlineMidPrefillStopsTheComputeWithinABound) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(150);
+  auto s = Session(Req(Prompt(2000, 10), 4), deadline);
+  ASSERT_NE(s, nullptr);
+  ASSERT_TRUE(s->Start().ok());
+  ASSERT_TRUE(s->OnPrefillResult({}).ok());
+  auto out = s->Run(nullptr);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->finish, FinishReason::kCancelled);
+  EXPECT_TRUE(out->tokens.empty());
+  EXPECT_LT(absl::Now() - deadline, kStopBound);
+}
+
+TEST_F(DecodeSessionTest, PrefillWorkerStopsAtItsDeadlineOrWhenCancelled) {
+  const DecodeRequest r = Req(Prompt(2000, 11), 4);
+  {
+    auto s = Session(r);
+    ASSERT_NE(s, nullptr);
+    auto dest = s->Start();
+    ASSERT_TRUE(dest.ok()) << dest.status();
+    const absl::Time deadline = absl::Now() + absl::Milliseconds(150);
+    auto done = Prefill(r, *dest, prefill_transport_.get(), absl::Seconds(10), deadline);
+    EXPECT_EQ(done.status().code(), absl::StatusCode::kDeadlineExceeded) << done.status();
+    EXPECT_LT(absl::Now() - deadline, kStopBound);
+    s->Cancel();
+  }
+  {
+    auto s = Session(r);
+    ASSERT_NE(s, nullptr);
+    auto dest = s->Start();
+    ASSERT_TRUE(dest.ok()) << dest.status();
+    std::atomic<bool> gave_up{false};
+    std::atomic<int64_t> cancel_at{0};
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      cancel_at = absl::ToUnixMicros(absl::Now());
+      gave_up = true;
+    });
+    auto done = Prefill(r, *dest, prefill_transport_.get(), absl::Seconds(10),
+                        absl::InfiniteFuture(), [&] { return gave_up.load(); });
+    const absl::Time end = absl::Now();
+    canceller.join();
+    EXPECT_EQ(done.status().code(), absl::StatusCode::kCancelled) << done.status();
+    EXPECT_LT(end - absl::FromUnixMicros(cancel_at), kStopBound);
+    s->Cancel();
+  }
 }
 
 }  // namespace

@@ -97,9 +97,11 @@ int64_t PrefillWorker::LoadCached(const PrefillRequest& req, std::span<const Blo
 
 // Loaded blocks go to the decode worker at once, while the rest computes; each computed
 // layer's fresh state as soon as the forward has written it; then the final pieces (V4: the
-// resume state).
+// resume state). The compute stops after the layer during which the caller gave up or the
+// deadline passed.
 absl::Status PrefillWorker::HandOff(const PrefillRequest& req, int64_t start_pos, int64_t handed,
-                                    model::ServingSequence* seq, HandoffWriter& writer,
+                                    absl::Time deadline, model::ServingSequence* seq,
+                                    HandoffWriter& writer,
                                     const std::function<void(const PrefillProgress&)>& progress,
                                     PrefillDone& done) {
   const int layers = static_cast<int>(ctx_->model->config().num_hidden_layers);
@@ -116,6 +118,13 @@ absl::Status PrefillWorker::HandOff(const PrefillRequest& req, int64_t start_pos
   if (start_pos < handed) {
     int layers_done = 0;
     model::LayerHook on_layer = [&](int layer, int64_t start, int64_t count) -> absl::Status {
+      if (req.cancelled && req.cancelled()) {
+        return absl::CancelledError("prefill: cancelled by the caller");
+      }
+      if (clock()->Now() > deadline) {
+        return absl::DeadlineExceededError(
+            StrCat("prefill: deadline passed at token ", start + count, " of ", handed));
+      }
       RETURN_IF_ERROR(send(seq->LayerHandoffPieces(layer, start, count, handed)));
       if (start + count == handed && progress) {  // once per layer of the last chunk
         progress({.layers_done = ++layers_done,
@@ -187,7 +196,8 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
   done.transport = ctx_->transport->capabilities().name;
   const int64_t loaded = LoadCached(req, keys, handed, deadline, seq.get(), done);
   const int64_t start_pos = loaded * m.page_tokens();
-  absl::Status status = HandOff(req, start_pos, handed, seq.get(), *writer, progress, done);
+  absl::Status status =
+      HandOff(req, start_pos, handed, deadline, seq.get(), *writer, progress, done);
   if (!status.ok()) {
     (void)writer->Finish();  // waits out or cancels what was posted
     return status;

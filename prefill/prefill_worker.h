@@ -69,6 +69,9 @@ struct PrefillRequest {
   std::string session_id;
   absl::Duration retention = absl::ZeroDuration();
   bool skip_publish = false;
+  // When set, returns true once the caller gave up; checked with the deadline after every
+  // layer of every chunk, so the compute stops within one layer's work (Cancelled).
+  std::function<bool()> cancelled;
 };
 
 struct PrefillProgress {
@@ -119,7 +122,7 @@ class PrefillWorker {
   int64_t LoadCached(const PrefillRequest& req, std::span<const BlockKey> keys, int64_t handed,
                      absl::Time deadline, model::ServingSequence* seq, PrefillDone& done);
   absl::Status HandOff(const PrefillRequest& req, int64_t start_pos, int64_t handed,
-                       model::ServingSequence* seq, HandoffWriter& writer,
+                       absl::Time deadline, model::ServingSequence* seq, HandoffWriter& writer,
                        const std::function<void(const PrefillProgress&)>& progress,
                        PrefillDone& done);
   void ScheduleWriteBack(const PrefillRequest& req, const KeyParams& params,
