@@ -180,10 +180,11 @@ absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
   // Its own connection (not one shared with other channels to the same store), and an initial
   // HTTP/2 stream window that lets a whole page through at once (gRPC caps it at 4 MiB): with
   // the default 64 KiB window, grown by updates of at most 1 MiB, a 2.56 MB page waited for
-  // three window updates, a round trip each.
+  // three window updates, a round trip each. Socket reads of 1 MiB instead of 8 KiB.
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
+  args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
   auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return MarkRetryable(absl::UnavailableError(StrCat(
