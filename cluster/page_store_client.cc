@@ -69,7 +69,7 @@ class PageAssembler {
       buf_.clear();
       if (total_ == 0 || total_ > kMaxPage) {
         Bad(absl::DataLossError(StrCat("page of ", total_, " bytes announced")));
-      } else {
+      } else if (c.data().size() < total_) {  // a one-chunk page is moved in whole below
         buf_.reserve(total_);
       }
     } else if (c.page_index() != next_) {
