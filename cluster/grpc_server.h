@@ -45,6 +45,11 @@ struct GrpcServerOptions {
   absl::Duration shutdown_grace = absl::Seconds(5);
   // Largest message accepted or sent, in bytes (page chunks are ≤ 4 MiB).
   int max_message_bytes = 64 << 20;
+  // Initial HTTP/2 receive window of each stream in bytes (gRPC caps it at 4 MiB), frames up
+  // to 16 MiB and 1 MiB socket reads; 0 keeps gRPC's defaults (a 64 KiB window grown by BDP
+  // probes and updates of at most 1 MiB, 8 KiB reads). A store sets it so that a written page
+  // is not paced by window updates.
+  int stream_window_bytes = 0;
 };
 
 // The host of a "HOST:PORT" listen address (brackets of an IPv6 host removed; an empty host

@@ -87,12 +87,13 @@ class PageStoreClient {
   absl::StatusOr<std::vector<PageRead>> ReadPages(std::span<const BlockKey> keys,
                                                   const std::string& lease_id = "",
                                                   uint32_t max_chunk_bytes = 0);
-  // Writes whole encoded pages, each split into chunks of `chunk_bytes`. One result per page,
+  // Writes whole encoded pages, each split into chunks of `chunk_bytes` (the default sends a
+  // 2.56 MB page as one message). One result per page,
   // in order. The call fails only with the RPC's error (then some pages may have been
   // stored; Lookup tells which).
   absl::StatusOr<std::vector<WriteResult>> WritePages(const kvstrata::v1::WriteOptions& options,
                                                       std::span<const PageToWrite> pages,
-                                                      uint32_t chunk_bytes = 1u << 20);
+                                                      uint32_t chunk_bytes = 4u << 20);
   absl::StatusOr<kvstrata::v1::GetTransportInfoResponse> GetTransportInfo();
 
  private:

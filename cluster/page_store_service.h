@@ -70,8 +70,9 @@ struct PageStoreServiceOptions {
   absl::Duration default_lease = absl::Seconds(30);
   absl::Duration max_lease = absl::Minutes(5);
   int max_leases_per_tenant = 1024;
-  uint32_t default_chunk_bytes = 1u << 20;  // ReadPages chunk when the request says 0
-  uint32_t min_chunk_bytes = 4u << 10;      // requests are clamped to [min, max]
+  // ReadPages chunk when the request says 0: a 2.56 MB page travels as one message.
+  uint32_t default_chunk_bytes = 4u << 20;
+  uint32_t min_chunk_bytes = 4u << 10;  // requests are clamped to [min, max]
   uint32_t max_chunk_bytes = 4u << 20;
   uint64_t max_page_bytes = 64ull << 20;  // larger pages are REJECTED (PAGE_TOO_LARGE)
   size_t max_lookup_keys = 65536;
@@ -83,7 +84,11 @@ struct PageStoreServiceOptions {
   TransportInfoFn transport_info;
 };
 
-class PageStoreService final : public kvstrata::v1::PageStore::CallbackService {
+// ReadPages is served raw (grpc::ByteBuffer): the page bytes of its chunks are handed to gRPC
+// as slices of the loaded page, not copied into and serialized out of a protobuf. The wire
+// format is the same PageChunk.
+class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMethod_ReadPages<
+                                   kvstrata::v1::PageStore::CallbackService> {
  public:
   // `store` is not owned and must outlive the service.
   PageStoreService(TieredStore* store, TenantAuth auth, PageStoreServiceOptions options);
@@ -98,8 +103,9 @@ class PageStoreService final : public kvstrata::v1::PageStore::CallbackService {
   grpc::ServerUnaryReactor* UnpinBlocks(grpc::CallbackServerContext* ctx,
                                         const kvstrata::v1::UnpinBlocksRequest* request,
                                         kvstrata::v1::UnpinBlocksResponse* response) override;
-  grpc::ServerWriteReactor<kvstrata::v1::PageChunk>* ReadPages(
-      grpc::CallbackServerContext* ctx, const kvstrata::v1::ReadPagesRequest* request) override;
+  // `request` is a serialized ReadPagesRequest; the stream's messages are PageChunks.
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ReadPages(grpc::CallbackServerContext* ctx,
+                                                        const grpc::ByteBuffer* request) override;
   grpc::ServerReadReactor<kvstrata::v1::WritePagesRequest>* WritePages(
       grpc::CallbackServerContext* ctx, kvstrata::v1::WritePagesResponse* response) override;
   grpc::ServerUnaryReactor* GetTransportInfo(

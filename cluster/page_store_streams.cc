@@ -1,9 +1,14 @@
 // The PageStore service's streaming calls: ReadPages (ServerWriteReactor) and WritePages
 // (ServerReadReactor). See page_store_service.h.
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "cluster/grpc_status.h"
 #include "cluster/page_store_service.h"
@@ -20,10 +25,46 @@ namespace pb = ::kvstrata::v1;
 
 // ---- ReadPages --------------------------------------------------------------------------------
 
-// One ReadPages call. Pages are loaded on the service's pool, one at a time, and sent one
-// chunk at a time: exactly one of {a pool task, an outstanding write} owns the reactor at any
-// moment, and whichever owns it last calls Finish(). Deleted in OnDone().
-class ReadPagesReactor final : public grpc::ServerWriteReactor<pb::PageChunk> {
+namespace {
+
+using SharedPage = std::shared_ptr<const std::vector<uint8_t>>;
+
+void ReleasePage(void* holder) { delete static_cast<SharedPage*>(holder); }
+
+// One PageChunk as the wire carries it, without copying the page: `head` (every field but
+// `data`) serialized by protobuf, then field 7 (`data`, length-delimited) appended by hand as
+// a tag, a varint length and a slice that references `page` (protobuf parsers accept fields
+// in any order). The slice keeps the page alive until the transport has sent it.
+grpc::ByteBuffer ChunkBuffer(const pb::PageChunk& head, const SharedPage& page, size_t offset,
+                             size_t n) {
+  std::string prefix = head.SerializeAsString();
+  prefix.push_back(static_cast<char>((7 << 3) | 2));
+  for (uint64_t v = n; true; v >>= 7) {
+    if (v < 0x80) {
+      prefix.push_back(static_cast<char>(v));
+      break;
+    }
+    prefix.push_back(static_cast<char>((v & 0x7f) | 0x80));
+  }
+  auto* data = const_cast<uint8_t*>(page->data()) + offset;
+  grpc::Slice slices[2] = {grpc::Slice(prefix),
+                           grpc::Slice(data, n, ReleasePage, new SharedPage(page))};
+  return grpc::ByteBuffer(slices, 2);
+}
+
+grpc::ByteBuffer MessageBuffer(const google::protobuf::Message& m) {
+  grpc::Slice slice(m.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+}  // namespace
+
+// One ReadPages call, served raw (grpc::ByteBuffer, see ChunkBuffer) so that page bytes go from
+// the loaded page to the transport without a copy. Pages are loaded on the service's pool, one
+// at a time, and sent one chunk at a time: exactly one of {a pool task, an outstanding write}
+// owns the reactor at any moment, and whichever owns it last calls Finish(). Deleted in
+// OnDone().
+class ReadPagesReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   ReadPagesReactor(PageStoreService* svc, PageStoreCaller caller, pb::ReadPagesRequest req,
                    uint32_t chunk_bytes)
@@ -36,7 +77,7 @@ class ReadPagesReactor final : public grpc::ServerWriteReactor<pb::PageChunk> {
       Done(absl::CancelledError("ReadPages stream broken"));
       return;
     }
-    if (offset_ < page_.bytes.size() && page_.status.ok()) {
+    if (status_.ok() && offset_ < bytes_->size()) {
       SendChunk();
     } else {
       LoadNext();
@@ -54,7 +95,13 @@ class ReadPagesReactor final : public grpc::ServerWriteReactor<pb::PageChunk> {
     if (next_ >= req_.pages_size()) return Done(absl::OkStatus());
     if (!svc_->pool_->Schedule([this] {
           index_ = next_++;
-          page_ = svc_->LoadPage(caller_, req_.pages(index_), req_.lease_id());
+          PageStoreService::LoadedPage page =
+              svc_->LoadPage(caller_, req_.pages(index_), req_.lease_id());
+          status_ = std::move(page.status);
+          header_bytes_ = page.header_bytes;
+          first_layer_ = page.first_layer;
+          layer_count_ = page.layer_count;
+          bytes_ = std::make_shared<const std::vector<uint8_t>>(std::move(page.bytes));
           offset_ = 0;
           SendChunk();
         })) {
@@ -64,31 +111,32 @@ class ReadPagesReactor final : public grpc::ServerWriteReactor<pb::PageChunk> {
 
   void SendChunk() {
     const pb::PageSelector& sel = req_.pages(index_);
-    msg_.Clear();
-    msg_.set_key(sel.key());
-    msg_.set_page_index(static_cast<uint32_t>(index_));
-    if (!page_.status.ok()) {
-      pb::ErrorInfo* e = msg_.mutable_error();
-      *e = ToErrorInfo(page_.status);
+    pb::PageChunk head;
+    head.set_key(sel.key());
+    head.set_page_index(static_cast<uint32_t>(index_));
+    if (!status_.ok()) {
+      pb::ErrorInfo* e = head.mutable_error();
+      *e = ToErrorInfo(status_);
       e->set_node_id(svc_->options_.node_id);
       e->set_key(sel.key());
-      msg_.set_last(true);
+      head.set_last(true);
+      msg_ = MessageBuffer(head);
       StartWrite(&msg_);
       return;
     }
-    const auto* b = reinterpret_cast<const char*>(page_.bytes.data());
-    const size_t size = page_.bytes.size();
+    const uint8_t* b = bytes_->data();
+    const size_t size = bytes_->size();
     const size_t n = std::min<size_t>(chunk_bytes_, size - offset_);
-    if (offset_ == 0) msg_.set_page_header(b, page_.header_bytes);
-    msg_.set_section(pb::SECTION_KIND_UNSPECIFIED);
-    msg_.mutable_layers()->set_begin(page_.first_layer);
-    msg_.mutable_layers()->set_end(page_.first_layer + page_.layer_count);
-    msg_.set_offset(offset_);
-    msg_.set_data(b + offset_, n);
-    msg_.set_data_xxh3(Xxh3_64(b + offset_, n));
-    msg_.set_total_bytes(size);
+    if (offset_ == 0) head.set_page_header(b, header_bytes_);
+    head.set_section(pb::SECTION_KIND_UNSPECIFIED);
+    head.mutable_layers()->set_begin(first_layer_);
+    head.mutable_layers()->set_end(first_layer_ + layer_count_);
+    head.set_offset(offset_);
+    head.set_data_xxh3(Xxh3_64(b + offset_, n));
+    head.set_total_bytes(size);
+    head.set_last(offset_ + n == size);
+    msg_ = ChunkBuffer(head, bytes_, offset_, n);
     offset_ += n;
-    msg_.set_last(offset_ == size);
     svc_->bytes_read_->Inc(static_cast<double>(n));
     StartWrite(&msg_);
   }
@@ -102,11 +150,14 @@ class ReadPagesReactor final : public grpc::ServerWriteReactor<pb::PageChunk> {
   const PageStoreCaller caller_;
   const pb::ReadPagesRequest req_;
   const uint32_t chunk_bytes_;
-  int next_ = 0;   // next page to load
-  int index_ = 0;  // page being sent
-  PageStoreService::LoadedPage page_;
+  int next_ = 0;         // next page to load
+  int index_ = 0;        // page being sent
+  absl::Status status_;  // of the page being sent
+  SharedPage bytes_;     // its bytes, shared with the slices in flight
+  size_t header_bytes_ = 0;
+  uint32_t first_layer_ = 0, layer_count_ = 0;
   size_t offset_ = 0;
-  pb::PageChunk msg_;
+  grpc::ByteBuffer msg_;
   std::atomic<bool> cancelled_{false};
   absl::Status final_;
 };
@@ -170,7 +221,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
       return absl::InvalidArgumentError("the first WritePages message must be WriteOptions");
     }
     if (!msg_.has_chunk()) return absl::InvalidArgumentError("WritePages message with no chunk");
-    const pb::PageChunk& c = msg_.chunk();
+    pb::PageChunk& c = *msg_.mutable_chunk();
     ASSIGN_OR_RETURN(BlockKey key, wire::ParseKey(c.key(), "chunk key"));
     resp_->set_bytes_received(resp_->bytes_received() + c.data().size());
     if (!cur_) {
@@ -222,8 +273,10 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
     }
   }
 
-  void Append(const pb::PageChunk& c) {
-    const std::string& d = c.data();
+  // Checks and appends one chunk; a whole page in one chunk is moved, not copied.
+  void Append(pb::PageChunk& c) {
+    std::string& d = *c.mutable_data();
+    const size_t n = d.size();
     if (!cur_->rejected) {
       if (c.total_bytes() != cur_->total) {
         Reject(absl::InvalidArgumentError(StrCat("total_bytes changed from ", cur_->total, " to ",
@@ -233,15 +286,17 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
         Reject(absl::DataLossError(StrCat("chunk at offset ", c.offset(), " (", d.size(),
                                           " bytes) fails its XXH3 checksum")),
                "CHUNK_CHECKSUM_MISMATCH");
-      } else if (cur_->received + d.size() > cur_->total) {
+      } else if (cur_->received + n > cur_->total) {
         Reject(absl::InvalidArgumentError(
                    StrCat("chunks exceed total_bytes (", cur_->total, ") of the page")),
                "SIZE_MISMATCH");
+      } else if (cur_->received == 0 && n == cur_->total) {
+        cur_->bytes.swap(d);
       } else {
         cur_->bytes.append(d);
       }
     }
-    cur_->received += d.size();
+    cur_->received += n;
   }
 
   void Reject(absl::Status why, std::string_view reason) {
@@ -282,33 +337,46 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
   absl::Status final_;
 };
 
-grpc::ServerWriteReactor<pb::PageChunk>* PageStoreService::ReadPages(
-    grpc::CallbackServerContext* ctx, const pb::ReadPagesRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* PageStoreService::ReadPages(
+    grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* raw) {
   absl::StatusOr<PageStoreCaller> c = Authenticate(ctx);
   absl::Status s = c.status();
-  if (s.ok() && static_cast<size_t>(request->pages_size()) > options_.max_read_pages) {
-    s = absl::InvalidArgumentError(StrCat(request->pages_size(), " pages; at most ",
+  pb::ReadPagesRequest request;
+  if (s.ok()) {
+    std::vector<grpc::Slice> slices;
+    std::string bytes;
+    if (raw->Dump(&slices).ok()) {
+      for (const grpc::Slice& sl : slices) {
+        bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+      }
+    }
+    if (!request.ParseFromString(bytes)) {
+      s = absl::InvalidArgumentError("ReadPagesRequest does not parse");
+    }
+  }
+  if (s.ok() && static_cast<size_t>(request.pages_size()) > options_.max_read_pages) {
+    s = absl::InvalidArgumentError(StrCat(request.pages_size(), " pages; at most ",
                                           options_.max_read_pages, " per ReadPages call"));
   }
-  for (int i = 0; s.ok() && i < request->pages_size(); ++i) {
-    s = wire::ParseKey(request->pages(i).key(), StrCat("pages[", i, "].key")).status();
+  for (int i = 0; s.ok() && i < request.pages_size(); ++i) {
+    s = wire::ParseKey(request.pages(i).key(), StrCat("pages[", i, "].key")).status();
   }
-  if (s.ok() && !request->lease_id().empty()) {
-    s = wire::FromPageStore(pages_.CheckLease(*c, request->lease_id()));
+  if (s.ok() && !request.lease_id().empty()) {
+    s = wire::FromPageStore(pages_.CheckLease(*c, request.lease_id()));
   }
   if (!s.ok()) {
     Count("ReadPages", s);
-    class Failed final : public grpc::ServerWriteReactor<pb::PageChunk> {
+    class Failed final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
      public:
       explicit Failed(const absl::Status& s) { Finish(ToGrpcStatus(s)); }
       void OnDone() override { delete this; }
     };
     return new Failed(s);
   }
-  uint32_t chunk = request->max_chunk_bytes();
+  uint32_t chunk = request.max_chunk_bytes();
   if (chunk == 0) chunk = options_.default_chunk_bytes;
   chunk = std::clamp(chunk, options_.min_chunk_bytes, options_.max_chunk_bytes);
-  auto* r = new ReadPagesReactor(this, *std::move(c), *request, chunk);
+  auto* r = new ReadPagesReactor(this, *std::move(c), std::move(request), chunk);
   r->Start();
   return r;
 }

@@ -122,6 +122,7 @@ absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, Role
   s.page_store = std::make_unique<PageStoreService>(s.store.get(), auth, po);
   go.services = {s.page_store.get()};
   go.health_service_names = {pb::PageStore::service_full_name()};
+  go.stream_window_bytes = 16 << 20;  // WritePages: a page per window, not 64 KiB
   StoreStats ss = s.store->Stats();
   for (int t = 0; t < kNumTiers; ++t) {
     if (!ss.tiers[t].present) continue;

@@ -39,6 +39,9 @@ if(NOT KVSTRATA_GPU_ONLY AND NOT KVSTRATA_FUZZ_ONLY)
   pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
   pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
   find_package(benchmark CONFIG REQUIRED)
+  # Optional: `kvstrata bench store` talks to Redis through hiredis (scripts/setup installs
+  # libhiredis-dev); without it the bench builds and its Redis rows fail with a message.
+  pkg_check_modules(HIREDIS IMPORTED_TARGET hiredis)
 endif()
 
 # ---- CUDA (AUTO / ON / OFF) ----

@@ -1,4 +1,6 @@
 // kvstrata: one binary, many subcommands (DESIGN.md "CLI").
+#include <malloc.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -62,6 +64,12 @@ KV_REGISTER_COMMAND(bench, "run a benchmark suite (kvstrata bench --help)", RunB
 }  // namespace kv::cmd
 
 int main(int argc, char** argv) {
+  // Page-sized buffers (a 2.56 MB page, a 4 MiB chunk) come from and go back to the heap
+  // instead of a fresh mmap per buffer, which faults in every 4 KiB page on first touch and
+  // unmaps it on free. Measured (bench store, 2.56 MB gRPC GET, 1 client, 2-core VM): p50
+  // 11.7 ms with glibc's defaults, 1.3-1.7 ms with these. Free heap above 128 MiB is returned.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum
+  mallopt(M_TRIM_THRESHOLD, 128 << 20);
   using kv::cmd::MutableCommands;
   auto& cmds = MutableCommands();
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
