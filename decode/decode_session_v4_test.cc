@@ -53,7 +53,8 @@ class DecodeSessionV4Test : public ::testing::Test {
     auto store = TieredStore::Open({}, std::move(tiers));
     ASSERT_TRUE(store.ok()) << store.status();
     store_ = *std::move(store);
-    pool_ = std::make_unique<LocalPagePool>(store_.get(), model().page_bytes());
+    pool_ = std::make_unique<LocalPagePool>(
+        store_.get(), PageStoreOptions{.node_id = "local", .max_page_bytes = model().page_bytes()});
     prefill_transport_ = std::make_unique<transport::InProcTransport>(&fabric_);
     decode_transport_ = std::make_unique<transport::InProcTransport>(&fabric_);
     ctx_ = DecodeContext{.model = &model(),
