@@ -149,6 +149,11 @@ absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> 
   return out;
 }
 
+absl::StatusOr<uint32_t> PageRmaClient::Unpin(const PinnedPages& pinned) {
+  if (pinned.lease_id.empty()) return 0;
+  return rpc_->Unpin(pinned.lease_id);
+}
+
 absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned,
                                                        std::span<const BlockKey> keys,
                                                        RegisteredBuffer buffer,
@@ -176,8 +181,7 @@ absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned
   absl::Status moved = Transfer(pinned.peer, transport::OpKind::kRead, std::move(ops),
                                 std::min(deadline, pinned.deadline));
   // Released after the transfer either way; the bytes count only if the lease was live then.
-  absl::StatusOr<uint32_t> released =
-      pinned.lease_id.empty() ? absl::StatusOr<uint32_t>(0) : rpc_->Unpin(pinned.lease_id);
+  absl::StatusOr<uint32_t> released = Unpin(pinned);
   if (!moved.ok()) return Unusable(moved);
   if (!released.ok()) return Unusable(released.status());
   if (*released == 0 && !pinned.lease_id.empty()) {
@@ -230,7 +234,7 @@ absl::StatusOr<RmaReadResult> PageRmaClient::ReadPagesInto(std::span<const Block
   }
   ASSIGN_OR_RETURN(PinnedPages pinned, PinForRead(keys, deadline));
   if (!pinned.rma()) {  // pinned where it cannot be lent: the fallback reads under the lease
-    rpc_->Unpin(pinned.lease_id).IgnoreError();
+    Unpin(pinned).IgnoreError();
     return ReadOverGrpc(keys, buffer);
   }
   return GetPinned(pinned, keys, buffer, deadline);

@@ -124,6 +124,8 @@ class PageRmaClient {
   // with Unavailable when the store cannot be reached over the transport (nothing pinned);
   // GetPinned always releases the lease.
   absl::StatusOr<PinnedPages> PinForRead(std::span<const BlockKey> keys, absl::Time deadline);
+  // Releases a PinForRead lease without reading (0 when nothing was pinned or it expired).
+  absl::StatusOr<uint32_t> Unpin(const PinnedPages& pinned);
   absl::StatusOr<RmaReadResult> GetPinned(const PinnedPages& pinned, std::span<const BlockKey> keys,
                                           RegisteredBuffer buffer, absl::Time deadline);
 

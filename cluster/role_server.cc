@@ -220,7 +220,6 @@ absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
   self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
   ASSIGN_OR_RETURN(s.model, model::LoadServingModel(model_dir, layout_name, o.node.max_context,
                                                     o.node.compute_threads));
-  ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
   pb::TransportEndpoint* e = self.add_transports();
   e->set_kind(pb::TRANSPORT_KIND_UCX);
   e->set_address(s.transport->address());
@@ -272,8 +271,13 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   State& s = *server->s_;
   Clock* clock = o.node.clock != nullptr ? o.node.clock : Clock::Real();
   ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership, clock));
-  ASSIGN_OR_RETURN(
-      s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication, .clock = clock}));
+  // Workers' transport: the prefill->decode handoff, and RMA reads of the pool's pages.
+  if (o.role == "prefill" || o.role == "decode") {
+    ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
+  }
+  ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication,
+                                                                .clock = clock,
+                                                                .transport = s.transport.get()}));
 
   pb::NodeInfo self;
   GrpcServerOptions go;

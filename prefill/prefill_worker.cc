@@ -95,9 +95,9 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
   if (req.cached && ctx_->pool != nullptr) {
     const std::vector<BlockKey> want = RunKeys(*req.cached, keys, handed / pt);
     if (!want.empty()) {
-      absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
-          ctx_->pool->Read(req.cached->address, want, req.cached->lease_id, req.authorization,
-                           std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout));
+      absl::StatusOr<std::vector<std::vector<uint8_t>>> pages = ctx_->pool->Read(
+          req.cached->address, want, req.cached->lease_id, req.authorization,
+          std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout), &done.pool_transport);
       if (!pages.ok()) {
         log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
                   pages.status().ToString());
