@@ -6,8 +6,9 @@
 //     UCX gets into the caller's registered buffer, verify in place, unpin) equal the
 //     originals, also with four concurrent clients, and the result says UCX moved them;
 //   - a lease expiring during a get (the completion is delayed past it) is an error in time;
-//   - a store SIGKILLed mid-get and mid-put is an error within the deadline, never a hang, the
-//     error says the buffer is not valid, and the restarted store shows no half-written page;
+//   - a store SIGKILLed mid-get (between pin and get, and while a get is in flight) and mid-put
+//     is an error within the deadline, never a hang, the error says the buffer is not valid,
+//     and the restarted store shows no half-written page;
 //   - a page corrupted in the store's memory (a put into its region between pin and get) is
 //     caught by the reader's verification: that page is a miss, the others are served;
 //   - tenant isolation: another tenant's pin lends nothing and its read is all misses;
@@ -321,6 +322,30 @@ TEST_P(PageStoreRmaTest, StoreKilledMidGetIsAnErrorInTime) {
   auto l = rpc2->Lookup(keys);
   ASSERT_TRUE(l.ok()) << l.status();
   EXPECT_EQ(l->prefix_blocks(), 0u);
+}
+
+TEST_P(PageStoreRmaTest, StoreKilledWhileAGetIsInFlightIsAnErrorInTime) {
+  auto rpc = Rpc("tok-acme");
+  PageRmaClient writer(rpc.get(), transport_.get());
+  const auto chain = Chain(45, "acme", 16);
+  Buffer src(transport_.get(), Bytes(chain));
+  ASSERT_TRUE(Write(writer, src, chain).ok());
+  // The get's completion is reported 2 s late; the store dies 300 ms into it, so the lease
+  // cannot be confirmed and the bytes must not be used, even though they may all have landed.
+  transport::FaultInjectingTransport slow(transport_.get(),
+                                          {.delay = 1.0, .delay_by = absl::Seconds(2)});
+  PageRmaClient reader(rpc.get(), &slow);
+  Buffer dst(transport_.get(), Bytes(chain));
+  const absl::Time start = absl::Now();
+  std::thread killer([&] {
+    absl::SleepFor(absl::Milliseconds(300));
+    store_->Kill();
+  });
+  auto r = reader.ReadPagesInto(testing::KeysOf(chain), dst.view(), start + absl::Seconds(10));
+  killer.join();
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not valid"), std::string::npos) << r.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10 + 2 + 6));  // deadline, wait grace, unpin RPC
 }
 
 TEST_P(PageStoreRmaTest, StoreKilledMidPutLeavesNoPage) {
