@@ -127,13 +127,20 @@ std::string FormatStats(const pb::RequestStats& s) {
   auto ms = [](const google::protobuf::Duration& d) {
     return absl::ToDoubleMilliseconds(FromProto(d));
   };
+  const std::string pool =
+      s.pool_transport() == pb::TRANSPORT_KIND_UNSPECIFIED
+          ? ""
+          : fmt::format("cached pages came from the pool over {}\n",
+                        s.pool_transport() == pb::TRANSPORT_KIND_UCX    ? "UCX"
+                        : s.pool_transport() == pb::TRANSPORT_KIND_GRPC ? "gRPC (fallback)"
+                                                                        : "in-process");
   const std::string handoff =
       s.handoff_bytes() == 0
           ? ""
           : fmt::format(
                 "handoff: {} bytes prefill->decode, {:.2f} ms not overlapped with compute\n",
                 s.handoff_bytes(), ms(s.handoff_time()));
-  return handoff +
+  return pool + handoff +
          fmt::format(
              "TTFT {:.2f} ms, total {:.2f} ms (load {:.2f} ms, prefill {:.2f} ms, decode {:.2f} "
              "ms)\n"

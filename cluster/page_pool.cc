@@ -2,12 +2,15 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
+#include <optional>
 #include <utility>
 
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
 #include "cluster/page_store_client.h"
+#include "cluster/page_store_rma.h"
 #include "cluster/placement.h"
 #include "cluster/proto_convert.h"
 #include "core/logging.h"
@@ -95,17 +98,24 @@ class GrpcPagePool final : public PagePool {
     if (!r.ok()) log::Info("pool_unpin_failed", "lease", lease_id, "error", r.status().ToString());
   }
 
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
-                                                         std::span<const BlockKey> keys,
-                                                         const std::string& lease_id,
-                                                         const std::string& authorization,
-                                                         absl::Time deadline) override {
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
+      const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
+      const std::string& authorization, absl::Time deadline, std::string* path) override {
     std::vector<std::vector<uint8_t>> out;
     if (keys.empty()) return out;
     const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - clock()->Now());
     if (timeout <= absl::ZeroDuration()) {
       return MarkRetryable(absl::DeadlineExceededError("pool read: no time left"));
     }
+    if (options_.transport != nullptr) {
+      ASSIGN_OR_RETURN(std::optional<std::vector<std::vector<uint8_t>>> rma,
+                       ReadOverUcx(address, keys, TokenOf(authorization), deadline));
+      if (rma.has_value()) {
+        if (path != nullptr) *path = "ucx";
+        return *std::move(rma);
+      }
+    }
+    if (path != nullptr) *path = "grpc";
     PageStoreClient client(Channel(address), TokenOf(authorization), timeout);
     ASSIGN_OR_RETURN(std::vector<PageStoreClient::PageRead> pages,
                      client.ReadPages(keys, lease_id));
@@ -168,6 +178,64 @@ class GrpcPagePool final : public PagePool {
   }
 
  private:
+  struct RmaClients {
+    std::unique_ptr<PageStoreClient> rpc;
+    std::unique_ptr<PageRmaClient> rma;
+  };
+  // The RMA client of (store, token), made on first use; it keeps its connection and the
+  // store's imported region keys.
+  PageRmaClient& RmaFor(const std::string& address, const std::string& token) {
+    std::shared_ptr<grpc::Channel> channel = Channel(address);
+    kv::MutexLock l(&mu_);
+    RmaClients& c = rma_[{address, token}];
+    if (c.rma == nullptr) {
+      c.rpc = std::make_unique<PageStoreClient>(std::move(channel), token, options_.rpc_timeout);
+      c.rma = std::make_unique<PageRmaClient>(c.rpc.get(), options_.transport,
+                                              PageRmaOptions{.clock = clock()});
+    }
+    return *c.rma;
+  }
+
+  // Reads `keys` with RMA gets into a registered buffer of this process, verified in place
+  // (PageRmaClient), then copies each page out (PagePool returns owned pages). nullopt when
+  // UCX cannot reach the store or the store lends no region: the caller falls back to gRPC.
+  // A buffer the transport still holds after a failed get is kept alive, never reused.
+  absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> ReadOverUcx(
+      const std::string& address, std::span<const BlockKey> keys, const std::string& token,
+      absl::Time deadline) {
+    PageRmaClient& rma = RmaFor(address, token);
+    if (absl::StatusOr<transport::PeerId> peer = rma.Peer(deadline); !peer.ok()) {
+      log::Info("pool_read_fallback", "node", address, "error", peer.status().ToString());
+      return std::nullopt;
+    }
+    ASSIGN_OR_RETURN(PinnedPages pinned, rma.PinForRead(keys, deadline));
+    std::vector<std::vector<uint8_t>> out;
+    uint64_t total = 0;
+    for (const PinnedPages::Page& p : pinned.pages) total += p.size;
+    if (pinned.pages.empty() || !pinned.rma() || total == 0) {
+      rma.Unpin(pinned).IgnoreError();  // expires on its own otherwise
+      if (pinned.pages.empty()) return out;
+      return std::nullopt;
+    }
+    auto mem = std::make_shared<std::vector<uint8_t>>(total);
+    ASSIGN_OR_RETURN(
+        transport::RegisteredRegion reg,
+        options_.transport->Register(mem->data(), total, transport::MemoryKind::kHost));
+    absl::StatusOr<RmaReadResult> r = rma.GetPinned(pinned, keys, {reg.id, *mem}, deadline);
+    if (r.ok()) {
+      for (size_t i = 0; i < r->prefix(); ++i) {
+        const uint8_t* p = mem->data() + r->pages[i]->offset;
+        out.emplace_back(p, p + r->pages[i]->size);
+      }
+    }
+    if (!options_.transport->Deregister(reg.id).ok()) {
+      kv::MutexLock l(&mu_);
+      graveyard_.push_back(std::move(mem));  // quarantined: the transport may still write it
+    }
+    if (!r.ok()) return r.status();
+    return out;
+  }
+
   Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
     kv::MutexLock l(&mu_);
@@ -180,6 +248,8 @@ class GrpcPagePool final : public PagePool {
   const GrpcPagePoolOptions options_;
   kv::Mutex mu_;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, RmaClients> rma_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<std::vector<uint8_t>>> graveyard_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace

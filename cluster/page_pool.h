@@ -26,6 +26,7 @@
 #include "core/clock.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_pool.h"
+#include "transport/transport.h"
 
 namespace kv::cluster {
 
@@ -40,6 +41,11 @@ struct GrpcPagePoolOptions {
   absl::Duration rpc_timeout = absl::Seconds(10);
   absl::Duration write_timeout = absl::Seconds(60);
   Clock* clock = nullptr;  // the clock callers' deadlines are on; null: Clock::Real()
+  // The caller's transport (a worker's UCX transport; not owned, must outlive the pool).
+  // When set, Read moves page bytes with RMA gets from the store's registered memory
+  // (cluster/page_store_rma.h) and uses gRPC ReadPages only when UCX cannot reach the store
+  // or the store lends no region. Null: gRPC only.
+  transport::Transport* transport = nullptr;
 };
 
 // The PagePool over gRPC PageStore services of the live store-capable members.

@@ -331,4 +331,40 @@ absl::StatusOr<pb::GetTransportInfoResponse> PageStoreClient::GetTransportInfo()
   return resp;
 }
 
+absl::StatusOr<pb::PinBlocksResponse> PageStoreClient::PinBlocks(const pb::PinBlocksRequest& req) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::PinBlocksResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->PinBlocks(&ctx, req, &resp)));
+  return resp;
+}
+
+absl::StatusOr<pb::ReserveStagingResponse> PageStoreClient::ReserveStaging(
+    const pb::ReserveStagingRequest& req) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::ReserveStagingResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->ReserveStaging(&ctx, req, &resp)));
+  return resp;
+}
+
+absl::StatusOr<pb::SealStagedResponse> PageStoreClient::SealStaged(
+    const pb::SealStagedRequest& req) {
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::SealStagedResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->SealStaged(&ctx, req, &resp)));
+  return resp;
+}
+
+absl::StatusOr<uint32_t> PageStoreClient::AbortStaged(const std::string& lease_id) {
+  pb::AbortStagedRequest req;
+  req.set_lease_id(lease_id);
+  grpc::ClientContext ctx;
+  Prepare(&ctx);
+  pb::AbortStagedResponse resp;
+  RETURN_IF_ERROR(FromPageStoreStatus(stub_->AbortStaged(&ctx, req, &resp)));
+  return resp.released();
+}
+
 }  // namespace kv::cluster

@@ -96,6 +96,16 @@ class PageStoreClient {
                                                       uint32_t chunk_bytes = 4u << 20);
   absl::StatusOr<kvstrata::v1::GetTransportInfoResponse> GetTransportInfo();
 
+  // The RMA data path's calls, as the protos say (cluster/page_store_rma.h drives them):
+  // PinBlocks with promote_to and regions, and the two-phase staged write. Errors as above.
+  absl::StatusOr<kvstrata::v1::PinBlocksResponse> PinBlocks(
+      const kvstrata::v1::PinBlocksRequest& request);
+  absl::StatusOr<kvstrata::v1::ReserveStagingResponse> ReserveStaging(
+      const kvstrata::v1::ReserveStagingRequest& request);
+  absl::StatusOr<kvstrata::v1::SealStagedResponse> SealStaged(
+      const kvstrata::v1::SealStagedRequest& request);
+  absl::StatusOr<uint32_t> AbortStaged(const std::string& lease_id);
+
  private:
   void Prepare(grpc::ClientContext* ctx) const;
 

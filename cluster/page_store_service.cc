@@ -115,9 +115,9 @@ absl::Status PageStoreService::DoPin(const PageStoreCaller& c, const pb::PinBloc
                                      pb::PinBlocksResponse* resp) {
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                    wire::ParseKeys(req.keys(), options_.max_lookup_keys));
-  if (req.promote_to() != pb::TIER_UNSPECIFIED) {
+  if (req.promote_to() != pb::TIER_UNSPECIFIED && req.promote_to() != pb::TIER_HOST) {
     return absl::UnimplementedError(
-        "promote_to is not supported yet: pages are pinned where they are (read with ReadPages)");
+        "promote_to supports TIER_HOST only (pages are lent from registered host memory)");
   }
   std::optional<absl::Duration> lease;
   if (req.has_lease()) lease = FromProto(req.lease());
@@ -135,6 +135,9 @@ absl::Status PageStoreService::DoPin(const PageStoreCaller& c, const pb::PinBloc
     } else {
       resp->add_missing(KeyBytes(keys[i]));
     }
+  }
+  if (req.promote_to() == pb::TIER_HOST && !r->tiers.empty()) {
+    return LendPinned(c, std::span<const BlockKey>(keys).first(r->tiers.size()), resp);
   }
   return absl::OkStatus();
 }
@@ -230,12 +233,16 @@ pb::PageWriteResult PageStoreService::PublishPage(const PageStoreCaller& c,
                      .resume_role = resume_role};
   if (o.has_retention_ttl()) admit.retention = FromProto(o.retention_ttl());
   const std::span<const uint8_t> page(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
-  AdmitResult a = pages_.Admit(c, key, page, admit);
+  return WriteResultOf(key, pages_.Admit(c, key, page, admit), bytes.size());
+}
+
+pb::PageWriteResult PageStoreService::WriteResultOf(const BlockKey& key, AdmitResult a,
+                                                    uint64_t size) {
   pb::PageWriteResult r;
   r.set_key(KeyBytes(key));
   switch (a.outcome) {
     case AdmitOutcome::kStored:
-      bytes_written_->Inc(static_cast<double>(bytes.size()));
+      bytes_written_->Inc(static_cast<double>(size));
       r.set_outcome(pb::WRITE_OUTCOME_STORED);
       return r;
     case AdmitOutcome::kAlreadyPresent:
@@ -260,6 +267,16 @@ grpc::ServerUnaryReactor* PageStoreService::GetTransportInfo(
     response->set_max_transfer_bytes(options_.max_transfer_bytes != 0 ? options_.max_transfer_bytes
                                                                       : options_.max_page_bytes);
     if (options_.transport_info) RETURN_IF_ERROR(options_.transport_info(response));
+    std::vector<RegisteredMemory> regions = options_.tier_memory;
+    if (options_.staging != nullptr) regions.push_back(options_.staging_memory);
+    for (const RegisteredMemory& m : regions) {
+      pb::RegisteredRegion* r = response->add_regions();
+      r->set_tier(m.tier);
+      r->set_transport(m.transport);
+      r->set_address(reinterpret_cast<uint64_t>(m.base));
+      r->set_length(m.length);
+      r->set_remote_key(m.packed_key);
+    }
     return absl::OkStatus();
   }();
   Count("GetTransportInfo", s);

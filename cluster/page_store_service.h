@@ -28,7 +28,16 @@
 // (UNAUTHENTICATED otherwise), and made as that tenant (PageStoreCaller::Tenant): what a
 // tenant sees, reads, writes and leases is PageStore's rule.
 //
-// Not implemented in v1: PinBlocksRequest.promote_to other than TIER_UNSPECIFIED
+//   - RMA data path (issue #15). With registered tier memory (options.tier_memory),
+//     PinBlocks with promote_to = TIER_HOST lends each pinned page in place
+//     (kv::PageStore::Lend: an nvme hit is promoted into host under the pin first) and returns
+//     its RemoteRegion (page address and length, the region's packed key and base), so a
+//     client reads it with one-sided gets; pages that could not be lent come back without a
+//     region. With a staging area (options.staging), ReserveStaging / SealStaged /
+//     AbortStaged run kv::StagingArea: slots in registered host memory under a staging lease,
+//     then admission through kv::PageStore::Admit (the rules WritePages uses).
+//
+// Not implemented in v1: PinBlocksRequest.promote_to other than TIER_UNSPECIFIED and TIER_HOST
 // (UNIMPLEMENTED), WriteOptions.target_tier (the store picks), layer/section reads (above).
 //
 // Metrics: kvstrata_pagestore_requests_total{rpc,code}, kvstrata_pagestore_bytes_read_total,
@@ -44,6 +53,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,10 +64,23 @@
 #include "core/metrics.h"
 #include "core/thread_pool.h"
 #include "kvstore/page_store.h"
+#include "kvstore/staging_area.h"
 #include "kvstore/tiered_store.h"
 #include "proto/kvstrata/v1/page_store.grpc.pb.h"
 
 namespace kv::cluster {
+
+// Memory registered with the node's transport, for RemoteRegions (common.proto).
+struct RegisteredMemory {
+  kvstrata::v1::Tier tier = kvstrata::v1::TIER_HOST;
+  kvstrata::v1::TransportKind transport = kvstrata::v1::TRANSPORT_KIND_UCX;
+  const uint8_t* base = nullptr;
+  uint64_t length = 0;
+  std::string packed_key;  // transport::RegisteredRegion::packed_key
+  bool Contains(std::span<const uint8_t> bytes) const {
+    return base != nullptr && bytes.data() >= base && bytes.data() + bytes.size() <= base + length;
+  }
+};
 
 // Fills the transport part of a GetTransportInfoResponse (endpoints, registered regions).
 // Errors are returned to the caller of GetTransportInfo.
@@ -80,8 +103,15 @@ struct PageStoreServiceOptions {
   int io_threads = 2;  // ReadPages loads and WritePages admission
   // Reported as GetTransportInfoResponse.max_transfer_bytes; 0: max_page_bytes.
   uint64_t max_transfer_bytes = 0;
-  // Endpoints and regions for GetTransportInfo; empty: none are reported (gRPC only).
+  // Endpoints for GetTransportInfo; empty: none are reported (gRPC only).
   TransportInfoFn transport_info;
+  // Tier memory registered with the transport (pages PinBlocks lends from it get regions);
+  // reported by GetTransportInfo. Empty: PinBlocks returns no regions.
+  std::vector<RegisteredMemory> tier_memory;
+  // Staging space for ReserveStaging (not owned; must outlive the service) and its
+  // registration. Null: ReserveStaging is UNAVAILABLE.
+  StagingArea* staging = nullptr;
+  RegisteredMemory staging_memory;
 };
 
 // ReadPages is served raw (grpc::ByteBuffer): the page bytes of its chunks are handed to gRPC
@@ -111,6 +141,15 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
   grpc::ServerUnaryReactor* GetTransportInfo(
       grpc::CallbackServerContext* ctx, const kvstrata::v1::GetTransportInfoRequest* request,
       kvstrata::v1::GetTransportInfoResponse* response) override;
+  grpc::ServerUnaryReactor* ReserveStaging(grpc::CallbackServerContext* ctx,
+                                           const kvstrata::v1::ReserveStagingRequest* request,
+                                           kvstrata::v1::ReserveStagingResponse* response) override;
+  grpc::ServerUnaryReactor* SealStaged(grpc::CallbackServerContext* ctx,
+                                       const kvstrata::v1::SealStagedRequest* request,
+                                       kvstrata::v1::SealStagedResponse* response) override;
+  grpc::ServerUnaryReactor* AbortStaged(grpc::CallbackServerContext* ctx,
+                                        const kvstrata::v1::AbortStagedRequest* request,
+                                        kvstrata::v1::AbortStagedResponse* response) override;
 
   // Live (unexpired) leases, all tenants.
   size_t live_leases() { return pages_.live_leases(); }
@@ -136,6 +175,13 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
                         kvstrata::v1::LookupBlocksResponse* resp);
   absl::Status DoPin(const PageStoreCaller& c, const kvstrata::v1::PinBlocksRequest& req,
                      kvstrata::v1::PinBlocksResponse* resp);
+  // Sets the RemoteRegion of each pinned page PageStore::Lend lends (promote_to = TIER_HOST).
+  absl::Status LendPinned(const PageStoreCaller& c, std::span<const BlockKey> pinned,
+                          kvstrata::v1::PinBlocksResponse* resp);
+  absl::Status DoReserve(const PageStoreCaller& c, const kvstrata::v1::ReserveStagingRequest& req,
+                         kvstrata::v1::ReserveStagingResponse* resp);
+  absl::Status DoSeal(const PageStoreCaller& c, const kvstrata::v1::SealStagedRequest& req,
+                      kvstrata::v1::SealStagedResponse* resp);
   absl::StatusOr<uint32_t> DoUnpin(const PageStoreCaller& c,
                                    const kvstrata::v1::UnpinBlocksRequest& req);
 
@@ -147,6 +193,8 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
                                             const kvstrata::v1::WriteOptions& o,
                                             const BlockKey& key, const std::string& bytes,
                                             PageRole resume_role);
+  // The wire result of an admission of `size` bytes (counted as written when stored).
+  kvstrata::v1::PageWriteResult WriteResultOf(const BlockKey& key, AdmitResult a, uint64_t size);
   // A REJECTED result for `key`, counted under `reason`.
   kvstrata::v1::PageWriteResult Reject(const BlockKey& key, absl::Status why,
                                        std::string_view reason);

@@ -140,6 +140,10 @@ void ToProto(const RequestStats& st, pb::RequestStats* out) {
                      : st.transport == "grpc"   ? pb::TRANSPORT_KIND_GRPC
                      : st.transport == "inproc" ? pb::TRANSPORT_KIND_INPROC
                                                 : pb::TRANSPORT_KIND_UNSPECIFIED);
+  out->set_pool_transport(st.pool_transport == "ucx"      ? pb::TRANSPORT_KIND_UCX
+                          : st.pool_transport == "grpc"   ? pb::TRANSPORT_KIND_GRPC
+                          : st.pool_transport == "inproc" ? pb::TRANSPORT_KIND_INPROC
+                                                          : pb::TRANSPORT_KIND_UNSPECIFIED);
   ToProto(st.cost, out->mutable_cost());
   SetDuration(st.load_time, out->mutable_load_time());
   SetDuration(st.prefill_time, out->mutable_prefill_time());

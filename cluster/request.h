@@ -79,6 +79,9 @@ struct RequestStats {
   // "inproc", or "grpc" when a decode worker read its pages over gRPC).
   uint64_t bytes_transferred = 0;
   std::string transport;
+  // How the cached pages came from the pool's stores ("ucx", "grpc" only when UCX could not
+  // connect, "inproc" for the embedded node's own store); "" when none were loaded.
+  std::string pool_transport;
   int64_t published_pages = 0;  // pages this request queued for publishing
   // The prefill->decode handoff the decode worker imported (0 / zero when none): bytes the
   // prefill worker wrote, and its time not overlapped with compute (PrefillDone).

@@ -15,6 +15,8 @@
 #include "core/status_macros.h"
 #include "core/strings.h"
 #include "kvstore/page_format.h"
+#include "kvstore/slab_tier.h"
+#include "kvstore/staging_area.h"
 #include "model/config.h"
 #include "model/serving_model.h"
 #include "model/weights.h"
@@ -30,6 +32,7 @@ struct RoleServer::State {
   std::unique_ptr<Membership> membership;
   std::unique_ptr<PagePool> pool;
   std::unique_ptr<TieredStore> store;
+  std::unique_ptr<StagingArea> staging;  // registered with `transport`: outlives it
   model::LoadedModel model;
   transport::RegionGraveyard graveyard;  // outlives the transport (transport/handoff.h)
   std::unique_ptr<transport::Transport> transport;
@@ -103,12 +106,54 @@ void RoleServer::Shutdown() {
   s_->transport.reset();
   s_->pool.reset();
   s_->store.reset();
+  s_->staging.reset();
   s_->model = model::LoadedModel();  // the serving view and the runtime
   s_->membership.reset();
   log::Info("serve_stopped");
 }
 
 namespace {
+
+// Registers `bytes` with the store's transport for RMA.
+absl::StatusOr<RegisteredMemory> RegisterMemory(transport::Transport& t, pb::Tier tier,
+                                                uint8_t* base, uint64_t length) {
+  ASSIGN_OR_RETURN(transport::RegisteredRegion r,
+                   t.Register(base, length, transport::MemoryKind::kHost));
+  return RegisteredMemory{.tier = tier, .base = base, .length = length, .packed_key = r.packed_key};
+}
+
+// The store's RMA data path (issue #15): a UCX transport, the host-addressable tier slabs and
+// a staging area registered with it once. Without UCX the store serves gRPC only.
+absl::Status StartStoreRma(const RoleServerOptions& o, RoleServer::State& s,
+                           PageStoreServiceOptions& po, pb::NodeInfo& self) {
+  ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
+  for (TierKind k : {TierKind::kDevice, TierKind::kHost}) {
+    auto* slab = dynamic_cast<SlabTier*>(s.store->tier(k));
+    if (slab == nullptr || slab->region()->host_base() == nullptr) continue;
+    ASSIGN_OR_RETURN(RegisteredMemory m,
+                     RegisterMemory(*s.transport, ToProto(k), slab->region()->host_base(),
+                                    slab->capacity_bytes()));
+    po.tier_memory.push_back(std::move(m));
+  }
+  const uint64_t staging = std::max<uint64_t>(o.node.host_bytes / 2, 16ull << 20);
+  ASSIGN_OR_RETURN(s.staging, StagingArea::Create({.bytes = staging,
+                                                   .clock = o.node.clock,
+                                                   .max_page_bytes = po.max_page_bytes}));
+  ASSIGN_OR_RETURN(po.staging_memory, RegisterMemory(*s.transport, pb::TIER_HOST, s.staging->base(),
+                                                     s.staging->capacity()));
+  po.staging = s.staging.get();
+  const std::string address = s.transport->address();
+  po.transport_info = [address](pb::GetTransportInfoResponse* r) {
+    pb::TransportEndpoint* e = r->add_endpoints();
+    e->set_kind(pb::TRANSPORT_KIND_UCX);
+    e->set_address(address);
+    return absl::OkStatus();
+  };
+  pb::TransportEndpoint* e = self.add_transports();
+  e->set_kind(pb::TRANSPORT_KIND_UCX);
+  e->set_address(address);
+  return absl::OkStatus();
+}
 
 // The store role: a PageStore service over this node's tiers.
 absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, RoleServer::State& s,
@@ -119,6 +164,13 @@ absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, Role
   po.node_id = o.node_id;
   po.clock = o.node.clock;
   po.metrics = o.node.metrics;
+  if (absl::Status rma = StartStoreRma(o, s, po, self); !rma.ok()) {
+    log::Warn("store_rma_unavailable", "error", rma.ToString(), "fallback", "grpc");
+    po = PageStoreServiceOptions{
+        .node_id = o.node_id, .clock = o.node.clock, .metrics = o.node.metrics};
+    s.transport.reset();
+    s.staging.reset();
+  }
   s.page_store = std::make_unique<PageStoreService>(s.store.get(), auth, po);
   go.services = {s.page_store.get()};
   go.health_service_names = {pb::PageStore::service_full_name()};
@@ -169,7 +221,6 @@ absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
   self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
   ASSIGN_OR_RETURN(s.model, model::LoadServingModel(model_dir, layout_name, o.node.max_context,
                                                     o.node.compute_threads));
-  ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
   pb::TransportEndpoint* e = self.add_transports();
   e->set_kind(pb::TRANSPORT_KIND_UCX);
   e->set_address(s.transport->address());
@@ -221,8 +272,13 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   State& s = *server->s_;
   Clock* clock = o.node.clock != nullptr ? o.node.clock : Clock::Real();
   ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership, clock));
-  ASSIGN_OR_RETURN(
-      s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication, .clock = clock}));
+  // Workers' transport: the prefill->decode handoff, and RMA reads of the pool's pages.
+  if (o.role == "prefill" || o.role == "decode") {
+    ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
+  }
+  ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication,
+                                                                .clock = clock,
+                                                                .transport = s.transport.get()}));
 
   pb::NodeInfo self;
   GrpcServerOptions go;

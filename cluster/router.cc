@@ -309,6 +309,7 @@ void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::Pr
     st->prefill_time = done->compute_time;
     st->handoff_bytes = done->bytes_sent;
     st->handoff_time = done->handoff_time;
+    if (st->cached_tokens > 0) st->pool_transport = done->pool_transport;
     AccountLoad(plan, st, done->bytes_loaded);
     return;
   }
@@ -319,8 +320,11 @@ void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::Pr
   st->prefill_time = turn.compute_time;
   AccountLoad(plan, st, turn.bytes_loaded);
   if (st->cached_tokens > 0) {
-    // A router process's decode worker read the pages from the store over gRPC.
-    st->transport = options_.local_store == nullptr ? "grpc" : "inproc";
+    // The decode worker read the pages from the pool: the path it reports.
+    st->pool_transport = turn.pool_transport;
+    st->transport = !turn.pool_transport.empty()      ? turn.pool_transport
+                    : options_.local_store == nullptr ? "grpc"
+                                                      : "inproc";
     st->bytes_transferred = st->bytes_loaded;
   }
 }

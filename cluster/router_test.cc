@@ -188,7 +188,7 @@ class FakePool final : public PagePool {
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string&,
                                                          std::span<const BlockKey>,
                                                          const std::string&, const std::string&,
-                                                         absl::Time) override {
+                                                         absl::Time, std::string*) override {
     ADD_FAILURE() << "the router read pages";
     return absl::InternalError("unexpected");
   }

@@ -18,6 +18,7 @@ pb::TransportKind TransportKindOf(const std::string& name) {
   if (name == "ucx") return pb::TRANSPORT_KIND_UCX;
   if (name == "inproc") return pb::TRANSPORT_KIND_INPROC;
   if (name == "nccl") return pb::TRANSPORT_KIND_NCCL;
+  if (name == "grpc") return pb::TRANSPORT_KIND_GRPC;
   return pb::TRANSPORT_KIND_UNSPECIFIED;
 }
 
@@ -29,6 +30,8 @@ std::string TransportName(pb::TransportKind k) {
       return "inproc";
     case pb::TRANSPORT_KIND_NCCL:
       return "nccl";
+    case pb::TRANSPORT_KIND_GRPC:
+      return "grpc";
     default:
       return "";
   }
@@ -215,6 +218,7 @@ void ToProto(const prefill::PrefillDone& d, pb::PrefillDone* out) {
   out->set_kv_tokens(static_cast<uint32_t>(d.kv_tokens));
   out->set_bytes_handed_off(d.bytes_sent);
   SetDuration(d.handoff_time, out->mutable_handoff_time());
+  out->set_pool_transport(TransportKindOf(d.pool_transport));
 }
 
 prefill::PrefillDone FromProto(const pb::PrefillDone& d) {
@@ -228,6 +232,7 @@ prefill::PrefillDone FromProto(const pb::PrefillDone& d) {
                            .published_pages = d.published_pages()};
   out.bytes_loaded = d.bytes_transferred() - std::min(d.bytes_transferred(), d.bytes_handed_off());
   out.handoff_time = FromProto(d.handoff_time());
+  out.pool_transport = TransportName(d.pool_transport());
   out.slot_xxh3.assign(d.block_xxh3().begin(), d.block_xxh3().end());
   return out;
 }
@@ -256,6 +261,7 @@ void ToProto(const decode::DecodeOutcome& o, pb::DecodeDone* d) {
     SetDuration(o.load_time, d->mutable_load_time());
     SetDuration(o.compute_time, d->mutable_compute_time());
     d->set_bytes_loaded(o.bytes_loaded);
+    d->set_pool_transport(TransportKindOf(o.pool_transport));
   }
 }
 
@@ -269,6 +275,7 @@ decode::DecodeOutcome FromProto(const pb::DecodeDone& d) {
   o.load_time = FromProto(d.load_time());
   o.compute_time = FromProto(d.compute_time());
   o.bytes_loaded = d.bytes_loaded();
+  o.pool_transport = TransportName(d.pool_transport());
   o.handoff =
       d.handoff_imported() ? decode::HandoffVerdict::kVerified : decode::HandoffVerdict::kNone;
   return o;

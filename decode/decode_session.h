@@ -123,8 +123,9 @@ struct DecodeOutcome {
   // When the session computed the prompt itself (no verified handoff):
   int64_t cached_tokens = 0;  // loaded from the cached run
   int64_t recomputed_tokens = 0;
-  uint64_t bytes_loaded = 0;  // page bytes of the loaded blocks
-  uint64_t bytes_read = 0;    // all page bytes read from the pool (also unusable ones)
+  uint64_t bytes_loaded = 0;   // page bytes of the loaded blocks
+  uint64_t bytes_read = 0;     // all page bytes read from the pool (also unusable ones)
+  std::string pool_transport;  // the pool read's data path (PagePool::Read); "" for none
   absl::Duration load_time, compute_time;
   absl::Duration decode_time;  // from the first token to the last
   int64_t published_pages = 0;

@@ -47,7 +47,8 @@ void LocalPagePool::Unpin(const std::string&, const std::string& lease_id, const
 
 absl::StatusOr<std::vector<std::vector<uint8_t>>> LocalPagePool::Read(
     const std::string&, std::span<const BlockKey> keys, const std::string& lease_id,
-    const std::string&, absl::Time deadline) {
+    const std::string&, absl::Time deadline, std::string* path) {
+  if (path != nullptr) *path = "inproc";
   std::vector<std::vector<uint8_t>> out;
   for (const BlockKey& key : keys) {
     if (clock_->Now() > deadline) break;  // what was read is the verified prefix

@@ -37,11 +37,9 @@ class LocalPagePool final : public PagePool {
                                   int64_t* pinned) override;
   void Unpin(const std::string& address, const std::string& lease_id,
              const std::string& authorization) override;
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
-                                                         std::span<const BlockKey> keys,
-                                                         const std::string& lease_id,
-                                                         const std::string& authorization,
-                                                         absl::Time deadline) override;
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
+      const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
+      const std::string& authorization, absl::Time deadline, std::string* path = nullptr) override;
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& options,
                                   const std::string& authorization) override;

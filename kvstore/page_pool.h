@@ -80,12 +80,12 @@ class PagePool {
   // Reads the pages of `keys` (in order) from `address` under `lease_id`, each verified
   // (checksums, key). Stops at the first page that fails: the result holds the verified
   // prefix (possibly empty). Unavailable/DeadlineExceeded when the store cannot be read by
-  // `deadline`.
-  virtual absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
-                                                                 std::span<const BlockKey> keys,
-                                                                 const std::string& lease_id,
-                                                                 const std::string& authorization,
-                                                                 absl::Time deadline) = 0;
+  // `deadline`. On success `*path`, when given, names the data path that moved the bytes:
+  // "ucx" (RMA from the store's registered memory), "grpc" (the ReadPages fallback) or
+  // "inproc" (this process's own store).
+  virtual absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
+      const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
+      const std::string& authorization, absl::Time deadline, std::string* path = nullptr) = 0;
   // Writes `pages` (one chain segment, in chain order, `root` the chain's first key) to every
   // home of the chain. Returns pages stored or already present on at least one home.
   virtual absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,

@@ -28,12 +28,6 @@ const std::string& SharedNs() {
   return *ns;
 }
 
-absl::Status WithReason(absl::Status s, PageStoreReason reason) {
-  if (!s.ok())
-    s.SetPayload(ToAbsl(kReasonUrl), absl::Cord(std::string(1, static_cast<char>(reason))));
-  return s;
-}
-
 AdmitResult Rejected(absl::Status why, PageStoreReason reason) {
   return {AdmitOutcome::kRejected, WithReason(std::move(why), reason)};
 }
@@ -41,16 +35,6 @@ AdmitResult Rejected(absl::Status why, PageStoreReason reason) {
 absl::Status LeaseGone(std::string_view id) {
   return WithReason(absl::NotFoundError(StrCat("lease '", id, "' is unknown or expired")),
                     PageStoreReason::kLeaseNotFound);
-}
-
-std::string NewLeaseId() {
-  std::random_device rd;  // the kernel's CSPRNG on Linux
-  std::string raw(16, '\0');
-  for (size_t i = 0; i < raw.size(); i += 4) {
-    const uint32_t v = rd();
-    std::memcpy(raw.data() + i, &v, 4);
-  }
-  return ToHex(raw.data(), raw.size());
 }
 
 // Why a page failed DecodePage: checksums, an unknown layout, or anything else.
@@ -66,6 +50,22 @@ AdmitResult Undecodable(std::span<const uint8_t> page, absl::Status why) {
 }
 
 }  // namespace
+
+absl::Status WithReason(absl::Status s, PageStoreReason reason) {
+  if (!s.ok())
+    s.SetPayload(ToAbsl(kReasonUrl), absl::Cord(std::string(1, static_cast<char>(reason))));
+  return s;
+}
+
+std::string NewLeaseId() {
+  std::random_device rd;  // the kernel's CSPRNG on Linux
+  std::string raw(16, '\0');
+  for (size_t i = 0; i < raw.size(); i += 4) {
+    const uint32_t v = rd();
+    std::memcpy(raw.data() + i, &v, 4);
+  }
+  return ToHex(raw.data(), raw.size());
+}
 
 std::string_view ReasonName(PageStoreReason reason) {
   switch (reason) {
@@ -403,6 +403,36 @@ absl::StatusOr<std::vector<uint8_t>> PageStore::Read(const PageStoreCaller& c, c
   }
   bytes.resize(*n);
   return bytes;
+}
+
+absl::StatusOr<std::vector<LentPage>> PageStore::Lend(const PageStoreCaller& c,
+                                                      std::string_view lease_id,
+                                                      std::span<const BlockKey> keys) {
+  std::vector<LentPage> out;
+  for (const BlockKey& key : keys) {
+    ASSIGN_OR_RETURN(TieredStore::PinHandle h, LeaseHandle(c, lease_id, key));
+    if (h == 0) {
+      return absl::InvalidArgumentError(
+          StrCat("lease '", lease_id, "' does not pin block ", key.Hex()));
+    }
+    absl::StatusOr<TieredStore::Loan> loan = store_->Lend(h, key);
+    if (absl::IsUnimplemented(loan.status())) {
+      // Held only in nvme: a verified read promotes it into host, where it can be lent.
+      const std::optional<TieredStore::BlockInfo> info = store_->Describe(key);
+      if (!info.has_value()) break;
+      std::vector<uint8_t> buf(info->size);
+      if (!store_->Read(h, key, buf).ok()) break;
+      loan = store_->Lend(h, key);
+    }
+    if (!loan.ok()) {
+      // The lease may have expired meanwhile (an error); otherwise the page is a miss.
+      RETURN_IF_ERROR(LeaseHandle(c, lease_id, key).status());
+      if (absl::IsNotFound(loan.status()) || absl::IsUnimplemented(loan.status())) break;
+      return loan.status();
+    }
+    out.push_back({loan->bytes, loan->tier});
+  }
+  return out;
 }
 
 // ---- Admit ------------------------------------------------------------------------------------

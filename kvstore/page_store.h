@@ -88,6 +88,10 @@ enum class PageStoreReason : uint8_t {
 std::string_view ReasonName(PageStoreReason reason);
 // The reason attached to `status` by a PageStore; kNone when there is none.
 PageStoreReason ReasonOf(const absl::Status& status);
+// `status` with `reason` attached (what ReasonOf() reads back); OK stays OK.
+absl::Status WithReason(absl::Status status, PageStoreReason reason);
+// A fresh random 128-bit lease id, hex.
+std::string NewLeaseId();
 
 // Who is calling. Copyable value.
 class PageStoreCaller {
@@ -146,6 +150,12 @@ struct PinResult {
   std::vector<TierKind> tiers;  // fastest tier of each pinned key: keys[0, tiers.size())
 };
 
+// A pinned page lent in place (PageStore::Lend).
+struct LentPage {
+  std::span<const uint8_t> bytes;  // verified when lent; in the tier's own memory
+  TierKind tier = TierKind::kHost;
+};
+
 struct AdmitOptions {
   std::string layout;                         // the writer's key space: layout name ("mla-fp8-656")
   uint32_t page_tokens = 0;                   // its tokens per page; 0: not checked
@@ -197,6 +207,18 @@ class PageStore {
   // expires during the read); the store's other errors.
   absl::StatusOr<std::vector<uint8_t>> Read(const PageStoreCaller& c, const BlockKey& key,
                                             std::string_view lease_id = {});
+
+  // Lends the pages of `keys` that `lease_id` pins, in place, for one-sided (RMA) reads of
+  // the tier memory: one entry per key of the longest prefix that could be lent, in order. A
+  // page held only where it cannot be lent (nvme) is read once first, which promotes it into
+  // the host tier under the pin (TieredStore promote_on_hit), then lent; a page that fails
+  // verification ends the prefix (it is quarantined, a miss). Each view stays valid while the
+  // lease lives. When the lease expires or is released the pins go with it and the memory
+  // may be reused, so a reader must confirm the lease is still live after its transfer
+  // (Unpin() > 0) before it trusts the bytes. NotFound (kLeaseNotFound) for a lease unknown
+  // to `c` or expired; InvalidArgument for a key the lease does not pin; the store's errors.
+  absl::StatusOr<std::vector<LentPage>> Lend(const PageStoreCaller& c, std::string_view lease_id,
+                                             std::span<const BlockKey> keys);
 
   // Verifies `page`, written as `key`, and publishes it under `c`'s namespace or the shared
   // one (see "Admission" above). Never fails as a call: the verdict is in the result.

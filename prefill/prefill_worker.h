@@ -88,6 +88,7 @@ struct PrefillDone {
   uint64_t bytes_loaded = 0;  // page bytes read from the pool and used
   uint64_t bytes_sent = 0;    // bytes written to the decode worker
   std::string transport;
+  std::string pool_transport;  // the pool read's data path (PagePool::Read); "" for none
   absl::Duration load_time, compute_time;
   // Handoff time not overlapped with compute: opening the destination, sending the loaded
   // prefix and the final pieces (V4: the resume state), and waiting for the last transfers.

@@ -232,6 +232,10 @@ TEST_F(ClusterTest, GenerationEqualsTheLocalEngineAndReusesThePool) {
   ASSERT_GT(warm->stats.tier_hits_size(), 0);
   EXPECT_TRUE(warm->stats.tier_hits(0).remote());
   EXPECT_FALSE(warm->stats.tier_hits(0).node_id().empty());
+  // The remote hit moved over UCX RMA from the store's registered memory, not gRPC (#15).
+  EXPECT_EQ(warm->stats.pool_transport(), pb::TRANSPORT_KIND_UCX)
+      << cluster::FormatStats(warm->stats);
+  EXPECT_EQ(cold->stats.pool_transport(), pb::TRANSPORT_KIND_UNSPECIFIED);
 }
 
 TEST_F(ClusterTest, TheNextTurnHitsTheWholeConversation) {

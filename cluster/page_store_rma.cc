@@ -1,0 +1,243 @@
+#include "cluster/page_store_rma.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "cluster/grpc_status.h"
+#include "cluster/page_store_wire.h"
+#include "cluster/proto_convert.h"
+#include "core/logging.h"
+#include "core/status_macros.h"
+#include "core/strings.h"
+#include "kvstore/page_format.h"
+
+namespace kv::cluster {
+
+namespace pb = ::kvstrata::v1;
+using wire::KeyBytes;
+
+namespace {
+
+// A transfer fails by its own deadline; Wait gets this much longer to observe that.
+constexpr absl::Duration kWaitGrace = absl::Seconds(2);
+
+absl::Status Unusable(absl::Status s) {
+  return Annotate(std::move(s), "the buffer's contents are not valid");
+}
+
+// The page in `bytes` decodes, all its checksums hold, and its header names `key`.
+absl::Status VerifyInPlace(std::span<const uint8_t> bytes, const BlockKey& key) {
+  absl::StatusOr<PageView> v = DecodePage(bytes);
+  if (!v.ok()) return absl::DataLossError(StrCat("page ", key.Hex(), ": ", v.status().message()));
+  if (v->header().key != key) {
+    return absl::DataLossError(
+        StrCat("page read as ", key.Hex(), " names ", v->header().key.Hex()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string_view PagePathName(PagePath path) { return path == PagePath::kUcx ? "ucx" : "grpc"; }
+
+bool PinnedPages::rma() const {
+  return std::all_of(pages.begin(), pages.end(), [](const Page& p) { return p.remote != 0; });
+}
+
+size_t RmaReadResult::prefix() const {
+  size_t n = 0;
+  while (n < pages.size() && pages[n].ok()) ++n;
+  return n;
+}
+
+PageRmaClient::PageRmaClient(PageStoreClient* rpc, transport::Transport* transport,
+                             PageRmaOptions options)
+    : rpc_(rpc),
+      transport_(transport),
+      options_(options),
+      clock_(options.clock != nullptr ? options.clock : Clock::Real()) {}
+
+absl::StatusOr<transport::PeerId> PageRmaClient::Peer(absl::Time deadline) {
+  if (transport_ == nullptr) return absl::UnavailableError("no transport: gRPC only");
+  {
+    absl::MutexLock l(&mu_);
+    if (peer_ != 0) return peer_;
+  }
+  ASSIGN_OR_RETURN(pb::GetTransportInfoResponse info, rpc_->GetTransportInfo());
+  std::string address;
+  for (const pb::TransportEndpoint& e : info.endpoints()) {
+    if (e.kind() == pb::TRANSPORT_KIND_UCX) address = e.address();
+  }
+  if (address.empty()) {
+    return absl::UnavailableError(StrCat("store ", info.node_id(), " offers no UCX endpoint"));
+  }
+  const absl::Time by = std::min(deadline, clock_->Now() + options_.connect_timeout);
+  ASSIGN_OR_RETURN(transport::PeerId peer, transport_->Connect(address, by));
+  absl::MutexLock l(&mu_);
+  peer_address_ = address;
+  peer_ = peer;
+  return peer;
+}
+
+absl::StatusOr<transport::RemoteRegionId> PageRmaClient::Import(transport::PeerId peer,
+                                                                const std::string& packed_key) {
+  absl::MutexLock l(&mu_);
+  auto it = imported_.find({peer, packed_key});
+  if (it != imported_.end()) return it->second;
+  ASSIGN_OR_RETURN(transport::RemoteRegionId id, transport_->ImportRemoteRegion(peer, packed_key));
+  imported_[{peer, packed_key}] = id;
+  return id;
+}
+
+absl::Status PageRmaClient::Transfer(transport::PeerId peer, transport::OpKind kind,
+                                     std::vector<transport::TransferOp> ops, absl::Time deadline) {
+  if (ops.empty()) return absl::OkStatus();
+  if (deadline <= clock_->Now()) {
+    return MarkRetryable(absl::DeadlineExceededError("no time left for the transfer"));
+  }
+  ASSIGN_OR_RETURN(transport::TransferId id,
+                   transport_->Prepare({.peer = peer, .kind = kind, .ops = std::move(ops)}));
+  absl::Status s = transport_->Post(id, deadline);
+  if (s.ok()) s = transport_->Wait(id, deadline + kWaitGrace);
+  transport_->Release(id).IgnoreError();  // cancels a transfer still running
+  if (absl::IsUnavailable(s)) {
+    absl::MutexLock l(&mu_);  // the endpoint is dead: connect afresh next time
+    if (peer_ == peer) peer_ = 0;
+  }
+  return s;
+}
+
+absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> keys,
+                                                      absl::Time deadline) {
+  ASSIGN_OR_RETURN(transport::PeerId peer, Peer(deadline));
+  pb::PinBlocksRequest req;
+  for (const BlockKey& k : keys) req.add_keys(KeyBytes(k));
+  SetDuration(options_.lease, req.mutable_lease());
+  req.set_promote_to(pb::TIER_HOST);
+  ASSIGN_OR_RETURN(pb::PinBlocksResponse resp, rpc_->PinBlocks(req));
+  PinnedPages out;
+  out.lease_id = resp.lease_id();
+  out.deadline = FromTimestamp(resp.deadline());
+  out.peer = peer;
+  absl::Status bad;
+  for (const pb::PinnedBlock& b : resp.pinned()) {
+    absl::StatusOr<BlockKey> key = wire::ParseKey(b.key(), "pinned key");
+    if (!key.ok()) bad.Update(key.status());
+    PinnedPages::Page p{.key = key.ok() ? *key : BlockKey()};
+    const pb::RemoteRegion& r = b.region();
+    if (b.has_region() && r.transport() == pb::TRANSPORT_KIND_UCX &&
+        r.address() >= r.region_address()) {
+      absl::StatusOr<transport::RemoteRegionId> id = Import(peer, r.remote_key());
+      if (id.ok()) {
+        p.remote = *id;
+        p.remote_offset = r.address() - r.region_address();
+        p.size = r.length();
+      } else {
+        bad.Update(id.status());
+      }
+    }
+    out.pages.push_back(p);
+  }
+  for (const std::string& m : resp.missing()) {
+    absl::StatusOr<BlockKey> key = wire::ParseKey(m, "missing key");
+    if (key.ok()) out.missing.push_back(*key);
+  }
+  if (!bad.ok()) {
+    if (!out.lease_id.empty()) rpc_->Unpin(out.lease_id).IgnoreError();
+    return bad;
+  }
+  return out;
+}
+
+absl::StatusOr<uint32_t> PageRmaClient::Unpin(const PinnedPages& pinned) {
+  if (pinned.lease_id.empty()) return 0;
+  return rpc_->Unpin(pinned.lease_id);
+}
+
+absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned,
+                                                       std::span<const BlockKey> keys,
+                                                       RegisteredBuffer buffer,
+                                                       absl::Time deadline) {
+  RmaReadResult r;
+  r.path = PagePath::kUcx;
+  r.pages.assign(keys.size(), absl::NotFoundError("block is not cached on the store"));
+  std::vector<transport::TransferOp> ops;
+  std::vector<RmaReadResult::Page> where;
+  uint64_t offset = 0;
+  for (size_t i = 0; i < pinned.pages.size() && i < keys.size(); ++i) {
+    const PinnedPages::Page& p = pinned.pages[i];
+    if (p.key != keys[i] || p.remote == 0) {
+      r.pages[i] = absl::FailedPreconditionError("the store did not lend this page");
+      break;
+    }
+    if (p.size > buffer.bytes.size() - offset) {
+      r.pages[i] = absl::ResourceExhaustedError("no room left in the buffer");
+      break;
+    }
+    ops.push_back({buffer.region, offset, p.remote, p.remote_offset, p.size});
+    where.push_back({offset, p.size});
+    offset += p.size;
+  }
+  absl::Status moved = Transfer(pinned.peer, transport::OpKind::kRead, std::move(ops),
+                                std::min(deadline, pinned.deadline));
+  // Released after the transfer either way; the bytes count only if the lease was live then.
+  absl::StatusOr<uint32_t> released = Unpin(pinned);
+  if (!moved.ok()) return Unusable(moved);
+  if (!released.ok()) return Unusable(released.status());
+  if (*released == 0 && !pinned.lease_id.empty()) {
+    return Unusable(MarkRetryable(
+        absl::AbortedError(StrCat("lease ", pinned.lease_id, " expired during the get"))));
+  }
+  for (size_t i = 0; i < where.size(); ++i) {
+    absl::Status v = VerifyInPlace(buffer.bytes.subspan(where[i].offset, where[i].size), keys[i]);
+    if (v.ok()) {
+      r.pages[i] = where[i];
+      r.bytes += where[i].size;
+    } else {
+      log::Warn("rma_page_failed_verification", "key", keys[i].Hex(), "error", v.ToString());
+      r.pages[i] = v;
+    }
+  }
+  return r;
+}
+
+absl::StatusOr<RmaReadResult> PageRmaClient::ReadOverGrpc(std::span<const BlockKey> keys,
+                                                          RegisteredBuffer buffer) {
+  ASSIGN_OR_RETURN(std::vector<PageStoreClient::PageRead> read, rpc_->ReadPages(keys));
+  RmaReadResult r;
+  r.path = PagePath::kGrpc;
+  uint64_t offset = 0;
+  for (PageStoreClient::PageRead& p : read) {
+    if (!p.page.ok()) {
+      r.pages.push_back(p.page.status());
+      continue;
+    }
+    if (p.page->size() > buffer.bytes.size() - offset) {
+      r.pages.push_back(absl::ResourceExhaustedError("no room left in the buffer"));
+      continue;
+    }
+    std::memcpy(buffer.bytes.data() + offset, p.page->data(), p.page->size());
+    r.pages.push_back(RmaReadResult::Page{offset, p.page->size()});
+    offset += p.page->size();
+    r.bytes += p.page->size();
+  }
+  return r;
+}
+
+absl::StatusOr<RmaReadResult> PageRmaClient::ReadPagesInto(std::span<const BlockKey> keys,
+                                                           RegisteredBuffer buffer,
+                                                           absl::Time deadline) {
+  if (keys.empty()) return absl::InvalidArgumentError("ReadPagesInto: no keys");
+  if (absl::StatusOr<transport::PeerId> peer = Peer(deadline); !peer.ok()) {
+    log::Info("rma_read_fallback", "error", peer.status().ToString());
+    return ReadOverGrpc(keys, buffer);
+  }
+  ASSIGN_OR_RETURN(PinnedPages pinned, PinForRead(keys, deadline));
+  if (!pinned.rma()) {  // pinned where it cannot be lent: the fallback reads under the lease
+    Unpin(pinned).IgnoreError();
+    return ReadOverGrpc(keys, buffer);
+  }
+  return GetPinned(pinned, keys, buffer, deadline);
+}
+
+}  // namespace kv::cluster

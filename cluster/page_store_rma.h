@@ -1,0 +1,170 @@
+// PageRmaClient: reads and writes whole pages of one store node over the transport (UCX RMA
+// into and out of the store's registered memory), with PageStoreClient's gRPC calls as the
+// control path and ReadPages/WritePages as the fallback data path (DESIGN.md "Cluster": page
+// bytes move over the transport; gRPC streaming is the fallback). Issue #15.
+//
+// Reads (ReadPagesInto = PinForRead + GetPinned):
+//   1. PinBlocks(promote_to = TIER_HOST) pins the longest present prefix under a lease; the
+//      store lends each page in place and answers its RemoteRegion.
+//   2. ONE batch of one-sided gets moves every page straight into the caller's registered
+//      buffer, pages back to back from offset 0 in key order (no intermediate copy). Its
+//      deadline is the earlier of the caller's and the lease's.
+//   3. Every page is verified in place (page_format checksums, and its header names the key
+//      asked for); a page that fails is a miss for that page (DataLoss), never served.
+//   4. UnpinBlocks. The lease is the poisoning contract: the store neither frees nor reuses a
+//      page while its lease lives, so the bytes are good only if the lease was still live when
+//      released. A lease that expired (released = 0), a transfer that failed or timed out, or
+//      a store that died makes the whole call an error (Aborted, DeadlineExceeded,
+//      Unavailable): then the buffer's contents are not valid, and the transport may still
+//      hold the region (transport.h "Poisoning contract": check GetRegionState before reuse).
+//   The fallback, only when the transport cannot reach the store (no transport, no UCX
+//   endpoint, Connect fails) or the store lends no region: PageStoreClient::ReadPages (which
+//   verifies every page) copied into the same buffer. The result says which path ran.
+//
+// Writes (WritePagesFrom): ReserveStaging returns a slot in the store's registered staging
+// memory per page; one batch of puts moves the pages from the caller's registered buffer;
+// SealStaged verifies and publishes them (the store's admission rules). Any failure between
+// the phases aborts the staging lease (best effort: it expires anyway), so nothing half
+// written is ever visible. Fallback as for reads, through WritePages.
+//
+// Thread-safety: safe for concurrent use (connections and imported region keys are cached
+// under a lock). The PageStoreClient and Transport are not owned and must outlive the client.
+// Buffers are the caller's; results are values owned by the caller.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cluster/page_store_client.h"
+#include "core/clock.h"
+#include "kvstore/block_key.h"
+#include "transport/transport.h"
+
+namespace kv::cluster {
+
+// Which data path moved a call's page bytes.
+enum class PagePath : uint8_t { kUcx, kGrpc };
+std::string_view PagePathName(PagePath path);  // "ucx", "grpc"
+
+// Memory the caller registered with the client's transport (region may be 0 when there is no
+// transport: then only the gRPC path can fill it).
+struct RegisteredBuffer {
+  transport::RegionId region = 0;
+  std::span<uint8_t> bytes;
+};
+
+// A prefix pinned for RMA reads (PinForRead). Pages are lent in place by the store.
+struct PinnedPages {
+  std::string lease_id;  // empty when nothing was pinned
+  absl::Time deadline;   // the lease's (the store's clock, the same wall time here)
+  transport::PeerId peer = 0;
+  struct Page {
+    BlockKey key;
+    transport::RemoteRegionId remote = 0;  // 0: no region (the store could not lend it)
+    uint64_t remote_offset = 0;            // of the page in the remote region
+    uint64_t size = 0;                     // encoded page bytes
+  };
+  std::vector<Page> pages;        // the pinned prefix, in key order
+  std::vector<BlockKey> missing;  // requested keys not pinned
+  bool rma() const;               // every pinned page has a region
+};
+
+struct RmaReadResult {
+  PagePath path = PagePath::kUcx;
+  // One entry per requested key, in order: the verified page's offset in the buffer and
+  // size, or why it is a miss (NotFound: not cached or not visible; DataLoss: failed
+  // verification; ResourceExhausted: the buffer had no room for it).
+  struct Page {
+    uint64_t offset = 0;
+    uint64_t size = 0;
+  };
+  std::vector<absl::StatusOr<Page>> pages;
+  // Pages usable from the start (the verified prefix).
+  size_t prefix() const;
+  uint64_t bytes = 0;  // page bytes moved
+};
+
+// A page to write: `size` bytes at `offset` of the caller's registered buffer.
+struct RmaPageToWrite {
+  BlockKey key;
+  uint64_t offset = 0;
+  uint64_t size = 0;
+  PageRole resume_role = PageRole::kTurnEnd;
+};
+
+struct RmaWriteResult {
+  PagePath path = PagePath::kUcx;
+  std::vector<PageStoreClient::WriteResult> results;  // one per page, in order
+};
+
+struct PageRmaOptions {
+  absl::Duration lease = absl::Seconds(10);  // read pins and staging leases
+  absl::Duration connect_timeout = absl::Seconds(3);
+  Clock* clock = nullptr;  // the transport's clock; null: Clock::Real()
+};
+
+class PageRmaClient {
+ public:
+  // `rpc` and `transport` are not owned; `transport` may be null (gRPC only).
+  PageRmaClient(PageStoreClient* rpc, transport::Transport* transport, PageRmaOptions options = {});
+
+  // Pins `keys` and reads them into `buffer` (see the file comment). The call fails only
+  // as a whole (the lease, the transfer, the store, or an RPC); per-page misses are in the
+  // result. InvalidArgument for no keys.
+  absl::StatusOr<RmaReadResult> ReadPagesInto(std::span<const BlockKey> keys,
+                                              RegisteredBuffer buffer, absl::Time deadline);
+  // Steps 1 and 2-4 of a read, for callers that hold pins across steps. PinForRead fails
+  // with Unavailable when the store cannot be reached over the transport (nothing pinned);
+  // GetPinned always releases the lease.
+  absl::StatusOr<PinnedPages> PinForRead(std::span<const BlockKey> keys, absl::Time deadline);
+  // Releases a PinForRead lease without reading (0 when nothing was pinned or it expired).
+  absl::StatusOr<uint32_t> Unpin(const PinnedPages& pinned);
+  absl::StatusOr<RmaReadResult> GetPinned(const PinnedPages& pinned, std::span<const BlockKey> keys,
+                                          RegisteredBuffer buffer, absl::Time deadline);
+
+  // Writes `pages` (a chain segment in order) from `buffer` under `options`.
+  // InvalidArgument for no pages or a page outside the buffer.
+  absl::StatusOr<RmaWriteResult> WritePagesFrom(const kvstrata::v1::WriteOptions& options,
+                                                std::span<const RmaPageToWrite> pages,
+                                                RegisteredBuffer buffer, absl::Time deadline);
+
+  // The store's peer over the transport (connecting on first use). Unavailable when there is
+  // no transport or the store offers no endpoint of its kind; the transport's errors.
+  absl::StatusOr<transport::PeerId> Peer(absl::Time deadline);
+
+ private:
+  absl::StatusOr<transport::RemoteRegionId> Import(transport::PeerId peer,
+                                                   const std::string& packed_key);
+  // One batch of ops to/from `buffer`, posted and waited for by `deadline`; the transfer is
+  // released either way.
+  absl::Status Transfer(transport::PeerId peer, transport::OpKind kind,
+                        std::vector<transport::TransferOp> ops, absl::Time deadline);
+  absl::StatusOr<RmaReadResult> ReadOverGrpc(std::span<const BlockKey> keys,
+                                             RegisteredBuffer buffer);
+  absl::StatusOr<RmaWriteResult> WriteOverGrpc(const kvstrata::v1::WriteOptions& options,
+                                               std::span<const RmaPageToWrite> pages,
+                                               RegisteredBuffer buffer);
+  absl::StatusOr<RmaWriteResult> StageAndSeal(const kvstrata::v1::WriteOptions& options,
+                                              std::span<const RmaPageToWrite> pages,
+                                              RegisteredBuffer buffer, transport::PeerId peer,
+                                              absl::Time deadline);
+
+  PageStoreClient* const rpc_;
+  transport::Transport* const transport_;
+  const PageRmaOptions options_;
+  Clock* const clock_;
+  absl::Mutex mu_;
+  std::string peer_address_ ABSL_GUARDED_BY(mu_);
+  transport::PeerId peer_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::pair<transport::PeerId, std::string>, transport::RemoteRegionId> imported_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace kv::cluster
