@@ -16,7 +16,10 @@
 //   - grpc: PageStoreClient::WritePages / ReadPages (every chunk's XXH3, the whole page's
 //     checksums and its key verified by the client, as in serving);
 //   - redis: SET / GET of the same bytes through hiredis (one connection per client);
-//   - ucx: kvstrata over UCX, not built yet (MeasureKvstrataPath is its hook).
+//   - ucx: kvstrata over UCX (cluster::PageRmaClient, store_ucx_bench.cc): GET pins, moves
+//     the page with one UCX get into the client's registered buffer, verifies it in place and
+//     unpins; PUT reserves staging space, puts, and seals (the store verifies and indexes).
+//     Each path writes its own pages (distinct keys), so no PUT finds its page present.
 // Writes --json and, with --svg, a bar plot of throughput per point.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -46,6 +49,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "bench/bench_util.h"
+#include "bench/store_bench.h"
 #include "cluster/page_store_client.h"
 #include "cluster/testing/child_process.h"
 #include "cmd/kvstrata/command.h"
@@ -59,48 +63,13 @@
 #include <hiredis.h>
 #endif
 
-namespace kv::bench {
+namespace kv::bench::store {
 namespace {
 
 using absl::StrCat;
 using cluster::PageStoreClient;
-using Page = kv::testing::TestPage;
-
-constexpr char kTenant[] = "bench";
-constexpr char kToken[] = "tok-bench";
-constexpr uint32_t kTokens = 64;
 // Paths of kvstrata itself, in row order; MeasureKvstrataPath skips those not built yet.
-constexpr const char* kKvstrataPaths[] = {"ucx", "grpc"};
-
-struct Flags {
-  std::string json, svg;
-  std::string layers = "4,61";
-  std::string clients = "1,4";
-  int64_t pages = 12;  // per client and page size
-  int64_t rounds = 4;  // timed GET passes over each client's pages
-  std::string redis_server = "/usr/bin/redis-server";
-  std::string perftest = "/usr/bin/ucx_perftest";
-  std::string dir;  // scratch directory (made and removed by the run)
-};
-
-enum class Op { kGet, kPut };
-const char* OpName(Op op) { return op == Op::kGet ? "GET" : "PUT"; }
-
-// One (page size, clients) point: one chain of pages per client.
-struct Point {
-  uint32_t layers = 0;
-  size_t page_bytes = 0;
-  std::vector<std::vector<Page>> chains;
-  std::string Label() const {
-    return StrCat(page_bytes < (1u << 20) ? StrCat(page_bytes / 1000, " KB")
-                                          : StrCat(page_bytes / 10000 / 100.0, " MB"),
-                  " x", chains.size());
-  }
-};
-
-struct OpStats {
-  double gbps = 0, p50_us = 0, p99_us = 0;
-};
+constexpr const char* kKvstrataPaths[] = {"ucx", "ucx-chain", "grpc"};
 
 absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& s, const char* flag) {
   std::vector<int64_t> out;
@@ -114,9 +83,8 @@ absl::StatusOr<std::vector<int64_t>> ParseList(const std::string& s, const char*
   return out;
 }
 
-// Runs `fn(client, &latencies_us, &bytes)` on `n` threads started together. Throughput is
-// every client's bytes over the wall time from the start to the last client's end.
-using ClientFn = std::function<absl::Status(int, std::vector<double>*, uint64_t*)>;
+}  // namespace
+
 absl::StatusOr<OpStats> RunClients(int n, const ClientFn& fn) {
   std::vector<std::vector<double>> lat(n);
   std::vector<uint64_t> bytes(n, 0);
@@ -145,17 +113,15 @@ absl::StatusOr<OpStats> RunClients(int n, const ClientFn& fn) {
 
 // ---- the store node and its gRPC clients --------------------------------------------------------
 
-struct Store {
-  cluster::testing::ChildProcess process;
-  std::string address;
-};
+namespace {
 
 absl::Status StartStore(const Flags& f, uint64_t bytes, Store& s) {
   {
     std::ofstream t(f.dir + "/tokens.yaml");
     t << kToken << ": " << kTenant << "\n";
   }
-  const int64_t mib = static_cast<int64_t>(bytes >> 20) + 64;
+  // Twice the pages: slab size classes round pages up, and nothing may be evicted mid-run.
+  const int64_t mib = static_cast<int64_t>(bytes >> 19) + 64;
   RETURN_IF_ERROR(s.process.Spawn(
       {"/proc/self/exe", "serve", "--role=store", "--node-id=bench-store", "--listen=127.0.0.1:0",
        "--metrics-port=-1", "--nvme-mib=0", StrCat("--host-mib=", mib),
@@ -167,6 +133,8 @@ absl::Status StartStore(const Flags& f, uint64_t bytes, Store& s) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
 kvstrata::v1::WriteOptions StoreWriteOptions() {
   kvstrata::v1::WriteOptions o;
   const BlockKey fp{Sha256Of("kvstrata test model")};  // MakeChain's model
@@ -176,6 +144,8 @@ kvstrata::v1::WriteOptions StoreWriteOptions() {
   o.mutable_key_space()->set_page_tokens(kTokens);
   return o;
 }
+
+namespace {
 
 absl::StatusOr<std::vector<std::unique_ptr<PageStoreClient>>> GrpcClients(const Store& s, int n) {
   std::vector<std::unique_ptr<PageStoreClient>> out;
@@ -346,6 +316,7 @@ absl::StatusOr<OpStats> MeasureGrpc(const Flags& f, const Store& s, Op op, const
 absl::StatusOr<std::optional<OpStats>> MeasureKvstrataPath(std::string_view path, const Flags& f,
                                                            const Store& s, Op op, const Point& pt) {
   if (path == "grpc") return MeasureGrpc(f, s, op, pt);
+  if (path == "ucx" || path == "ucx-chain") return MeasureUcx(f, s, op, pt, path == "ucx-chain");
   return std::nullopt;
 }
 
@@ -436,15 +407,20 @@ void AddRows(const Figures& x, BenchReport& r) {
   }
 }
 
-absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis, const Point& pt,
-                      std::vector<Figures>& out, absl::Status& redis_error) {
+// `pts` has one point per kvstrata path (same sizes, distinct keys: each path's PUTs store
+// new pages) and the last for Redis.
+absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis,
+                      const std::vector<Point>& pts, std::vector<Figures>& out,
+                      absl::Status& redis_error) {
+  const Point& pt = pts.back();
   for (Op op : {Op::kPut, Op::kGet}) {  // PUT first: it stores the pages GET reads
     Figures x{.label = pt.Label(), .op = op};
     ASSIGN_OR_RETURN(x.perftest,
                      Perftest(f, op == Op::kGet ? "ucp_get" : "ucp_put_bw", pt.page_bytes));
-    for (const char* path : kKvstrataPaths) {
-      ASSIGN_OR_RETURN(std::optional<OpStats> st, MeasureKvstrataPath(path, f, s, op, pt));
-      if (st) x.paths.emplace_back(path, *st);
+    for (size_t i = 0; i < std::size(kKvstrataPaths); ++i) {
+      ASSIGN_OR_RETURN(std::optional<OpStats> st,
+                       MeasureKvstrataPath(kKvstrataPaths[i], f, s, op, pts[i]));
+      if (st) x.paths.emplace_back(kKvstrataPaths[i], *st);
     }
     if (redis != nullptr) {
       absl::StatusOr<OpStats> st = MeasureRedis(f, *redis, op, pt);
@@ -488,7 +464,8 @@ absl::Status Run(const Flags& f) {
   }
   uint64_t total = 0;  // every page the store will hold
   for (int64_t l : layers) {
-    for (int64_t c : clients) total += c * f.pages * (kTokens * 656ull * l + 8192);
+    for (int64_t c : clients)
+      total += c * f.pages * (kTokens * 656ull * l + 8192) * std::size(kKvstrataPaths);
   }
   Store store;
   RETURN_IF_ERROR(Annotate(StartStore(f, total, store), "starting the store node"));
@@ -498,9 +475,12 @@ absl::Status Run(const Flags& f) {
   uint64_t salt = 1;
   for (int64_t l : layers) {
     for (int64_t c : clients) {
-      const Point pt = MakePoint(static_cast<uint32_t>(l), static_cast<int>(c), f.pages, salt++);
+      std::vector<Point> pts;
+      for (size_t i = 0; i <= std::size(kKvstrataPaths); ++i) {
+        pts.push_back(MakePoint(static_cast<uint32_t>(l), static_cast<int>(c), f.pages, salt++));
+      }
       RETURN_IF_ERROR(
-          RunPoint(f, store, redis_error.ok() ? &redis : nullptr, pt, figs, redis_error));
+          RunPoint(f, store, redis_error.ok() ? &redis : nullptr, pts, figs, redis_error));
     }
   }
   std::fprintf(stderr, "%60s\r", "");
@@ -550,4 +530,4 @@ int RunStoreBench(int argc, char** argv) {
 KV_REGISTER_BENCH(store, "store node GET/PUT of KV pages vs Redis 7 and ucx_perftest, same run",
                   RunStoreBench);
 
-}  // namespace kv::bench
+}  // namespace kv::bench::store
