@@ -137,7 +137,7 @@ grpc::ServerUnaryReactor* PageStoreService::SealStaged(grpc::CallbackServerConte
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   const bool scheduled =
-      pool_->Schedule([this, reactor, caller = *std::move(c), request, response] {
+      threads_->Schedule([this, reactor, caller = *std::move(c), request, response] {
         absl::Status s = DoSeal(caller, *request, response);
         Count("SealStaged", s);
         reactor->Finish(ToGrpcStatus(s));

@@ -49,9 +49,9 @@ PageStoreService::PageStoreService(TieredStore* store, TenantAuth auth,
       bytes_written_(metrics_->GetCounter("kvstrata_pagestore_bytes_written_total",
                                           "Page bytes stored by PageStore.WritePages")),
       pages_(store, StoreOptions(options_, metrics_)),
-      pool_(std::make_unique<ThreadPool>(std::max(1, options_.io_threads))) {}
+      threads_(std::make_unique<ThreadPool>(std::max(1, options_.io_threads))) {}
 
-PageStoreService::~PageStoreService() { pool_.reset(); }  // then pages_ releases every lease
+PageStoreService::~PageStoreService() { threads_.reset(); }  // then pages_ releases every lease
 
 absl::StatusOr<PageStoreCaller> PageStoreService::Authenticate(
     grpc::CallbackServerContext* ctx) const {

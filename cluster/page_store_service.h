@@ -205,7 +205,7 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
   Counter* bytes_read_;
   Counter* bytes_written_;
   PageStore pages_;
-  std::unique_ptr<ThreadPool> pool_;  // last: joined first
+  std::unique_ptr<ThreadPool> threads_;  // last: joined first
 };
 
 }  // namespace kv::cluster

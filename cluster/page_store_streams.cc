@@ -93,7 +93,7 @@ class ReadPagesReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>
   void LoadNext() {
     if (cancelled_) return Done(absl::CancelledError("ReadPages cancelled"));
     if (next_ >= req_.pages_size()) return Done(absl::OkStatus());
-    if (!svc_->pool_->Schedule([this] {
+    if (!svc_->threads_->Schedule([this] {
           index_ = next_++;
           PageStoreService::LoadedPage page =
               svc_->LoadPage(caller_, req_.pages(index_), req_.lease_id());
@@ -179,7 +179,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
     absl::Status s = Handle();
     if (!s.ok()) return Done(s);
     if (!publish_) return StartRead(&msg_);
-    if (!svc_->pool_->Schedule([this] {
+    if (!svc_->threads_->Schedule([this] {
           *resp_->add_results() =
               svc_->PublishPage(caller_, options_, cur_->key, cur_->bytes, cur_->role);
           cur_.reset();
