@@ -3,6 +3,7 @@
 // in-memory tiered store, and the clock. Every path must produce exactly the tokens of a local
 // generation: a verified handoff, a corrupt one, a stalled one, none, a cached run, a cancel.
 #include "decode/decode_session.h"
+#include "decode/session_test_base.h"
 
 #include <gtest/gtest.h>
 
@@ -37,35 +38,10 @@ std::vector<int32_t> Prompt(int n, int seed) {
   return p;
 }
 
-class DecodeSessionTest : public ::testing::Test {
+class DecodeSessionTest : public testing::SessionTestBase {
  protected:
-  static void SetUpTestSuite() {
-    const std::string dir = model::testing::FreshTempDir("decode-session");
-    ASSERT_TRUE(model::WriteRandomModel(*model::PresetConfig("tiny-v3"), 3, dir).ok());
-    auto m = model::LoadServingModel(dir, "mla-fp8-656", 2048, 1);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = new model::LoadedModel(*std::move(m));
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
-  void SetUp() override {
-    std::array<std::unique_ptr<Tier>, kNumTiers> tiers;
-    tiers[1] = std::make_unique<MemTier>(TierKind::kHost, 256ull << 20);
-    auto store = TieredStore::Open({}, std::move(tiers));
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = *std::move(store);
-    pool_ = std::make_unique<LocalPagePool>(store_.get());
-    prefill_transport_ = std::make_unique<transport::InProcTransport>(&fabric_);
-    decode_transport_ = std::make_unique<transport::InProcTransport>(&fabric_);
-    ctx_ = DecodeContext{.model = &model(),
-                         .pool = pool_.get(),
-                         .transport = decode_transport_.get(),
-                         .graveyard = &graveyard_,
-                         .options = {.prefill_chunk = 64}};
-  }
-  static const model::ServingModel& model() { return *model_->serving; }
+  static void SetUpTestSuite() { LoadModel("tiny-v3", 3, "mla-fp8-656", 2048); }
+  void SetUp() override { OpenWorld(64); }
 
   DecodeRequest Req(std::vector<int32_t> prompt, int max_tokens = 12) {
     return DecodeRequest{.request_id = "r1",
@@ -107,20 +83,6 @@ class DecodeSessionTest : public ::testing::Test {
         p, deadline == absl::InfiniteFuture() ? absl::Now() + absl::Seconds(30) : deadline,
         nullptr);
   }
-  std::unique_ptr<DecodeSession> Session(DecodeRequest r,
-                                         absl::Time deadline = absl::InfiniteFuture()) {
-    auto s = DecodeSession::Create(&ctx_, std::move(r), deadline);
-    EXPECT_TRUE(s.ok()) << s.status();
-    return s.ok() ? *std::move(s) : nullptr;
-  }
-
-  static inline model::LoadedModel* model_ = nullptr;
-  transport::RegionGraveyard graveyard_;  // outlives the transports
-  transport::InProcFabric fabric_;
-  std::unique_ptr<TieredStore> store_;
-  std::unique_ptr<LocalPagePool> pool_;
-  std::unique_ptr<transport::InProcTransport> prefill_transport_, decode_transport_;
-  DecodeContext ctx_;
 };
 
 TEST_F(DecodeSessionTest, VerifiedHandoffImportsThePromptAndMatchesLocal) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "decode/decode_session.h"
+#include "decode/session_test_base.h"
 #include "kvstore/fake_tiers.h"
 #include "kvstore/local_page_pool.h"
 #include "kvstore/page_format.h"
@@ -34,35 +35,10 @@ std::vector<int32_t> Prompt(int n, int seed) {
   return p;
 }
 
-class DecodeSessionV4Test : public ::testing::Test {
+class DecodeSessionV4Test : public testing::SessionTestBase {
  protected:
-  static void SetUpTestSuite() {
-    const std::string dir = model::testing::FreshTempDir("decode-session-v4");
-    ASSERT_TRUE(model::WriteRandomModel(*model::PresetConfig("tiny-v4"), 5, dir).ok());
-    auto m = model::LoadServingModel(dir, "", 8192, 1);
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = new model::LoadedModel(*std::move(m));
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    model_ = nullptr;
-  }
-  void SetUp() override {
-    std::array<std::unique_ptr<Tier>, kNumTiers> tiers;
-    tiers[1] = std::make_unique<MemTier>(TierKind::kHost, 256ull << 20);
-    auto store = TieredStore::Open({}, std::move(tiers));
-    ASSERT_TRUE(store.ok()) << store.status();
-    store_ = *std::move(store);
-    pool_ = std::make_unique<LocalPagePool>(store_.get());
-    prefill_transport_ = std::make_unique<transport::InProcTransport>(&fabric_);
-    decode_transport_ = std::make_unique<transport::InProcTransport>(&fabric_);
-    ctx_ = DecodeContext{.model = &model(),
-                         .pool = pool_.get(),
-                         .transport = decode_transport_.get(),
-                         .graveyard = &graveyard_,
-                         .options = {.prefill_chunk = 100}};
-  }
-  static const model::ServingModel& model() { return *model_->serving; }
+  static void SetUpTestSuite() { LoadModel("tiny-v4", 5, "", 8192); }
+  void SetUp() override { OpenWorld(100); }
   static const model::V4Model& v4() { return *model_->v4; }
 
   DecodeRequest Req(std::vector<int32_t> prompt, int max_tokens = 10) {
@@ -104,11 +80,6 @@ class DecodeSessionV4Test : public ::testing::Test {
     (*worker)->WaitIdle();  // its pages are in the pool before the decode side looks
     return done;
   }
-  std::unique_ptr<DecodeSession> Session(DecodeRequest r) {
-    auto s = DecodeSession::Create(&ctx_, std::move(r), absl::InfiniteFuture());
-    EXPECT_TRUE(s.ok()) << s.status();
-    return s.ok() ? *std::move(s) : nullptr;
-  }
   // Prefill worker -> transport -> decode session, with a verified handoff.
   DecodeOutcome Disaggregated(const DecodeRequest& r, bool publish, int64_t checkpoint = 4,
                               prefill::PrefillDone* done_out = nullptr) {
@@ -132,14 +103,6 @@ class DecodeSessionV4Test : public ::testing::Test {
     EXPECT_TRUE(keys.ok()) << keys.status();
     return keys.ok() ? *keys : std::vector<BlockKey>{};
   }
-
-  static inline model::LoadedModel* model_ = nullptr;
-  transport::RegionGraveyard graveyard_;  // outlives the transports
-  transport::InProcFabric fabric_;
-  std::unique_ptr<TieredStore> store_;
-  std::unique_ptr<LocalPagePool> pool_;
-  std::unique_ptr<transport::InProcTransport> prefill_transport_, decode_transport_;
-  DecodeContext ctx_;
 };
 
 // The layout: one slot per layer plus the resume slot, each checksummed; the decode side
