@@ -72,7 +72,15 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
   if (!o.membership.members.empty()) {
     RETURN_IF_ERROR(StaticMembership::ParseSpec(o.membership.members).status());
   }
-  if (!o.membership.etcd.empty()) RETURN_IF_ERROR(ListenHost(o.membership.etcd).status());
+  if (!o.membership.etcd.empty()) {
+    RETURN_IF_ERROR(ListenHost(o.membership.etcd).status());
+    // An etcd lease TTL is whole seconds; 0 or less fails at the first grant.
+    if (o.membership.member_ttl < absl::Seconds(1) || o.membership.member_ttl > absl::Hours(1)) {
+      return absl::InvalidArgumentError(
+          StrCat("member-ttl must be 1s..1h (an etcd lease TTL), got ",
+                 absl::FormatDuration(o.membership.member_ttl)));
+    }
+  }
   if (o.role == "store") RETURN_IF_ERROR(ValidateNodeOptions(o.node));
   if (o.node.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
   if (!o.node.kv_layout.empty()) {

@@ -260,9 +260,9 @@ absl::Status FlagSet::ApplyConfigText(std::string_view text, std::string_view or
   return absl::OkStatus();
 }
 
-std::string FlagSet::Usage() const {
-  std::string out =
-      StrCat("usage: ", program_, " [flags]\n\nflags (also keys of --config=FILE, YAML):\n");
+std::string FlagSet::Usage(std::string_view synopsis) const {
+  std::string out = StrCat("usage: ", synopsis.empty() ? StrCat(program_, " [flags]") : synopsis,
+                           "\n\nflags (also keys of --config=FILE, YAML):\n");
   for (const auto& [name, f] : flags_) {
     out += StrCat("  --", name, "  ", f.help);
     if (!f.default_text.empty()) out += StrCat(" (default: ", f.default_text, ")");

@@ -62,7 +62,8 @@ class FlagSet {
   const std::string& program() const { return program_; }
   // The config file given with --config, or empty.
   const std::string& config_path() const { return config_path_; }
-  std::string Usage() const;
+  // "usage: SYNOPSIS" (default: "PROGRAM [flags]"), then every flag with its help.
+  std::string Usage(std::string_view synopsis = "") const;
   // The current value of every flag as a YAML document (a valid config file).
   std::string DumpYaml() const;
 

@@ -316,7 +316,7 @@ int RunDemoCmd(int argc, char** argv) {
   flags.String("token", &f.token, "bearer token for --addr (its tokens file)");
   absl::Status s = flags.Parse(argc, argv);
   if (s.ok() && flags.help_requested()) {
-    std::printf("usage: kvstrata demo [flags]\n%s", flags.Usage().c_str());
+    std::printf("%s", flags.Usage().c_str());
     return 0;
   }
   if (!s.ok()) {

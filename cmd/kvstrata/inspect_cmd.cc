@@ -131,10 +131,10 @@ int RunInspect(int argc, char** argv) {
   std::vector<std::string> files;
   absl::Status s = flags.Parse(argc, argv, &files);
   if (s.ok() && flags.help_requested()) {
-    std::printf(
-        "usage: kvstrata inspect PAGE_FILE [PAGE_FILE...] [flags]\n"
-        "       kvstrata inspect --nvme=DIR --key=HEX[,HEX...] [flags]\n%s",
-        flags.Usage().c_str());
+    std::printf("%s", flags
+                          .Usage("kvstrata inspect PAGE_FILE [PAGE_FILE...] [flags]\n"
+                                 "       kvstrata inspect --nvme=DIR --key=HEX[,HEX...] [flags]")
+                          .c_str());
     return 0;
   }
   if (s.ok() && nvme_dir.empty() != keys.empty()) {

@@ -94,6 +94,19 @@ absl::Status CheckModelDir(const std::string& dir) {
   return model::ValidateForAnyRuntime(c);
 }
 
+// A node that listens on every interface with no tokens file serves any client that reaches
+// it (as the default tenant). Allowed — a private network, a sidecar — but said out loud.
+std::optional<std::string> OpenListenerWarning(const ServeFlags& f) {
+  const size_t colon = f.listen.rfind(':');
+  const std::string host = colon == std::string::npos ? f.listen : f.listen.substr(0, colon);
+  if (!f.tokens_file.empty() || (host != "0.0.0.0" && host != "[::]" && !host.empty())) {
+    return std::nullopt;
+  }
+  return StrCat("warning: --listen=", f.listen,
+                " accepts connections on every interface and no --tokens-file is set: any "
+                "client that reaches this node is served as the default tenant");
+}
+
 absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   if (f.role != "all") {
     return absl::InvalidArgumentError(
@@ -212,7 +225,7 @@ int RunServe(int argc, char** argv) {
   flags.Bool("check-config", &f.check_config, "validate the config and exit 0 (ok) or 1");
   absl::Status s = flags.Parse(argc, argv);
   if (s.ok() && flags.help_requested()) {
-    std::printf("usage: kvstrata serve [flags]\n%s", flags.Usage().c_str());
+    std::printf("%s", flags.Usage().c_str());
     return 0;
   }
   if (!s.ok()) {
@@ -231,6 +244,9 @@ int RunServe(int argc, char** argv) {
     ro = ToRoleOptions(f);
   }
   const absl::Status valid = all ? o->status() : ro->status();
+  if (const std::optional<std::string> w = OpenListenerWarning(f); w && valid.ok()) {
+    std::fprintf(stderr, "%s\n", w->c_str());
+  }
   if (f.check_config) {
     if (!valid.ok()) {
       std::fprintf(stderr, "config invalid: %s\n", std::string(valid.message()).c_str());

@@ -93,6 +93,45 @@ std::vector<std::string> KeysArgs(const nlohmann::json& v) {
   return a;
 }
 
+// Issue #18 item 8: every command's --help prints its usage line once, and exits 0.
+TEST(HelpCli, EveryCommandPrintsItsUsageOnce) {
+  for (const char* cmd : {"serve", "demo", "generate", "keys", "conversation", "inspect"}) {
+    const Result r = RunKvstrata({cmd, "--help"});
+    EXPECT_EQ(r.code, 0) << cmd << ": " << r.out;
+    size_t count = 0;
+    for (size_t at = r.out.find("usage:"); at != std::string::npos;
+         at = r.out.find("usage:", at + 1)) {
+      ++count;
+    }
+    EXPECT_EQ(count, 1u) << cmd << ":\n" << r.out;
+  }
+}
+
+// Issue #18 item 8: --check-config refuses what would fail at start, and warns about a node
+// open to every interface without client credentials.
+TEST(ServeCli, CheckConfigRefusesABadMemberTtlAndWarnsOnAnOpenListener) {
+  const std::string dir = TempDir("check-config");
+  for (const char* ttl : {"0s", "500ms", "-3s"}) {
+    const Result r =
+        RunKvstrata({"serve", "--check-config", "--role=router", "--etcd=127.0.0.1:2379",
+                     std::string("--member-ttl=") + ttl, "--data-dir=" + dir});
+    EXPECT_EQ(r.code, 1) << ttl << ": " << r.out;
+    EXPECT_NE(r.out.find("member-ttl"), std::string::npos) << r.out;
+  }
+  for (const char* role : {"all", "store"}) {
+    Result r = RunKvstrata({"serve", "--check-config", std::string("--role=") + role,
+                            "--listen=0.0.0.0:7070", "--data-dir=" + dir});
+    EXPECT_EQ(r.code, 0) << role << ": " << r.out;
+    EXPECT_NE(r.out.find("warning: "), std::string::npos) << role << ": " << r.out;
+    EXPECT_NE(r.out.find("--tokens-file"), std::string::npos) << r.out;
+    r = RunKvstrata({"serve", "--check-config", std::string("--role=") + role,
+                     "--listen=127.0.0.1:7070", "--data-dir=" + dir});
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_EQ(r.out.find("warning: "), std::string::npos) << r.out;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST(KeysCli, ReproducesCheckedInVectors) {
   nlohmann::json doc = nlohmann::json::parse(ReadText(VectorsPath()));
   ASSERT_GE(doc["vectors"].size(), 9u);
