@@ -57,6 +57,7 @@ TEST(TieredStoreConcurrencyTest, ReadersWritersAndEvictor) {
 
   std::atomic<int> good_reads{0}, misses{0}, wrong{0}, published{0};
   std::atomic<bool> stop{false};
+  std::atomic<int> writers_left{2};
   auto chain_keys = [&](int c) { return testing::KeysOf(chains[c]); };
   std::vector<std::thread> threads;
   for (int w = 0; w < 2; ++w) {
@@ -68,12 +69,15 @@ TEST(TieredStoreConcurrencyTest, ReadersWritersAndEvictor) {
           if (store.Publish(p.meta, p.bytes).ok()) ++published;
         }
       }
+      --writers_left;
     });
   }
   for (int rd = 0; rd < 3; ++rd) {
     threads.emplace_back([&, rd] {
       std::mt19937_64 r(seed + 100 + rd);
-      for (int i = 0; i < 1500; ++i) {
+      // At least 1500 rounds, and on while the writers run (on a loaded machine the readers
+      // could otherwise finish before the first page is published), at most 200,000.
+      for (int i = 0; (i < 1500 || writers_left.load() > 0) && i < 200000; ++i) {
         auto keys = chain_keys(static_cast<int>(r() % chains.size()));
         auto l = store.Lookup(keys);
         if (l.matched == 0) continue;
