@@ -219,6 +219,8 @@ absl::StatusOr<std::vector<int32_t>> ClusterService::PromptTokens(const pb::Prom
       ids.push_back(static_cast<int32_t>(id));
     }
   } else if (p.has_text()) {
+    // Empty text is an empty prompt (tokenizing it would leave a lone BOS).
+    if (p.text().empty()) return absl::InvalidArgumentError("the prompt text is empty");
     ids = model::ByteTokenizer::Encode(p.text(), /*add_bos=*/true, /*parse_specials=*/true);
   }
   if (ids.empty()) return absl::InvalidArgumentError("the prompt is empty (set tokens or text)");

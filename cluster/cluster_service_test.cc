@@ -174,6 +174,23 @@ TEST_F(ClusterServiceTest, BadRequestsMapToInvalidArgument) {
   r = Req();
   r.set_model("no-such-model");
   EXPECT_EQ(client->Generate(r, kTimeout).status().code(), absl::StatusCode::kNotFound);
+  // Issue #18 item 8: empty text is an empty prompt, as the proto says (it became one token).
+  r = Req();
+  r.mutable_prompt()->set_text("");
+  g = client->Generate(r, kTimeout);
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(g.status().message()).find("empty"), std::string::npos) << g.status();
+  // A Lookup over the context limit names the limit, not a field Lookup does not have.
+  pb::LookupRequest lr;
+  for (int i = 0; i < 100000; ++i) lr.mutable_prompt()->mutable_tokens()->add_ids(i % 200);
+  auto l = client->Lookup(lr, kTimeout);
+  EXPECT_EQ(l.status().code(), absl::StatusCode::kOutOfRange) << l.status();
+  EXPECT_EQ(std::string(l.status().message()).find("max_new_tokens"), std::string::npos)
+      << l.status();
+  EXPECT_NE(std::string(l.status().message()).find("context limit"), std::string::npos)
+      << l.status();
+  lr.mutable_prompt()->set_text("");
+  EXPECT_EQ(client->Lookup(lr, kTimeout).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ClusterServiceTest, ClientDeadlineEndsTheCallInTime) {

@@ -66,10 +66,16 @@ RouterBackend::RouterBackend(Membership* membership, PagePool* pool, WorkerClien
       options_(std::move(options)),
       cost_(options_.cost) {}
 
-absl::Status RouterBackend::Validate(const GenerateRequest& req) const {
+absl::Status RouterBackend::Validate(const GenerateRequest& req, bool lookup) const {
   if (req.prompt.empty()) return absl::InvalidArgumentError("generate: the prompt is empty");
   if (req.tenant.empty()) return absl::InvalidArgumentError("generate: no tenant");
-  if (req.max_tokens <= 0) {
+  if (lookup) {  // a Lookup generates nothing: only the prompt must fit
+    if (static_cast<int64_t>(req.prompt.size()) > options_.max_context) {
+      return absl::OutOfRangeError(StrCat("lookup: prompt (", req.prompt.size(),
+                                          " tokens) exceeds the context limit ",
+                                          options_.max_context));
+    }
+  } else if (req.max_tokens <= 0) {
     return absl::InvalidArgumentError(
         StrCat("generate: max_new_tokens must be > 0, got ", req.max_tokens));
   }
@@ -96,7 +102,7 @@ absl::Status RouterBackend::Validate(const GenerateRequest& req) const {
     return absl::InvalidArgumentError("generate: retention_ttl must be >= 0");
   }
   RETURN_IF_ERROR(model::ValidateSamplingParams(req.sampling));
-  if (static_cast<int64_t>(req.prompt.size()) + req.max_tokens > options_.max_context) {
+  if (!lookup && static_cast<int64_t>(req.prompt.size()) + req.max_tokens > options_.max_context) {
     return absl::OutOfRangeError(StrCat("generate: prompt (", req.prompt.size(),
                                         " tokens) + max_new_tokens (", req.max_tokens,
                                         ") exceeds the context limit ", options_.max_context));
@@ -104,8 +110,9 @@ absl::Status RouterBackend::Validate(const GenerateRequest& req) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const GenerateRequest& req) {
-  RETURN_IF_ERROR(Validate(req));
+absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const GenerateRequest& req,
+                                                            bool lookup) {
+  RETURN_IF_ERROR(Validate(req, lookup));
   Plan plan;
   ASSIGN_OR_RETURN(plan.keys, DeriveRequestKeys(options_.key_params, req.prompt, req.tenant,
                                                 req.shared_prefix_tokens, nullptr));
@@ -418,8 +425,7 @@ absl::Status RouterBackend::Lookup(const std::vector<int32_t>& prompt, const std
   req.tenant = tenant;
   req.shared_prefix_tokens = shared_prefix_tokens;
   req.authorization = authorization;
-  req.max_tokens = 1;
-  ASSIGN_OR_RETURN(Plan plan, MakePlan(req));
+  ASSIGN_OR_RETURN(Plan plan, MakePlan(req, /*lookup=*/true));
   const int64_t pt = options_.key_params.page_tokens;
   out->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
   *out->mutable_key_space() = ToKeySpace(options_.key_params);

@@ -102,8 +102,9 @@ class RouterBackend final : public ServingBackend {
  private:
   struct Plan;
   struct Placement;
-  absl::Status Validate(const GenerateRequest& req) const;
-  absl::StatusOr<Plan> MakePlan(const GenerateRequest& req);
+  // `lookup`: the request is a Lookup (no tokens to generate; only the prompt must fit).
+  absl::Status Validate(const GenerateRequest& req, bool lookup = false) const;
+  absl::StatusOr<Plan> MakePlan(const GenerateRequest& req, bool lookup = false);
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& req, Route* route);
   // Picks the decode and (when the model hands prompts over) the prefill worker; notes in
   // the plan's reason when no prefill worker is live.
