@@ -134,6 +134,18 @@ std::string FormatStats(const pb::RequestStats& s) {
                         s.pool_transport() == pb::TRANSPORT_KIND_UCX    ? "UCX"
                         : s.pool_transport() == pb::TRANSPORT_KIND_GRPC ? "gRPC (fallback)"
                                                                         : "in-process");
+  // What the cached prefix cost to load, and the path its bytes took; nothing when the
+  // prompt loaded no cached token (bytes read for pages that were then not used are not
+  // "loaded").
+  const std::string path = s.pool_transport() == pb::TRANSPORT_KIND_UCX    ? "UCX"
+                           : s.pool_transport() == pb::TRANSPORT_KIND_GRPC ? "gRPC"
+                           : s.pool_transport() == pb::TRANSPORT_KIND_INPROC ||
+                                   s.transport() == pb::TRANSPORT_KIND_INPROC
+                               ? "in-process"
+                               : "over the network";
+  const std::string loaded = s.cached_tokens() == 0
+                                 ? std::string("loaded nothing")
+                                 : fmt::format("loaded {} bytes ({})", s.bytes_transferred(), path);
   const std::string handoff =
       s.handoff_bytes() == 0
           ? ""
@@ -145,13 +157,12 @@ std::string FormatStats(const pb::RequestStats& s) {
              "TTFT {:.2f} ms, total {:.2f} ms (load {:.2f} ms, prefill {:.2f} ms, decode {:.2f} "
              "ms)\n"
              "prompt {} tokens: {} cached, {} recomputed; {} generated; tier hits: {}\n"
-             "loaded {} bytes ({}), published {} pages\n"
+             "{}, published {} pages\n"
              "cost model: {} ({})\n",
              ms(s.ttft()), ms(s.total_time()), ms(s.load_time()), ms(s.prefill_time()),
              ms(s.decode_time()), s.prompt_tokens(), s.cached_tokens(), s.recomputed_tokens(),
-             s.output_tokens(), FormatTierHits(s), s.bytes_transferred(),
-             s.transport() == pb::TRANSPORT_KIND_INPROC ? "in-process" : "no transfer",
-             s.published_pages(), pb::CacheDecision_Name(s.cost().decision()), s.cost().reason());
+             s.output_tokens(), FormatTierHits(s), loaded, s.published_pages(),
+             pb::CacheDecision_Name(s.cost().decision()), s.cost().reason());
 }
 
 namespace {

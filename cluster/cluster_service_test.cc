@@ -215,5 +215,26 @@ TEST_F(ClusterServiceTest, HealthAndReflection) {
   EXPECT_NE(std::find(services->begin(), services->end(), "kvstrata.v1.Cluster"), services->end());
 }
 
+// Issue #18 item 8: the client's stats line never claims bytes for a prompt that loaded
+// nothing, and names the path the bytes took.
+TEST(FormatStatsTest, LoadedBytesOnlyWithCachedTokensAndTheirPath) {
+  pb::RequestStats s;
+  s.set_prompt_tokens(100);
+  s.set_recomputed_tokens(100);
+  s.set_bytes_transferred(15744);  // e.g. pages read whose import failed
+  std::string out = FormatStats(s);
+  EXPECT_NE(out.find("loaded nothing"), std::string::npos) << out;
+  EXPECT_EQ(out.find("15744"), std::string::npos) << out;
+  EXPECT_EQ(out.find("no transfer"), std::string::npos) << out;
+  s.set_cached_tokens(64);
+  s.set_pool_transport(pb::TRANSPORT_KIND_UCX);
+  out = FormatStats(s);
+  EXPECT_NE(out.find("loaded 15744 bytes (UCX)"), std::string::npos) << out;
+  s.set_pool_transport(pb::TRANSPORT_KIND_UNSPECIFIED);
+  s.set_transport(pb::TRANSPORT_KIND_INPROC);
+  out = FormatStats(s);
+  EXPECT_NE(out.find("loaded 15744 bytes (in-process)"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace kv::cluster
