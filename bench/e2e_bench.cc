@@ -138,6 +138,8 @@ struct Distributed {
       o.node_id = role;
       o.listen = "127.0.0.1:0";
       o.metrics_port = -1;
+      // "remote" measures the homes' read path: no worker-local tier in front of it.
+      o.local_cache_mib = 0;
       o.membership.members = members;
       o.node.model_dir = model_dir;
       o.node.data_dir = StrCat(dir, "/", role);

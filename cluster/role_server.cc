@@ -1,5 +1,6 @@
 #include "cluster/role_server.h"
 
+#include <optional>
 #include <utility>
 
 #include "cluster/cluster_service.h"
@@ -14,6 +15,7 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/caching_page_pool.h"
 #include "kvstore/page_format.h"
 #include "kvstore/slab_tier.h"
 #include "kvstore/staging_area.h"
@@ -30,6 +32,8 @@ namespace pb = ::kvstrata::v1;
 // then what they use.
 struct RoleServer::State {
   std::unique_ptr<Membership> membership;
+  std::unique_ptr<TieredStore> local_cache;  // a worker's local tier (under `pool`)
+  std::unique_ptr<PagePool> remote_pool;     // the pool `pool` caches, when it does
   std::unique_ptr<PagePool> pool;
   std::unique_ptr<TieredStore> store;
   std::unique_ptr<StagingArea> staging;  // registered with `transport`: outlives it
@@ -58,6 +62,10 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
   }
   if (o.worker_threads < 1 || o.worker_threads > 256) {
     return absl::InvalidArgumentError("worker-threads must be in 1..256");
+  }
+  if (o.local_cache_mib < 0 || o.local_cache_mib > (1 << 20)) {
+    return absl::InvalidArgumentError(
+        StrCat("local-cache-mib must be in 0..1048576, got ", o.local_cache_mib));
   }
   if (o.replication < 1 || o.replication > 16) {
     return absl::InvalidArgumentError(StrCat("replication must be in 1..16, got ", o.replication));
@@ -113,6 +121,8 @@ void RoleServer::Shutdown() {
   s_->router.reset();
   s_->transport.reset();
   s_->pool.reset();
+  s_->remote_pool.reset();
+  s_->local_cache.reset();
   s_->store.reset();
   s_->staging.reset();
   s_->model = model::LoadedModel();  // the serving view and the runtime
@@ -222,6 +232,31 @@ absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
   return absl::OkStatus();
 }
 
+// A worker's local tier (issue #15 item 5): a host-only TieredStore of o.local_cache_mib in
+// front of the remote pool; the caller's tenant is what the Worker service authenticated.
+absl::Status StartLocalCache(const RoleServerOptions& o, const TenantAuth& auth,
+                             const std::string& layout_name, RoleServer::State& s) {
+  if (o.local_cache_mib == 0) return absl::OkStatus();
+  NodeOptions lo = o.node;
+  lo.device_bytes = 0;
+  lo.nvme_bytes = 0;
+  lo.host_bytes = static_cast<uint64_t>(o.local_cache_mib) << 20;
+  ASSIGN_OR_RETURN(s.local_cache, OpenStore(lo));
+  const LayoutInfo info = *LookupLayout(std::string_view(layout_name));
+  CachingPagePoolOptions co;
+  co.tenant_of = [auth](const std::string& authorization) {
+    return auth.Authenticate(
+        authorization.empty() ? std::nullopt : std::optional<std::string_view>(authorization));
+  };
+  co.layout = std::string(info.name);
+  co.page_tokens = info.default_page_tokens;
+  co.node_id = StrCat(o.node_id, "/local");
+  co.metrics = o.node.metrics;
+  s.remote_pool = std::move(s.pool);
+  s.pool = std::make_unique<CachingPagePool>(s.remote_pool.get(), s.local_cache.get(), co);
+  return absl::OkStatus();
+}
+
 // The prefill or decode role: the Worker service over this node's model and a UCX transport.
 absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
                          const std::string& model_dir, const std::string& layout_name,
@@ -232,6 +267,7 @@ absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
   pb::TransportEndpoint* e = self.add_transports();
   e->set_kind(pb::TRANSPORT_KIND_UCX);
   e->set_address(s.transport->address());
+  RETURN_IF_ERROR(StartLocalCache(o, auth, layout_name, s));
   WorkerServiceOptions wo;
   wo.node_id = o.node_id;
   wo.prefill = o.role == "prefill";

@@ -40,6 +40,9 @@ struct RoleServerOptions {
   int worker_threads = 2;
   MembershipConfig membership;
   int replication = 1;
+  // prefill/decode: MiB of host memory caching pool pages in front of the pool
+  // (kv::CachingPagePool); 0: every load reads the homes.
+  int64_t local_cache_mib = 256;
   absl::Duration shutdown_grace = absl::Seconds(5);
   absl::Duration handoff_timeout = absl::Seconds(30);
 };

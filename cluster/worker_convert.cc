@@ -19,6 +19,10 @@ pb::TransportKind TransportKindOf(const std::string& name) {
   if (name == "inproc") return pb::TRANSPORT_KIND_INPROC;
   if (name == "nccl") return pb::TRANSPORT_KIND_NCCL;
   if (name == "grpc") return pb::TRANSPORT_KIND_GRPC;
+  // A worker's local tier (kv::CachingPagePool): an all-local read moved no byte over the
+  // network; a mixed one ("local+ucx") is reported by its remote path.
+  if (name == "local") return pb::TRANSPORT_KIND_INPROC;
+  if (name.starts_with("local+")) return TransportKindOf(name.substr(6));
   return pb::TRANSPORT_KIND_UNSPECIFIED;
 }
 

@@ -57,6 +57,7 @@ struct ServeFlags {
   std::string node_id;
   std::string advertise;
   int64_t replication = 1;
+  int64_t local_cache_mib = 256;
   std::string transport = "ucx";
   cluster::MembershipConfig membership;
   bool check_config = false;
@@ -142,6 +143,7 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   o.tokens_file = f.tokens_file;
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   o.replication = static_cast<int>(std::clamp<int64_t>(f.replication, 0, 1 << 10));
+  o.local_cache_mib = f.local_cache_mib;
   o.membership = f.membership;
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
   // A store has no compute memory to cache in: its device tier is off.
@@ -219,6 +221,8 @@ int RunServe(int argc, char** argv) {
   flags.String("advertise", &f.advertise,
                "HOST:PORT other nodes reach this one at (default: the bound listen address)");
   flags.Int("replication", &f.replication, "home nodes per page chain in the page pool (R)");
+  flags.Int("local-cache-mib", &f.local_cache_mib,
+            "prefill/decode: host tier caching pool pages in the worker, MiB (0: off)");
   flags.String("transport", &f.transport,
                "prefill->decode KV handoff transport: ucx (honours UCX_TLS, UCX_NET_DEVICES)");
   f.membership.Bind(&flags);

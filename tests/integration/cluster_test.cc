@@ -232,10 +232,21 @@ TEST_F(ClusterTest, GenerationEqualsTheLocalEngineAndReusesThePool) {
   ASSERT_GT(warm->stats.tier_hits_size(), 0);
   EXPECT_TRUE(warm->stats.tier_hits(0).remote());
   EXPECT_FALSE(warm->stats.tier_hits(0).node_id().empty());
-  // The remote hit moved over UCX RMA from the store's registered memory, not gRPC (#15).
-  EXPECT_EQ(warm->stats.pool_transport(), pb::TRANSPORT_KIND_UCX)
+  // The same chain goes to the same prefill worker, which kept the pages it published in its
+  // local tier (kv::CachingPagePool, design-notes item 17): the hit is local (INPROC), or, for
+  // pages its keep had not finished yet, over UCX RMA from the store's registered memory,
+  // never gRPC (#15).
+  EXPECT_TRUE(warm->stats.pool_transport() == pb::TRANSPORT_KIND_INPROC ||
+              warm->stats.pool_transport() == pb::TRANSPORT_KIND_UCX)
       << cluster::FormatStats(warm->stats);
   EXPECT_EQ(cold->stats.pool_transport(), pb::TRANSPORT_KIND_UNSPECIFIED);
+  // By the third request the worker holds every page it loaded: no network at all.
+  auto third = c->Generate(Request(text), kCallTimeout);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_EQ(third->tokens, want);
+  EXPECT_GE(third->stats.cached_tokens(), warm->stats.cached_tokens());
+  EXPECT_EQ(third->stats.pool_transport(), pb::TRANSPORT_KIND_INPROC)
+      << cluster::FormatStats(third->stats);
 }
 
 TEST_F(ClusterTest, TheNextTurnHitsTheWholeConversation) {

@@ -1,0 +1,124 @@
+#include "kvstore/caching_page_pool.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/logging.h"
+#include "core/strings.h"
+
+namespace kv {
+
+CachingPagePool::CachingPagePool(PagePool* remote, TieredStore* local,
+                                 CachingPagePoolOptions options)
+    : remote_(remote), options_(std::move(options)) {
+  if (local != nullptr) {
+    local_ = std::make_unique<LocalPagePool>(local, PageStoreOptions{.node_id = options_.node_id});
+  }
+  MetricsRegistry* reg = options_.metrics ? options_.metrics : &MetricsRegistry::Default();
+  hits_ = reg->GetCounter("kvstrata_worker_local_cache_hits_total",
+                          "Pages a worker read from its own local tier (no network)");
+  misses_ = reg->GetCounter("kvstrata_worker_local_cache_misses_total",
+                            "Pages a worker asked of the remote pool after its local tier");
+}
+
+absl::StatusOr<PoolPrefix> CachingPagePool::Lookup(std::span<const BlockKey> chain,
+                                                   const std::string& authorization) {
+  return remote_->Lookup(chain, authorization);
+}
+
+absl::StatusOr<std::string> CachingPagePool::Pin(const std::string& address,
+                                                 std::span<const BlockKey> keys,
+                                                 absl::Duration lease,
+                                                 const std::string& authorization,
+                                                 int64_t* pinned) {
+  return remote_->Pin(address, keys, lease, authorization, pinned);
+}
+
+void CachingPagePool::Unpin(const std::string& address, const std::string& lease_id,
+                            const std::string& authorization) {
+  remote_->Unpin(address, lease_id, authorization);
+}
+
+std::vector<std::vector<uint8_t>> CachingPagePool::ReadLocal(const PageStoreCaller& caller,
+                                                             std::span<const BlockKey> keys,
+                                                             absl::Time deadline) {
+  std::vector<std::vector<uint8_t>> out;
+  Clock* clock = local_->store().clock();
+  for (const BlockKey& key : keys) {
+    if (clock->Now() > deadline) break;
+    // Absent, another tenant's, or failed verification (then quarantined): the rest is remote.
+    absl::StatusOr<std::vector<uint8_t>> page = local_->page_store().Read(caller, key);
+    if (!page.ok()) break;
+    out.push_back(*std::move(page));
+  }
+  return out;
+}
+
+void CachingPagePool::Keep(const PageStoreCaller& caller, std::span<const BlockKey> keys,
+                           std::span<const std::vector<uint8_t>> pages) {
+  const AdmitOptions admit{.layout = options_.layout, .page_tokens = options_.page_tokens};
+  for (size_t i = 0; i < pages.size(); ++i) {
+    const AdmitResult r = local_->page_store().Admit(caller, keys[i], pages[i], admit);
+    if (r.outcome == AdmitOutcome::kRejected) {
+      // Not an error of the read: the page was served; the local tier is only a cache (a
+      // full tier, or a key held locally under another namespace).
+      log::Debug("local_cache_keep_skipped", "key", keys[i].Hex(), "reason",
+                 ReasonName(ReasonOf(r.error)));
+      break;  // its children could not chain from it
+    }
+  }
+}
+
+absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
+    const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
+    const std::string& authorization, absl::Time deadline, std::string* path) {
+  absl::StatusOr<PageStoreCaller> caller = absl::UnavailableError("no local tier");
+  if (local_ != nullptr) {
+    absl::StatusOr<std::string> tenant = options_.tenant_of(authorization);
+    caller = tenant.ok() ? PageStoreCaller::Tenant(*tenant) : tenant.status();
+  }
+  if (!caller.ok()) return remote_->Read(address, keys, lease_id, authorization, deadline, path);
+
+  std::vector<std::vector<uint8_t>> out = ReadLocal(*caller, keys, deadline);
+  const size_t hits = out.size();
+  hits_->Inc(static_cast<double>(hits));
+  if (hits == keys.size()) {
+    if (path != nullptr) *path = "local";
+    return out;
+  }
+  misses_->Inc(static_cast<double>(keys.size() - hits));
+  const std::span<const BlockKey> rest = keys.subspan(hits);
+  std::string remote_path;
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> remote =
+      remote_->Read(address, rest, lease_id, authorization, deadline, &remote_path);
+  if (!remote.ok()) {
+    if (hits == 0) return remote.status();
+    log::Warn("pool_read_failed_after_local_hits", "local_pages", hits, "error",
+              remote.status().ToString());
+    if (path != nullptr) *path = "local";
+    return out;
+  }
+  Keep(*caller, rest, *remote);
+  for (std::vector<uint8_t>& page : *remote) out.push_back(std::move(page));
+  if (path != nullptr) *path = hits == 0 ? remote_path : StrCat("local+", remote_path);
+  return out;
+}
+
+absl::StatusOr<int64_t> CachingPagePool::Publish(const BlockKey& root,
+                                                 std::span<const PoolPage> pages,
+                                                 const PoolWriteOptions& options,
+                                                 const std::string& authorization) {
+  absl::StatusOr<int64_t> stored = remote_->Publish(root, pages, options, authorization);
+  if (!stored.ok() || *stored <= 0 || local_ == nullptr) return stored;
+  // The local copy is the caller's own (its authenticated tenant, never options.tenant alone).
+  absl::StatusOr<std::string> tenant = options_.tenant_of(authorization);
+  if (!tenant.ok()) return stored;
+  PoolWriteOptions local = options;
+  local.tenant = *std::move(tenant);
+  const size_t n = std::min(pages.size(), static_cast<size_t>(*stored));
+  absl::StatusOr<int64_t> kept = local_->Publish(root, pages.first(n), local, authorization);
+  if (!kept.ok()) log::Debug("local_cache_publish_skipped", "error", kept.status().ToString());
+  return stored;
+}
+
+}  // namespace kv
