@@ -1,6 +1,7 @@
 #include "core/metrics.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -34,9 +35,10 @@ std::string EscapeLabel(const std::string& v) {
 std::string FormatValue(double v) {
   if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  // The shortest text that reads back as exactly `v` (1e-06, 0.1; not 9.9999999999999995e-07).
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
-  return buf;
+  const std::to_chars_result r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
 }
 
 // {a="1",b="2"} with optional extra label (le for histograms). Empty labels -> "".
@@ -153,7 +155,22 @@ Histogram* MetricsRegistry::GetHistogram(std::string_view name, std::string_view
   return slot.get();
 }
 
+int MetricsRegistry::AddCollectHook(std::function<void()> fn) {
+  MutexLock l(&hooks_mu_);
+  hooks_[next_hook_] = std::move(fn);
+  return next_hook_++;
+}
+
+void MetricsRegistry::RemoveCollectHook(int id) {
+  MutexLock l(&hooks_mu_);
+  hooks_.erase(id);
+}
+
 std::string MetricsRegistry::RenderPrometheus() const {
+  {
+    MutexLock h(&hooks_mu_);
+    for (const auto& [id, fn] : hooks_) fn();
+  }
   MutexLock l(&mu_);
   std::string out;
   for (const auto& [name, fam] : families_) {

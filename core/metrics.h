@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -84,7 +85,15 @@ class MetricsRegistry {
   Histogram* GetHistogram(std::string_view name, std::string_view help, std::vector<double> bounds,
                           const Labels& labels = {});
 
+  // Renders every family; first runs the collect hooks, so values that are derived state
+  // (live leases, after reaping the expired ones) are current at every scrape.
   std::string RenderPrometheus() const;
+
+  // Registers `fn` to run at the start of every RenderPrometheus (it may Set gauges; it must
+  // not call back into this registry's Get* or Render). Returns an id for RemoveCollectHook,
+  // which the owner of the state must call before that state goes away.
+  int AddCollectHook(std::function<void()> fn);
+  void RemoveCollectHook(int id);
 
  private:
   enum class Type { kCounter, kGauge, kHistogram };
@@ -100,6 +109,10 @@ class MetricsRegistry {
 
   mutable Mutex mu_;
   std::map<std::string, Family, std::less<>> families_ ABSL_GUARDED_BY(mu_);
+  // Held while a hook runs, so RemoveCollectHook returns only once its hook is not running.
+  mutable Mutex hooks_mu_;
+  std::map<int, std::function<void()>> hooks_ ABSL_GUARDED_BY(hooks_mu_);
+  int next_hook_ ABSL_GUARDED_BY(hooks_mu_) = 1;
 };
 
 }  // namespace kv

@@ -38,11 +38,20 @@ TEST(Metrics, CounterGaugeHistogramText) {
   EXPECT_NE(text.find("kvstrata_hits_total{tier=\"host\"} 3\n"), std::string::npos) << text;
   EXPECT_NE(text.find("kvstrata_hits_total{tier=\"nvme\"} 7\n"), std::string::npos);
   EXPECT_NE(text.find("kvstrata_bytes 7\n"), std::string::npos);
-  EXPECT_NE(text.find("kvstrata_lat_seconds_bucket{le=\"0.10000000000000001\"} 1\n"),
-            std::string::npos)
-      << text;
+  // Issue #18 item 7: numbers print in the shortest form that reads back exactly.
+  EXPECT_NE(text.find("kvstrata_lat_seconds_bucket{le=\"0.1\"} 1\n"), std::string::npos) << text;
   EXPECT_NE(text.find("kvstrata_lat_seconds_bucket{le=\"1\"} 2\n"), std::string::npos);
   EXPECT_NE(text.find("kvstrata_lat_seconds_bucket{le=\"+Inf\"} 4\n"), std::string::npos);
+  Histogram* us = r.GetHistogram("kvstrata_tiny_seconds", "tiny", {1e-6, 2.5e-4, 0.3});
+  us->Observe(1e-7);
+  g->Set(0.1 + 0.2);
+  const std::string text2 = r.RenderPrometheus();
+  EXPECT_NE(text2.find("kvstrata_tiny_seconds_bucket{le=\"1e-06\"} 1\n"), std::string::npos)
+      << text2;
+  EXPECT_NE(text2.find("kvstrata_tiny_seconds_bucket{le=\"0.00025\"} 1\n"), std::string::npos)
+      << text2;
+  EXPECT_NE(text2.find("kvstrata_tiny_seconds_bucket{le=\"0.3\"} 1\n"), std::string::npos) << text2;
+  EXPECT_NE(text2.find("kvstrata_bytes 0.30000000000000004\n"), std::string::npos) << text2;
   EXPECT_NE(text.find("kvstrata_lat_seconds_count 4\n"), std::string::npos);
   EXPECT_EQ(h->Count(), 4u);
   EXPECT_DOUBLE_EQ(h->Sum(), 55.55);

@@ -128,10 +128,16 @@ PageStore::PageStore(TieredStore* store, PageStoreOptions options)
   if (options_.metrics != nullptr) {
     leases_gauge_ =
         options_.metrics->GetGauge("kvstrata_pagestore_leases", "Live PageStore pin leases");
+    // Expired leases leave the gauge at every scrape, not only at the next Pin.
+    collect_hook_ = options_.metrics->AddCollectHook([this] {
+      MutexLock l(&mu_);
+      ReapLeasesLocked(clock_->Now());
+    });
   }
 }
 
 PageStore::~PageStore() {
+  if (collect_hook_ != 0) options_.metrics->RemoveCollectHook(collect_hook_);  // before mu_
   kv::MutexLock l(&mu_);
   for (auto& [id, lease] : leases_) {
     for (const LeasePins& p : lease.pins) store_->Unpin(p.handle).IgnoreError();

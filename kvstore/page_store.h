@@ -272,6 +272,7 @@ class PageStore {
   const PageStoreOptions options_;
   Clock* const clock_;
   Gauge* leases_gauge_ = nullptr;
+  int collect_hook_ = 0;  // options_.metrics's hook that reaps expired leases at each scrape
 
   kv::Mutex mu_;
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);

@@ -226,6 +226,22 @@ TEST_F(PageStoreTest, LeasesExtendExpireAndRelease) {
   EXPECT_EQ(*again, chain[0].bytes);
 }
 
+// Issue #18 item 7: the live-lease gauge drops when leases expire, at the next scrape, with
+// no PageStore call in between (it stayed at 1024 until the next PinBlocks).
+TEST_F(PageStoreTest, ExpiredLeasesLeaveTheGaugeAtTheNextScrape) {
+  auto chain = Chain(16, Tenant("acme"), 1);
+  ASSERT_EQ(Admit(As("acme"), chain), Stored(1));
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(pages_->Pin(As("acme"), Keys(chain), absl::Seconds(5)).ok());
+  Gauge* g = metrics_.GetGauge("kvstrata_pagestore_leases", "");
+  EXPECT_EQ(g->Value(), 3);
+  clock_.Advance(absl::Seconds(6));
+  const std::string text = metrics_.RenderPrometheus();
+  EXPECT_NE(text.find("kvstrata_pagestore_leases 0\n"), std::string::npos) << text;
+  EXPECT_EQ(g->Value(), 0);
+  EXPECT_EQ(store_->Stats().active_leases, 0u);
+}
+
 TEST_F(PageStoreTest, LeaseLengthIsCheckedAndClamped) {
   auto chain = Chain(16, Tenant("acme"), 1);
   ASSERT_EQ(Admit(As("acme"), chain), Stored(1));
