@@ -54,7 +54,8 @@ enum class PagePath : uint8_t { kUcx, kGrpc };
 std::string_view PagePathName(PagePath path);  // "ucx", "grpc"
 
 // Memory the caller registered with the client's transport (region may be 0 when there is no
-// transport: then only the gRPC path can fill it).
+// transport: then only the gRPC path can fill it). `bytes` must begin at the region's base:
+// offsets into `bytes` are used as offsets into the region.
 struct RegisteredBuffer {
   transport::RegionId region = 0;
   std::span<uint8_t> bytes;
