@@ -196,8 +196,9 @@ class GrpcPagePool final : public PagePool {
     return *c.rma;
   }
 
-  // Reads `keys` with RMA gets into a registered buffer of this process, verified in place
-  // (PageRmaClient), then copies each page out (PagePool returns owned pages). nullopt when
+  // Reads `keys` with RMA gets into a registered buffer of this process (reused across
+  // reads), verified in place (PageRmaClient), then copies each page out (PagePool returns
+  // owned pages). nullopt when
   // UCX cannot reach the store or the store lends no region: the caller falls back to gRPC.
   // A buffer the transport still holds after a failed get is kept alive, never reused.
   absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> ReadOverUcx(
@@ -217,23 +218,67 @@ class GrpcPagePool final : public PagePool {
       if (pinned.pages.empty()) return out;
       return std::nullopt;
     }
-    auto mem = std::make_shared<std::vector<uint8_t>>(total);
-    ASSIGN_OR_RETURN(
-        transport::RegisteredRegion reg,
-        options_.transport->Register(mem->data(), total, transport::MemoryKind::kHost));
-    absl::StatusOr<RmaReadResult> r = rma.GetPinned(pinned, keys, {reg.id, *mem}, deadline);
+    ASSIGN_OR_RETURN(ReadBuffer buf, TakeBuffer(total));
+    absl::StatusOr<RmaReadResult> r =
+        rma.GetPinned(pinned, keys, {buf.region, std::span(buf.mem->data(), total)}, deadline);
     if (r.ok()) {
       for (size_t i = 0; i < r->prefix(); ++i) {
-        const uint8_t* p = mem->data() + r->pages[i]->offset;
+        const uint8_t* p = buf.mem->data() + r->pages[i]->offset;
         out.emplace_back(p, p + r->pages[i]->size);
       }
     }
-    if (!options_.transport->Deregister(reg.id).ok()) {
-      kv::MutexLock l(&mu_);
-      graveyard_.push_back(std::move(mem));  // quarantined: the transport may still write it
-    }
+    GiveBack(std::move(buf), r.ok());
     if (!r.ok()) return r.status();
     return out;
+  }
+
+  // A registered buffer for RMA reads. Registering fresh memory per read (and faulting it in
+  // 4 KiB at a time) cost about as much as the get itself, so buffers are kept and reused:
+  // at most kIdleBuffers, each of a power-of-two size from 4 MiB to kMaxKeptBytes.
+  struct ReadBuffer {
+    std::shared_ptr<std::vector<uint8_t>> mem;
+    transport::RegionId region = 0;
+  };
+  static constexpr size_t kIdleBuffers = 4;
+  static constexpr uint64_t kMaxKeptBytes = 256ull << 20;
+
+  absl::StatusOr<ReadBuffer> TakeBuffer(uint64_t bytes) {
+    {
+      kv::MutexLock l(&mu_);
+      auto fits = std::find_if(idle_.begin(), idle_.end(),
+                               [&](const ReadBuffer& b) { return b.mem->size() >= bytes; });
+      if (fits != idle_.end()) {
+        ReadBuffer b = std::move(*fits);
+        idle_.erase(fits);
+        return b;
+      }
+    }
+    uint64_t size = 4ull << 20;
+    while (size < bytes && size < kMaxKeptBytes) size *= 2;
+    ReadBuffer b{.mem = std::make_shared<std::vector<uint8_t>>(std::max(size, bytes))};
+    ASSIGN_OR_RETURN(
+        transport::RegisteredRegion reg,
+        options_.transport->Register(b.mem->data(), b.mem->size(), transport::MemoryKind::kHost));
+    b.region = reg.id;
+    return b;
+  }
+
+  // Keeps `b` for the next read when its get ended cleanly; otherwise (or when too many are
+  // idle, or it is oversized) deregisters it. A buffer the transport still holds after a
+  // failed get is kept alive, never reused (the graveyard).
+  void GiveBack(ReadBuffer b, bool clean) {
+    if (clean && b.mem->size() <= kMaxKeptBytes) {
+      absl::StatusOr<transport::RegionState> st = options_.transport->GetRegionState(b.region);
+      kv::MutexLock l(&mu_);
+      if (st.ok() && *st == transport::RegionState::kIdle && idle_.size() < kIdleBuffers) {
+        idle_.push_back(std::move(b));
+        return;
+      }
+    }
+    if (!options_.transport->Deregister(b.region).ok()) {
+      kv::MutexLock l(&mu_);
+      graveyard_.push_back(std::move(b.mem));  // quarantined: the transport may still write it
+    }
   }
 
   Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
@@ -250,6 +295,7 @@ class GrpcPagePool final : public PagePool {
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, RmaClients> rma_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<std::vector<uint8_t>>> graveyard_ ABSL_GUARDED_BY(mu_);
+  std::vector<ReadBuffer> idle_ ABSL_GUARDED_BY(mu_);  // registered, ready for the next read
 };
 
 }  // namespace

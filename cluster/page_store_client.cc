@@ -7,9 +7,11 @@
 #include <cstring>
 #include <optional>
 
+#include "absl/synchronization/mutex.h"
 #include "cluster/grpc_status.h"
 #include "cluster/proto_convert.h"
 #include "core/hash.h"
+#include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
 #include "kvstore/page_format.h"
@@ -164,12 +166,52 @@ absl::Status FromPageStoreStatus(const grpc::Status& status) {
   return s;
 }
 
+// UnpinAsync calls in flight; shared with each call's callback, so a callback that outlives
+// a destructor which stopped waiting still has somewhere to count.
+struct PageStoreClient::AsyncCalls {
+  absl::Mutex mu;
+  int in_flight ABSL_GUARDED_BY(mu) = 0;
+};
+
 PageStoreClient::PageStoreClient(std::shared_ptr<grpc::Channel> channel, std::string token,
                                  absl::Duration timeout)
     : channel_(std::move(channel)),
       stub_(pb::PageStore::NewStub(channel_)),
+      async_(std::make_shared<AsyncCalls>()),
       token_(std::move(token)),
       timeout_(timeout) {}
+
+PageStoreClient::~PageStoreClient() {
+  absl::MutexLock l(&async_->mu);
+  // Each call has the client's deadline; the margin covers its callback.
+  async_->mu.AwaitWithTimeout(absl::Condition(
+                                  +[](int* n) { return *n == 0; }, &async_->in_flight),
+                              timeout_ + absl::Seconds(1));
+}
+
+void PageStoreClient::UnpinAsync(const std::string& lease_id) {
+  struct Call {
+    grpc::ClientContext ctx;
+    pb::UnpinBlocksRequest req;
+    pb::UnpinBlocksResponse resp;
+  };
+  auto call = std::make_shared<Call>();
+  Prepare(&call->ctx);
+  call->req.set_lease_id(lease_id);
+  {
+    absl::MutexLock l(&async_->mu);
+    ++async_->in_flight;
+  }
+  stub_->async()->UnpinBlocks(&call->ctx, &call->req, &call->resp,
+                              [call, calls = async_](const grpc::Status& s) {
+                                if (!s.ok()) {
+                                  log::Info("unpin_async_failed", "lease", call->req.lease_id(),
+                                            "error", s.error_message());
+                                }
+                                absl::MutexLock l(&calls->mu);
+                                --calls->in_flight;
+                              });
+}
 
 absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
     const std::string& address, std::string token, absl::Duration timeout,

@@ -62,6 +62,9 @@ class PageStoreClient {
   // UNAVAILABLE or DEADLINE_EXCEEDED within `timeout`). `token` may be empty (no header).
   PageStoreClient(std::shared_ptr<grpc::Channel> channel, std::string token,
                   absl::Duration timeout = absl::Seconds(10));
+  ~PageStoreClient();  // waits for UnpinAsync calls in flight
+  PageStoreClient(const PageStoreClient&) = delete;
+  PageStoreClient& operator=(const PageStoreClient&) = delete;
   // Opens a channel to `address` and waits up to `connect_timeout` for it to connect.
   // UNAVAILABLE (retryable) naming the address when nothing answers.
   static absl::StatusOr<std::unique_ptr<PageStoreClient>> Connect(
@@ -80,6 +83,11 @@ class PageStoreClient {
   // Releases a lease, or only `keys` of it. Returns the pins released (0 for an unknown or
   // expired lease).
   absl::StatusOr<uint32_t> Unpin(const std::string& lease_id, std::span<const BlockKey> keys = {});
+  // Releases a whole lease without waiting for the answer (gRPC's callback API): for a reader
+  // that already confirmed its lease another way (a beacon). A failure is only logged: the
+  // lease expires on its own. The destructor waits for these calls (each is bounded by the
+  // client's timeout).
+  void UnpinAsync(const std::string& lease_id);
   // Reads whole pages, in order, under `lease_id` when given. One entry per key; a page
   // that is missing, unreadable or corrupted in transit has an error instead of bytes. The
   // call itself fails (INTERNAL) only when the stream breaks the protocol (chunks out of
@@ -109,8 +117,11 @@ class PageStoreClient {
  private:
   void Prepare(grpc::ClientContext* ctx) const;
 
+  struct AsyncCalls;  // UnpinAsync calls in flight (page_store_client.cc)
+
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<kvstrata::v1::PageStore::Stub> stub_;
+  std::shared_ptr<AsyncCalls> async_;
   const std::string token_;
   const absl::Duration timeout_;
 };

@@ -1,6 +1,7 @@
 #include "cluster/page_store_rma.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "cluster/grpc_status.h"
@@ -20,6 +21,8 @@ namespace {
 
 // A transfer fails by its own deadline; Wait gets this much longer to observe that.
 constexpr absl::Duration kWaitGrace = absl::Seconds(2);
+// Beacon words in a client's scratch memory: reads in flight at once that can use a beacon.
+constexpr uint32_t kScratchWords = 512;
 
 absl::Status Unusable(absl::Status s) {
   return Annotate(std::move(s), "the buffer's contents are not valid");
@@ -56,6 +59,16 @@ PageRmaClient::PageRmaClient(PageStoreClient* rpc, transport::Transport* transpo
       transport_(transport),
       options_(options),
       clock_(options.clock != nullptr ? options.clock : Clock::Real()) {}
+
+PageRmaClient::~PageRmaClient() {
+  absl::MutexLock l(&mu_);
+  if (scratch_.region == 0) return;
+  if (!transport_->Deregister(scratch_.region).ok()) {
+    // The transport may still write a word whose get failed: the memory must outlive it.
+    log::Warn("rma_scratch_kept", "region", scratch_.region);
+    (void)scratch_.words.release();
+  }
+}
 
 absl::StatusOr<transport::PeerId> PageRmaClient::Peer(absl::Time deadline) {
   if (transport_ == nullptr) return absl::UnavailableError("no transport: gRPC only");
@@ -142,6 +155,15 @@ absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> 
     absl::StatusOr<BlockKey> key = wire::ParseKey(m, "missing key");
     if (key.ok()) out.missing.push_back(*key);
   }
+  const pb::RemoteRegion& beacon = resp.beacon();
+  if (resp.has_beacon() && resp.beacon_nonce() != 0 && beacon.length() == sizeof(uint64_t) &&
+      beacon.transport() == pb::TRANSPORT_KIND_UCX && beacon.address() >= beacon.region_address()) {
+    if (absl::StatusOr<transport::RemoteRegionId> id = Import(peer, beacon.remote_key()); id.ok()) {
+      out.beacon = *id;
+      out.beacon_offset = beacon.address() - beacon.region_address();
+      out.beacon_nonce = resp.beacon_nonce();
+    }  // else confirmed through UnpinBlocks
+  }
   if (!bad.ok()) {
     if (!out.lease_id.empty()) rpc_->Unpin(out.lease_id).IgnoreError();
     return bad;
@@ -178,15 +200,15 @@ absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned
     where.push_back({offset, p.size});
     offset += p.size;
   }
-  absl::Status moved = Transfer(pinned.peer, transport::OpKind::kRead, std::move(ops),
-                                std::min(deadline, pinned.deadline));
-  // Released after the transfer either way; the bytes count only if the lease was live then.
-  absl::StatusOr<uint32_t> released = Unpin(pinned);
-  if (!moved.ok()) return Unusable(moved);
-  if (!released.ok()) return Unusable(released.status());
-  if (*released == 0 && !pinned.lease_id.empty()) {
-    return Unusable(MarkRetryable(
-        absl::AbortedError(StrCat("lease ", pinned.lease_id, " expired during the get"))));
+  const absl::Time by = std::min(deadline, pinned.deadline);
+  absl::Status moved = Transfer(pinned.peer, transport::OpKind::kRead, std::move(ops), by);
+  if (!moved.ok()) {
+    if (!pinned.lease_id.empty()) rpc_->UnpinAsync(pinned.lease_id);
+    return Unusable(moved);
+  }
+  // The bytes count only if the lease was still live after the get.
+  if (absl::Status live = ConfirmAndRelease(pinned, by, &r.beacon_confirmed); !live.ok()) {
+    return Unusable(live);
   }
   for (size_t i = 0; i < where.size(); ++i) {
     absl::Status v = VerifyInPlace(buffer.bytes.subspan(where[i].offset, where[i].size), keys[i]);
@@ -199,6 +221,67 @@ absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned
     }
   }
   return r;
+}
+
+absl::StatusOr<uint64_t> PageRmaClient::ReadBeacon(const PinnedPages& pinned, absl::Time deadline) {
+  uint32_t word = 0;
+  transport::RegionId region = 0;
+  uint64_t* words = nullptr;
+  {
+    absl::MutexLock l(&mu_);
+    if (scratch_.region == 0 && !scratch_failed_) {
+      scratch_.words = std::make_unique<uint64_t[]>(kScratchWords);
+      absl::StatusOr<transport::RegisteredRegion> reg = transport_->Register(
+          scratch_.words.get(), kScratchWords * sizeof(uint64_t), transport::MemoryKind::kHost);
+      if (reg.ok()) {
+        scratch_.region = reg->id;
+        for (uint32_t i = kScratchWords; i > 0; --i) scratch_.free.push_back(i - 1);
+      } else {
+        scratch_failed_ = true;
+        log::Warn("rma_scratch_unregistered", "error", reg.status().ToString());
+      }
+    }
+    if (scratch_.free.empty()) return absl::ResourceExhaustedError("no free beacon scratch word");
+    word = scratch_.free.back();
+    scratch_.free.pop_back();
+    region = scratch_.region;
+    words = scratch_.words.get();
+  }
+  words[word] = 0;
+  std::vector<transport::TransferOp> op = {
+      {region, word * sizeof(uint64_t), pinned.beacon, pinned.beacon_offset, sizeof(uint64_t)}};
+  absl::Status s = Transfer(pinned.peer, transport::OpKind::kRead, std::move(op), deadline);
+  if (!s.ok()) return s;  // the word is not handed out again
+  const uint64_t value = std::atomic_ref<uint64_t>(words[word]).load(std::memory_order_acquire);
+  absl::MutexLock l(&mu_);
+  scratch_.free.push_back(word);
+  return value;
+}
+
+absl::Status PageRmaClient::ConfirmAndRelease(const PinnedPages& pinned, absl::Time deadline,
+                                              bool* by_beacon) {
+  *by_beacon = false;
+  if (pinned.lease_id.empty()) return absl::OkStatus();
+  const auto ended = [&](std::string_view how) {
+    return MarkRetryable(
+        absl::AbortedError(StrCat("lease ", pinned.lease_id, " ended during the get (", how, ")")));
+  };
+  if (pinned.beacon != 0) {
+    absl::StatusOr<uint64_t> word = ReadBeacon(pinned, deadline);
+    if (word.ok() || !absl::IsResourceExhausted(word.status())) {
+      rpc_->UnpinAsync(pinned.lease_id);
+      if (!word.ok()) return word.status();
+      if (*word != pinned.beacon_nonce) return ended("its beacon was lowered");
+      // The tier drops an expired pin on its own clock, beacon or not.
+      if (clock_->Now() >= pinned.deadline) return ended("its deadline passed");
+      *by_beacon = true;
+      return absl::OkStatus();
+    }
+  }
+  absl::StatusOr<uint32_t> released = Unpin(pinned);
+  if (!released.ok()) return released.status();
+  if (*released == 0) return ended("nothing left to release");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<RmaReadResult> PageRmaClient::ReadOverGrpc(std::span<const BlockKey> keys,

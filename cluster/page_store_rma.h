@@ -11,12 +11,18 @@
 //      deadline is the earlier of the caller's and the lease's.
 //   3. Every page is verified in place (page_format checksums, and its header names the key
 //      asked for); a page that fails is a miss for that page (DataLoss), never served.
-//   4. UnpinBlocks. The lease is the poisoning contract: the store neither frees nor reuses a
-//      page while its lease lives, so the bytes are good only if the lease was still live when
-//      released. A lease that expired (released = 0), a transfer that failed or timed out, or
-//      a store that died makes the whole call an error (Aborted, DeadlineExceeded,
-//      Unavailable): then the buffer's contents are not valid, and the transport may still
-//      hold the region (transport.h "Poisoning contract": check GetRegionState before reuse).
+//   4. The lease is confirmed, then released. The lease is the poisoning contract: the store
+//      neither frees nor reuses a page while its lease lives, so the bytes are good only if
+//      the lease was still live after the get completed. When PinBlocks answered a beacon
+//      (kvstore/lease_beacons.h), one 8-byte get of it, after the page gets, must read the
+//      lease's nonce back before the lease's deadline; the UnpinBlocks call is then sent
+//      without waiting for it (PageStoreClient::UnpinAsync). Without a beacon (none free, or
+//      an older store) UnpinBlocks is waited for and must report the pins released (> 0). A
+//      lease that ended (beacon zeroed or replaced, released = 0, deadline passed), a
+//      transfer that failed or timed out, or a store that died makes the whole call an error
+//      (Aborted, DeadlineExceeded, Unavailable): then the buffer's contents are not valid,
+//      and the transport may still hold the region (transport.h "Poisoning contract": check
+//      GetRegionState before reuse).
 //   The fallback, only when the transport cannot reach the store (no transport, no UCX
 //   endpoint, Connect fails) or the store lends no region: PageStoreClient::ReadPages (which
 //   verifies every page) copied into the same buffer. The result says which path ran.
@@ -34,6 +40,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
@@ -75,6 +82,10 @@ struct PinnedPages {
   std::vector<Page> pages;        // the pinned prefix, in key order
   std::vector<BlockKey> missing;  // requested keys not pinned
   bool rma() const;               // every pinned page has a region
+  // The lease's beacon (0: none; the lease is confirmed through UnpinBlocks).
+  transport::RemoteRegionId beacon = 0;
+  uint64_t beacon_offset = 0;  // of the beacon's word in its remote region
+  uint64_t beacon_nonce = 0;
 };
 
 struct RmaReadResult {
@@ -89,7 +100,8 @@ struct RmaReadResult {
   std::vector<absl::StatusOr<Page>> pages;
   // Pages usable from the start (the verified prefix).
   size_t prefix() const;
-  uint64_t bytes = 0;  // page bytes moved
+  uint64_t bytes = 0;             // page bytes moved
+  bool beacon_confirmed = false;  // the lease was confirmed by its beacon (no RPC waited for)
 };
 
 // A page to write: `size` bytes at `offset` of the caller's registered buffer.
@@ -115,6 +127,9 @@ class PageRmaClient {
  public:
   // `rpc` and `transport` are not owned; `transport` may be null (gRPC only).
   PageRmaClient(PageStoreClient* rpc, transport::Transport* transport, PageRmaOptions options = {});
+  ~PageRmaClient();  // deregisters its scratch memory (kept alive if the transport holds it)
+  PageRmaClient(const PageRmaClient&) = delete;
+  PageRmaClient& operator=(const PageRmaClient&) = delete;
 
   // Pins `keys` and reads them into `buffer` (see the file comment). The call fails only
   // as a whole (the lease, the transfer, the store, or an RPC); per-page misses are in the
@@ -152,6 +167,11 @@ class PageRmaClient {
   absl::StatusOr<RmaWriteResult> WriteOverGrpc(const kvstrata::v1::WriteOptions& options,
                                                std::span<const RmaPageToWrite> pages,
                                                RegisteredBuffer buffer);
+  // Step 4 of a read (see the file comment): OK when the lease provably outlived the get;
+  // *by_beacon says how. Always releases the lease.
+  absl::Status ConfirmAndRelease(const PinnedPages& pinned, absl::Time deadline, bool* by_beacon);
+  // The lease's beacon word, read with one get into this client's scratch memory.
+  absl::StatusOr<uint64_t> ReadBeacon(const PinnedPages& pinned, absl::Time deadline);
   absl::StatusOr<RmaWriteResult> StageAndSeal(const kvstrata::v1::WriteOptions& options,
                                               std::span<const RmaPageToWrite> pages,
                                               RegisteredBuffer buffer, transport::PeerId peer,
@@ -166,6 +186,15 @@ class PageRmaClient {
   transport::PeerId peer_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::pair<transport::PeerId, std::string>, transport::RemoteRegionId> imported_
       ABSL_GUARDED_BY(mu_);
+  // Registered words that beacon gets land in, one per read in flight. A word whose get
+  // failed is never handed out again (the transport may still write it).
+  struct Scratch {
+    std::unique_ptr<uint64_t[]> words;
+    transport::RegionId region = 0;
+    std::vector<uint32_t> free;
+  };
+  Scratch scratch_ ABSL_GUARDED_BY(mu_);
+  bool scratch_failed_ ABSL_GUARDED_BY(mu_) = false;  // registration failed: no beacons
 };
 
 }  // namespace kv::cluster

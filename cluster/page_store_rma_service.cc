@@ -58,6 +58,15 @@ absl::Status PageStoreService::LendPinned(const PageStoreCaller& c,
       break;
     }
   }
+  if (options_.beacons == nullptr || lent->empty()) return absl::OkStatus();
+  absl::StatusOr<std::optional<Beacon>> beacon = pages_.LeaseBeacon(c, resp->lease_id());
+  if (!beacon.ok()) return FromPageStore(beacon.status());
+  if (beacon->has_value()) {  // none free: the reader confirms with UnpinBlocks instead
+    const uint8_t* word =
+        options_.beacons->memory().data() + LeaseBeacons::OffsetOf((*beacon)->slot);
+    SetRegion(options_.beacon_memory, {word, sizeof(uint64_t)}, resp->mutable_beacon());
+    resp->set_beacon_nonce((*beacon)->nonce);
+  }
   return absl::OkStatus();
 }
 

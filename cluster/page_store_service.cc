@@ -27,7 +27,8 @@ PageStoreOptions StoreOptions(const PageStoreServiceOptions& o, MetricsRegistry*
           .max_page_bytes = o.max_page_bytes,
           .default_lease = o.default_lease,
           .max_lease = o.max_lease,
-          .max_leases_per_tenant = o.max_leases_per_tenant};
+          .max_leases_per_tenant = o.max_leases_per_tenant,
+          .beacons = o.beacons};
 }
 
 // Answers a unary call with `s`.

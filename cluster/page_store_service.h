@@ -112,6 +112,11 @@ struct PageStoreServiceOptions {
   // registration. Null: ReserveStaging is UNAVAILABLE.
   StagingArea* staging = nullptr;
   RegisteredMemory staging_memory;
+  // Lease beacons (kvstore/lease_beacons.h; not owned, must outlive the service) and their
+  // registration: PinBlocks with regions then also answers the lease's beacon, so readers
+  // confirm the lease with one RMA read instead of UnpinBlocks. Null: no beacons.
+  LeaseBeacons* beacons = nullptr;
+  RegisteredMemory beacon_memory;
 };
 
 // ReadPages is served raw (grpc::ByteBuffer): the page bytes of its chunks are handed to gRPC

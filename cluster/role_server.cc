@@ -36,7 +36,8 @@ struct RoleServer::State {
   std::unique_ptr<PagePool> remote_pool;     // the pool `pool` caches, when it does
   std::unique_ptr<PagePool> pool;
   std::unique_ptr<TieredStore> store;
-  std::unique_ptr<StagingArea> staging;  // registered with `transport`: outlives it
+  std::unique_ptr<StagingArea> staging;   // registered with `transport`: outlives it
+  std::unique_ptr<LeaseBeacons> beacons;  // likewise
   model::LoadedModel model;
   transport::RegionGraveyard graveyard;  // outlives the transport (transport/handoff.h)
   std::unique_ptr<transport::Transport> transport;
@@ -125,6 +126,7 @@ void RoleServer::Shutdown() {
   s_->local_cache.reset();
   s_->store.reset();
   s_->staging.reset();
+  s_->beacons.reset();
   s_->model = model::LoadedModel();  // the serving view and the runtime
   s_->membership.reset();
   log::Info("serve_stopped");
@@ -160,6 +162,12 @@ absl::Status StartStoreRma(const RoleServerOptions& o, RoleServer::State& s,
   ASSIGN_OR_RETURN(po.staging_memory, RegisterMemory(*s.transport, pb::TIER_HOST, s.staging->base(),
                                                      s.staging->capacity()));
   po.staging = s.staging.get();
+  // A beacon per lent lease: as many as the tenants' lease limits allow on a busy node.
+  ASSIGN_OR_RETURN(s.beacons, LeaseBeacons::Create(64 * 1024));
+  const std::span<uint8_t> words = s.beacons->memory();
+  ASSIGN_OR_RETURN(po.beacon_memory,
+                   RegisterMemory(*s.transport, pb::TIER_HOST, words.data(), words.size()));
+  po.beacons = s.beacons.get();
   const std::string address = s.transport->address();
   po.transport_info = [address](pb::GetTransportInfoResponse* r) {
     pb::TransportEndpoint* e = r->add_endpoints();
@@ -188,6 +196,7 @@ absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, Role
         .node_id = o.node_id, .clock = o.node.clock, .metrics = o.node.metrics};
     s.transport.reset();
     s.staging.reset();
+    s.beacons.reset();
   }
   s.page_store = std::make_unique<PageStoreService>(s.store.get(), auth, po);
   go.services = {s.page_store.get()};

@@ -140,6 +140,7 @@ PageStore::~PageStore() {
   if (collect_hook_ != 0) options_.metrics->RemoveCollectHook(collect_hook_);  // before mu_
   kv::MutexLock l(&mu_);
   for (auto& [id, lease] : leases_) {
+    LowerBeaconLocked(lease);
     for (const LeasePins& p : lease.pins) store_->Unpin(p.handle).IgnoreError();
   }
   if (leases_gauge_ != nullptr) leases_gauge_->Set(0);
@@ -196,7 +197,14 @@ absl::Status PageStore::TooManyLeases() const {
       PageStoreReason::kTooManyLeases));
 }
 
+void PageStore::LowerBeaconLocked(Lease& lease) {
+  if (!lease.beacon.has_value()) return;
+  options_.beacons->Lower(*lease.beacon);  // before any pin drops (lease_beacons.h)
+  lease.beacon.reset();
+}
+
 void PageStore::ReleaseLeaseLocked(Lease& lease) {
+  LowerBeaconLocked(lease);
   // NotFound: the store's pins already expired on the same clock; nothing to release.
   for (const LeasePins& p : lease.pins) store_->Unpin(p.handle).IgnoreError();
   lease.pins.clear();
@@ -352,6 +360,8 @@ uint32_t PageStore::Unpin(const PageStoreCaller& c, std::string_view lease_id,
 }
 
 uint32_t PageStore::UnpinSomeLocked(Lease& lease, std::span<const BlockKey> keys) {
+  // A beacon vouches for every page the lease lent; once some may be reused it vouches for none.
+  LowerBeaconLocked(lease);
   const absl::flat_hash_set<BlockKey> drop(keys.begin(), keys.end());
   uint32_t released = 0;
   std::vector<LeasePins> kept;
@@ -439,6 +449,17 @@ absl::StatusOr<std::vector<LentPage>> PageStore::Lend(const PageStoreCaller& c,
     out.push_back({loan->bytes, loan->tier});
   }
   return out;
+}
+
+absl::StatusOr<std::optional<Beacon>> PageStore::LeaseBeacon(const PageStoreCaller& c,
+                                                             std::string_view lease_id) {
+  kv::MutexLock l(&mu_);
+  Lease* lease = FindLeaseLocked(c, lease_id);
+  if (lease == nullptr) return LeaseGone(lease_id);
+  if (!lease->beacon.has_value() && options_.beacons != nullptr) {
+    lease->beacon = options_.beacons->Raise();
+  }
+  return lease->beacon;
 }
 
 // ---- Admit ------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@
 #include "core/clock.h"
 #include "core/metrics.h"
 #include "core/mutex.h"
+#include "kvstore/lease_beacons.h"
 #include "kvstore/page_format.h"
 #include "kvstore/tiered_store.h"
 
@@ -123,6 +124,9 @@ struct PageStoreOptions {
   absl::Duration default_lease = absl::Seconds(30);
   absl::Duration max_lease = absl::Minutes(5);
   int max_leases_per_tenant = 1024;
+  // Beacons for lent leases (LeaseBeacon(); kvstore/lease_beacons.h). Not owned; must outlive
+  // the PageStore. nullptr: leases have no beacons.
+  LeaseBeacons* beacons = nullptr;
 };
 
 // One block of a visible prefix.
@@ -219,6 +223,13 @@ class PageStore {
   // to `c` or expired; InvalidArgument for a key the lease does not pin; the store's errors.
   absl::StatusOr<std::vector<LentPage>> Lend(const PageStoreCaller& c, std::string_view lease_id,
                                              std::span<const BlockKey> keys);
+  // The beacon of `lease_id` (raised on the first call, then the same one), through which a
+  // reader confirms with one RMA read that the lease was still live after its transfer
+  // (kvstore/lease_beacons.h). It is lowered before the lease's pins are dropped: at Unpin
+  // (also of some keys), expiry and destruction. nullopt when the store has no beacons or none
+  // is free. NotFound (kLeaseNotFound) for a lease unknown to `c` or expired.
+  absl::StatusOr<std::optional<Beacon>> LeaseBeacon(const PageStoreCaller& c,
+                                                    std::string_view lease_id);
 
   // Verifies `page`, written as `key`, and publishes it under `c`'s namespace or the shared
   // one (see "Admission" above). Never fails as a call: the verdict is in the result.
@@ -239,6 +250,7 @@ class PageStore {
     std::string owner;  // PageStoreCaller::tenant(); "" for trusted callers
     absl::Time deadline;
     std::vector<LeasePins> pins;
+    std::optional<Beacon> beacon;  // raised by LeaseBeacon(); lowered before pins drop
   };
 
   absl::Status Miss(const BlockKey& key) const;
@@ -258,6 +270,7 @@ class PageStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReapLeasesLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLeaseLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LowerBeaconLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseLeaseLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status TooManyLeases() const;
   // The namespace `key` is held or being admitted under, if any. Waits (bounded) for an

@@ -76,6 +76,7 @@ class PageStoreTest : public ::testing::Test {
 
   FakeClock clock_;
   MetricsRegistry metrics_;
+  std::unique_ptr<LeaseBeacons> beacons_;  // outlives pages_
   std::unique_ptr<TieredStore> store_;
   std::unique_ptr<PageStore> pages_;
 };
@@ -224,6 +225,52 @@ TEST_F(PageStoreTest, LeasesExtendExpireAndRelease) {
   auto again = pages_->Read(a, chain[0].meta.key);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(*again, chain[0].bytes);
+}
+
+// Issue #15: a lent lease's beacon holds its nonce while the lease lives and reads 0 before
+// any of its pins can drop: at a partial unpin, a release, expiry and destruction.
+TEST_F(PageStoreTest, LeaseBeaconsAreLoweredBeforePinsDrop) {
+  beacons_ = *LeaseBeacons::Create(2);
+  LeaseBeacons* beacons = beacons_.get();
+  Open(64, {.beacons = beacons});
+  const PageStoreCaller a = As("acme");
+  auto chain = Chain(16, Tenant("acme"), 3);
+  ASSERT_EQ(Admit(a, chain), Stored(3));
+  auto pin = pages_->Pin(a, Keys(chain), absl::Seconds(5));
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  auto b = pages_->LeaseBeacon(a, pin->lease_id);
+  ASSERT_TRUE(b.ok() && b->has_value()) << b.status();
+  EXPECT_EQ(beacons->Read((*b)->slot), (*b)->nonce);
+  EXPECT_EQ(**pages_->LeaseBeacon(a, pin->lease_id), **b) << "one beacon per lease";
+  EXPECT_EQ(ReasonOf(pages_->LeaseBeacon(As("evil"), pin->lease_id).status()),
+            PageStoreReason::kLeaseNotFound);
+  // Unpinning one page lowers it: the lease no longer vouches for every page it lent.
+  const std::vector<BlockKey> first = {chain[0].meta.key};
+  EXPECT_EQ(pages_->Unpin(a, pin->lease_id, first), 1u);
+  EXPECT_EQ(beacons->Read((*b)->slot), 0u);
+  auto b2 = pages_->LeaseBeacon(a, pin->lease_id);  // a fresh one for what is still pinned
+  ASSERT_TRUE(b2.ok() && b2->has_value());
+  EXPECT_NE((*b2)->nonce, (*b)->nonce);
+  EXPECT_EQ(pages_->Unpin(a, pin->lease_id), 2u);
+  EXPECT_EQ(beacons->Read((*b2)->slot), 0u);
+  EXPECT_EQ(beacons->raised(), 0u);
+  // Expiry lowers it (reaped at the next call), and so does the store's destruction.
+  auto p2 = pages_->Pin(a, Keys(chain), absl::Seconds(5));
+  auto b3 = pages_->LeaseBeacon(a, p2->lease_id);
+  ASSERT_TRUE(b3.ok() && b3->has_value());
+  clock_.Advance(absl::Seconds(6));
+  EXPECT_EQ(pages_->live_leases(), 0u);
+  EXPECT_EQ(beacons->Read((*b3)->slot), 0u);
+  auto p3 = pages_->Pin(a, Keys(chain), absl::Seconds(5));
+  auto p4 = pages_->Pin(a, Keys(chain), absl::Seconds(5));
+  auto p5 = pages_->Pin(a, Keys(chain), absl::Seconds(5));
+  ASSERT_TRUE(p3.ok() && p4.ok() && p5.ok());
+  EXPECT_TRUE(pages_->LeaseBeacon(a, p3->lease_id)->has_value());
+  EXPECT_TRUE(pages_->LeaseBeacon(a, p4->lease_id)->has_value());
+  EXPECT_FALSE(pages_->LeaseBeacon(a, p5->lease_id)->has_value()) << "2 slots, both taken";
+  EXPECT_EQ(beacons->raised(), 2u);
+  pages_.reset();
+  EXPECT_EQ(beacons->raised(), 0u);
 }
 
 // Issue #18 item 7: the live-lease gauge drops when leases expire, at the next scrape, with

@@ -5,7 +5,9 @@
 //   - many pages written two-phase (reserve, UCX put, seal) and read back (pin, one batch of
 //     UCX gets into the caller's registered buffer, verify in place, unpin) equal the
 //     originals, also with four concurrent clients, and the result says UCX moved them;
-//   - a lease expiring during a get (the completion is delayed past it) is an error in time;
+//     the lease is confirmed by one RMA read of its beacon, not an RPC;
+//   - a lease expiring during a get (the completion is delayed past it) is an error in time,
+//     and so is a lease released before its beacon is read;
 //   - a store SIGKILLed mid-get (between pin and get, and while a get is in flight) and mid-put
 //     is an error within the deadline, never a hang, the error says the buffer is not valid,
 //     and the restarted store shows no half-written page;
@@ -195,6 +197,7 @@ TEST_P(PageStoreRmaTest, WritesAndReadsManyPagesOverUcx) {
       client.ReadPagesInto(testing::KeysOf(chain), dst.view(), absl::Now() + absl::Seconds(20));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->path, PagePath::kUcx);
+  EXPECT_TRUE(r->beacon_confirmed) << "the lease is confirmed by one RMA read, not an RPC";
   ExpectRead(*r, dst, chain);
   // Asking again for a longer chain: the extra keys are misses, the rest is served.
   std::vector<BlockKey> more = testing::KeysOf(chain);
@@ -299,6 +302,27 @@ TEST_P(PageStoreRmaTest, LeaseExpiringDuringAGetIsAnError) {
   EXPECT_TRUE(absl::IsDeadlineExceeded(r.status()) || absl::IsAborted(r.status())) << r.status();
   EXPECT_NE(r.status().message().find("not valid"), std::string::npos) << r.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(6));
+}
+
+// The beacon is the lease's proof of life: a lease released between the pin and the end of
+// the get (here before it starts) makes the read an error, though every byte may be intact.
+TEST_P(PageStoreRmaTest, LeaseReleasedBeforeItsBeaconIsReadIsAnError) {
+  auto rpc = Rpc("tok-acme");
+  PageRmaClient client(rpc.get(), transport_.get());
+  const auto chain = Chain(35, "acme", 4);
+  Buffer src(transport_.get(), Bytes(chain));
+  ASSERT_TRUE(Write(client, src, chain).ok());
+  const std::vector<BlockKey> keys = testing::KeysOf(chain);
+  auto pinned = client.PinForRead(keys, absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  ASSERT_NE(pinned->beacon, 0u) << "the store answers a beacon with its regions";
+  auto released = rpc->Unpin(pinned->lease_id);
+  ASSERT_TRUE(released.ok() && *released == keys.size()) << released.status();
+  Buffer dst(transport_.get(), Bytes(chain));
+  auto r = client.GetPinned(*pinned, keys, dst.view(), absl::Now() + absl::Seconds(10));
+  EXPECT_TRUE(absl::IsAborted(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("not valid"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("beacon"), std::string::npos) << r.status();
 }
 
 TEST_P(PageStoreRmaTest, StoreKilledMidGetIsAnErrorInTime) {
