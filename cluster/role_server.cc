@@ -120,10 +120,11 @@ void RoleServer::Shutdown() {
   s_->worker.reset();
   s_->page_store.reset();
   s_->router.reset();
-  s_->transport.reset();
+  // The pool reads with the transport (registered buffers, RMA clients): it goes first.
   s_->pool.reset();
   s_->remote_pool.reset();
   s_->local_cache.reset();
+  s_->transport.reset();
   s_->store.reset();
   s_->staging.reset();
   s_->beacons.reset();

@@ -101,6 +101,10 @@ class ClusterTest : public ::testing::Test {
       if (p->Running()) {
         absl::StatusOr<int> rc = p->Stop(SIGTERM, absl::Seconds(15));
         EXPECT_TRUE(rc.ok()) << name << " did not stop on SIGTERM: " << rc.status();
+        // A clean exit, not a crash on the way out (waitpid status 0).
+        if (rc.ok()) {
+          EXPECT_EQ(*rc, 0) << name << " exited with status " << *rc;
+        }
       }
       delete p;
     }
