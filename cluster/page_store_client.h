@@ -28,7 +28,9 @@
 #include <grpcpp/channel.h>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/thread_pool.h"
 #include "kvstore/block_key.h"
 #include "kvstore/resume_policy.h"
 #include "proto/kvstrata/v1/page_store.grpc.pb.h"
@@ -83,10 +85,10 @@ class PageStoreClient {
   // Releases a lease, or only `keys` of it. Returns the pins released (0 for an unknown or
   // expired lease).
   absl::StatusOr<uint32_t> Unpin(const std::string& lease_id, std::span<const BlockKey> keys = {});
-  // Releases a whole lease without waiting for the answer (gRPC's callback API): for a reader
-  // that already confirmed its lease another way (a beacon). A failure is only logged: the
-  // lease expires on its own. The destructor waits for these calls (each is bounded by the
-  // client's timeout).
+  // Releases a whole lease without waiting for the answer (sent by a thread of the client's):
+  // for a reader that already confirmed its lease another way (a beacon). A failure is only
+  // logged: the lease expires on its own. The destructor waits for these calls (each is
+  // bounded by the client's timeout).
   void UnpinAsync(const std::string& lease_id);
   // Reads whole pages, in order, under `lease_id` when given. One entry per key; a page
   // that is missing, unreadable or corrupted in transit has an error instead of bytes. The
@@ -117,11 +119,10 @@ class PageStoreClient {
  private:
   void Prepare(grpc::ClientContext* ctx) const;
 
-  struct AsyncCalls;  // UnpinAsync calls in flight (page_store_client.cc)
-
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<kvstrata::v1::PageStore::Stub> stub_;
-  std::shared_ptr<AsyncCalls> async_;
+  absl::Mutex unpin_mu_;
+  std::unique_ptr<ThreadPool> unpinner_ ABSL_GUARDED_BY(unpin_mu_);  // UnpinAsync's thread
   const std::string token_;
   const absl::Duration timeout_;
 };
