@@ -2,6 +2,7 @@
 pages through numpy arrays and torch CPU tensors, zero-copy into registered memory, exists and
 lookup, per-key errors, bad input, and a killed store failing within the deadline."""
 import os
+import signal
 import time
 
 import numpy as np
@@ -216,6 +217,32 @@ def test_killed_store_is_an_error_within_the_deadline(own_store):
         with pytest.raises(kvstrata.Error):
             c.lookup(keys, timeout_ms=1000)
         assert time.monotonic() - start < 1.0 + 2.0
+
+
+def test_stalled_store_is_a_deadline_error_in_time(own_store):
+    """A store that stops answering (SIGSTOP: connections stay open) must not hang a call:
+    each returns DEADLINE_EXCEEDED by its own timeout."""
+    n = 4
+    with connect(own_store) as c:
+        src = np.empty((n, PAGE_BYTES), np.uint8)
+        dst = np.zeros((n, PAGE_BYTES), np.uint8)
+        c.register_buffer(dst)
+        keys, _ = make_chain(7, n, src)
+        assert all(s.ok for s in c.batch_put_from(space(), keys, list(src)))
+        assert all(s.ok for s in c.batch_get_into(keys, list(dst)))
+        own_store.proc.send_signal(signal.SIGSTOP)
+        try:
+            for call in (lambda: c.batch_get_into(keys, list(dst), timeout_ms=1500),
+                         lambda: c.lookup(keys, timeout_ms=1500),
+                         lambda: c.batch_exists(keys, timeout_ms=1500)):
+                start = time.monotonic()
+                with pytest.raises(kvstrata.Error) as e:
+                    call()
+                took = time.monotonic() - start
+                assert e.value.code_name == "DEADLINE_EXCEEDED", e.value
+                assert 1.0 < took < 1.5 + 3.0, took
+        finally:
+            own_store.kill()
 
 
 if __name__ == "__main__":
