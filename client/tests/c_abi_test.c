@@ -200,6 +200,18 @@ static void BadInput(kvstrata_client* cl) {
   sizes[0] = 8;
   CHECK_CODE(kvstrata_batch_get_into(cl, keys, ptrs, sizes, 1, 0, st, NULL),
              KVSTRATA_INVALID_ARGUMENT);
+  const void* cptrs[1] = {small};
+  sizes[0] = sizeof(small);
+  CHECK_CODE(kvstrata_batch_put_from(cl, NULL, keys, cptrs, sizes, 1, 0, st),
+             KVSTRATA_INVALID_ARGUMENT);
+  InitSpace(&space, "no-such-layout");
+  CHECK_CODE(kvstrata_batch_put_from(cl, &space, keys, cptrs, sizes, 1, 0, st),
+             KVSTRATA_INVALID_ARGUMENT);
+  CHECK(strstr(kvstrata_last_error(), "no-such-layout") != NULL);
+  InitSpace(&space, "mla-fp8-656");
+  space.struct_size = 4; /* not initialised by kvstrata_key_space_init */
+  CHECK_CODE(kvstrata_batch_put_from(cl, &space, keys, cptrs, sizes, 1, 0, st),
+             KVSTRATA_INVALID_ARGUMENT);
   uint64_t h = 0;
   CHECK_CODE(kvstrata_register_buffer(cl, NULL, 8, &h), KVSTRATA_INVALID_ARGUMENT);
   CHECK_CODE(kvstrata_register_buffer(cl, small, 0, &h), KVSTRATA_INVALID_ARGUMENT);
