@@ -1,4 +1,4 @@
-// KV events in vLLM's wire format (vllm/distributed/kv_events.py; docs/integrations.md
+// KV events in vLLM's wire format (vllm/distributed/kv_events.py; docs/serving.md
 // "KV events"): a store node tells routers (Dynamo, llm-d, vLLM's own subscriber) which blocks
 // it holds in which medium.
 //
