@@ -104,6 +104,7 @@ absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& option
   TieredStoreOptions so;
   so.clock = options.clock;
   so.metrics = options.metrics;
+  so.residency_listener = options.residency_listener;
   return TieredStore::Open(so, std::move(tiers));
 }
 

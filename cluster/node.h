@@ -38,6 +38,8 @@ struct NodeOptions {
   int compute_threads = 0;
   MetricsRegistry* metrics = nullptr;  // nullptr: the default registry
   Clock* clock = nullptr;
+  // OpenStore: the store's TieredStoreOptions::residency_listener (KV events); empty: none.
+  ResidencyListener residency_listener;
 };
 
 // Checks options without side effects. InvalidArgument naming the option.

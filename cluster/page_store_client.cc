@@ -318,7 +318,10 @@ absl::StatusOr<std::vector<PageStoreClient::WriteResult>> PageStoreClient::Write
       msg.Clear();
       pb::PageChunk* c = msg.mutable_chunk();
       c->set_key(KeyBytes(p.key));
-      if (off == 0) c->set_resume_role(ToProto(p.resume_role));
+      if (off == 0) {
+        c->set_resume_role(ToProto(p.resume_role));
+        if (!p.engine_block_hash.empty()) c->set_engine_block_hash(p.engine_block_hash);
+      }
       c->set_offset(off);
       c->set_data(reinterpret_cast<const char*>(p.bytes.data()) + off, n);
       c->set_data_xxh3(Xxh3_64(p.bytes.data() + off, n));

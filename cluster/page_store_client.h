@@ -53,6 +53,9 @@ class PageStoreClient {
     BlockKey key;
     std::span<const uint8_t> bytes;             // a whole encoded page; borrowed for the call
     PageRole resume_role = PageRole::kTurnEnd;  // kvstore/resume_policy.h
+    // The block's hash as the engine knows it (PageChunk.engine_block_hash, reported in KV
+    // events); empty: none. gRPC writes only: the UCX write path does not carry it.
+    std::string engine_block_hash;
   };
   struct WriteResult {
     BlockKey key;

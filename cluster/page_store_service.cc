@@ -227,11 +227,13 @@ pb::PageWriteResult PageStoreService::Reject(const BlockKey& key, absl::Status w
 
 pb::PageWriteResult PageStoreService::PublishPage(const PageStoreCaller& c,
                                                   const pb::WriteOptions& o, const BlockKey& key,
-                                                  const std::string& bytes, PageRole resume_role) {
+                                                  const std::string& bytes, PageRole resume_role,
+                                                  std::string engine_block_hash) {
   AdmitOptions admit{.layout = o.key_space().layout(),
                      .page_tokens = o.key_space().page_tokens(),
                      .shared_namespace = o.shared_namespace(),
-                     .resume_role = resume_role};
+                     .resume_role = resume_role,
+                     .engine_block_hash = std::move(engine_block_hash)};
   if (o.has_retention_ttl()) admit.retention = FromProto(o.retention_ttl());
   const std::span<const uint8_t> page(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
   return WriteResultOf(key, pages_.Admit(c, key, page, admit), bytes.size());

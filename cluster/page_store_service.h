@@ -197,7 +197,8 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
   kvstrata::v1::PageWriteResult PublishPage(const PageStoreCaller& c,
                                             const kvstrata::v1::WriteOptions& o,
                                             const BlockKey& key, const std::string& bytes,
-                                            PageRole resume_role);
+                                            PageRole resume_role,
+                                            std::string engine_block_hash = {});
   // The wire result of an admission of `size` bytes (counted as written when stored).
   kvstrata::v1::PageWriteResult WriteResultOf(const BlockKey& key, AdmitResult a, uint64_t size);
   // A REJECTED result for `key`, counted under `reason`.

@@ -180,8 +180,8 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
     if (!s.ok()) return Done(s);
     if (!publish_) return StartRead(&msg_);
     if (!svc_->threads_->Schedule([this] {
-          *resp_->add_results() =
-              svc_->PublishPage(caller_, options_, cur_->key, cur_->bytes, cur_->role);
+          *resp_->add_results() = svc_->PublishPage(caller_, options_, cur_->key, cur_->bytes,
+                                                    cur_->role, cur_->engine_hash);
           cur_.reset();
           publish_ = false;
           StartRead(&msg_);
@@ -198,6 +198,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
   struct Page {
     BlockKey key;
     PageRole role = PageRole::kTurnEnd;
+    std::string engine_hash;  // PageChunk.engine_block_hash of the first chunk
     uint64_t total = 0;
     uint64_t received = 0;
     std::string bytes;
@@ -257,6 +258,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
     cur_.emplace();
     cur_->key = key;
     cur_->role = FromProto(c.resume_role());
+    cur_->engine_hash = c.engine_block_hash();
     cur_->total = c.total_bytes();
     if (c.section() != pb::SECTION_KIND_UNSPECIFIED) {
       Reject(absl::UnimplementedError("section writes are not supported; send whole pages"),

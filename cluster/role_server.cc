@@ -35,6 +35,7 @@ struct RoleServer::State {
   std::unique_ptr<TieredStore> local_cache;  // a worker's local tier (under `pool`)
   std::unique_ptr<PagePool> remote_pool;     // the pool `pool` caches, when it does
   std::unique_ptr<PagePool> pool;
+  std::unique_ptr<KvEventPublisher> kv_events;  // outlives `store`, whose listener it is
   std::unique_ptr<TieredStore> store;
   std::unique_ptr<StagingArea> staging;   // registered with `transport`: outlives it
   std::unique_ptr<LeaseBeacons> beacons;  // likewise
@@ -91,6 +92,14 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
     }
   }
   if (o.role == "store") RETURN_IF_ERROR(ValidateNodeOptions(o.node));
+  if (o.kv_events.has_value()) {
+    if (o.role != "store") {
+      return absl::InvalidArgumentError(
+          StrCat("KV events (--kv-events-endpoint) are published by --role=store nodes; got ",
+                 "--role=", o.role));
+    }
+    RETURN_IF_ERROR(ValidateKvEventsOptions(*o.kv_events));
+  }
   if (o.node.data_dir.empty()) return absl::InvalidArgumentError("data-dir is required");
   if (!o.node.kv_layout.empty()) {
     absl::StatusOr<LayoutInfo> layout = LookupLayout(std::string_view(o.node.kv_layout));
@@ -186,7 +195,17 @@ absl::Status StartStoreRma(const RoleServerOptions& o, RoleServer::State& s,
 absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, RoleServer::State& s,
                         pb::NodeInfo& self, GrpcServerOptions& go) {
   self.add_roles(pb::ROLE_STORE);
-  ASSIGN_OR_RETURN(s.store, OpenStore(o.node));
+  NodeOptions n = o.node;
+  if (o.kv_events.has_value()) {
+    KvEventsOptions eo = *o.kv_events;
+    if (eo.metrics == nullptr) eo.metrics = o.node.metrics;
+    ASSIGN_OR_RETURN(s.kv_events, KvEventPublisher::Start(std::move(eo)));
+    // The store starts with nothing in memory: subscribers drop what they knew of this node;
+    // opening the store then stores every recovered nvme page again.
+    s.kv_events->Publish(KvEvent{.kind = KvEventKind::kAllBlocksCleared});
+    n.residency_listener = s.kv_events->Listener();
+  }
+  ASSIGN_OR_RETURN(s.store, OpenStore(n));
   PageStoreServiceOptions po;
   po.node_id = o.node_id;
   po.clock = o.node.clock;

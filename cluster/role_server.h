@@ -18,12 +18,14 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cluster/membership_config.h"
 #include "cluster/node.h"
+#include "kvstore/kv_events.h"
 
 namespace kv::cluster {
 
@@ -45,6 +47,10 @@ struct RoleServerOptions {
   int64_t local_cache_mib = 256;
   absl::Duration shutdown_grace = absl::Seconds(5);
   absl::Duration handoff_timeout = absl::Seconds(30);
+  // store: publish KV events in vLLM's wire format (kvstore/kv_events.h); unset: off. On
+  // start the publisher sends AllBlocksCleared, then BlockStored for every page recovered
+  // from the nvme tier, so a subscriber that replays from the start converges.
+  std::optional<KvEventsOptions> kv_events;
 };
 
 // Checks options without side effects. InvalidArgument naming the option.

@@ -38,6 +38,10 @@ if(NOT KVSTRATA_GPU_ONLY AND NOT KVSTRATA_FUZZ_ONLY)
   endif()
   pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
   pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
+  # KV events (kvstore/kv_events.h): ZMQ PUB/ROUTER sockets through cppzmq, msgpack-c's C
+  # packer (scripts/setup installs libzmq3-dev, cppzmq-dev, libmsgpack-dev).
+  pkg_check_modules(ZMQ REQUIRED IMPORTED_TARGET libzmq)
+  pkg_check_modules(MSGPACKC REQUIRED IMPORTED_TARGET msgpack)
   find_package(benchmark CONFIG REQUIRED)
   # Optional: `kvstrata bench store` talks to Redis through hiredis (scripts/setup installs
   # libhiredis-dev); without it the bench builds and its Redis rows fail with a message.

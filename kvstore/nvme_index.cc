@@ -37,6 +37,11 @@ std::string EncodeIndexRecord(const IndexRecord& r) {
     PutU64(&s, f->size());
     s.append(*f);
   }
+  // Optional trailing field (records written before it end after the layout).
+  if (!r.meta.engine_hash.empty()) {
+    PutU64(&s, r.meta.engine_hash.size());
+    s.append(r.meta.engine_hash);
+  }
   return s;
 }
 
@@ -69,6 +74,14 @@ absl::StatusOr<IndexRecord> DecodeIndexRecord(const BlockKey& key, std::string_v
     pos += 8;
     if (n > b.size() - pos) return bad("field length past the end");
     f->assign(b.data() + pos, n);
+    pos += n;
+  }
+  if (pos < b.size()) {  // the optional engine hash
+    if (b.size() - pos < 8) return bad("truncated engine hash");
+    uint64_t n = GetU64(b.data() + pos);
+    pos += 8;
+    if (n == 0 || n > b.size() - pos) return bad("bad engine hash length");
+    r.meta.engine_hash.assign(b.data() + pos, n);
     pos += n;
   }
   if (pos != b.size()) return bad("trailing bytes");

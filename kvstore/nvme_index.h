@@ -28,7 +28,8 @@ struct IndexRecord {
 };
 
 // Version 1: version, role, segment, offset, size, xxh3, last access, resume bytes, parent,
-// namespace, layout.
+// namespace, layout, and optionally the engine's block hash (length-prefixed, non-empty;
+// absent in records written before it, which still decode).
 std::string EncodeIndexRecord(const IndexRecord& r);
 // DataLoss naming the problem for a truncated, malformed or unknown-version value.
 absl::StatusOr<IndexRecord> DecodeIndexRecord(const BlockKey& key, std::string_view bytes);

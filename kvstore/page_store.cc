@@ -478,6 +478,12 @@ AdmitResult PageStore::Admit(const PageStoreCaller& c, const BlockKey& key,
                                           options_.max_page_bytes)),
         PageStoreReason::kPageTooLarge);
   }
+  if (o.engine_block_hash.size() > kMaxEngineBlockHashBytes) {
+    return Rejected(absl::InvalidArgumentError(
+                        StrCat("engine block hash of ", o.engine_block_hash.size(),
+                               " bytes exceeds the limit of ", kMaxEngineBlockHashBytes)),
+                    PageStoreReason::kMalformedPage);
+  }
   absl::StatusOr<PageView> view = DecodePage(page);
   if (!view.ok()) return Undecodable(page, view.status());
   const PageHeader& h = view->header();
@@ -553,7 +559,8 @@ AdmitResult PageStore::Publish(const PageStoreCaller& c, const std::string& ns, 
                       .ns = ns,
                       .layout = std::string(h.layout.name),
                       .size = page.size(),
-                      .resume_role = o.resume_role};
+                      .resume_role = o.resume_role,
+                      .engine_hash = o.engine_block_hash};
   absl::Status s = store_->Publish(meta, page, o.retention);
   {
     kv::MutexLock l(&mu_);

@@ -166,7 +166,12 @@ struct AdmitOptions {
   bool shared_namespace = false;              // admit under the shared namespace, not the caller's
   std::optional<absl::Duration> retention;    // TieredStore retention hint
   PageRole resume_role = PageRole::kTurnEnd;  // why a V4 page kept its resume section
+  // The block's hash as the writing engine knows it (PageMeta::engine_hash); empty: none.
+  // Kept only when this admission stores the page (not for a key already present).
+  std::string engine_block_hash;
 };
+// The longest engine block hash a writer may attach (a SHA-256 digest is 32 bytes).
+inline constexpr size_t kMaxEngineBlockHashBytes = 64;
 
 enum class AdmitOutcome { kStored, kAlreadyPresent, kRejected };
 struct AdmitResult {

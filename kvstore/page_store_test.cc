@@ -114,6 +114,19 @@ TEST_F(PageStoreTest, AdmitLookupReadRoundTrip) {
   EXPECT_EQ(pages_->Lookup(As("acme"), keys, {.tiers = {TierKind::kHost}}).size(), 3u);
 }
 
+// An engine block hash up to kMaxEngineBlockHashBytes is admitted with its page (KV events
+// report it: kv_events_test, py_kv_events); a longer one is refused by name.
+TEST_F(PageStoreTest, EngineBlockHashIsBounded) {
+  std::vector<TestPage> chain = Chain(7, Tenant("acme"), 1);
+  AdmitOptions o = Mla();
+  o.engine_block_hash = std::string(kMaxEngineBlockHashBytes + 1, 'h');
+  AdmitResult r = pages_->Admit(As("acme"), chain[0].meta.key, chain[0].bytes, o);
+  EXPECT_EQ(r.outcome, AdmitOutcome::kRejected);
+  EXPECT_NE(r.error.message().find("engine block hash"), std::string_view::npos) << r.error;
+  o.engine_block_hash = std::string(kMaxEngineBlockHashBytes, 'e');
+  EXPECT_EQ(Admit(As("acme"), chain, o), Stored(1));
+}
+
 TEST_F(PageStoreTest, TenantsAreIsolatedAndSharedPagesVisibleToAll) {
   auto a_chain = Chain(8, Tenant("acme"), 2);
   auto shared = Chain(9, KeyNamespace::Shared(), 2);

@@ -75,6 +75,7 @@ absl::Status PrefixIndex::Insert(const PageMeta& meta, TierKind tier, absl::Time
   s.e.resume_role = meta.resume_role;
   s.e.resume_bytes = meta.resume_bytes;
   s.e.geometry = meta.geometry;
+  s.e.engine_hash = meta.engine_hash;
   s.seq = next_seq_++;
   if (s.e.resume_bytes != 0) resume_keys_.insert(meta.key);
   if (parent != nullptr) {
@@ -96,7 +97,18 @@ absl::Status PrefixIndex::AddResidency(const BlockKey& key, TierKind tier) {
   e.residency |= 1u << static_cast<int>(tier);
   Relist(it->second);
   if (!e.parent.IsZero()) ChildResidencyChanged(e.parent, static_cast<int>(tier), +1);
+  Notify(e, tier, true);
   return absl::OkStatus();
+}
+
+void PrefixIndex::Notify(const IndexEntry& e, TierKind tier, bool stored) const {
+  if (!listener_) return;
+  const IndexEntry* parent = nullptr;
+  if (!e.parent.IsZero()) {
+    auto p = entries_.find(e.parent);
+    if (p != entries_.end()) parent = &p->second.e;
+  }
+  listener_(e, parent, tier, stored);
 }
 
 absl::Status PrefixIndex::RemoveResidency(const BlockKey& key, TierKind tier) {
@@ -114,6 +126,7 @@ absl::Status PrefixIndex::RemoveResidency(const BlockKey& key, TierKind tier) {
     return absl::FailedPreconditionError(StrCat(key.Hex(), " still has ", s.e.child_count,
                                                 " cached children; eviction is leaf-first"));
   }
+  Notify(s.e, tier, false);
   s.e.residency &= ~(1u << static_cast<int>(tier));
   BlockKey parent = s.e.parent;
   if (last) {

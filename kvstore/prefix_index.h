@@ -22,6 +22,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -55,10 +56,18 @@ struct IndexEntry {
   uint64_t resume_bytes = 0;
   // Tokens and layers of the page; unknown for pages recovered from nvme until first read.
   PageGeometry geometry;
+  std::string engine_hash;  // PageMeta::engine_hash
 
   bool resident(TierKind t) const { return residency & (1u << static_cast<int>(t)); }
   int residency_count() const { return __builtin_popcount(residency); }
 };
+
+// Told of every residency change: `stored` when `e` became resident in `tier`, !stored when
+// it left it (called before an entry that leaves the index is erased). `parent` is the
+// parent's entry, nullptr for a first block. It runs under the owner's lock, inside the
+// mutating call: it must not block and must not call back into the index.
+using ResidencyListener =
+    std::function<void(const IndexEntry& e, const IndexEntry* parent, TierKind tier, bool stored)>;
 
 class PrefixIndex {
  public:
@@ -67,6 +76,8 @@ class PrefixIndex {
   explicit PrefixIndex(bool leaf_first = true) : leaf_first_(leaf_first) {}
 
   size_t size() const { return entries_.size(); }
+  // Replaces the residency listener (empty: none).
+  void SetResidencyListener(ResidencyListener l) { listener_ = std::move(l); }
   // nullptr when absent.
   const IndexEntry* Find(const BlockKey& key) const;
   bool Contains(const BlockKey& key) const { return entries_.contains(key); }
@@ -136,7 +147,10 @@ class PrefixIndex {
   void Relist(Slot& s);
   void ChildResidencyChanged(const BlockKey& parent, int t, int delta);
 
+  void Notify(const IndexEntry& e, TierKind tier, bool stored) const;
+
   const bool leaf_first_;
+  ResidencyListener listener_;
   uint64_t next_seq_ = 0;
   absl::flat_hash_map<BlockKey, Slot> entries_;
   // victims_[tier][namespace]

@@ -66,6 +66,10 @@ struct PageMeta {
   // Computed by TieredStore::Write from the page header (callers' values are ignored). Tiers
   // need not keep it (nvme records do not): unknown for recovered pages until first read.
   PageGeometry geometry;
+  // The block's hash as the engine that wrote it knows it (e.g. vLLM's sha256_cbor digest),
+  // opaque bytes; empty when the writer gave none. Reported in KV events
+  // (kvstore/kv_events.h), never used for lookup.
+  std::string engine_hash;
 };
 inline constexpr uint64_t kResumeBytesUnknown = ~uint64_t{0};
 

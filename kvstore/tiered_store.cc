@@ -38,6 +38,7 @@ absl::Status VerifyPage(std::span<const uint8_t> page, const PageMeta& meta) {
 TieredStore::TieredStore(TieredStoreOptions options,
                          std::array<std::unique_ptr<Tier>, kNumTiers> tiers)
     : options_(std::move(options)), tiers_(std::move(tiers)), index_(options_.leaf_first) {
+  index_.SetResidencyListener(options_.residency_listener);
   MetricsRegistry* reg = options_.metrics;
   metrics_ = std::make_unique<Metrics>();
   for (int t = 0; t < kNumTiers; ++t) {
@@ -117,6 +118,7 @@ PageMeta TieredStore::MetaOf(const IndexEntry& e) const {
   m.resume_role = e.resume_role;
   m.resume_bytes = e.resume_bytes;
   m.geometry = e.geometry;
+  m.engine_hash = e.engine_hash;
   return m;
 }
 

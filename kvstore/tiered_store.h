@@ -82,6 +82,9 @@ struct TieredStoreOptions {
   // namespace (KeyNamespace::ToString()) -> byte quota per tier; 0 means no quota.
   std::map<std::string, std::array<uint64_t, kNumTiers>> quotas;
   PageVerifier verify;  // empty: VerifyPage
+  // Told of every residency change of the index (also those Open() makes recovering the
+  // nvme tier), under the store's lock: it must not block (kvstore/kv_events.h queues).
+  ResidencyListener residency_listener;
 };
 
 struct TierStats {

@@ -36,6 +36,7 @@
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/kv_events.h"
 #include "model/config.h"
 
 namespace kv::cmd {
@@ -61,7 +62,52 @@ struct ServeFlags {
   std::string transport = "ucx";
   cluster::MembershipConfig membership;
   bool check_config = false;
+  // KV events (store role; kvstore/kv_events.h, docs/serving.md "KV events").
+  std::string kv_events_endpoint;  // empty: off
+  std::string kv_events_replay_endpoint;
+  std::string kv_events_topic;
+  std::string kv_events_encoding = "array";
+  std::string kv_events_hash_format = "int";
+  int64_t kv_events_buffer_steps = 10000;
+  int64_t kv_events_queue = 100000;
+  int64_t kv_events_interval_ms = 10;
+  int64_t kv_events_dp_rank = -1;  // -1: nil
 };
+
+// The KV events options the --kv-events-* flags name; nullopt when --kv-events-endpoint is
+// empty (off) and no other --kv-events-* flag asks for events.
+absl::StatusOr<std::optional<KvEventsOptions>> ToKvEventsOptions(const ServeFlags& f) {
+  if (f.kv_events_endpoint.empty()) {
+    if (!f.kv_events_replay_endpoint.empty() || !f.kv_events_topic.empty()) {
+      return absl::InvalidArgumentError(
+          "--kv-events-replay-endpoint/--kv-events-topic need --kv-events-endpoint");
+    }
+    return std::nullopt;
+  }
+  KvEventsOptions e;
+  e.endpoint = f.kv_events_endpoint;
+  e.replay_endpoint = f.kv_events_replay_endpoint;
+  e.topic = f.kv_events_topic;
+  ASSIGN_OR_RETURN(e.encoding, ParseKvEventEncoding(f.kv_events_encoding));
+  ASSIGN_OR_RETURN(e.hash_format, ParseKvEventHashFormat(f.kv_events_hash_format));
+  for (auto [name, v] : {std::pair{"kv-events-buffer-steps", f.kv_events_buffer_steps},
+                         std::pair{"kv-events-queue", f.kv_events_queue},
+                         std::pair{"kv-events-interval-ms", f.kv_events_interval_ms}}) {
+    if (v < 1 || v > (int64_t{1} << 24)) {
+      return absl::InvalidArgumentError(StrCat("--", name, " must be in 1..2^24, got ", v));
+    }
+  }
+  e.buffer_steps = static_cast<size_t>(f.kv_events_buffer_steps);
+  e.queue_capacity = static_cast<size_t>(f.kv_events_queue);
+  e.batch_interval = absl::Milliseconds(f.kv_events_interval_ms);
+  if (f.kv_events_dp_rank < -1) {
+    return absl::InvalidArgumentError(
+        StrCat("--kv-events-dp-rank must be >= 0 (or -1: nil), got ", f.kv_events_dp_rank));
+  }
+  if (f.kv_events_dp_rank >= 0) e.data_parallel_rank = f.kv_events_dp_rank;
+  RETURN_IF_ERROR(ValidateKvEventsOptions(e));
+  return e;
+}
 
 std::string DefaultDataDir() { return StrCat("/tmp/kvstrata-", ::getuid()); }
 
@@ -117,6 +163,9 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
     return absl::InvalidArgumentError(
         "--role=all is a whole cluster in one process; --etcd/--members are for the other roles");
   }
+  if (!f.kv_events_endpoint.empty()) {
+    return absl::InvalidArgumentError("--kv-events-endpoint is for --role=store nodes");
+  }
   cluster::EmbeddedServerOptions o;
   o.listen = f.listen;
   o.metrics_port = f.metrics_port;
@@ -145,6 +194,7 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   o.replication = static_cast<int>(std::clamp<int64_t>(f.replication, 0, 1 << 10));
   o.local_cache_mib = f.local_cache_mib;
   o.membership = f.membership;
+  ASSIGN_OR_RETURN(o.kv_events, ToKvEventsOptions(f));
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
   // A store has no compute memory to cache in: its device tier is off.
   if (f.role == "store") o.node.device_bytes = 0;
@@ -226,6 +276,24 @@ int RunServe(int argc, char** argv) {
   flags.String("transport", &f.transport,
                "prefill->decode KV handoff transport: ucx (honours UCX_TLS, UCX_NET_DEVICES)");
   f.membership.Bind(&flags);
+  flags.String("kv-events-endpoint", &f.kv_events_endpoint,
+               "store: publish KV events (vLLM wire format) on a ZMQ PUB socket bound here, "
+               "tcp://HOST:PORT or ipc://PATH; empty: off");
+  flags.String("kv-events-replay-endpoint", &f.kv_events_replay_endpoint,
+               "store: ZMQ ROUTER socket answering replay requests; empty: none");
+  flags.String("kv-events-topic", &f.kv_events_topic, "store: topic frame of KV event messages");
+  flags.String("kv-events-encoding", &f.kv_events_encoding,
+               "store: array (tagged arrays, older vLLM) or map ({\"type\": ...}, since mid-2026)");
+  flags.String("kv-events-hash-format", &f.kv_events_hash_format,
+               "store: int (low 64 bits of each hash, vLLM's default) or bytes");
+  flags.Int("kv-events-buffer-steps", &f.kv_events_buffer_steps,
+            "store: event batches kept for replay");
+  flags.Int("kv-events-queue", &f.kv_events_queue,
+            "store: events waiting to be sent; more are dropped (counted)");
+  flags.Int("kv-events-interval-ms", &f.kv_events_interval_ms,
+            "store: how often queued events are sent as one batch");
+  flags.Int("kv-events-dp-rank", &f.kv_events_dp_rank,
+            "store: data_parallel_rank of every batch (-1: nil)");
   flags.Bool("check-config", &f.check_config, "validate the config and exit 0 (ok) or 1");
   absl::Status s = flags.Parse(argc, argv);
   if (s.ok() && flags.help_requested()) {

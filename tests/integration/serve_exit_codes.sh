@@ -21,6 +21,17 @@ for role in router prefill decode store; do
   expect 0 serve --role=$role --check-config --etcd=127.0.0.1:2379 --listen=0.0.0.0:7070 \
     --advertise=10.0.0.7:7070 --node-id=$role-0 --data-dir=/nonexistent/never-created
 done
+# KV events (store only): bad endpoints and encodings are refused; a valid set passes.
+ev="--role=store --check-config --etcd=127.0.0.1:2379 --data-dir=/nonexistent/never-created"
+expect 1 serve $ev --kv-events-endpoint=127.0.0.1:5557
+expect 1 serve $ev --kv-events-endpoint=tcp://127.0.0.1:99999
+expect 1 serve $ev --kv-events-endpoint=tcp://127.0.0.1:5557 --kv-events-encoding=tagged
+expect 1 serve $ev --kv-events-endpoint=tcp://127.0.0.1:5557 --kv-events-hash-format=hex
+expect 1 serve $ev --kv-events-replay-endpoint=tcp://127.0.0.1:5558
+expect 1 serve --role=router --check-config --etcd=127.0.0.1:2379 \
+  --kv-events-endpoint=tcp://127.0.0.1:5557
+expect 0 serve $ev --kv-events-endpoint=tcp://127.0.0.1:5557 \
+  --kv-events-replay-endpoint=tcp://127.0.0.1:5558 --kv-events-encoding=map
 expect 2 serve --role=bogus
 expect 1 serve --check-config --kv-layout=nope
 expect 1 serve --check-config --tokens-file=/nonexistent/tokens.yaml
