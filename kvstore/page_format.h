@@ -7,7 +7,8 @@
 //   offset  size  field (all integers little-endian)
 //   0       8     magic "KVSTPAGE"
 //   8       2     format version (u16) = 1
-//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584
+//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584,
+//                 4 gqa-bf16, 5 gqa-fp8
 //   12      4     section count n (u32), 1..kMaxSections
 //   16      8     page bytes (u64): header + sections, the exact size of the page
 //   24      4     token count (u32), 1..kMaxPageTokens
