@@ -583,7 +583,7 @@ absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey
   return absl::OkStatus();
 }
 
-std::string GeometryString(const PageGeometry& g) {
+std::string GeometryString(const KeySpaceGeometry& g) {
   std::string heads;
   if (g.layout.is_gqa()) {
     heads = kv::StrCat(g.gqa.num_kv_heads, " kv heads x ", g.gqa.head_dim, " head dim x ");
@@ -591,12 +591,12 @@ std::string GeometryString(const PageGeometry& g) {
   return kv::StrCat(g.layout.name, " ", g.page_tokens, " tokens x ", heads, g.layers, " layers");
 }
 
-absl::Status CheckPageGeometry(const PageHeader& h, const PageGeometry& expected) {
+absl::Status CheckPageGeometry(const PageHeader& h, const KeySpaceGeometry& expected) {
   if (h.layout.id != expected.layout.id) {
     return absl::DataLossError(kv::StrCat(
         "page layout ", h.layout.name, " does not match the key space's ", expected.layout.name));
   }
-  const PageGeometry got{h.layout, h.token_count, h.layer_count, h.gqa};
+  const KeySpaceGeometry got{h.layout, h.token_count, h.layer_count, h.gqa};
   if (h.first_layer != 0 || got.page_tokens != expected.page_tokens ||
       got.layers != expected.layers || !(got.gqa == expected.gqa)) {
     return absl::DataLossError(kv::StrCat(

@@ -277,18 +277,18 @@ absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey
 
 // What a key space expects of its pages: layout, tokens per page, layer count and, for GQA
 // layouts, the head geometry.
-struct PageGeometry {
+struct KeySpaceGeometry {
   LayoutInfo layout{};
   uint32_t page_tokens = 0;
   uint32_t layers = 0;
   GqaGeometry gqa;
 };
 // "gqa-bf16 16 tokens x 8 kv heads x 128 head dim x 32 layers" (no head part for non-GQA).
-std::string GeometryString(const PageGeometry& g);
+std::string GeometryString(const KeySpaceGeometry& g);
 // Checks a decoded header against the key space's geometry (first layer 0, all layers).
 // DataLoss naming both, e.g. "page layout gqa-fp8 does not match the key space's gqa-bf16",
 // "page geometry gqa-bf16 16 tokens x 4 kv heads x ... does not match the key space's ...".
-absl::Status CheckPageGeometry(const PageHeader& h, const PageGeometry& expected);
+absl::Status CheckPageGeometry(const PageHeader& h, const KeySpaceGeometry& expected);
 
 // Encodes one full block of raw KV (layer-major records, KvCache::ExportBlock bytes) as a
 // page of all `layers`. Errors of EncodePage.

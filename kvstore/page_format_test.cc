@@ -427,7 +427,7 @@ TEST_F(PageFormatTest, V4SectionRulesNameTheProblem) {
 
 constexpr size_t kGqaHeadsAt = 104, kGqaHeadDimAt = 108;
 
-PageGeometry Geometry(LayoutId layout, uint32_t tokens, uint32_t layers, GqaGeometry g) {
+KeySpaceGeometry Geometry(LayoutId layout, uint32_t tokens, uint32_t layers, GqaGeometry g) {
   return {*LookupLayout(static_cast<uint16_t>(layout)), tokens, layers, g};
 }
 
