@@ -16,11 +16,13 @@
 #include "absl/status/status.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
+#include "kvstore/engine_block_hash.h"
 
 namespace kv {
 namespace {
 
 constexpr std::string_view kDomain = "kvstrata/block/v1";
+constexpr std::string_view kEngineDomain = "kvstrata/block/vllm-sha256-cbor/v1";
 
 void PutU64Le(uint64_t v, uint8_t* out) {
   for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -57,10 +59,10 @@ absl::Status ValidateParams(const KeyParams& p) {
 // a block boundary of the forked midstate, which saves one compression per block (~17% of
 // the derivation time); the field is framed like every other, so the encoding stays
 // unambiguous.
-std::string ChainPrefix(const KeyParams& p) {
+std::string ChainPrefix(const KeyParams& p, std::string_view domain = kDomain) {
   std::string out;
   out.reserve(128);
-  AppendField(&out, kDomain.data(), kDomain.size());
+  AppendField(&out, domain.data(), domain.size());
   AppendField(&out, p.model_fingerprint.data(), p.model_fingerprint.size());
   AppendField(&out, p.layout_id.data(), p.layout_id.size());
   uint8_t pt[4];
@@ -92,7 +94,91 @@ void HashTokens(SHA256_CTX* h, std::span<const uint32_t> block) {
   }
 }
 
+// The framed parent and engine-hash fields of one engine-chain key.
+void EngineBlockFields(const BlockKey& parent, const Digest256& engine_hash, uint8_t out[80]) {
+  PutU64Le(32, out);
+  std::memcpy(out + 8, parent.bytes.data(), 32);
+  PutU64Le(32, out + 40);
+  std::memcpy(out + 48, engine_hash.data(), 32);
+}
+
+// DeriveBlockKeys for KeyChain::kVllmSha256Cbor: the engine hashes of the tokens, then keys.
+absl::StatusOr<std::vector<BlockKey>> DeriveEngineChainKeys(const KeyParams& params,
+                                                            std::span<const uint32_t> tokens) {
+  if (absl::Status s = ValidateParams(params); !s.ok()) return s;
+  const std::vector<int64_t> wide(tokens.begin(), tokens.end());
+  EngineHashParams ep;
+  ep.seed = params.engine_hash_seed;
+  ep.block_size = params.page_tokens;
+  ASSIGN_OR_RETURN(std::vector<Digest256> hashes, EngineBlockHashes(ep, wide));
+  return DeriveBlockKeysFromEngineHashes(params, hashes);
+}
+
+// DeriveRequestKeys for KeyChain::kVllmSha256Cbor: one engine chain over the whole prompt
+// (the engine knows nothing of the namespace split); each kvstrata key binds its namespace.
+absl::StatusOr<std::vector<BlockKey>> DeriveEngineRequestKeys(const KeyParams& shared,
+                                                              const KeyParams& own,
+                                                              std::span<const int32_t> tokens,
+                                                              int64_t shared_blocks) {
+  const std::vector<int64_t> wide(tokens.begin(), tokens.end());
+  EngineHashParams ep{.seed = own.engine_hash_seed, .block_size = own.page_tokens};
+  ASSIGN_OR_RETURN(std::vector<Digest256> hashes, EngineBlockHashes(ep, wide));
+  std::span<const Digest256> h(hashes);
+  ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
+                   DeriveBlockKeysFromEngineHashes(shared, h.first(shared_blocks)));
+  std::optional<BlockKey> parent;
+  if (!keys.empty()) parent = keys.back();
+  ASSIGN_OR_RETURN(std::vector<BlockKey> rest,
+                   DeriveBlockKeysFromEngineHashes(own, h.subspan(shared_blocks), parent));
+  keys.insert(keys.end(), rest.begin(), rest.end());
+  return keys;
+}
+
 }  // namespace
+
+std::string_view KeyChainName(KeyChain chain) {
+  return chain == KeyChain::kVllmSha256Cbor ? "vllm-sha256-cbor" : "tokens";
+}
+
+absl::StatusOr<KeyChain> ParseKeyChain(std::string_view name) {
+  if (name == "tokens") return KeyChain::kTokens;
+  if (name == "vllm-sha256-cbor") return KeyChain::kVllmSha256Cbor;
+  return absl::InvalidArgumentError(
+      kv::StrCat("unknown key chain '", name, "' (known: tokens, vllm-sha256-cbor)"));
+}
+
+absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeysFromEngineHashes(
+    const KeyParams& params, std::span<const Digest256> engine_hashes,
+    std::optional<BlockKey> parent) {
+  if (absl::Status s = ValidateParams(params); !s.ok()) return s;
+  std::vector<BlockKey> keys;
+  keys.reserve(engine_hashes.size());
+  if (engine_hashes.empty()) return keys;
+  SHA256_CTX prefix;
+  SHA256_Init(&prefix);
+  const std::string framed = ChainPrefix(params, kEngineDomain);
+  SHA256_Update(&prefix, framed.data(), framed.size());
+  BlockKey prev = parent.value_or(BlockKey::Zero());
+  uint8_t fields[80];
+  for (const Digest256& e : engine_hashes) {
+    SHA256_CTX h = prefix;
+    EngineBlockFields(prev, e, fields);
+    SHA256_Update(&h, fields, sizeof(fields));
+    SHA256_Final(prev.bytes.data(), &h);
+    keys.push_back(prev);
+  }
+  return keys;
+}
+
+absl::StatusOr<std::string> EngineChainKeyPreimage(const KeyParams& params, const BlockKey& parent,
+                                                   const Digest256& engine_hash) {
+  if (absl::Status s = ValidateParams(params); !s.ok()) return s;
+  std::string out = ChainPrefix(params, kEngineDomain);
+  uint8_t fields[80];
+  EngineBlockFields(parent, engine_hash, fields);
+  out.append(reinterpret_cast<const char*>(fields), sizeof(fields));
+  return out;
+}
 
 bool BlockKey::IsZero() const {
   for (uint8_t b : bytes) {
@@ -160,6 +246,14 @@ absl::StatusOr<KeyNamespace> KeyNamespace::Parse(std::string_view spec) {
 absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeys(const KeyParams& params,
                                                       std::span<const uint32_t> tokens,
                                                       std::optional<BlockKey> parent) {
+  if (params.chain == KeyChain::kVllmSha256Cbor) {
+    if (parent.has_value()) {
+      return absl::InvalidArgumentError(
+          "block key: a vllm-sha256-cbor chain cannot continue from a kvstrata key alone (the "
+          "engine's parent hash is not derivable from it); use DeriveBlockKeysFromEngineHashes");
+    }
+    return DeriveEngineChainKeys(params, tokens);
+  }
   if (absl::Status s = ValidateParams(params); !s.ok()) return s;
   const size_t n = params.page_tokens;
   const size_t blocks = tokens.size() / n;
@@ -232,11 +326,16 @@ absl::StatusOr<std::vector<BlockKey>> DeriveRequestKeys(const KeyParams& params,
   ASSIGN_OR_RETURN(own.ns, KeyNamespace::Tenant(tenant));
   std::span<const uint32_t> all(ids);
   const size_t split = static_cast<size_t>(shared_blocks * page_tokens);
-  ASSIGN_OR_RETURN(std::vector<BlockKey> keys, DeriveBlockKeys(shared, all.subspan(0, split)));
-  std::optional<BlockKey> parent;
-  if (!keys.empty()) parent = keys.back();
-  ASSIGN_OR_RETURN(std::vector<BlockKey> rest, DeriveBlockKeys(own, all.subspan(split), parent));
-  keys.insert(keys.end(), rest.begin(), rest.end());
+  std::vector<BlockKey> keys;
+  if (params.chain == KeyChain::kVllmSha256Cbor) {
+    ASSIGN_OR_RETURN(keys, DeriveEngineRequestKeys(shared, own, tokens, shared_blocks));
+  } else {
+    ASSIGN_OR_RETURN(keys, DeriveBlockKeys(shared, all.subspan(0, split)));
+    std::optional<BlockKey> parent;
+    if (!keys.empty()) parent = keys.back();
+    ASSIGN_OR_RETURN(std::vector<BlockKey> rest, DeriveBlockKeys(own, all.subspan(split), parent));
+    keys.insert(keys.end(), rest.begin(), rest.end());
+  }
   if (ns != nullptr) {
     ns->assign(keys.size(), own.ns.ToString());
     for (int64_t i = 0; i < shared_blocks; ++i) (*ns)[i] = shared.ns.ToString();

@@ -15,6 +15,23 @@
 // tenant "acme" is the bytes "t:acme" and the shared namespace is the bytes "s:", so a
 // tenant that happens to be called "shared" can never collide with the shared namespace.
 //
+// Engine-hash chains (docs/formats.md §1.3). A key space may instead take an inference
+// engine's own block hashes as its chain (KeyChain::kVllmSha256Cbor, the hashes of
+// kvstore/engine_block_hash.h). Block i's key then is
+//
+//   key(i) = SHA-256( F("kvstrata/block/vllm-sha256-cbor/v1") ‖ F(model_fingerprint)
+//                     ‖ F(layout_id) ‖ F(u32le page_tokens) ‖ F(namespace) ‖ F(alignment zeros)
+//                     ‖ F(key(i-1) or 32 zero bytes) ‖ F(engine_hash(i)) )
+//
+// The engine hash stands in for the token field: it already names the whole prefix (and the
+// engine's extra keys: LoRA, multimodal items, cache_salt), while the framing still binds the
+// model, layout, page size and namespace, so an engine's hashes never address another model's
+// or tenant's pages. The alignment field is the same one the token chain uses (zeros bringing
+// the constant prefix to a multiple of 64 bytes). Cluster.Generate reaches the same keys for
+// the same prompt by computing the engine hashes itself from the tokens (no extra keys) when
+// its KeyParams say kVllmSha256Cbor: DeriveBlockKeys and DeriveRequestKeys dispatch on
+// KeyParams::chain.
+//
 // Thread-safety: every function here is a pure function of its arguments and safe to call
 // concurrently. BlockKey and KeyNamespace are plain values.
 #pragma once
@@ -89,6 +106,16 @@ class KeyNamespace {
   std::string tenant_;
 };
 
+// The chain a key space derives its keys over (see the top of this file).
+enum class KeyChain : uint8_t {
+  kTokens = 0,          // "kvstrata/block/v1": token ids of each block
+  kVllmSha256Cbor = 1,  // "kvstrata/block/vllm-sha256-cbor/v1": vLLM's sha256_cbor hashes
+};
+// "tokens" or "vllm-sha256-cbor".
+std::string_view KeyChainName(KeyChain chain);
+// Parses KeyChainName's spelling. InvalidArgument naming the known chains otherwise.
+absl::StatusOr<KeyChain> ParseKeyChain(std::string_view name);
+
 // Everything besides the tokens that goes into a key.
 struct KeyParams {
   // Hash of the model config and the weights' identity.
@@ -98,6 +125,11 @@ struct KeyParams {
   // Tokens per block; 1..kMaxKeyPageTokens.
   uint32_t page_tokens = 0;
   KeyNamespace ns;  // must be set (a tenant or Shared())
+  // What block i's key chains over: its tokens (kTokens, the default), or the engine's
+  // sha256_cbor block hash of them (kVllmSha256Cbor; engine_hash_seed is the engines'
+  // PYTHONHASHSEED, and page_tokens must equal the engine's block size).
+  KeyChain chain = KeyChain::kTokens;
+  std::string engine_hash_seed;
 };
 
 inline constexpr uint32_t kMaxKeyPageTokens = 1u << 16;
@@ -108,6 +140,11 @@ inline constexpr size_t kMaxLayoutIdBytes = 64;
 // one key per full block, in order (empty when tokens.size() < page_tokens). The partial
 // trailing block, if any, is ignored. InvalidArgument when `params` is invalid (empty or
 // overlong layout id, page_tokens outside 1..kMaxKeyPageTokens, namespace unset).
+// With params.chain == kVllmSha256Cbor the keys are those of DeriveBlockKeysFromEngineHashes
+// over EngineBlockHashes(engine_hash_seed, tokens, page_tokens) with no extra keys; such a
+// chain cannot continue from a kvstrata key alone (the engine parent hash is not derivable
+// from it), so `parent` is then refused with InvalidArgument: use
+// DeriveBlockKeysFromEngineHashes.
 absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeys(const KeyParams& params,
                                                       std::span<const uint32_t> tokens,
                                                       std::optional<BlockKey> parent = {});
@@ -116,12 +153,28 @@ absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeys(const KeyParams& params,
 // `shared_tokens` (rounded down to whole pages) in the shared namespace, the rest in the
 // tenant's, chained after them (DESIGN.md "Keys"). With `ns` set, also each key's namespace
 // (KeyNamespace::ToString). `params` carries fingerprint, layout and page size; its namespace
-// is ignored. InvalidArgument for an invalid tenant name or page size.
+// is ignored. InvalidArgument for an invalid tenant name or page size. Honours params.chain:
+// with kVllmSha256Cbor one engine-hash chain covers the whole prompt (shared and tenant
+// blocks alike) and only the kvstrata keys carry the namespace split.
 absl::StatusOr<std::vector<BlockKey>> DeriveRequestKeys(const KeyParams& params,
                                                         std::span<const int32_t> tokens,
                                                         const std::string& tenant,
                                                         int64_t shared_tokens,
                                                         std::vector<std::string>* ns);
+
+// Derives one key per engine block hash (KeyChain::kVllmSha256Cbor framing, whatever
+// params.chain says): key(i) binds params' fingerprint, layout, page_tokens and namespace,
+// key(i-1) (`parent`, or 32 zero bytes, for i = 0) and engine_hashes[i]. The engine hashes
+// must be the chain of consecutive blocks of page_tokens tokens each. Same errors as
+// DeriveBlockKeys for invalid params.
+absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeysFromEngineHashes(
+    const KeyParams& params, std::span<const Digest256> engine_hashes,
+    std::optional<BlockKey> parent = {});
+
+// The exact bytes hashed for one engine-chain key (its SHA-256 preimage), for tests that check
+// the framing independently. Errors of DeriveBlockKeysFromEngineHashes.
+absl::StatusOr<std::string> EngineChainKeyPreimage(const KeyParams& params, const BlockKey& parent,
+                                                   const Digest256& engine_hash);
 
 // Converts wide token ids (as they arrive from JSON, protobuf int64 or the command line) to
 // u32. InvalidArgument naming the first offending index and value if any id is negative or

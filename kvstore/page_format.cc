@@ -23,7 +23,9 @@ constexpr size_t kOffLayerCount = 32;
 constexpr size_t kOffFlags = 36;
 constexpr size_t kOffKey = 40;
 constexpr size_t kOffParent = 72;
-constexpr size_t kOffReserved = 104;
+constexpr size_t kOffGqaHeads = 104;
+constexpr size_t kOffGqaHeadDim = 108;
+constexpr size_t kOffReserved = 112;
 // Enough bytes to read magic, version, layout, section count and page size.
 constexpr size_t kMinPrefixBytes = 24;
 
@@ -38,6 +40,9 @@ std::span<const LayoutInfo> Layouts() {
       MlaLayout(kernels::KvLayout::kMlaFp8_656),
       MlaLayout(kernels::KvLayout::kMlaBf16_1152),
       {LayoutId::kV4Fp8_584, "v4-fp8-584", kernels::v4::kV4RecordBytes, 256, true},
+      // GQA: record bytes depend on the page's head geometry (RecordBytes).
+      {LayoutId::kGqaBf16, "gqa-bf16", 0, 16, true, 2},
+      {LayoutId::kGqaFp8, "gqa-fp8", 0, 16, true, 1},
   };
   return layouts;
 }
@@ -73,6 +78,23 @@ bool AllZero(std::span<const uint8_t> s) {
 
 std::string SectionName(size_t i, uint16_t kind) {
   return kv::StrCat("section ", i, " (", SectionKindName(kind), ")");
+}
+
+// A GQA layout needs heads and head_dim in range; any other layout needs them zero.
+absl::Status CheckGqa(const LayoutInfo& layout, const GqaGeometry& g) {
+  if (!layout.is_gqa()) {
+    if (g == GqaGeometry{}) return absl::OkStatus();
+    return absl::InvalidArgumentError(kv::StrCat("layout ", layout.name,
+                                                 " has no head geometry, but ", g.num_kv_heads,
+                                                 " kv heads x ", g.head_dim, " head dim is set"));
+  }
+  if (g.num_kv_heads == 0 || g.num_kv_heads > kMaxGqaKvHeads || g.head_dim == 0 ||
+      g.head_dim > kMaxGqaHeadDim) {
+    return absl::InvalidArgumentError(
+        kv::StrCat("layout ", layout.name, " geometry ", g.num_kv_heads, " kv heads x ", g.head_dim,
+                   " head dim outside 1..", kMaxGqaKvHeads, " x 1..", kMaxGqaHeadDim));
+  }
+  return absl::OkStatus();
 }
 
 // Checks the layout is known and readable, and the token/layer counts are in range.
@@ -214,11 +236,11 @@ absl::StatusOr<SectionInfo> CheckSection(const uint8_t* e, size_t i, uint64_t en
     }
     return s;
   }
-  const uint64_t need = uint64_t{h.token_count} * h.layer_count * h.layout.record_bytes;
+  const uint64_t need = uint64_t{h.token_count} * h.layer_count * h.record_bytes();
   if (s.length != need) {
     return absl::InvalidArgumentError(kv::StrCat(
         name, " is ", s.length, " bytes; layout ", h.layout.name, " needs ", h.token_count,
-        " tokens x ", h.layer_count, " layers x ", h.layout.record_bytes, " B = ", need));
+        " tokens x ", h.layer_count, " layers x ", h.record_bytes(), " B = ", need));
   }
   return s;
 }
@@ -239,6 +261,8 @@ absl::StatusOr<PageHeader> DecodeHeaderImpl(std::span<const uint8_t> buf, bool w
       CheckLayoutAndCounts(GetU16(p + kOffLayout), h.token_count, h.first_layer, h.layer_count);
   if (!layout.ok()) return Annotate(layout.status(), "header");
   h.layout = *layout;
+  h.gqa = {GetU32(p + kOffGqaHeads), GetU32(p + kOffGqaHeadDim)};
+  if (absl::Status g = CheckGqa(h.layout, h.gqa); !g.ok()) return Annotate(g, "header");
   uint64_t end = PageHeaderBytes(n);
   bool have_kv = false;
   uint16_t prev_kind = 0;
@@ -262,6 +286,7 @@ absl::StatusOr<LayoutInfo> CheckSpec(const PageSpec& spec) {
   auto l = CheckLayoutAndCounts(static_cast<uint16_t>(spec.layout), spec.token_count,
                                 spec.first_layer, spec.layer_count);
   if (!l.ok()) return Annotate(l.status(), "page spec");
+  if (absl::Status g = CheckGqa(*l, spec.gqa); !g.ok()) return Annotate(g, "page spec");
   return l;
 }
 
@@ -273,8 +298,9 @@ absl::StatusOr<LayoutInfo> LookupLayout(uint16_t code) {
   for (const LayoutInfo& l : Layouts()) {
     if (static_cast<uint16_t>(l.id) == code) return l;
   }
-  return absl::InvalidArgumentError(kv::StrCat(
-      "unknown layout code ", code, " (known: 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584)"));
+  return absl::InvalidArgumentError(
+      kv::StrCat("unknown layout code ", code,
+                 " (known: 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584, 4 gqa-bf16, 5 gqa-fp8)"));
 }
 
 absl::StatusOr<LayoutInfo> LookupLayout(std::string_view name) {
@@ -311,8 +337,23 @@ std::string SectionKindName(uint16_t kind) {
   }
 }
 
+uint64_t RecordBytes(const LayoutInfo& layout, const GqaGeometry& gqa) {
+  if (!layout.is_gqa()) return layout.record_bytes;
+  return uint64_t{2} * gqa.num_kv_heads * gqa.head_dim * layout.gqa_element_bytes;
+}
+
 uint64_t PageView::layer_bytes() const {
-  return uint64_t{header_.token_count} * header_.layout.record_bytes;
+  return uint64_t{header_.token_count} * header_.record_bytes();
+}
+
+absl::StatusOr<std::span<const uint8_t>> PageView::GqaLayerHalf(uint32_t layer, bool value) const {
+  if (!header_.layout.is_gqa()) {
+    return absl::FailedPreconditionError(
+        kv::StrCat(header_.layout.name, " pages have no separate K and V blocks"));
+  }
+  ASSIGN_OR_RETURN(std::span<const uint8_t> both, KvLayer(layer));
+  const size_t half = both.size() / 2;
+  return both.subspan(value ? half : 0, half);
 }
 
 absl::StatusOr<std::span<const uint8_t>> PageView::KvLayers(uint32_t first, uint32_t count) const {
@@ -337,7 +378,7 @@ absl::StatusOr<uint64_t> KvSectionBytes(const PageSpec& spec) {
         "page spec: v4-fp8-584 section sizes depend on the model's layer mix; encode with "
         "EncodePageSections");
   }
-  return uint64_t{spec.token_count} * spec.layer_count * layout.record_bytes;
+  return uint64_t{spec.token_count} * spec.layer_count * RecordBytes(layout, spec.gqa);
 }
 
 uint64_t EncodedSectionsPageBytes(std::span<const uint64_t> section_lengths) {
@@ -375,6 +416,8 @@ absl::Status EncodePageInto(const PageSpec& spec, std::span<const uint8_t> kv,
   PutU32(spec.token_count, p + kOffTokenCount);
   PutU32(spec.first_layer, p + kOffFirstLayer);
   PutU32(spec.layer_count, p + kOffLayerCount);
+  PutU32(spec.gqa.num_kv_heads, p + kOffGqaHeads);
+  PutU32(spec.gqa.head_dim, p + kOffGqaHeadDim);
   std::memcpy(p + kOffKey, spec.key.bytes.data(), 32);
   std::memcpy(p + kOffParent, spec.parent.bytes.data(), 32);
   if (kv_bytes > 0) std::memcpy(p + hb, kv.data(), kv_bytes);
@@ -425,6 +468,8 @@ absl::StatusOr<std::vector<uint8_t>> EncodePageSections(const PageSpec& spec,
   PutU32(spec.token_count, p + kOffTokenCount);
   PutU32(spec.first_layer, p + kOffFirstLayer);
   PutU32(spec.layer_count, p + kOffLayerCount);
+  PutU32(spec.gqa.num_kv_heads, p + kOffGqaHeads);
+  PutU32(spec.gqa.head_dim, p + kOffGqaHeadDim);
   std::memcpy(p + kOffKey, spec.key.bytes.data(), 32);
   std::memcpy(p + kOffParent, spec.parent.bytes.data(), 32);
   for (uint32_t i = 0; i < n; ++i) {
@@ -526,10 +571,37 @@ absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey
   if (h.key != key) return absl::DataLossError("page key differs from the requested key");
   if (h.parent != parent) return absl::DataLossError("page parent differs from the chain");
   if (h.layout.id != layout.id) return absl::DataLossError("page layout differs");
+  if (layout.is_gqa()) {
+    return absl::DataLossError(kv::StrCat("CheckPage cannot verify the head geometry of a ",
+                                          layout.name, " page; use CheckPageGeometry"));
+  }
   if (h.token_count != static_cast<uint32_t>(page_tokens) || h.first_layer != 0 ||
       h.layer_count != static_cast<uint32_t>(layers)) {
     return absl::DataLossError(StrCat("page geometry ", h.token_count, " tokens x ", h.layer_count,
                                       " layers does not match the model"));
+  }
+  return absl::OkStatus();
+}
+
+std::string GeometryString(const KeySpaceGeometry& g) {
+  std::string heads;
+  if (g.layout.is_gqa()) {
+    heads = kv::StrCat(g.gqa.num_kv_heads, " kv heads x ", g.gqa.head_dim, " head dim x ");
+  }
+  return kv::StrCat(g.layout.name, " ", g.page_tokens, " tokens x ", heads, g.layers, " layers");
+}
+
+absl::Status CheckPageGeometry(const PageHeader& h, const KeySpaceGeometry& expected) {
+  if (h.layout.id != expected.layout.id) {
+    return absl::DataLossError(kv::StrCat(
+        "page layout ", h.layout.name, " does not match the key space's ", expected.layout.name));
+  }
+  const KeySpaceGeometry got{h.layout, h.token_count, h.layer_count, h.gqa};
+  if (h.first_layer != 0 || got.page_tokens != expected.page_tokens ||
+      got.layers != expected.layers || !(got.gqa == expected.gqa)) {
+    return absl::DataLossError(kv::StrCat(
+        "page geometry ", GeometryString(got), h.first_layer != 0 ? " (not from layer 0)" : "",
+        " does not match the key space's ", GeometryString(expected)));
   }
   return absl::OkStatus();
 }

@@ -7,7 +7,8 @@
 //   offset  size  field (all integers little-endian)
 //   0       8     magic "KVSTPAGE"
 //   8       2     format version (u16) = 1
-//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584
+//   10      2     layout code (u16): 1 mla-fp8-656, 2 mla-bf16-1152, 3 v4-fp8-584,
+//                 4 gqa-bf16, 5 gqa-fp8
 //   12      4     section count n (u32), 1..kMaxSections
 //   16      8     page bytes (u64): header + sections, the exact size of the page
 //   24      4     token count (u32), 1..kMaxPageTokens
@@ -16,7 +17,9 @@
 //   36      4     flags (u32), must be 0 in version 1
 //   40      32    block key
 //   72      32    parent block key (32 zero bytes for the first block of a chain)
-//   104     24    reserved, must be zero
+//   104     4     GQA layouts: num_kv_heads (u32), 1..kMaxGqaKvHeads; other layouts: 0
+//   108     4     GQA layouts: head_dim (u32), 1..kMaxGqaHeadDim; other layouts: 0
+//   112     16    reserved, must be zero
 //   128     32·n  section table; entry: kind u16, reserved u16 (0), reserved u32 (0),
 //                 offset u64, length u64, XXH3-64 of the section's bytes u64
 //   ...           zero padding up to header_bytes - 8
@@ -39,6 +42,14 @@
 // Their exact sizes depend on the model's compress_ratios, which the page does not carry:
 // the decoder checks order, kinds, the 576-byte granularity and the checksums; the model's
 // importer checks the sizes against its layer mix. MLA pages hold exactly one kv section.
+//
+// Layouts gqa-bf16 and gqa-fp8 (docs/formats.md §2.8) hold the K and V of a GQA model
+// (Llama, Qwen) in vLLM's FlashAttention block order: one kv section, layer-major; layer L's
+// bytes are K[L] then V[L], each [token_count, num_kv_heads, head_dim] row-major (bf16, or
+// e4m3 codes whose per-layer k/v scales belong to the model, not the page). The geometry is
+// in the header (bytes 104..111, reserved-zero for every other layout: older version-1
+// readers refuse codes 4 and 5 as unknown, so no version bump was needed) and is checked
+// against the key space's by CheckPageGeometry.
 //
 // Decoding verifies everything before returning: sizes, bounds (overflow-safe), the header
 // checksum and every section checksum. It never reads outside the given buffer. Errors are
@@ -78,15 +89,37 @@ enum class LayoutId : uint16_t {
   kMlaBf16_1152 = static_cast<uint16_t>(kernels::KvLayout::kMlaBf16_1152),
   // DeepSeek V4 hybrid: compressed 584-B entries + indexer keys + resume
   kV4Fp8_584 = 3,
+  // GQA (FlashAttention block order): per layer K then V, [tokens, kv heads, head dim]
+  kGqaBf16 = 4,
+  kGqaFp8 = 5,  // e4m3 codes; the per-layer k/v scales are the model's
+};
+
+inline constexpr uint32_t kMaxGqaKvHeads = 256;
+inline constexpr uint32_t kMaxGqaHeadDim = 1024;
+
+// The head geometry of a GQA page: K and V of one token and layer are each
+// num_kv_heads x head_dim elements. All zero for non-GQA layouts.
+struct GqaGeometry {
+  uint32_t num_kv_heads = 0;
+  uint32_t head_dim = 0;
+  friend bool operator==(const GqaGeometry&, const GqaGeometry&) = default;
 };
 
 struct LayoutInfo {
   LayoutId id;
   std::string_view name;         // "mla-fp8-656"
   uint32_t record_bytes;         // bytes per token per layer
-  uint32_t default_page_tokens;  // tokens per page the model uses (64 MLA, 256 V4)
+  uint32_t default_page_tokens;  // tokens per page the model uses (64 MLA, 256 V4, 16 GQA)
   bool supported;                // false: a reserved id; pages are refused
+  // GQA layouts: bytes per K or V element (2 bf16, 1 fp8); record_bytes is then 0, as it
+  // depends on the page's GqaGeometry (RecordBytes). 0 for every other layout.
+  uint32_t gqa_element_bytes = 0;
+  bool is_gqa() const { return gqa_element_bytes != 0; }
 };
+
+// Bytes per token per layer: layout.record_bytes, or 2 x heads x head_dim x element bytes
+// for a GQA layout.
+uint64_t RecordBytes(const LayoutInfo& layout, const GqaGeometry& gqa);
 
 // Every layout id this build knows, supported or reserved.
 std::span<const LayoutInfo> KnownLayouts();
@@ -142,7 +175,9 @@ struct PageHeader {
   uint32_t layer_count = 0;
   BlockKey key;
   BlockKey parent;
+  GqaGeometry gqa;  // GQA layouts only; zero otherwise
   std::vector<SectionInfo> sections;
+  uint64_t record_bytes() const { return RecordBytes(layout, gqa); }
   size_t header_bytes() const { return PageHeaderBytes(static_cast<uint32_t>(sections.size())); }
 };
 
@@ -169,6 +204,9 @@ class PageView {
   }
   // Bytes of one layer's records (token_count × record_bytes).
   uint64_t layer_bytes() const;
+  // GQA pages: the K (value = false) or V block of one model layer, [token_count,
+  // num_kv_heads, head_dim]. FailedPrecondition for other layouts; OutOfRange like KvLayer.
+  absl::StatusOr<std::span<const uint8_t>> GqaLayerHalf(uint32_t layer, bool value) const;
 
  private:
   friend absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
@@ -191,6 +229,7 @@ struct PageSpec {
   uint32_t token_count = 0;
   uint32_t first_layer = 0;
   uint32_t layer_count = 0;
+  GqaGeometry gqa;  // required (non-zero) for GQA layouts, zero for the others
 };
 
 // Size in bytes of the KV section `spec` needs (token_count × layer_count × record bytes).
@@ -231,9 +270,25 @@ absl::StatusOr<PageView> DecodePage(std::span<const uint8_t> page);
 
 // Checks a decoded page against what a request expects before its bytes enter a sequence:
 // key, parent, layout and geometry (page_tokens tokens x all `layers`). DataLoss naming the
-// mismatch.
+// mismatch. GQA pages are refused here (their head geometry is not among the arguments): use
+// CheckPageGeometry.
 absl::Status CheckPage(const PageView& view, const BlockKey& key, const BlockKey& parent,
                        const LayoutInfo& layout, int page_tokens, int layers);
+
+// What a key space expects of its pages: layout, tokens per page, layer count and, for GQA
+// layouts, the head geometry.
+struct KeySpaceGeometry {
+  LayoutInfo layout{};
+  uint32_t page_tokens = 0;
+  uint32_t layers = 0;
+  GqaGeometry gqa;
+};
+// "gqa-bf16 16 tokens x 8 kv heads x 128 head dim x 32 layers" (no head part for non-GQA).
+std::string GeometryString(const KeySpaceGeometry& g);
+// Checks a decoded header against the key space's geometry (first layer 0, all layers).
+// DataLoss naming both, e.g. "page layout gqa-fp8 does not match the key space's gqa-bf16",
+// "page geometry gqa-bf16 16 tokens x 4 kv heads x ... does not match the key space's ...".
+absl::Status CheckPageGeometry(const PageHeader& h, const KeySpaceGeometry& expected);
 
 // Encodes one full block of raw KV (layer-major records, KvCache::ExportBlock bytes) as a
 // page of all `layers`. Errors of EncodePage.

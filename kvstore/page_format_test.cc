@@ -265,7 +265,8 @@ TEST_F(PageFormatTest, StructuralErrorsNameTheProblem) {
   EXPECT_THAT(ErrorAfterEdit(page, kPageBytesAt, 100, 8),
               HasSubstr("smaller than its 192-byte header"));
   EXPECT_THAT(ErrorAfterEdit(page, kFlagsAt, 1, 4), HasSubstr("flags"));
-  EXPECT_THAT(ErrorAfterEdit(page, 110, 1, 1), HasSubstr("reserved or padding"));
+  EXPECT_THAT(ErrorAfterEdit(page, 120, 1, 1), HasSubstr("reserved or padding"));
+  EXPECT_THAT(ErrorAfterEdit(page, 110, 1, 1), HasSubstr("has no head geometry"));
   EXPECT_THAT(ErrorAfterEdit(page, 170, 1, 1), HasSubstr("reserved or padding"));
   EXPECT_THAT(ErrorAfterEdit(page, kTokensAt, 0, 4), HasSubstr("token count 0"));
   EXPECT_THAT(ErrorAfterEdit(page, kLayersAt, 0, 4), HasSubstr("layer range"));
@@ -305,15 +306,18 @@ struct Golden {
   const char* file;
   LayoutId layout;
   uint32_t tokens, first, layers;
+  GqaGeometry gqa = {};
 };
 constexpr Golden kGolden[] = {
     {"testdata/pages/mla-fp8-656_t2_l0x2.page", LayoutId::kMlaFp8_656, 2, 0, 2},
     {"testdata/pages/mla-bf16-1152_t1_l7x1.page", LayoutId::kMlaBf16_1152, 1, 7, 1},
+    {"testdata/pages/gqa-bf16_t4_h2_d8_l0x2.page", LayoutId::kGqaBf16, 4, 0, 2, {2, 8}},
+    {"testdata/pages/gqa-fp8_t4_h2_d16_l0x3.page", LayoutId::kGqaFp8, 4, 0, 3, {2, 16}},
 };
 
 std::vector<uint8_t> GoldenPage(const Golden& g) {
   std::mt19937 rng(12345);  // fixed: the output is compared byte-for-byte
-  PageSpec spec{g.layout, {}, {}, g.tokens, g.first, g.layers};
+  PageSpec spec{g.layout, {}, {}, g.tokens, g.first, g.layers, g.gqa};
   for (auto& b : spec.key.bytes) b = static_cast<uint8_t>(rng());
   for (auto& b : spec.parent.bytes) b = static_cast<uint8_t>(rng());
   std::vector<uint8_t> kv(*KvSectionBytes(spec));
@@ -417,6 +421,116 @@ TEST_F(PageFormatTest, V4SectionRulesNameTheProblem) {
   // (a partial page whose tokens close no entry).
   EXPECT_TRUE(EncodePageSections(spec, std::vector<PageSectionData>{{SectionKind::kKv, kv}}).ok());
   EXPECT_TRUE(EncodePageSections(spec, std::vector<PageSectionData>{{SectionKind::kKv, {}}}).ok());
+}
+
+// ---- gqa-bf16 / gqa-fp8 pages ------------------------------------------------------------
+
+constexpr size_t kGqaHeadsAt = 104, kGqaHeadDimAt = 108;
+
+KeySpaceGeometry Geometry(LayoutId layout, uint32_t tokens, uint32_t layers, GqaGeometry g) {
+  return {*LookupLayout(static_cast<uint16_t>(layout)), tokens, layers, g};
+}
+
+// Both GQA layouts round-trip; each layer is K then V, each [tokens, heads, head_dim].
+TEST_F(PageFormatTest, GqaRoundTripKThenVPerLayer) {
+  for (auto [layout, elem] :
+       {std::pair{LayoutId::kGqaBf16, 2u}, std::pair{LayoutId::kGqaFp8, 1u}}) {
+    const uint32_t tokens = std::uniform_int_distribution<uint32_t>(1, 32)(rng_);
+    const uint32_t layers = std::uniform_int_distribution<uint32_t>(1, 4)(rng_);
+    const GqaGeometry g{std::uniform_int_distribution<uint32_t>(1, 8)(rng_),
+                        8 * std::uniform_int_distribution<uint32_t>(1, 16)(rng_)};
+    PageSpec spec = Spec(layout, tokens, 0, layers);
+    spec.gqa = g;
+    std::vector<uint8_t> kv;
+    std::vector<uint8_t> page = Make(spec, &kv);
+    const uint64_t half = uint64_t{tokens} * g.num_kv_heads * g.head_dim * elem;
+    ASSERT_EQ(page.size(), PageHeaderBytes(1) + 2 * half * layers);
+    EXPECT_EQ(Get(page, kGqaHeadsAt, 4), g.num_kv_heads);
+    EXPECT_EQ(Get(page, kGqaHeadDimAt, 4), g.head_dim);
+    auto view = DecodePage(page);
+    ASSERT_TRUE(view.ok()) << view.status() << " seed " << seed_;
+    EXPECT_EQ(view->header().gqa, g);
+    EXPECT_EQ(view->header().record_bytes(), 2 * uint64_t{g.num_kv_heads} * g.head_dim * elem);
+    for (uint32_t l = 0; l < layers; ++l) {
+      auto k = view->GqaLayerHalf(l, false);
+      auto v = view->GqaLayerHalf(l, true);
+      ASSERT_TRUE(k.ok() && v.ok());
+      ASSERT_EQ(k->size(), half);
+      EXPECT_EQ(0, std::memcmp(k->data(), kv.data() + 2 * l * half, half)) << "K of layer " << l;
+      EXPECT_EQ(0, std::memcmp(v->data(), kv.data() + (2 * l + 1) * half, half)) << "V " << l;
+    }
+    EXPECT_TRUE(CheckPageGeometry(view->header(), Geometry(layout, tokens, layers, g)).ok());
+    EXPECT_FALSE(view->GqaLayerHalf(layers, false).ok());
+  }
+  auto mla = DecodePage(Make(Spec(LayoutId::kMlaFp8_656, 1, 0, 1)));
+  EXPECT_EQ(mla->GqaLayerHalf(0, false).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Every single-byte change is refused naming the part; so are geometry edits behind a valid
+// checksum, a page whose geometry is not the key space's, and a page of another layout.
+TEST_F(PageFormatTest, GqaCorruptionAndGeometryMismatchAreRefusedByName) {
+  PageSpec spec = Spec(LayoutId::kGqaBf16, 2, 0, 2);
+  spec.gqa = {2, 8};
+  std::vector<uint8_t> page = Make(spec);
+  const size_t hb = PageHeaderBytes(1);
+  for (size_t i = 0; i < page.size(); ++i) {
+    page[i] ^= 0x5A;
+    EXPECT_THAT(Error(page), HasSubstr(i < hb ? "header" : "section 0 (kv) checksum mismatch"))
+        << "byte " << i;
+    page[i] ^= 0x5A;
+  }
+  // Geometry fields edited and resealed: the kv section no longer fits, or the range is bad.
+  EXPECT_THAT(
+      ErrorAfterEdit(page, kGqaHeadsAt, 4, 4),
+      HasSubstr(
+          "section 0 (kv) is 256 bytes; layout gqa-bf16 needs 2 tokens x 2 layers x 128 B = 512"));
+  EXPECT_THAT(ErrorAfterEdit(page, kGqaHeadsAt, 0, 4),
+              HasSubstr("header: layout gqa-bf16 geometry 0 kv heads x 8 head dim outside"));
+  EXPECT_THAT(ErrorAfterEdit(page, kGqaHeadDimAt, kMaxGqaHeadDim + 1, 4), HasSubstr("outside"));
+  EXPECT_THAT(ErrorAfterEdit(page, 112, 1, 1), HasSubstr("reserved or padding bytes"));
+  // An MLA page carrying a geometry is refused too.
+  std::vector<uint8_t> mla = Make(Spec(LayoutId::kMlaFp8_656, 1, 0, 1));
+  EXPECT_THAT(ErrorAfterEdit(mla, kGqaHeadsAt, 2, 4),
+              HasSubstr("layout mla-fp8-656 has no head geometry"));
+  // Heads and head_dim swapped: the same byte count, so the page decodes; the key space's
+  // geometry check refuses it, naming both geometries.
+  std::vector<uint8_t> swapped = page;
+  Put(swapped, kGqaHeadsAt, 8, 4);
+  Put(swapped, kGqaHeadDimAt, 2, 4);
+  ASSERT_TRUE(ResealPage(swapped).ok());
+  auto view = DecodePage(swapped);
+  ASSERT_TRUE(view.ok()) << view.status();
+  absl::Status s = CheckPageGeometry(view->header(), Geometry(LayoutId::kGqaBf16, 2, 2, {2, 8}));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("page geometry gqa-bf16 2 tokens x 8 kv heads x 2 head dim "
+                                     "x 2 layers does not match the key space's gqa-bf16 2 "
+                                     "tokens x 2 kv heads x 8 head dim x 2 layers"));
+  auto good = DecodePage(page);
+  ASSERT_TRUE(good.ok());
+  EXPECT_THAT(
+      CheckPageGeometry(good->header(), Geometry(LayoutId::kGqaFp8, 2, 2, {2, 8})).message(),
+      HasSubstr("page layout gqa-bf16 does not match the key space's gqa-fp8"));
+  EXPECT_THAT(
+      CheckPageGeometry(good->header(), Geometry(LayoutId::kGqaBf16, 2, 3, {2, 8})).message(),
+      HasSubstr("x 2 layers does not match the key space's gqa-bf16 2 tokens x 2 kv "
+                "heads x 8 head dim x 3 layers"));
+  EXPECT_THAT(CheckPage(*good, spec.key, spec.parent, good->header().layout, 2, 2).message(),
+              HasSubstr("CheckPageGeometry"));
+}
+
+TEST_F(PageFormatTest, GqaEncoderNeedsExactlyTheGqaGeometry) {
+  PageSpec spec = Spec(LayoutId::kGqaFp8, 4, 0, 1);
+  EXPECT_THAT(KvSectionBytes(spec).status().message(),
+              HasSubstr("page spec: layout gqa-fp8 geometry 0 kv heads x 0 head dim outside"));
+  spec.gqa = {kMaxGqaKvHeads + 1, 128};
+  EXPECT_FALSE(KvSectionBytes(spec).ok());
+  spec.gqa = {8, 128};
+  EXPECT_EQ(*KvSectionBytes(spec), 4u * 2 * 8 * 128);
+  PageSpec mla = Spec(LayoutId::kMlaBf16_1152, 4, 0, 1);
+  mla.gqa = {8, 128};
+  EXPECT_THAT(KvSectionBytes(mla).status().message(), HasSubstr("has no head geometry"));
+  EXPECT_THAT(LookupLayout("gqa-fp8")->name, "gqa-fp8");
+  EXPECT_EQ(static_cast<int>(LookupLayout("gqa-bf16")->id), 4);
 }
 
 }  // namespace

@@ -59,6 +59,11 @@ nlohmann::json PageJson(const PageView& v) {
                       {"layer_bytes", v.layer_bytes()},
                       {"verified", true},
                       {"sections", nlohmann::json::array()}};
+  if (h.layout.is_gqa()) {  // record bytes depend on the page's head geometry
+    j["record_bytes"] = h.record_bytes();
+    j["num_kv_heads"] = h.gqa.num_kv_heads;
+    j["head_dim"] = h.gqa.head_dim;
+  }
   for (const SectionInfo& s : h.sections) {
     j["sections"].push_back({{"kind", SectionKindName(static_cast<uint16_t>(s.kind))},
                              {"offset", s.offset},
@@ -73,9 +78,14 @@ void PrintPageText(const PageView& v, std::string_view label) {
   std::printf("page %.*s: OK (header and %zu section checksum(s) verified)\n",
               static_cast<int>(label.size()), label.data(), h.sections.size());
   std::printf("  format version  %u\n", h.format_version);
-  std::printf("  layout          %.*s (code %u, %u B per token per layer)\n",
+  std::printf("  layout          %.*s (code %u, %llu B per token per layer)\n",
               static_cast<int>(h.layout.name.size()), h.layout.name.data(),
-              static_cast<unsigned>(h.layout.id), h.layout.record_bytes);
+              static_cast<unsigned>(h.layout.id),
+              static_cast<unsigned long long>(h.record_bytes()));
+  if (h.layout.is_gqa()) {
+    std::printf("  geometry        %u kv heads x %u head dim (K then V per layer)\n",
+                h.gqa.num_kv_heads, h.gqa.head_dim);
+  }
   std::printf("  key             %s\n", h.key.Hex().c_str());
   std::printf("  parent          %s%s\n", h.parent.Hex().c_str(),
               h.parent.IsZero() ? " (chain root)" : "");

@@ -7,7 +7,8 @@
 //    byte for byte;
 //  - DecodePageHeader agrees with DecodePage;
 //  - every layer of a decoded page is readable and has the right size, and the layer just
-//    outside the page's range is refused.
+//    outside the page's range is refused;
+//  - a GQA page's layer splits into K then V halves of tokens x heads x head_dim elements.
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -42,7 +43,8 @@ void Exercise(std::span<const uint8_t> data) {
     for (const kv::SectionInfo& s : h.sections) {
       secs.push_back({s.kind, data.subspan(s.offset, s.length)});
     }
-    kv::PageSpec spec{h.layout.id, h.key, h.parent, h.token_count, h.first_layer, h.layer_count};
+    kv::PageSpec spec{h.layout.id,   h.key,         h.parent, h.token_count,
+                      h.first_layer, h.layer_count, h.gqa};
     auto again = kv::EncodePageSections(spec, secs);
     Check(again.ok() && again->size() == data.size() &&
           std::memcmp(again->data(), data.data(), data.size()) == 0);
@@ -59,7 +61,19 @@ void Exercise(std::span<const uint8_t> data) {
     sum += (*layer)[0] + (*layer)[layer->size() - 1];
   }
   Check(!view->KvLayer(h.first_layer + h.layer_count).ok());
-  kv::PageSpec spec{h.layout.id, h.key, h.parent, h.token_count, h.first_layer, h.layer_count};
+  if (h.layout.is_gqa()) {
+    // K and V of a layer are its two halves, each tokens x heads x head_dim elements.
+    auto k = view->GqaLayerHalf(h.first_layer, false);
+    auto v = view->GqaLayerHalf(h.first_layer, true);
+    Check(k.ok() && v.ok() && k->size() == v->size() && k->size() * 2 == layer_bytes);
+    Check(k->size() == uint64_t{h.token_count} * h.gqa.num_kv_heads * h.gqa.head_dim *
+                           h.layout.gqa_element_bytes);
+    Check(v->data() == k->data() + k->size());
+  } else {
+    Check(!view->GqaLayerHalf(h.first_layer, false).ok());
+  }
+  kv::PageSpec spec{h.layout.id,   h.key,         h.parent, h.token_count,
+                    h.first_layer, h.layer_count, h.gqa};
   auto again = kv::EncodePage(spec, view->kv());
   Check(again.ok() && again->size() == data.size() &&
         std::memcmp(again->data(), data.data(), data.size()) == 0);
