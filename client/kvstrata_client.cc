@@ -33,16 +33,6 @@ ThreadMessages& Messages() {
   return m;
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
-  args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
-  args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-}
-
 absl::Status CheckOptions(const kvstrata_options& o) {
   if (o.struct_size < sizeof(kvstrata_options)) {
     return absl::InvalidArgumentError(
@@ -83,7 +73,7 @@ absl::StatusOr<kvstrata_client*> Connect(const char* const* addresses, size_t n,
     if (addresses[i] == nullptr || addresses[i][0] == '\0') {
       return absl::InvalidArgumentError(StrCat("addresses[", i, "] is NULL or empty"));
     }
-    auto channel = MakeChannel(addresses[i]);
+    auto channel = cluster::PageStoreChannel(addresses[i]);
     if (channel->WaitForConnected(
             absl::ToChronoTime(absl::Now() + absl::Milliseconds(o.connect_timeout_ms)))) {
       c->channel = std::move(channel);

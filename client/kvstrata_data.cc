@@ -2,10 +2,11 @@
 //
 // Reads over UCX scatter the pages of one pin straight into the caller's destinations, which
 // may lie in different registered buffers (PageRmaClient::ReadPagesInto lays pages back to
-// back in one buffer instead): PinForRead, one batch of gets, Unpin, then each page verified
-// in place, with PageRmaClient's poisoning contract (the bytes count only if the lease was
-// still live when released). Writes go through PageRmaClient::WritePagesFrom, one call per run
-// of consecutive pages in the same registered buffer.
+// back in one buffer instead): PinForRead, one batch of gets, then each page verified in
+// place, with PageRmaClient's poisoning contract (ConfirmAndRelease: the bytes count only if
+// the lease was still live after the gets, shown by its beacon or by Unpin). Writes go through
+// PageRmaClient::WritePagesFrom, one call per run of consecutive pages in the same registered
+// buffer.
 #include <algorithm>
 #include <cstring>
 
@@ -22,17 +23,6 @@ constexpr absl::Duration kWaitGrace = absl::Seconds(2);
 
 absl::Status Unusable(const absl::Status& s) {
   return absl::Status(s.code(), StrCat(s.message(), "; the destinations' contents are not valid"));
-}
-
-// The page at `bytes` decodes, its checksums hold, and its header names `key`.
-absl::Status Verify(std::span<const uint8_t> bytes, const BlockKey& key) {
-  absl::StatusOr<PageView> v = DecodePage(bytes);
-  if (!v.ok()) return absl::DataLossError(StrCat("page ", key.Hex(), ": ", v.status().message()));
-  if (v->header().key != key) {
-    return absl::DataLossError(
-        StrCat("page read as ", key.Hex(), " names ", v->header().key.Hex()));
-  }
-  return absl::OkStatus();
 }
 
 struct GetArgs {
@@ -83,7 +73,7 @@ absl::Status GetOverGrpc(kvstrata_client* c, const Session& s, const GetArgs& a)
   return absl::OkStatus();
 }
 
-// One batch of UCX gets of the pinned pages into the destinations, then Unpin and verify.
+// One batch of UCX gets of the pinned pages into the destinations, then confirm and verify.
 absl::Status GetPinnedScatter(kvstrata_client* c, const Session& s, const GetArgs& a,
                               const cluster::PinnedPages& pinned) {
   std::vector<transport::TransferOp> ops;
@@ -109,8 +99,8 @@ absl::Status GetPinnedScatter(kvstrata_client* c, const Session& s, const GetArg
     moved.push_back(i);
   }
   absl::Status st = absl::OkStatus();
+  const absl::Time by = std::min(a.deadline, pinned.deadline);
   if (!ops.empty()) {
-    const absl::Time by = std::min(a.deadline, pinned.deadline);
     absl::StatusOr<transport::TransferId> id =
         c->transport->Prepare({.peer = pinned.peer, .kind = transport::OpKind::kRead, .ops = ops});
     st = id.status();
@@ -118,17 +108,21 @@ absl::Status GetPinnedScatter(kvstrata_client* c, const Session& s, const GetArg
     if (st.ok()) st = c->transport->Wait(*id, by + kWaitGrace);
     if (id.ok()) c->transport->Release(*id).IgnoreError();  // cancels one still running
   }
-  absl::StatusOr<uint32_t> released = s.rma->Unpin(pinned);
-  if (absl::IsUnavailable(st)) c->ResetRma(s, pinned.peer);
-  if (!st.ok()) return Unusable(st);
-  if (!released.ok()) return Unusable(released.status());
-  if (*released == 0 && !pinned.lease_id.empty()) {
-    return Unusable(
-        absl::AbortedError(StrCat("lease ", pinned.lease_id, " expired during the get")));
+  if (!st.ok()) {
+    s.rma->Unpin(pinned).IgnoreError();
+    if (absl::IsUnavailable(st)) c->ResetRma(s, pinned.peer);
+    return Unusable(st);
+  }
+  // The bytes count only if the lease was still live after the gets (its beacon, else Unpin).
+  bool by_beacon = false;
+  if (absl::Status live = s.rma->ConfirmAndRelease(pinned, by, &by_beacon); !live.ok()) {
+    if (absl::IsUnavailable(live)) c->ResetRma(s, pinned.peer);
+    return Unusable(live);
   }
   for (size_t i : moved) {
     const uint64_t size = pinned.pages[i].size;
-    absl::Status v = Verify({static_cast<const uint8_t*>(a.ptrs[i]), size}, a.keys[i]);
+    absl::Status v =
+        cluster::VerifyPageInPlace({static_cast<const uint8_t*>(a.ptrs[i]), size}, a.keys[i]);
     (*a.statuses)[i] = v;
     if (v.ok()) {
       (*a.page_sizes)[i] = size;
@@ -256,6 +250,22 @@ using kv::client::Call;
 using kv::client::CheckCount;
 using kv::client::NotNull;
 
+namespace {
+
+// The arrays every batch call takes are present, and `n` is within the batch limit.
+absl::Status CheckBatch(const void* keys, const void* ptrs, const void* sizes, const void* statuses,
+                        size_t n) {
+  for (auto [p, what] : {std::pair<const void*, const char*>{keys, "keys"},
+                         {ptrs, "ptrs"},
+                         {sizes, "sizes"},
+                         {statuses, "statuses"}}) {
+    RETURN_IF_ERROR(NotNull(p, what));
+  }
+  return CheckCount(n, KVSTRATA_MAX_BATCH, "n");
+}
+
+}  // namespace
+
 extern "C" {
 
 int32_t kvstrata_batch_get_into(kvstrata_client* client, const kvstrata_key* keys,
@@ -264,13 +274,7 @@ int32_t kvstrata_batch_get_into(kvstrata_client* client, const kvstrata_key* key
                                 uint64_t* page_sizes) {
   return Call([&]() -> absl::Status {
     RETURN_IF_ERROR(NotNull(client, "client"));
-    for (auto [p, what] : {std::pair<const void*, const char*>{keys, "keys"},
-                           {ptrs, "ptrs"},
-                           {sizes, "sizes"},
-                           {statuses, "statuses"}}) {
-      RETURN_IF_ERROR(NotNull(p, what));
-    }
-    RETURN_IF_ERROR(CheckCount(n, KVSTRATA_MAX_BATCH, "n"));
+    RETURN_IF_ERROR(CheckBatch(keys, ptrs, sizes, statuses, n));
     client->counters.calls += 1;
     std::vector<absl::Status> st(n, absl::NotFoundError("block is not cached on the store"));
     std::vector<uint64_t> got(n, 0);
@@ -297,13 +301,7 @@ int32_t kvstrata_batch_put_from(kvstrata_client* client, const kvstrata_key_spac
                                 kvstrata_status* statuses) {
   return Call([&]() -> absl::Status {
     RETURN_IF_ERROR(NotNull(client, "client"));
-    for (auto [p, what] : {std::pair<const void*, const char*>{keys, "keys"},
-                           {ptrs, "ptrs"},
-                           {sizes, "sizes"},
-                           {statuses, "statuses"}}) {
-      RETURN_IF_ERROR(NotNull(p, what));
-    }
-    RETURN_IF_ERROR(CheckCount(n, KVSTRATA_MAX_BATCH, "n"));
+    RETURN_IF_ERROR(CheckBatch(keys, ptrs, sizes, statuses, n));
     std::vector<absl::Status> st(n, absl::UnknownError("not written"));
     kv::client::PutArgs a{{},    kv::client::Keys(keys, n),    ptrs,
                           sizes, client->Deadline(timeout_ms), &st};

@@ -198,10 +198,7 @@ void PageStoreClient::UnpinAsync(const std::string& lease_id) {
   if (!queued) Unpin(lease_id).IgnoreError();
 }
 
-absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
-    const std::string& address, std::string token, absl::Duration timeout,
-    absl::Duration connect_timeout) {
-  if (address.empty()) return absl::InvalidArgumentError("no page store address (HOST:PORT)");
+std::shared_ptr<grpc::Channel> PageStoreChannel(const std::string& address) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   // Its own connection (not one shared with other channels to the same store), and an initial
@@ -212,7 +209,14 @@ absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
   args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
+    const std::string& address, std::string token, absl::Duration timeout,
+    absl::Duration connect_timeout) {
+  if (address.empty()) return absl::InvalidArgumentError("no page store address (HOST:PORT)");
+  std::shared_ptr<grpc::Channel> channel = PageStoreChannel(address);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return MarkRetryable(absl::UnavailableError(StrCat(
         "no page store answered at ", address, " within ", absl::FormatDuration(connect_timeout))));

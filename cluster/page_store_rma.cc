@@ -28,8 +28,9 @@ absl::Status Unusable(absl::Status s) {
   return Annotate(std::move(s), "the buffer's contents are not valid");
 }
 
-// The page in `bytes` decodes, all its checksums hold, and its header names `key`.
-absl::Status VerifyInPlace(std::span<const uint8_t> bytes, const BlockKey& key) {
+}  // namespace
+
+absl::Status VerifyPageInPlace(std::span<const uint8_t> bytes, const BlockKey& key) {
   absl::StatusOr<PageView> v = DecodePage(bytes);
   if (!v.ok()) return absl::DataLossError(StrCat("page ", key.Hex(), ": ", v.status().message()));
   if (v->header().key != key) {
@@ -38,8 +39,6 @@ absl::Status VerifyInPlace(std::span<const uint8_t> bytes, const BlockKey& key) 
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 std::string_view PagePathName(PagePath path) { return path == PagePath::kUcx ? "ucx" : "grpc"; }
 
@@ -211,7 +210,8 @@ absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned
     return Unusable(live);
   }
   for (size_t i = 0; i < where.size(); ++i) {
-    absl::Status v = VerifyInPlace(buffer.bytes.subspan(where[i].offset, where[i].size), keys[i]);
+    absl::Status v =
+        VerifyPageInPlace(buffer.bytes.subspan(where[i].offset, where[i].size), keys[i]);
     if (v.ok()) {
       r.pages[i] = where[i];
       r.bytes += where[i].size;

@@ -56,6 +56,10 @@
 
 namespace kv::cluster {
 
+// OK when the page in `bytes` decodes, all its checksums hold and its header names `key`;
+// DataLoss naming the key and the problem otherwise (how an RMA read verifies in place).
+absl::Status VerifyPageInPlace(std::span<const uint8_t> bytes, const BlockKey& key);
+
 // Which data path moved a call's page bytes.
 enum class PagePath : uint8_t { kUcx, kGrpc };
 std::string_view PagePathName(PagePath path);  // "ucx", "grpc"
@@ -144,6 +148,11 @@ class PageRmaClient {
   absl::StatusOr<uint32_t> Unpin(const PinnedPages& pinned);
   absl::StatusOr<RmaReadResult> GetPinned(const PinnedPages& pinned, std::span<const BlockKey> keys,
                                           RegisteredBuffer buffer, absl::Time deadline);
+  // Step 4 of a read (see the file comment), for callers that moved the pinned pages
+  // themselves: OK when the lease provably outlived their gets (*by_beacon: confirmed by its
+  // beacon, by `deadline`); Aborted when it ended, or the beacon read's error. Always
+  // releases the lease.
+  absl::Status ConfirmAndRelease(const PinnedPages& pinned, absl::Time deadline, bool* by_beacon);
 
   // Writes `pages` (a chain segment in order) from `buffer` under `options`.
   // InvalidArgument for no pages or a page outside the buffer.
@@ -167,9 +176,6 @@ class PageRmaClient {
   absl::StatusOr<RmaWriteResult> WriteOverGrpc(const kvstrata::v1::WriteOptions& options,
                                                std::span<const RmaPageToWrite> pages,
                                                RegisteredBuffer buffer);
-  // Step 4 of a read (see the file comment): OK when the lease provably outlived the get;
-  // *by_beacon says how. Always releases the lease.
-  absl::Status ConfirmAndRelease(const PinnedPages& pinned, absl::Time deadline, bool* by_beacon);
   // The lease's beacon word, read with one get into this client's scratch memory.
   absl::StatusOr<uint64_t> ReadBeacon(const PinnedPages& pinned, absl::Time deadline);
   absl::StatusOr<RmaWriteResult> StageAndSeal(const kvstrata::v1::WriteOptions& options,
