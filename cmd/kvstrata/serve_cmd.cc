@@ -246,9 +246,30 @@ absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
   return absl::OkStatus();
 }
 
-int RunServe(int argc, char** argv) {
-  ServeFlags f;
-  FlagSet flags("kvstrata serve");
+// The KV-event flags of a store (kvstore/kv_events.h; docs/serving.md "KV events").
+void BindKvEventFlags(FlagSet& flags, ServeFlags& f) {
+  flags.String("kv-events-endpoint", &f.kv_events_endpoint,
+               "store: publish KV events (vLLM wire format) on a ZMQ PUB socket bound here, "
+               "tcp://HOST:PORT or ipc://PATH; empty: off");
+  flags.String("kv-events-replay-endpoint", &f.kv_events_replay_endpoint,
+               "store: ZMQ ROUTER socket answering replay requests; empty: none");
+  flags.String("kv-events-topic", &f.kv_events_topic, "store: topic frame of KV event messages");
+  flags.String("kv-events-encoding", &f.kv_events_encoding,
+               "store: array (tagged arrays, older vLLM) or map ({\"type\": ...}, since mid-2026)");
+  flags.String("kv-events-hash-format", &f.kv_events_hash_format,
+               "store: int (low 64 bits of each hash, vLLM's default) or bytes");
+  flags.Int("kv-events-buffer-steps", &f.kv_events_buffer_steps,
+            "store: event batches kept for replay");
+  flags.Int("kv-events-queue", &f.kv_events_queue,
+            "store: events waiting to be sent; more are dropped (counted)");
+  flags.Int("kv-events-interval-ms", &f.kv_events_interval_ms,
+            "store: how often queued events are sent as one batch");
+  flags.Int("kv-events-dp-rank", &f.kv_events_dp_rank,
+            "store: data_parallel_rank of every batch (-1: nil)");
+}
+
+// Every flag of `kvstrata serve`, bound to `f`.
+void BindServeFlags(FlagSet& flags, ServeFlags& f) {
   flags.String("role", &f.role, "all | router | prefill | decode | store");
   flags.String("listen", &f.listen, "gRPC listen address HOST:PORT (port 0: any free port)");
   flags.Int("metrics-port", &f.metrics_port, "HTTP port of /metrics and /healthz (-1: off)");
@@ -276,24 +297,13 @@ int RunServe(int argc, char** argv) {
   flags.String("transport", &f.transport,
                "prefill->decode KV handoff transport: ucx (honours UCX_TLS, UCX_NET_DEVICES)");
   f.membership.Bind(&flags);
-  flags.String("kv-events-endpoint", &f.kv_events_endpoint,
-               "store: publish KV events (vLLM wire format) on a ZMQ PUB socket bound here, "
-               "tcp://HOST:PORT or ipc://PATH; empty: off");
-  flags.String("kv-events-replay-endpoint", &f.kv_events_replay_endpoint,
-               "store: ZMQ ROUTER socket answering replay requests; empty: none");
-  flags.String("kv-events-topic", &f.kv_events_topic, "store: topic frame of KV event messages");
-  flags.String("kv-events-encoding", &f.kv_events_encoding,
-               "store: array (tagged arrays, older vLLM) or map ({\"type\": ...}, since mid-2026)");
-  flags.String("kv-events-hash-format", &f.kv_events_hash_format,
-               "store: int (low 64 bits of each hash, vLLM's default) or bytes");
-  flags.Int("kv-events-buffer-steps", &f.kv_events_buffer_steps,
-            "store: event batches kept for replay");
-  flags.Int("kv-events-queue", &f.kv_events_queue,
-            "store: events waiting to be sent; more are dropped (counted)");
-  flags.Int("kv-events-interval-ms", &f.kv_events_interval_ms,
-            "store: how often queued events are sent as one batch");
-  flags.Int("kv-events-dp-rank", &f.kv_events_dp_rank,
-            "store: data_parallel_rank of every batch (-1: nil)");
+  BindKvEventFlags(flags, f);
+}
+
+int RunServe(int argc, char** argv) {
+  ServeFlags f;
+  FlagSet flags("kvstrata serve");
+  BindServeFlags(flags, f);
   flags.Bool("check-config", &f.check_config, "validate the config and exit 0 (ok) or 1");
   absl::Status s = flags.Parse(argc, argv);
   if (s.ok() && flags.help_requested()) {
