@@ -19,7 +19,6 @@ namespace kv::client {
 namespace {
 
 namespace pb = ::kvstrata::v1;
-constexpr absl::Duration kWaitGrace = absl::Seconds(2);
 
 absl::Status Unusable(const absl::Status& s) {
   return absl::Status(s.code(), StrCat(s.message(), "; the destinations' contents are not valid"));
@@ -98,16 +97,8 @@ absl::Status GetPinnedScatter(kvstrata_client* c, const Session& s, const GetArg
                    p.remote_offset, p.size});
     moved.push_back(i);
   }
-  absl::Status st = absl::OkStatus();
   const absl::Time by = std::min(a.deadline, pinned.deadline);
-  if (!ops.empty()) {
-    absl::StatusOr<transport::TransferId> id =
-        c->transport->Prepare({.peer = pinned.peer, .kind = transport::OpKind::kRead, .ops = ops});
-    st = id.status();
-    if (st.ok()) st = c->transport->Post(*id, by);
-    if (st.ok()) st = c->transport->Wait(*id, by + kWaitGrace);
-    if (id.ok()) c->transport->Release(*id).IgnoreError();  // cancels one still running
-  }
+  absl::Status st = s.rma->Transfer(pinned.peer, transport::OpKind::kRead, std::move(ops), by);
   if (!st.ok()) {
     s.rma->Unpin(pinned).IgnoreError();
     if (absl::IsUnavailable(st)) c->ResetRma(s, pinned.peer);

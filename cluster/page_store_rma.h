@@ -153,6 +153,11 @@ class PageRmaClient {
   // beacon, by `deadline`); Aborted when it ended, or the beacon read's error. Always
   // releases the lease.
   absl::Status ConfirmAndRelease(const PinnedPages& pinned, absl::Time deadline, bool* by_beacon);
+  // One batch of ops between this client's transport memory and `peer`, posted and waited
+  // for by `deadline` (OK at once for no ops; DeadlineExceeded when no time is left); the
+  // transfer is released either way, and an Unavailable peer is connected afresh next time.
+  absl::Status Transfer(transport::PeerId peer, transport::OpKind kind,
+                        std::vector<transport::TransferOp> ops, absl::Time deadline);
 
   // Writes `pages` (a chain segment in order) from `buffer` under `options`.
   // InvalidArgument for no pages or a page outside the buffer.
@@ -167,10 +172,6 @@ class PageRmaClient {
  private:
   absl::StatusOr<transport::RemoteRegionId> Import(transport::PeerId peer,
                                                    const std::string& packed_key);
-  // One batch of ops to/from `buffer`, posted and waited for by `deadline`; the transfer is
-  // released either way.
-  absl::Status Transfer(transport::PeerId peer, transport::OpKind kind,
-                        std::vector<transport::TransferOp> ops, absl::Time deadline);
   absl::StatusOr<RmaReadResult> ReadOverGrpc(std::span<const BlockKey> keys,
                                              RegisteredBuffer buffer);
   absl::StatusOr<RmaWriteResult> WriteOverGrpc(const kvstrata::v1::WriteOptions& options,
