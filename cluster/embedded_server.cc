@@ -39,11 +39,17 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   co.max_request_time = o.max_request_time;
   co.decode_threads = std::max(co.decode_threads, o.worker_threads);
   ASSIGN_OR_RETURN(s->cluster_, EmbeddedCluster::Open(std::move(co)));
+  s->page_store_ = std::make_unique<PageStoreService>(
+      &s->cluster_->store(), auth,
+      PageStoreServiceOptions{
+          .node_id = so.node_id, .clock = o.node.clock, .metrics = o.node.metrics});
   s->service_ = std::make_unique<ClusterService>(&s->cluster_->router(), std::move(auth), so);
   GrpcServerOptions go;
   go.address = o.listen;
-  go.services = {s->service_.get()};
-  go.health_service_names = {kvstrata::v1::Cluster::service_full_name()};
+  go.services = {s->service_.get(), s->page_store_.get()};
+  go.health_service_names = {kvstrata::v1::Cluster::service_full_name(),
+                             kvstrata::v1::PageStore::service_full_name()};
+  go.stream_window_bytes = 16 << 20;  // WritePages: a page per window, not 64 KiB
   go.shutdown_grace = o.shutdown_grace;
   ASSIGN_OR_RETURN(s->grpc_, GrpcServer::Start(go));
   s->service_->SetAdvertisedAddress(s->grpc_->address());
@@ -65,6 +71,7 @@ void EmbeddedServer::Shutdown() {
   shut_down_ = true;
   if (grpc_) grpc_->Shutdown();  // bounded: grace, then in-flight calls are cancelled
   service_.reset();              // drains the Generate workers
+  page_store_.reset();           // its leases end before the store goes
   if (metrics_) metrics_->Stop();
   if (cluster_) cluster_->WaitIdle();
   log::Info("serve_stopped", "role", "all");

@@ -1,7 +1,10 @@
 // EmbeddedServer: a running `kvstrata serve --role=all` in this process: the EmbeddedCluster
 // (model, tiered store, prefill worker and decode sessions over the in-process transport, and
-// the router over them; cluster/embedded_cluster.h), the Cluster service on a GrpcServer
-// (with health and reflection), and the metrics HTTP server (/metrics, /healthz).
+// the router over them; cluster/embedded_cluster.h), the Cluster service and the PageStore
+// service over the same tiered store on one GrpcServer (with health and reflection), and the
+// metrics HTTP server (/metrics, /healthz). The PageStore serves pages over gRPC only (no
+// registered UCX memory: a store role node is the fabric-speed path), so clients and engine
+// connectors can use an all-in-one node as their store.
 // `kvstrata serve` runs one until a signal; `kvstrata demo` and tests start one on a free
 // loopback port.
 //
@@ -21,6 +24,7 @@
 #include "cluster/embedded_cluster.h"
 #include "cluster/grpc_server.h"
 #include "cluster/node.h"
+#include "cluster/page_store_service.h"
 #include "core/http_server.h"
 
 namespace kv::cluster {
@@ -59,6 +63,7 @@ class EmbeddedServer {
   EmbeddedServer() = default;
   std::unique_ptr<EmbeddedCluster> cluster_;
   std::unique_ptr<ClusterService> service_;
+  std::unique_ptr<PageStoreService> page_store_;  // over cluster_->store()
   std::unique_ptr<GrpcServer> grpc_;
   std::unique_ptr<MetricsHttpServer> metrics_;
   bool requires_token_ = false;
