@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "cluster/inproc_worker_client.h"
+#include "cluster/worker_convert.h"
 #include "core/status_macros.h"
 
 namespace kv::cluster {
@@ -24,6 +25,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Open(
   ASSIGN_OR_RETURN(c->model_dir_, EnsureModelDir(n));
   ASSIGN_OR_RETURN(c->model_, model::LoadServingModel(c->model_dir_, n.kv_layout, n.max_context,
                                                       n.compute_threads));
+  RETURN_IF_ERROR(c->model_.serving->SetKeyChain(n.key_chain, n.engine_hash_seed));
   ASSIGN_OR_RETURN(c->store_, OpenStore(n));
   const model::ServingModel& m = *c->model_.serving;
   c->pool_ = std::make_unique<LocalPagePool>(
@@ -52,9 +54,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Open(
   c->decode_threads_ = std::make_unique<ThreadPool>(options.decode_threads);
   c->workers_ = NewInProcWorkerClient(c->prefill_.get(), &c->decode_ctx_, c->decode_threads_.get());
 
-  KeyParams kp{.model_fingerprint = m.fingerprint(),
-               .layout_id = std::string(m.layout().name),
-               .page_tokens = m.layout().default_page_tokens};
+  const KeyParams kp = m.key_params();
   pb::NodeInfo self;
   self.set_node_id(options.node_id);
   self.set_grpc_address(options.address);
@@ -62,10 +62,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Open(
     self.add_roles(r);
   }
   self.add_transports()->set_kind(pb::TRANSPORT_KIND_INPROC);
-  pb::KeySpace* ks = self.add_key_spaces();
-  ks->set_model_fingerprint(std::string(kp.model_fingerprint.begin(), kp.model_fingerprint.end()));
-  ks->set_layout(kp.layout_id);
-  ks->set_page_tokens(kp.page_tokens);
+  *self.add_key_spaces() = ToKeySpace(kp);
   ASSIGN_OR_RETURN(c->membership_,
                    StaticMembership::Create({self}, n.clock != nullptr ? n.clock : Clock::Real()));
   RouterOptions ro{.key_params = kp,

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "kvstore/engine_block_hash.h"
 #include "model/generate.h"
 #include "model/tokenizer.h"
 
@@ -44,6 +45,8 @@ class EmbeddedClusterTest : public ::testing::Test {
     o.nvme_bytes = 1ull << 30;
     o.slab_bytes = 1ull << 20;
     o.metrics = &metrics_;
+    o.key_chain = key_chain_;
+    o.engine_hash_seed = engine_hash_seed_;
     auto node = EmbeddedCluster::Open({.node = o});
     ASSERT_TRUE(node.ok()) << node.status();
     node_ = *std::move(node);
@@ -69,6 +72,8 @@ class EmbeddedClusterTest : public ::testing::Test {
   }
 
   MetricsRegistry metrics_;
+  KeyChain key_chain_ = KeyChain::kTokens;
+  std::string engine_hash_seed_;
   std::string dir_;
   // Cached blocks of `prompt` for `tenant` (the router's Lookup).
   int64_t CachedBlocks(const std::vector<int32_t>& prompt, const std::string& tenant,
@@ -190,6 +195,58 @@ TEST_F(EmbeddedClusterTest, TenantsAreIsolatedExceptThroughShared) {
   EXPECT_EQ(CachedBlocks(p, "tenant-c", 0), 0);
   EXPECT_EQ(CachedBlocks(p, "tenant-c", static_cast<int64_t>(s.size())),
             static_cast<int64_t>(s.size()) / 64);
+}
+
+// With the vllm-sha256-cbor key chain, an engine that hashes its own blocks
+// (--prefix-caching-hash-algo sha256_cbor, same PYTHONHASHSEED and block size) derives the
+// keys of the pages Generate published: the same prompt has the same pages either way.
+TEST_F(EmbeddedClusterTest, EngineHashChainNamesThePagesGeneratePublished) {
+  key_chain_ = KeyChain::kVllmSha256Cbor;
+  engine_hash_seed_ = "1234";
+  Open("mla-fp8-656");
+  std::vector<int32_t> p = Text(Repeat(kSystem, 2) + "<|user|>engine-keyed");
+  const GenerateResult cold = Gen(Req(p));
+  const int64_t blocks = static_cast<int64_t>(p.size()) / 64;
+  ASSERT_GE(blocks, 2);
+
+  const std::vector<int64_t> tokens(p.begin(), p.end());
+  auto hashes = EngineBlockHashes({.seed = "1234", .block_size = 64}, tokens);
+  ASSERT_TRUE(hashes.ok()) << hashes.status();
+  KeyParams kp = node_->model().key_params();
+  kp.ns = *KeyNamespace::Tenant("acme");
+  auto keys = DeriveBlockKeysFromEngineHashes(kp, *hashes);
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  EXPECT_EQ(node_->store().Lookup(*keys).matched, static_cast<size_t>(blocks));
+  // The token chain names other pages; another seed names none of these.
+  kp.chain = KeyChain::kTokens;
+  kp.engine_hash_seed.clear();
+  auto token_keys = DeriveBlockKeys(kp, std::vector<uint32_t>(p.begin(), p.end()));
+  ASSERT_TRUE(token_keys.ok());
+  EXPECT_EQ(node_->store().Lookup(*token_keys).matched, 0u);
+  auto other = EngineBlockHashes({.seed = "4321", .block_size = 64}, tokens);
+  kp.chain = KeyChain::kVllmSha256Cbor;
+  EXPECT_EQ(node_->store().Lookup(*DeriveBlockKeysFromEngineHashes(kp, *other)).matched, 0u);
+
+  // And Generate hits them: the warm run loads every block and emits the same tokens.
+  GenerateRequest warm = Req(p);
+  warm.session_id = "s2";
+  const GenerateResult hit = Gen(warm);
+  EXPECT_EQ(hit.stats.cached_tokens, blocks * 64);
+  EXPECT_EQ(hit.tokens, cold.tokens);
+}
+
+TEST(EmbeddedClusterOptionsTest, EngineHashChainNeedsTheEnginesSeed) {
+  NodeOptions o;
+  o.data_dir = "/nonexistent";
+  o.key_chain = KeyChain::kVllmSha256Cbor;
+  absl::Status s = ValidateNodeOptions(o);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("PYTHONHASHSEED"), std::string::npos) << s;
+  o.engine_hash_seed = "0";
+  EXPECT_TRUE(ValidateNodeOptions(o).ok());
+  o.key_chain = KeyChain::kTokens;
+  EXPECT_EQ(ValidateNodeOptions(o).code(), absl::StatusCode::kInvalidArgument)
+      << "a seed without the engine chain is a configuration mistake";
 }
 
 TEST_F(EmbeddedClusterTest, BadRequestsAreClearErrors) {

@@ -51,6 +51,9 @@ absl::Status ValidateNodeOptions(const NodeOptions& o) {
   if (o.device_bytes == 0 && o.host_bytes == 0 && o.nvme_bytes == 0) {
     return absl::InvalidArgumentError("every tier is disabled; give at least one a capacity");
   }
+  if (absl::Status s = ValidateKeyChain(o.key_chain, o.engine_hash_seed); !s.ok()) {
+    return absl::InvalidArgumentError(StrCat("key-chain: ", s.message()));
+  }
   if (o.max_context < 0) return absl::InvalidArgumentError("max-context must be >= 0");
   if (o.compute_threads < 0 || o.compute_threads > 1024) {
     return absl::InvalidArgumentError(

@@ -28,6 +28,11 @@ struct NodeOptions {
   // mla-fp8-656 or mla-bf16-1152 for MLA models, v4-fp8-584 for V4 models; empty: the
   // model's FP8 layout (model/serving_model.h ServingLayoutName).
   std::string kv_layout;
+  // What block keys chain over (kvstore/block_key.h): token ids, or vLLM's sha256_cbor block
+  // hashes so an engine computing its own hashes names the same pages (engine_hash_seed:
+  // the engines' PYTHONHASHSEED; their block size must be the layout's page tokens).
+  KeyChain key_chain = KeyChain::kTokens;
+  std::string engine_hash_seed;
   uint64_t device_bytes = 64ull << 20;  // 0: no device tier
   uint64_t host_bytes = 256ull << 20;   // 0: no host tier
   uint64_t nvme_bytes = 4ull << 30;     // 0: no nvme tier

@@ -10,6 +10,7 @@
 #include "cluster/proto_convert.h"
 #include "cluster/router.h"
 #include "cluster/tenants.h"
+#include "cluster/worker_convert.h"
 #include "cluster/worker_service.h"
 #include "core/http_server.h"
 #include "core/logging.h"
@@ -293,6 +294,7 @@ absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
   self.add_roles(o.role == "prefill" ? pb::ROLE_PREFILL : pb::ROLE_DECODE);
   ASSIGN_OR_RETURN(s.model, model::LoadServingModel(model_dir, layout_name, o.node.max_context,
                                                     o.node.compute_threads));
+  RETURN_IF_ERROR(s.model.serving->SetKeyChain(o.node.key_chain, o.node.engine_hash_seed));
   pb::TransportEndpoint* e = self.add_transports();
   e->set_kind(pb::TRANSPORT_KIND_UCX);
   e->set_address(s.transport->address());
@@ -327,10 +329,9 @@ absl::Status StartModelRole(const RoleServerOptions& o, const TenantAuth& auth,
   kp.model_fingerprint = fingerprint;
   kp.layout_id = std::string(info.name);
   kp.page_tokens = info.default_page_tokens;
-  pb::KeySpace* ks = self.add_key_spaces();
-  ks->set_model_fingerprint(std::string(fingerprint.begin(), fingerprint.end()));
-  ks->set_layout(kp.layout_id);
-  ks->set_page_tokens(kp.page_tokens);
+  kp.chain = o.node.key_chain;
+  kp.engine_hash_seed = o.node.engine_hash_seed;
+  *self.add_key_spaces() = ToKeySpace(kp);
   if (o.role == "router") return StartRouter(o, auth, config, kp, s, self, go);
   return StartWorker(o, auth, model_dir, layout_name, s, self, go);
 }

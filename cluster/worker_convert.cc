@@ -59,6 +59,10 @@ pb::KeySpace ToKeySpace(const KeyParams& kp) {
   ks.set_model_fingerprint(std::string(kp.model_fingerprint.begin(), kp.model_fingerprint.end()));
   ks.set_layout(kp.layout_id);
   ks.set_page_tokens(kp.page_tokens);
+  if (kp.chain != KeyChain::kTokens) {
+    ks.set_key_chain(std::string(KeyChainName(kp.chain)));
+    ks.set_engine_hash_seed(kp.engine_hash_seed);
+  }
   return ks;
 }
 

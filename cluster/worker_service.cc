@@ -359,9 +359,7 @@ WorkerService::WorkerService(const model::ServingModel* model, transport::Transp
       auth_(std::move(auth)),
       options_(std::move(options)),
       threads_(std::make_unique<ThreadPool>(std::max(1, options_.worker_threads))) {
-  params_.model_fingerprint = model->fingerprint();
-  params_.layout_id = std::string(model->layout().name);
-  params_.page_tokens = model->layout().default_page_tokens;
+  params_ = model->key_params();
   page_tokens_ = model->page_tokens();
   prefill_ctx_ = prefill::PrefillContext{
       .model = model,
@@ -485,6 +483,14 @@ absl::StatusOr<std::string> WorkerService::Authenticate(grpc::CallbackServerCont
 }
 
 absl::Status WorkerService::CheckKeySpace(const pb::KeySpace& ks) const {
+  const std::string_view chain = ks.key_chain().empty() ? "tokens" : ks.key_chain();
+  if (chain != KeyChainName(params_.chain) || ks.engine_hash_seed() != params_.engine_hash_seed) {
+    return absl::FailedPreconditionError(
+        StrCat("key chain mismatch: this worker derives keys over '", KeyChainName(params_.chain),
+               "'", params_.chain == KeyChain::kTokens ? "" : " with its configured seed",
+               "; the request names '", chain, "'",
+               chain == "tokens" ? "" : " and a seed of its own", " (configure both alike)"));
+  }
   const std::string fp(params_.model_fingerprint.begin(), params_.model_fingerprint.end());
   if (ks.model_fingerprint() != fp || ks.layout() != params_.layout_id ||
       ks.page_tokens() != static_cast<uint32_t>(page_tokens_)) {

@@ -73,11 +73,7 @@ absl::StatusOr<std::unique_ptr<DecodeSession>> DecodeSession::Create(const Decod
 }
 
 DecodeSession::DecodeSession(const DecodeContext* ctx, DecodeRequest request, absl::Time deadline)
-    : ctx_(ctx), req_(std::move(request)), deadline_(deadline) {
-  params_.model_fingerprint = ctx->model->fingerprint();
-  params_.layout_id = std::string(ctx->model->layout().name);
-  params_.page_tokens = ctx->model->layout().default_page_tokens;
-}
+    : ctx_(ctx), req_(std::move(request)), deadline_(deadline), params_(ctx->model->key_params()) {}
 
 DecodeSession::~DecodeSession() { ReleaseDestination(); }
 

@@ -147,6 +147,20 @@ absl::StatusOr<KeyChain> ParseKeyChain(std::string_view name) {
       kv::StrCat("unknown key chain '", name, "' (known: tokens, vllm-sha256-cbor)"));
 }
 
+absl::Status ValidateKeyChain(KeyChain chain, std::string_view engine_hash_seed) {
+  if (chain == KeyChain::kTokens) {
+    if (engine_hash_seed.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        "an engine hash seed is only used with the vllm-sha256-cbor key chain");
+  }
+  if (engine_hash_seed.empty()) {
+    return absl::InvalidArgumentError(
+        "the vllm-sha256-cbor key chain needs the engines' PYTHONHASHSEED as its engine hash "
+        "seed (vLLM hashes with a random seed when it is unset)");
+  }
+  return EngineNoneHash(engine_hash_seed).status();
+}
+
 absl::StatusOr<std::vector<BlockKey>> DeriveBlockKeysFromEngineHashes(
     const KeyParams& params, std::span<const Digest256> engine_hashes,
     std::optional<BlockKey> parent) {

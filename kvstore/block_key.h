@@ -116,6 +116,11 @@ std::string_view KeyChainName(KeyChain chain);
 // Parses KeyChainName's spelling. InvalidArgument naming the known chains otherwise.
 absl::StatusOr<KeyChain> ParseKeyChain(std::string_view name);
 
+// Checks a chain and its engine hash seed. InvalidArgument for an empty or non-UTF-8 seed
+// with kVllmSha256Cbor (vLLM hashes with a random seed when PYTHONHASHSEED is unset, so no
+// engine could share such a chain), or any seed with kTokens.
+absl::Status ValidateKeyChain(KeyChain chain, std::string_view engine_hash_seed);
+
 // Everything besides the tokens that goes into a key.
 struct KeyParams {
   // Hash of the model config and the weights' identity.

@@ -323,6 +323,21 @@ class V4ServingModel final : public ServingModel {
 
 }  // namespace
 
+KeyParams ServingModel::key_params() const {
+  return KeyParams{.model_fingerprint = fingerprint(),
+                   .layout_id = std::string(layout().name),
+                   .page_tokens = layout().default_page_tokens,
+                   .chain = chain_,
+                   .engine_hash_seed = engine_hash_seed_};
+}
+
+absl::Status ServingModel::SetKeyChain(KeyChain chain, std::string engine_hash_seed) {
+  RETURN_IF_ERROR(ValidateKeyChain(chain, engine_hash_seed));
+  chain_ = chain;
+  engine_hash_seed_ = std::move(engine_hash_seed);
+  return absl::OkStatus();
+}
+
 int64_t ContinuableBlocks(bool pages_have_resume, const std::vector<bool>& has_resume,
                           int64_t blocks) {
   if (!pages_have_resume) return blocks;

@@ -126,6 +126,15 @@ class ServingModel {
   // The page layout (mla-fp8-656, mla-bf16-1152 or v4-fp8-584) and its page size in tokens.
   virtual const LayoutInfo& layout() const = 0;
   int page_tokens() const { return static_cast<int>(layout().default_page_tokens); }
+  // The key space this model's pages are published and looked up in: its fingerprint,
+  // layout and page size, over the chain SetKeyChain chose (token ids by default). The
+  // namespace is left unset (each request's tenant picks it).
+  KeyParams key_params() const;
+  // Chooses what block keys chain over: token ids (kTokens), or vLLM's sha256_cbor block
+  // hashes with the engines' PYTHONHASHSEED `engine_hash_seed` (kVllmSha256Cbor; then the
+  // engine's block size must be page_tokens()). Call once, before serving: not thread-safe
+  // against key_params(). ValidateKeyChain's errors.
+  absl::Status SetKeyChain(KeyChain chain, std::string engine_hash_seed);
   // Bytes of the largest full page this model publishes (with a resume section for V4).
   virtual uint64_t page_bytes() const = 0;
   // Bytes of one raw KV block (all layers) a prefill worker can hand over; 0 when the model
@@ -146,6 +155,10 @@ class ServingModel {
   virtual absl::StatusOr<std::vector<uint8_t>> EncodeExported(const std::string& exported,
                                                               const BlockKey& key,
                                                               const BlockKey& parent) const = 0;
+
+ private:
+  KeyChain chain_ = KeyChain::kTokens;
+  std::string engine_hash_seed_;
 };
 
 // Imports `pages` (verified page bytes of chain blocks first, first + 1, ... where `first` =

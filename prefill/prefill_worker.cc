@@ -180,9 +180,7 @@ absl::StatusOr<PrefillDone> PrefillWorker::Run(
                " sequences have no prefill handoff: decode workers compute "
                "these prompts themselves"));
   }
-  KeyParams params{.model_fingerprint = m.fingerprint(),
-                   .layout_id = std::string(m.layout().name),
-                   .page_tokens = m.layout().default_page_tokens};
+  const KeyParams params = m.key_params();
   std::vector<std::string> ns;
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys, DeriveRequestKeys(params, req.prompt, req.tenant,
                                                                  req.shared_prefix_tokens, &ns));

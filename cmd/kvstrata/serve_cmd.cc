@@ -48,6 +48,8 @@ struct ServeFlags {
   int64_t metrics_port = 9090;
   std::string model_dir;
   std::string kv_layout;  // empty: the model's FP8 layout
+  std::string key_chain = "tokens";
+  std::string engine_hash_seed;
   std::string data_dir;
   int64_t device_mib = 64;
   int64_t host_mib = 256;
@@ -127,6 +129,11 @@ absl::StatusOr<cluster::NodeOptions> ToNodeOptions(const ServeFlags& f) {
   n.model_dir = f.model_dir;
   n.compute_threads = static_cast<int>(f.compute_threads);
   n.kv_layout = f.kv_layout;
+  absl::StatusOr<KeyChain> chain = ParseKeyChain(f.key_chain);
+  if (!chain.ok())
+    return absl::InvalidArgumentError(StrCat("--key-chain: ", chain.status().message()));
+  n.key_chain = *chain;
+  n.engine_hash_seed = f.engine_hash_seed;
   n.data_dir = f.data_dir.empty() ? DefaultDataDir() : f.data_dir;
   n.device_bytes = static_cast<uint64_t>(f.device_mib) << 20;
   n.host_bytes = static_cast<uint64_t>(f.host_mib) << 20;
@@ -278,6 +285,11 @@ void BindServeFlags(FlagSet& flags, ServeFlags& f) {
   flags.String("kv-layout", &f.kv_layout,
                "KV page layout: mla-fp8-656 (default) or mla-bf16-1152; v4-fp8-584 (default) "
                "for a DeepSeek-V4 model");
+  flags.String("key-chain", &f.key_chain,
+               "what block keys chain over: tokens, or vllm-sha256-cbor (vLLM's block hashes, "
+               "so engines run with --prefix-caching-hash-algo sha256_cbor name the same pages)");
+  flags.String("engine-hash-seed", &f.engine_hash_seed,
+               "with --key-chain=vllm-sha256-cbor: the engines' PYTHONHASHSEED");
   flags.String("data-dir", &f.data_dir, "data directory (nvme tier); default /tmp/kvstrata-UID");
   flags.Int("device-mib", &f.device_mib, "device tier capacity in MiB (0: no device tier)");
   flags.Int("host-mib", &f.host_mib, "host tier capacity in MiB (0: no host tier)");
