@@ -78,7 +78,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedCluster>> EmbeddedCluster::Open(
                    .cost = options.cost,
                    .local_store = c->store_.get(),
                    .local_node_id = options.node_id,
-                   .clock = n.clock};
+                   .clock = n.clock,
+                   .metrics = n.metrics};
   std::shared_ptr<WorkerClient> workers = c->workers_;
   c->router_ = std::make_unique<RouterBackend>(
       c->membership_.get(), c->pool_.get(), [workers](const pb::NodeInfo&) { return workers; },

@@ -248,6 +248,7 @@ absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
   ro.prefill_handoff = true;  // MLA and V4 prompts both go through prefill workers
   ro.pages_have_resume = config.IsV4();
   ro.clock = o.node.clock;
+  ro.metrics = o.node.metrics;
   ASSIGN_OR_RETURN(ro.page_bytes, model::PublishedPageBytes(config, kp.layout_id));
   s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(),
                                              GrpcWorkerClients(kp, o.node.clock), ro);

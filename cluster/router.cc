@@ -64,7 +64,34 @@ RouterBackend::RouterBackend(Membership* membership, PagePool* pool, WorkerClien
       pool_(pool),
       workers_(std::move(workers)),
       options_(std::move(options)),
-      cost_(options_.cost) {}
+      cost_(options_.cost),
+      reg_(options_.metrics != nullptr ? options_.metrics : &MetricsRegistry::Default()),
+      handoff_seconds_(reg_->GetHistogram(
+          "kvstrata_cluster_handoff_seconds",
+          "Prefill-to-decode handoff time not overlapped with compute, per handed-over request",
+          Histogram::LatencyBounds())),
+      handoff_bytes_(reg_->GetCounter("kvstrata_cluster_handoff_bytes_total",
+                                      "KV bytes handed from prefill to decode workers")) {}
+
+void RouterBackend::Record(const absl::StatusOr<GenerateResult>& r) {
+  reg_->GetCounter("kvstrata_cluster_requests_total", "Generate requests served, by final code",
+                   {{"code", absl::StatusCodeToString(r.status().code())}})
+      ->Inc();
+  if (!r.ok()) return;
+  const RequestStats& st = r->stats;
+  for (const TierHit& h : st.tier_hits) {
+    reg_->GetCounter("kvstrata_cluster_cached_tokens_total",
+                     "Prompt tokens loaded from the cache instead of computed, by tier",
+                     {{"tier", std::string(TierName(h.tier))}})
+        ->Inc(static_cast<double>(h.tokens));
+  }
+  reg_->GetCounter("kvstrata_cluster_recomputed_tokens_total", "Prompt tokens computed")
+      ->Inc(static_cast<double>(st.recomputed_tokens));
+  if (st.handoff_bytes > 0) {
+    handoff_bytes_->Inc(static_cast<double>(st.handoff_bytes));
+    handoff_seconds_->Observe(absl::ToDoubleSeconds(st.handoff_time));
+  }
+}
 
 absl::Status RouterBackend::Validate(const GenerateRequest& req, bool lookup) const {
   if (req.prompt.empty()) return absl::InvalidArgumentError("generate: the prompt is empty");
@@ -143,20 +170,24 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const GenerateReques
 }
 
 absl::StatusOr<pb::NodeInfo> RouterBackend::Pick(pb::Role role, const BlockKey& root,
-                                                 const std::string& near_address) {
+                                                 const std::string& near_address,
+                                                 const std::set<std::string>& failed) {
   MembershipView view = membership_->Members();
   const std::string near = HostOf(near_address);
+  const absl::Time now = clock()->Now();
   kv::MutexLock l(&mu_);
   const pb::NodeInfo* best = nullptr;
-  std::tuple<int, int, uint64_t> best_score;
+  std::tuple<int, int, int, uint64_t> best_score;
   for (const pb::NodeInfo& n : view.members) {
-    if (!HasRole(n, role)) continue;
+    if (!HasRole(n, role) || failed.contains(n.node_id())) continue;
+    auto down = down_until_.find(n.node_id());
+    const int is_down = down != down_until_.end() && down->second > now ? 1 : 0;
     const int far = near.empty() || HostOf(n.grpc_address()) != near ? 1 : 0;
     const int load = in_flight_[n.node_id()];
     // Rendezvous tie-break: the same chain prefers the same worker among equals.
     const uint64_t rank = ~Xxh3_64(root.bytes.data(), root.bytes.size(),
                                    Xxh3_64(n.node_id().data(), n.node_id().size()));
-    const auto score = std::make_tuple(far, load, rank);
+    const auto score = std::make_tuple(is_down, far, load, rank);
     if (best == nullptr || score < best_score) {
       best = &n;
       best_score = score;
@@ -172,6 +203,7 @@ absl::StatusOr<pb::NodeInfo> RouterBackend::Pick(pb::Role role, const BlockKey& 
 
 absl::StatusOr<GenerateResult> RouterBackend::Generate(const GenerateRequest& req, Route* route) {
   absl::StatusOr<GenerateResult> r = Run(req, route);
+  Record(r);
   kv::MutexLock l(&mu_);
   if (!r.ok()) {
     ++counters_.requests_failed;
@@ -238,17 +270,65 @@ struct RouterBackend::Placement {
   std::string prefill_id() const { return prefill ? prefill->node_id() : ""; }
 };
 
-absl::StatusOr<RouterBackend::Placement> RouterBackend::Place(Plan& plan, Route* route) {
+struct RouterBackend::Started {
+  Placement place;
+  std::unique_ptr<DecodeCall> call;
+  transport::HandoffDestination dest;
+};
+
+void RouterBackend::MarkDown(const std::string& node_id, pb::Role role, const absl::Status& error) {
+  log::Warn("router_worker_down", "node", node_id, "role", pb::Role_Name(role), "for",
+            absl::FormatDuration(options_.down_after_failure), "error", error.ToString());
+  reg_->GetCounter("kvstrata_cluster_worker_failures_total",
+                   "Calls a worker failed as unreachable (each marks it down), by role",
+                   {{"role", role == pb::ROLE_DECODE ? "decode" : "prefill"}})
+      ->Inc();
+  kv::MutexLock l(&mu_);
+  down_until_[node_id] = clock()->Now() + options_.down_after_failure;
+  ++(role == pb::ROLE_DECODE ? counters_.decode_failures : counters_.prefill_failures);
+}
+
+absl::StatusOr<RouterBackend::Started> RouterBackend::StartDecode(Plan& plan, Placement first,
+                                                                  const decode::DecodeRequest& dreq,
+                                                                  absl::Time deadline,
+                                                                  Route* route) {
+  std::set<std::string> failed;
+  Placement place = std::move(first);
+  // Bounded by the members (each failure excludes one) and, for a churning membership, here.
+  for (int attempt = 0;; ++attempt) {
+    absl::StatusOr<std::unique_ptr<DecodeCall>> call =
+        workers_(place.decode)->StartDecode(dreq, deadline);
+    absl::StatusOr<transport::HandoffDestination> dest =
+        call.ok() ? (*call)->Ready() : call.status();
+    if (dest.ok()) return Started{std::move(place), *std::move(call), *std::move(dest)};
+    if (!absl::IsUnavailable(dest.status())) return dest.status();
+    const std::string& id = place.decode.node_id();
+    MarkDown(id, pb::ROLE_DECODE, dest.status());
+    failed.insert(id);
+    const std::string why = StrCat("decode worker ", id, " failed: ", dest.status().message());
+    absl::StatusOr<Placement> next =
+        attempt < 16 ? Place(plan, route, failed) : absl::UnavailableError("16 tried");
+    if (!next.ok()) {
+      return MarkRetryable(absl::UnavailableError(
+          StrCat(why, "; no other live decode worker (", next.status().message(), ")")));
+    }
+    log::Info("router_decode_retry", "failed", id, "next", next->decode.node_id());
+    place = *std::move(next);
+  }
+}
+
+absl::StatusOr<RouterBackend::Placement> RouterBackend::Place(Plan& plan, Route* route,
+                                                              const std::set<std::string>& failed) {
   const BlockKey root = plan.keys.empty() ? BlockKey::Zero() : plan.keys[0];
   Placement place;
-  ASSIGN_OR_RETURN(place.decode, Pick(pb::ROLE_DECODE, root, ""));
+  ASSIGN_OR_RETURN(place.decode, Pick(pb::ROLE_DECODE, root, "", failed));
   // Without a live prefill worker, or a model without a handoff, the decode worker computes
   // the prompt itself, loading the planned cached run itself.
   if (options_.prefill_handoff) {
-    absl::StatusOr<pb::NodeInfo> picked = Pick(pb::ROLE_PREFILL, root, plan.prefix.address);
+    absl::StatusOr<pb::NodeInfo> picked = Pick(pb::ROLE_PREFILL, root, plan.prefix.address, failed);
     if (picked.ok()) {
       place.prefill = *std::move(picked);
-    } else {
+    } else if (plan.cost.reason.find("; no live prefill worker") == std::string::npos) {
       plan.cost.reason = StrCat(plan.cost.reason, "; no live prefill worker: the decode worker ",
                                 "computes the prompt (", picked.status().message(), ")");
     }
@@ -294,6 +374,9 @@ absl::StatusOr<prefill::PrefillDone> RouterBackend::RunPrefill(
   if (!done.ok()) {
     log::Warn("router_prefill_failed", "node", place.prefill_id(), "error",
               done.status().ToString());
+    if (absl::IsUnavailable(done.status())) {
+      MarkDown(place.prefill_id(), pb::ROLE_PREFILL, done.status());
+    }
     kv::MutexLock l(&mu_);
     ++counters_.prefill_fallbacks;
   }
@@ -340,22 +423,8 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
   const absl::Time start = clock()->Now();
   const absl::Time deadline = std::min(start + options_.max_request_time, req.deadline);
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req));
-  ASSIGN_OR_RETURN(Placement place, Place(plan, route));
+  ASSIGN_OR_RETURN(Placement first, Place(plan, route));
   if (req.on_plan) req.on_plan(plan.cost);
-  {
-    kv::MutexLock l(&mu_);
-    ++in_flight_[place.prefill_id()];
-    ++in_flight_[place.decode.node_id()];
-  }
-  struct Release {  // the load counts go down however the request ends
-    RouterBackend* r;
-    std::string a, b;
-    ~Release() {
-      kv::MutexLock l(&r->mu_);
-      --r->in_flight_[a];
-      --r->in_flight_[b];
-    }
-  } release{this, place.prefill_id(), place.decode.node_id()};
 
   // 1. Pin the prefix the plan loads.
   const std::optional<CachedRun> run = PinPrefix(req, plan);
@@ -387,9 +456,24 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
                              .skip_publish = req.policy == CachePolicy::kBypass,
                              .cached = run,
                              .cancelled = req.cancelled};
-  ASSIGN_OR_RETURN(std::unique_ptr<DecodeCall> call,
-                   workers_(place.decode)->StartDecode(dreq, deadline));
-  ASSIGN_OR_RETURN(transport::HandoffDestination dest, call->Ready());
+  ASSIGN_OR_RETURN(Started started, StartDecode(plan, std::move(first), dreq, deadline, route));
+  const Placement& place = started.place;
+  DecodeCall* call = started.call.get();
+  const transport::HandoffDestination& dest = started.dest;
+  {
+    kv::MutexLock l(&mu_);
+    ++in_flight_[place.prefill_id()];
+    ++in_flight_[place.decode.node_id()];
+  }
+  struct Release {  // the load counts go down however the request ends
+    RouterBackend* r;
+    std::string a, b;
+    ~Release() {
+      kv::MutexLock l(&r->mu_);
+      --r->in_flight_[a];
+      --r->in_flight_[b];
+    }
+  } release{this, place.prefill_id(), place.decode.node_id()};
 
   // 3. Prefill into the destination. A failure only costs the decode worker a local prefill.
   absl::StatusOr<prefill::PrefillDone> done = RunPrefill(dreq, place, dest, deadline);
@@ -407,6 +491,7 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
   out.stats.cost = plan.cost;
   decode::DecodeOutcome turn;
   if (absl::Status s = Stream(req, *call, start, &out, &turn); !s.ok()) {
+    if (absl::IsUnavailable(s)) MarkDown(place.decode.node_id(), pb::ROLE_DECODE, s);
     return MarkRetryable(absl::UnavailableError(
         StrCat("decode worker ", place.decode.node_id(), " failed: ", s.ToString())));
   }

@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@
 #include "cluster/membership.h"
 #include "cluster/serving_backend.h"
 #include "cluster/worker_client.h"
+#include "core/metrics.h"
 #include "core/mutex.h"
 #include "kvstore/block_key.h"
 #include "kvstore/page_pool.h"
@@ -69,18 +71,28 @@ struct RouterOptions {
   absl::Duration max_request_time = absl::Minutes(5);
   absl::Duration default_retention = absl::Minutes(10);  // session retention when unset
   absl::Duration max_retention = absl::Hours(24);
+  // A worker that fails to start a call (UNAVAILABLE: not reachable, died) is marked down
+  // this long: placement prefers every other live worker over it until then, and the
+  // failed request is retried on another decode worker at once instead of failing until the
+  // membership lease of the dead node expires.
+  absl::Duration down_after_failure = absl::Seconds(10);
   CostModelOptions cost;
   // The embedded node's own store (null for a router process): ListNodes and GetStats report
   // its tiers.
   TieredStore* local_store = nullptr;
   std::string local_node_id;  // the embedded node's id in the membership
   Clock* clock = nullptr;     // null: Clock::Real()
+  // Where the kvstrata_cluster_* request metrics go (requests by code, tokens by tier,
+  // handoff bytes and time, worker failures); null: the default registry.
+  MetricsRegistry* metrics = nullptr;
 };
 
 struct RouterCounters {
   uint64_t requests_ok = 0, requests_failed = 0, prefill_fallbacks = 0;
   uint64_t cached_tokens = 0, recomputed_tokens = 0, output_tokens = 0;
   uint64_t bytes_transferred = 0;
+  // Calls a decode or prefill worker failed with UNAVAILABLE (each marks the worker down).
+  uint64_t decode_failures = 0, prefill_failures = 0;
 };
 
 class RouterBackend final : public ServingBackend {
@@ -102,13 +114,24 @@ class RouterBackend final : public ServingBackend {
  private:
   struct Plan;
   struct Placement;
+  struct Started;
   // `lookup`: the request is a Lookup (no tokens to generate; only the prompt must fit).
   absl::Status Validate(const GenerateRequest& req, bool lookup = false) const;
   absl::StatusOr<Plan> MakePlan(const GenerateRequest& req, bool lookup = false);
   absl::StatusOr<GenerateResult> Run(const GenerateRequest& req, Route* route);
   // Picks the decode and (when the model hands prompts over) the prefill worker; notes in
   // the plan's reason when no prefill worker is live.
-  absl::StatusOr<Placement> Place(Plan& plan, Route* route);
+  // Workers in `failed` (this request's failures) are not picked.
+  absl::StatusOr<Placement> Place(Plan& plan, Route* route,
+                                  const std::set<std::string>& failed = {});
+  // Starts the request's decode session on `first`'s decode worker, or on another (placed
+  // again) when one fails to start with UNAVAILABLE (it is marked down). UNAVAILABLE naming the
+  // last failure when no other live decode worker is left.
+  absl::StatusOr<Started> StartDecode(Plan& plan, Placement first,
+                                      const decode::DecodeRequest& dreq, absl::Time deadline,
+                                      Route* route);
+  // Marks `node_id` down for options_.down_after_failure after `error` (logged, counted).
+  void MarkDown(const std::string& node_id, kvstrata::v1::Role role, const absl::Status& error);
   // Pins the blocks the plan loads on their home; none when nothing is loaded or the pin
   // failed (logged: the workers then compute those blocks).
   std::optional<CachedRun> PinPrefix(const GenerateRequest& req, const Plan& plan);
@@ -128,9 +151,11 @@ class RouterBackend final : public ServingBackend {
   // prefix for the blocks it loaded; `bytes` is what the worker reported reading for them
   // (0: unknown, the configured page size is used).
   void AccountLoad(const Plan& plan, RequestStats* st, uint64_t bytes);
-  // The live member with `role` best for a chain rooted at `root` near `near_address`.
+  // The live member with `role` best for a chain rooted at `root` near `near_address`, not in
+  // `failed`; members marked down come last.
   absl::StatusOr<kvstrata::v1::NodeInfo> Pick(kvstrata::v1::Role role, const BlockKey& root,
-                                              const std::string& near_address);
+                                              const std::string& near_address,
+                                              const std::set<std::string>& failed = {});
   void FillTiers(kvstrata::v1::NodeInfo* node);
   Clock* clock() const { return options_.clock != nullptr ? options_.clock : Clock::Real(); }
 
@@ -142,6 +167,12 @@ class RouterBackend final : public ServingBackend {
   kv::Mutex mu_;
   std::map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);  // per worker node id
   RouterCounters counters_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, absl::Time> down_until_ ABSL_GUARDED_BY(mu_);  // per worker node id
+  // The request metrics (see RouterOptions::metrics). Owned by the registry.
+  void Record(const absl::StatusOr<GenerateResult>& r);
+  MetricsRegistry* const reg_;
+  Histogram* const handoff_seconds_;
+  Counter* const handoff_bytes_;
 };
 
 }  // namespace kv::cluster

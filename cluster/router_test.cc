@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -42,7 +43,8 @@ struct World {
   // Behaviour.
   std::vector<int32_t> tokens = {11, 12, 13, 14};
   bool prefill_fails = false;
-  int decode_fails_at = -1;  // Next() fails instead of emitting this token index
+  int decode_fails_at = -1;           // Next() fails instead of emitting this token index
+  std::set<std::string> dead_decode;  // StartDecode on these fails as on a dead process
   int64_t cached_blocks = 0;
   std::string cache_address = "10.0.0.1:7000";
 
@@ -122,6 +124,9 @@ class FakeWorker final : public WorkerClient {
     w_->decode_calls.push_back(node_);
     w_->decode_requests.push_back(request);
     w_->deadlines.push_back(deadline);
+    if (w_->dead_decode.contains(node_)) {
+      return absl::UnavailableError("failed to connect to all addresses");
+    }
     return std::make_unique<FakeDecodeCall>(w_, node_, request);
   }
   absl::StatusOr<prefill::PrefillDone> Prefill(const prefill::PrefillRequest& request,
@@ -225,6 +230,7 @@ class RouterTest : public ::testing::Test {
     o.prefill_handoff = prefill_handoff;
     o.max_request_time = kMaxRequestTime;
     o.clock = &clock_;
+    o.metrics = &metrics_;
     router_ = std::make_unique<RouterBackend>(
         membership_.get(), &pool_,
         [this](const pb::NodeInfo& n) {
@@ -242,6 +248,7 @@ class RouterTest : public ::testing::Test {
   }
 
   FakeClock clock_;
+  MetricsRegistry metrics_;
   World world_{&clock_};
   FakePool pool_{&world_};
   std::unique_ptr<StaticMembership> membership_;
@@ -471,6 +478,63 @@ TEST_F(RouterTest, LoadSpreadsConcurrentRequestsOverPrefillWorkers) {
   EXPECT_FALSE(first.prefill_node_id.empty());
   EXPECT_FALSE(second.prefill_node_id.empty());
   EXPECT_NE(first.prefill_node_id, second.prefill_node_id);
+}
+
+}  // namespace
+}  // namespace kv::cluster
+
+namespace kv::cluster {
+namespace {
+
+// #18 item 7: a decode worker that died is marked down at its first failure and the request
+// is retried on a live one, instead of failing with a raw connect error until its membership
+// lease expires; with none left, the error says so.
+TEST_F(RouterTest, ADeadDecodeWorkerIsMarkedDownAtItsFirstFailure) {
+  Build({Node("decode-1", "10.0.0.2:7000", pb::ROLE_DECODE),
+         Node("decode-2", "10.0.0.4:7000", pb::ROLE_DECODE),
+         Node("prefill-near", "10.0.0.1:7001", pb::ROLE_PREFILL)});
+  Route first;
+  ASSERT_TRUE(router_->Generate(Request(), &first).ok());
+  const std::string dead = first.decode_node_id;
+  const std::string live = dead == "decode-1" ? "decode-2" : "decode-1";
+  world_.dead_decode = {dead};
+  {
+    kv::MutexLock l(&world_.mu);
+    world_.decode_calls.clear();
+  }
+  Route retried;
+  absl::StatusOr<GenerateResult> r = router_->Generate(Request(), &retried);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->tokens, world_.tokens);
+  EXPECT_EQ(retried.decode_node_id, live);
+  // The next request goes straight to the live worker: the dead one is down.
+  ASSERT_TRUE(router_->Generate(Request(), &retried).ok());
+  {
+    kv::MutexLock l(&world_.mu);
+    EXPECT_EQ(world_.decode_calls, (std::vector<std::string>{dead, live, live}));
+    world_.decode_calls.clear();
+  }
+  EXPECT_EQ(router_->Counters().decode_failures, 1u);
+  // Once its down time has passed, it is tried again first.
+  clock_.Advance(absl::Seconds(11));
+  world_.dead_decode = {};
+  ASSERT_TRUE(router_->Generate(Request(), &retried).ok());
+  EXPECT_EQ(retried.decode_node_id, dead);
+  // Both dead: the error names the failure and says no other worker is left.
+  world_.dead_decode = {"decode-1", "decode-2"};
+  absl::StatusOr<GenerateResult> none = router_->Generate(Request(), &retried);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(none.status().message().find("no other live decode worker"), std::string::npos)
+      << none.status();
+  EXPECT_NE(none.status().message().find("failed to connect"), std::string::npos);
+
+  // The router's /metrics: requests by code, decode-worker failures (1 + 2), handoff bytes.
+  const std::string m = metrics_.RenderPrometheus();
+  EXPECT_NE(m.find("kvstrata_cluster_requests_total{code=\"OK\"} 4"), std::string::npos) << m;
+  EXPECT_NE(m.find("kvstrata_cluster_requests_total{code=\"UNAVAILABLE\"} 1"), std::string::npos);
+  EXPECT_NE(m.find("kvstrata_cluster_worker_failures_total{role=\"decode\"} 3"), std::string::npos);
+  EXPECT_NE(m.find("kvstrata_cluster_handoff_bytes_total"), std::string::npos);
 }
 
 }  // namespace
