@@ -91,6 +91,14 @@ def hash_keys(seed, n):
     return keys
 
 
+def expected_payload(pool, index):
+    """The kvstrata payload of the pool's page at slot `index`, built independently."""
+    parts = [pool.page(index)] if pool.mla else list(pool.page(index))
+    if pool.layout == "page_first":
+        parts = [p.transpose(0, 1) for p in parts]  # [tokens, layers, ...] -> [layers, ...]
+    return torch.stack(parts, dim=1).contiguous().view(-1).view(torch.uint8)
+
+
 def slots(pages):
     return torch.cat([torch.arange(p * PAGE, (p + 1) * PAGE) for p in pages])
 
@@ -114,6 +122,13 @@ def test_pages_round_trip_between_two_engines(store, mla, layout, dtype, seed):
         for s, d in zip([1, 2, 3], [7, 9, 11]):
             assert torch.equal(dst.page(d * PAGE), src.page(s * PAGE)), (s, d)
         assert torch.equal(dst.page(6 * PAGE), before)  # nothing else was written
+        # The stored page is a real kvstrata page of the documented layout: layer-major, per
+        # layer K then V (MHA), each [tokens, heads, head_dim] (vLLM's GQA block order).
+        page = torch.zeros(a._staging.page_bytes, dtype=torch.uint8)
+        with kvstrata.Client([store.address], token=TOKEN) as c:
+            assert c.batch_get_into([a.kv_key(keys[0])], [page])[0].ok
+        off, n = kvstrata.page_payload(page, a.kv_key(keys[0]))
+        assert torch.equal(page[off:off + n], expected_payload(src, 0))
         # Setting again is idempotent.
         assert a.batch_set_v1(keys[:2], slots([0, 1])) == [True, True]
     finally:

@@ -158,6 +158,16 @@ def test_second_request_loads_the_first_ones_kv(store, layout):
                 got, want = e2.block(layer, ids2[b]), e1.block(layer, ids1[b])
                 assert want.abs().sum() > 0
                 assert torch.equal(got, want), (layer, b)
+        # The stored page has the documented layout: per layer (registration order) the
+        # block's K then V (GQA) or its records (MLA).
+        key = e1.sched._keys(r1)[0]
+        page = torch.zeros(e1.worker._save_staging.page_bytes, dtype=torch.uint8)
+        with kvstrata.Client([store.address], token=TOKEN) as c:
+            assert c.batch_get_into([key], [page])[0].ok
+        off, n = kvstrata.page_payload(page, key)
+        want = torch.cat([e1.block(layer, ids1[0]).contiguous().view(-1).view(torch.uint8)
+                          for layer in range(LAYERS)])
+        assert torch.equal(page[off:off + n], want)
         # The loaded blocks came from kvstrata: nothing recomputed them in e2.
         st = e2.worker._client.stats()
         assert st["hits"] == 5, st
