@@ -201,6 +201,46 @@ def test_cache_salt_isolates_requests(store):
         e.close()
 
 
+def test_chunked_prefill_saves_blocks_as_they_complete(store):
+    """Prefill in two scheduler steps (a new request, then a cached one): each step saves the
+    full prompt blocks it completes, and another engine then finds them."""
+    tokens = prompt(6, 6 * BS + 5)
+    req = Request("chunked", tokens)
+    e, probe = Engine(store.address), Engine(store.address)
+    try:
+        assert e.sched.get_num_new_matched_tokens(req, 0) == (0, False)
+        ids = list(range(7))
+        e.sched.update_state_after_alloc(req, Blocks(ids[:4]), 0)
+        chunks = [(ns(scheduled_new_reqs=[ns(req_id="chunked", block_ids=(ids[:4],),
+                                             num_computed_tokens=0)],
+                      scheduled_cached_reqs=ns(req_ids=[], new_block_ids=[],
+                                               num_computed_tokens=[]),
+                      num_scheduled_tokens={"chunked": 3 * BS + 4}), 3),
+                  (ns(scheduled_new_reqs=[],
+                      scheduled_cached_reqs=ns(req_ids=["chunked"], new_block_ids=[(ids[4:],)],
+                                               num_computed_tokens=[3 * BS + 4]),
+                      num_scheduled_tokens={"chunked": 3 * BS + 1}), 6)]
+        for so, blocks_done in chunks:
+            meta = e.sched.build_connector_meta(so)
+            e.worker.bind_connector_metadata(meta)
+            e.worker.start_load_kv(None)
+            for layer, name in enumerate(e.kv):
+                e.worker.wait_for_layer_load(name)
+                for b in range(blocks_done):
+                    dst = e.block(layer, ids[b])
+                    dst.copy_(computed_kv(dst, req.block_hashes[b], layer))
+                e.worker.save_kv_layer(name, e.kv[name], None)
+            e.worker.wait_for_save()
+            e.worker.clear_connector_metadata()
+            other = Request("probe", tokens)
+            assert probe.sched.get_num_new_matched_tokens(other, 0) == (
+                min(blocks_done, 6) * BS, False), blocks_done
+        assert e.sched.request_finished(req, ids) == (False, None)
+    finally:
+        e.close()
+        probe.close()
+
+
 class FlipByteClient:
     """A fault injector over a real kvstrata.Client: after a successful batch_get_into it flips
     one byte of the KV payload of the pages at `corrupt` (as memory or a link might)."""
