@@ -42,7 +42,10 @@
  * kvstrata_page_*) are safe from any thread.
  *
  * ABI. Only kvstrata_* symbols are exported. Structs that may grow carry `struct_size`; set
- * it with the matching *_init function. KVSTRATA_ABI_VERSION is bumped with the soname. */
+ * it with the matching *_init function. KVSTRATA_ABI_VERSION is bumped with the soname.
+ * Additions are additive: new calls get their own symbol version node (KVSTRATA_0.2: the
+ * engine block hash calls), and fields appended to a struct are read only when the caller's
+ * struct_size covers them. */
 #ifndef KVSTRATA_KVSTRATA_H_
 #define KVSTRATA_KVSTRATA_H_
 
