@@ -90,3 +90,27 @@ def test_seed_defaults_to_pythonhashseed_and_is_required(monkeypatch):
     monkeypatch.delenv("PYTHONHASHSEED")
     with pytest.raises(ValueError, match="PYTHONHASHSEED"):
         kvstrata.engine_block_hashes(tokens)
+
+
+def test_gqa_pages_take_their_geometry():
+    """page_size / encode_page with gqa=(heads, head_dim) (kvstrata_page_spec's appended
+    fields): the payload is layers x (K + V) x tokens x heads x dim, and a missing or
+    misplaced geometry is refused by name."""
+    page, kv = kvstrata.page_size("gqa-bf16", 16, 4, gqa=(8, 128))
+    assert kv == 4 * 2 * 16 * 8 * 128 * 2 and page > kv
+    assert kvstrata.page_size("gqa-fp8", 16, 4, gqa=(8, 128))[1] == kv // 2
+    with pytest.raises(kvstrata.Error, match="num_kv_heads"):
+        kvstrata.page_size("gqa-bf16", 16, 4)
+    with pytest.raises(kvstrata.Error, match="not a GQA layout"):
+        kvstrata.page_size("mla-fp8-656", 16, 4, gqa=(8, 128))
+    key = bytes(range(32))
+    payload = bytes(range(256)) * (kv // 256)
+    out = bytearray(page)
+    kvstrata.encode_page("gqa-bf16", key, payload, out, 16, 4, gqa=(8, 128))
+    off, n = kvstrata.page_payload(bytes(out), key)
+    assert bytes(out[off:off + n]) == payload
+    with pytest.raises(kvstrata.Error):  # payload size is not the geometry's
+        kvstrata.encode_page("gqa-bf16", key, payload, out, 16, 4, gqa=(4, 128))
+    swapped = bytearray(page)  # same size, other geometry: a different (header) page
+    kvstrata.encode_page("gqa-bf16", key, payload, swapped, 16, 4, gqa=(16, 64))
+    assert swapped != out and swapped[off:] == out[off:]
