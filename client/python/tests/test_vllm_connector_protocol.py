@@ -303,6 +303,30 @@ def test_missing_pages_are_reported(store, own_store):
         e2.close()
 
 
+def test_hashes_of_another_seed_disable_the_connector(store):
+    """vLLM hashing with another seed than PYTHONHASHSEED says (a misconfigured engine): the
+    connector notices on the first request and neither finds nor writes pages."""
+    tokens = prompt(7, 3 * BS + 1)
+    good = Engine(store.address)
+    try:
+        good.step(Request("ok", tokens))
+        assert good.sched.get_num_new_matched_tokens(Request("ok2", tokens), 0) == (3 * BS,
+                                                                                    False)
+    finally:
+        good.close()
+    bad = Engine(store.address)
+    try:
+        wrong = Request("wrong", tokens)
+        wrong.block_hashes = ref.block_hashes("1", tokens, BS)
+        assert bad.sched.get_num_new_matched_tokens(wrong, 0) == (0, False)
+        _, n, _ = bad.step(Request("later", tokens))  # disabled for good: no lookup either
+        assert n == 0
+        assert bad.sched.build_connector_meta(ns(scheduled_new_reqs=[], num_scheduled_tokens={},
+                                                 scheduled_cached_reqs=None)).saves == []
+    finally:
+        bad.close()
+
+
 def test_refuses_unsafe_or_wrong_configuration(store, monkeypatch):
     cfg = vllm_config(store.address)
     with pytest.raises(ValueError, match="layout"):

@@ -53,7 +53,9 @@ holding it), ``namespace`` ("shared" or a tenant, default "shared"), ``layout`` 
 gqa-bf16, gqa-fp8, mla-bf16-1152, mla-fp8-656), ``model_fingerprint`` (64 hex digits; default
 SHA-256 of the model name and layout), ``transport`` (auto/ucx/grpc), ``timeout_ms``.
 The connector refuses to start when PYTHONHASHSEED is unset (vLLM then hashes with a random
-seed and no two engines could share a block) or when vLLM's hash algorithm is not sha256_cbor.
+seed and no two engines could share a block) or when vLLM's hash algorithm is not sha256_cbor,
+and it recomputes the first block hash of the first plain request itself: if vLLM's differs,
+it disables itself (all misses, no saves) rather than write pages no other engine could find.
 
 Thread safety: vLLM calls each instance from one thread; the only other thread is the load
 worker, joined before its results are used. Ownership: the connector owns its Client and
@@ -191,6 +193,7 @@ class KvstrataConnector(_Base):
             parse_addresses(cfg.get("addresses"), "kv_connector_extra_config"), token=token,
             transport=cfg.get("transport", "auto"), timeout_ms=int(cfg.get("timeout_ms", 10000)))
         # scheduler side
+        self._hash_check = None  # vLLM's hashes verified (True), refused (False), unchecked
         self._reqs = {}
         self._last_lookup = {}   # req_id -> num_computed_tokens of the latest lookup
         # worker side
@@ -206,9 +209,34 @@ class KvstrataConnector(_Base):
 
     # ---- scheduler side ---------------------------------------------------------------------
 
+    def _hashes_trusted(self, request, hashes):
+        """Whether vLLM's block hashes are the sha256_cbor hashes of PYTHONHASHSEED: checked
+        once, on the first request without multimodal inputs or prompt embeddings, by
+        recomputing its first block. A mismatch (another algorithm or seed than this process
+        was told) disables the connector (every lookup a miss, nothing saved), because its
+        pages could never be found by other engines."""
+        if self._hash_check is not None:
+            return self._hash_check
+        if getattr(request, "mm_features", None) or \
+                getattr(request, "prompt_embeds", None) is not None:
+            return True  # not checkable on this request; trust it and check a later one
+        lora = getattr(getattr(request, "lora_request", None), "lora_name", None)
+        mine = kvstrata.engine_block_hashes(
+            request.prompt_token_ids[:self.block_size], self.block_size,
+            seed=os.environ["PYTHONHASHSEED"], lora_name=lora,
+            cache_salt=getattr(request, "cache_salt", None))
+        self._hash_check = bytes(hashes[0]) == mine[0]
+        if not self._hash_check:
+            logger.error("KvstrataConnector: vLLM's block hashes are not sha256_cbor with "
+                         "PYTHONHASHSEED=%r; the connector is disabled",
+                         os.environ["PYTHONHASHSEED"])
+        return self._hash_check
+
     def _keys(self, request):
         """kvstrata keys of the request's full prompt blocks (vLLM's block hashes)."""
         hashes = list(getattr(request, "block_hashes", None) or [])
+        if not hashes or not self._hashes_trusted(request, hashes):
+            return []
         n = min(len(hashes), int(request.num_prompt_tokens) // self.block_size)
         return kvstrata.keys_from_engine_hashes(self.space, [bytes(h) for h in hashes[:n]])
 
