@@ -194,11 +194,37 @@ def test_refuses_pools_it_cannot_store(store):
         kvs.KvstrataStorage(storage_config(store.address, False, addresses=""), {})
     b = backend(store.address, HostPool(False))
     try:
-        with pytest.raises(NotImplementedError, match="interface_v1"):
+        with pytest.raises(ValueError, match="target_locations"):
             b.get("00")
+        with pytest.raises(ValueError, match="bytes; a page is"):
+            b.set("00", torch.zeros(8, dtype=torch.uint8))
         with pytest.raises(ValueError, match="buffers"):
             b.batch_get_v1(hash_keys(70, 2), slots([0]))  # 1 page of buffers for 2 keys
     finally:
+        b.close()
+
+
+@pytest.mark.parametrize("mla", [False, True])
+def test_flat_page_api_interoperates_with_v1(store, mla):
+    """get/set/batch_get/batch_set with flat data pages (MHA: K then V) read and write the
+    same kvstrata pages as the zero-copy calls."""
+    src, dst = HostPool(mla, seed=8), HostPool(mla, seed=9)
+    a, b = backend(store.address, src), backend(store.address, dst)
+    keys = hash_keys(80 + mla, 3)
+    try:
+        assert a.batch_set_v1(keys[:2], slots([0, 1])) == [True, True]
+        flat = [torch.zeros(src.page(0).numel(), dtype=src.dtype) for _ in range(2)]
+        got = b.batch_get(keys[:3], flat + [torch.zeros_like(flat[0])])
+        assert got[0] is flat[0] and got[1] is flat[1] and got[2] is None
+        for i in range(2):
+            assert torch.equal(flat[i], src.page(i * PAGE).contiguous().view(-1))
+        page2 = src.page(2 * PAGE).contiguous().view(-1)
+        assert b.set(keys[2], page2) is True
+        assert b.batch_get_v1(keys[2:], slots([5])) == [True]
+        assert torch.equal(dst.page(5 * PAGE), src.page(2 * PAGE))
+        assert torch.equal(b.get(keys[2], torch.zeros_like(page2)), page2)
+    finally:
+        a.close()
         b.close()
 
 

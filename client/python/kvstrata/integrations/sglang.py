@@ -45,6 +45,10 @@ batch_get_v1 reads pages into the staging area with ``batch_get_into``, verifies
 against its key and scatters its payload to the page's ranges. A page that is missing or
 fails verification is reported False and its host memory is not written.
 
+The older tensor API (``get``, ``set``, ``batch_get``, ``batch_set``) takes flat data pages
+(``pool.get_data_page(index, flat=True)``: MHA K then V, MLA the KV, in the pool's page order)
+and reads and writes the same kvstrata pages.
+
 Configuration (``storage_config.extra_config``): ``addresses`` (required), ``token`` or
 ``token_env``, ``namespace`` (default "shared"), ``model_fingerprint`` (64 hex digits; default
 SHA-256 of the model name and geometry), ``transport``, ``timeout_ms``.
@@ -216,13 +220,21 @@ class KvstrataStorage(_Base):
     def batch_set_v1(self, keys, host_indices, extra_info=None):
         """Writes the pages at host_indices under `keys`. [bool] per key: stored (or already
         there). MLA ranks other than 0 write nothing and report True."""
+        if self.is_mla and self.tp_rank != 0:
+            return [True] * len(keys)
+        return self._write(keys, self._ranges(host_indices, len(keys)) if keys else [])
+
+    def batch_get_v1(self, keys, host_indices, extra_info=None):
+        """Reads the pages of `keys` into the host pool at host_indices. [bool] per key; a
+        False page's host memory is untouched."""
+        return self._read(keys, self._ranges(host_indices, len(keys)) if keys else [])
+
+    def _write(self, keys, ranges):
+        """Encodes and writes one page per key from its host ranges; [bool] per key."""
         n = len(keys)
         if n == 0:
             return []
-        if self.is_mla and self.tp_rank != 0:
-            return [True] * n
         kv_keys = [self.kv_key(k) for k in keys]
-        ranges = self._ranges(host_indices, n)
         with self._lock:
             self._staging.ensure(n)
             pages = []
@@ -236,18 +248,17 @@ class KvstrataStorage(_Base):
             try:
                 st = self._client.batch_put_from(self.space, kv_keys, pages)
             except kvstrata.Error as e:
-                logger.warning("kvstrata batch_set_v1 failed: %s", e)
+                logger.warning("kvstrata write of %d pages failed: %s", n, e)
                 return [False] * n
         return [s.ok for s in st]
 
-    def batch_get_v1(self, keys, host_indices, extra_info=None):
-        """Reads the pages of `keys` into the host pool at host_indices. [bool] per key; a
-        False page's host memory is untouched."""
+    def _read(self, keys, ranges):
+        """Reads, verifies and scatters one page per key into its host ranges; [bool] per
+        key (False: missing or failed verification; its ranges are untouched)."""
         n = len(keys)
         if n == 0:
             return []
         kv_keys = [self.kv_key(k) for k in keys]
-        ranges = self._ranges(host_indices, n)
         ok = [False] * n
         with self._lock:
             self._staging.ensure(n)
@@ -255,7 +266,7 @@ class KvstrataStorage(_Base):
             try:
                 st = self._client.batch_get_into(kv_keys, rows)
             except kvstrata.Error as e:
-                logger.warning("kvstrata batch_get_v1 failed: %s", e)
+                logger.warning("kvstrata read of %d pages failed: %s", n, e)
                 return ok
             for i, s in enumerate(st):
                 if not s.ok:
@@ -286,13 +297,44 @@ class KvstrataStorage(_Base):
     def exists(self, key):
         return self.batch_exists([key]) == 1
 
-    # ---- the older tensor API: not offered ----------------------------------------------------
+    # ---- the older tensor API (flat data pages) ------------------------------------------------
 
-    def _v1_only(self, *args, **kwargs):
-        raise NotImplementedError("KvstrataStorage implements HiCache's zero-copy page API: "
-                                  "run with \"interface_v1\": 1 in the extra config")
+    def _flat_ranges(self, tensors, what):
+        """Flat data pages (pool.get_data_page(index, flat=True): MHA K then V, MLA the KV, in
+        the pool's page order) split into their host ranges."""
+        out = []
+        per = 1 if self.is_mla else 2
+        for i, t in enumerate(tensors):
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or \
+                    not t.is_contiguous():
+                raise ValueError(f"{what}[{i}] must be a contiguous CPU tensor")
+            b = t.view(-1).view(torch.uint8)
+            if b.numel() != per * self._half:
+                raise ValueError(f"{what}[{i}] is {b.numel()} bytes; a page is "
+                                 f"{per * self._half}")
+            out.append([b[j * self._half:(j + 1) * self._half] for j in range(per)])
+        return out
 
-    get = batch_get = set = batch_set = _v1_only
+    def batch_set(self, keys, values=None, target_locations=None, target_sizes=None):
+        """Writes flat data pages `values` under `keys`; True when every page is stored."""
+        if self.is_mla and self.tp_rank != 0:
+            return True
+        return all(self._write(keys, self._flat_ranges(values or [], "values")))
+
+    def batch_get(self, keys, target_locations=None, target_sizes=None):
+        """Reads pages into the flat data pages `target_locations`: per key the tensor, or None
+        when the page is missing or failed verification."""
+        if target_locations is None:
+            raise ValueError("KvstrataStorage.batch_get needs target_locations")
+        ok = self._read(keys, self._flat_ranges(target_locations, "target_locations"))
+        return [t if good else None for t, good in zip(target_locations, ok)]
+
+    def get(self, key, target_location=None, target_sizes=None):
+        locations = [target_location] if target_location is not None else None
+        return self.batch_get([key], locations)[0]
+
+    def set(self, key, value=None, target_location=None, target_sizes=None):
+        return self.batch_set([key], [value])
 
     def close(self):
         with self._lock:
