@@ -1,5 +1,6 @@
 // Block keys and pages for callers without C++ (kvstrata/kvstrata.h "keys and pages"): thin,
 // checked wrappers of kvstore/block_key.h and kvstore/page_format.h.
+#include <cstddef>
 #include <cstring>
 
 #include "client/client_internal.h"
@@ -22,7 +23,9 @@ absl::StatusOr<std::string_view> CString(const char* s, size_t max, const char* 
 
 absl::StatusOr<PageSpec> ToPageSpec(const kvstrata_page_spec* spec) {
   RETURN_IF_ERROR(NotNull(spec, "spec"));
-  if (spec->struct_size < sizeof(kvstrata_page_spec)) {
+  // Callers built before the GQA fields were appended pass the shorter struct.
+  constexpr size_t kV1Size = offsetof(kvstrata_page_spec, num_kv_heads);
+  if (spec->struct_size < kV1Size) {
     return absl::InvalidArgumentError(
         "spec->struct_size is too small: initialise it with kvstrata_page_spec_init");
   }
@@ -36,6 +39,17 @@ absl::StatusOr<PageSpec> ToPageSpec(const kvstrata_page_spec* spec) {
   p.token_count = spec->token_count;
   p.first_layer = spec->first_layer;
   p.layer_count = spec->layer_count;
+  if (spec->struct_size >= sizeof(kvstrata_page_spec)) {
+    p.gqa = GqaGeometry{spec->num_kv_heads, spec->head_dim};
+  }
+  if (layout.is_gqa() && (p.gqa.num_kv_heads == 0 || p.gqa.head_dim == 0)) {
+    return absl::InvalidArgumentError(
+        StrCat("layout ", name, " needs spec->num_kv_heads and spec->head_dim"));
+  }
+  if (!layout.is_gqa() && (p.gqa.num_kv_heads != 0 || p.gqa.head_dim != 0)) {
+    return absl::InvalidArgumentError(
+        StrCat("layout ", name, " is not a GQA layout: num_kv_heads and head_dim must be 0"));
+  }
   return p;
 }
 

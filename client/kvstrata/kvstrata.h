@@ -38,10 +38,14 @@
  * Thread safety. A kvstrata_client may be used by many threads at once, for every call
  * except kvstrata_close, which must not race any other call on the same client. Buffers
  * must not be unregistered while a call that uses them runs. The pure helpers
- * (kvstrata_derive_block_keys, kvstrata_page_*) are safe from any thread.
+ * (kvstrata_derive_block_keys, kvstrata_engine_block_hashes, kvstrata_keys_from_engine_hashes,
+ * kvstrata_page_*) are safe from any thread.
  *
  * ABI. Only kvstrata_* symbols are exported. Structs that may grow carry `struct_size`; set
- * it with the matching *_init function. KVSTRATA_ABI_VERSION is bumped with the soname. */
+ * it with the matching *_init function. KVSTRATA_ABI_VERSION is bumped with the soname.
+ * Additions are additive: new calls get their own symbol version node (KVSTRATA_0.2: the
+ * engine block hash calls), and fields appended to a struct are read only when the caller's
+ * struct_size covers them. */
 #ifndef KVSTRATA_KVSTRATA_H_
 #define KVSTRATA_KVSTRATA_H_
 
@@ -127,7 +131,7 @@ typedef struct kvstrata_options {
 typedef struct kvstrata_key_space {
   uint32_t struct_size;          /* sizeof(kvstrata_key_space); kvstrata_key_space_init */
   uint8_t model_fingerprint[32]; /* hash of the model config and weights identity */
-  const char* layout;            /* "mla-fp8-656", "mla-bf16-1152", "v4-fp8-584" */
+  const char* layout;            /* "mla-fp8-656", "mla-bf16-1152", "v4-fp8-584", "gqa-bf16", ... */
   uint32_t page_tokens;          /* tokens per block, 1..65536 */
   const char* key_namespace;     /* "shared", "tenant:NAME" or NAME (the tenant) */
 } kvstrata_key_space;
@@ -135,13 +139,45 @@ typedef struct kvstrata_key_space {
 /* What a page holds besides its KV bytes (kvstrata_page_encode). */
 typedef struct kvstrata_page_spec {
   uint32_t struct_size; /* sizeof(kvstrata_page_spec); kvstrata_page_spec_init */
-  const char* layout;   /* an MLA layout: "mla-fp8-656" or "mla-bf16-1152" */
+  const char* layout;   /* "mla-fp8-656", "mla-bf16-1152", "gqa-bf16" or "gqa-fp8" */
   kvstrata_key key;
   kvstrata_key parent; /* all zero for the first block of a chain */
   uint32_t token_count;
   uint32_t first_layer;
   uint32_t layer_count;
+  /* Added after ABI version 1's first release (read only when struct_size covers them, so
+   * callers built against the older header keep working): the head geometry of a GQA layout
+   * ("gqa-bf16", "gqa-fp8"; K and V of one token and layer are each num_kv_heads x head_dim
+   * elements). Both 0 for every other layout. */
+  uint32_t num_kv_heads;
+  uint32_t head_dim;
 } kvstrata_page_spec;
+
+/* One multimodal input of a request, for engine block hashes: its content identifier
+ * (vLLM's mm_feature.identifier; NUL-terminated UTF-8) and its placeholder token range
+ * [offset, offset + length) in the request. */
+typedef struct kvstrata_mm_item {
+  const char* identifier;
+  int64_t offset;
+  int64_t length;
+} kvstrata_mm_item;
+
+/* The inputs of vLLM's sha256_cbor block hashes besides the tokens
+ * (kvstrata_engine_block_hashes). Strings are NUL-terminated UTF-8, borrowed for the call. */
+typedef struct kvstrata_engine_hash_params {
+  uint32_t struct_size;       /* sizeof(kvstrata_engine_hash_params); *_init sets it */
+  const char* seed;           /* the engines' PYTHONHASHSEED, verbatim (NONE_HASH hashes it) */
+  uint32_t block_size;        /* tokens per block, 1..65536; default 16 */
+  int64_t start_token;        /* request position of tokens[0]: 0 or a multiple of block_size */
+  const kvstrata_key* parent; /* hash of the block before tokens[0]; NULL: NONE_HASH */
+  const char* lora_name;      /* NULL: no LoRA adapter */
+  const kvstrata_mm_item* mm_items; /* sorted by offset, non-overlapping; NULL when 0 */
+  size_t n_mm_items;
+  const char* cache_salt; /* NULL or "": no salt (mixed into the block at position 0) */
+  /* NULL, or one 32-byte prompt-embedding hash per full block of the call, in order. */
+  const kvstrata_key* prompt_embed_hashes;
+  size_t n_prompt_embed_hashes;
+} kvstrata_engine_hash_params;
 
 /* A looked-up block (kvstrata_lookup). */
 typedef struct kvstrata_block_info {
@@ -179,6 +215,7 @@ KVSTRATA_API int32_t kvstrata_abi_version(void);
 KVSTRATA_API void kvstrata_options_init(kvstrata_options* options);
 KVSTRATA_API void kvstrata_key_space_init(kvstrata_key_space* space);
 KVSTRATA_API void kvstrata_page_spec_init(kvstrata_page_spec* spec);
+KVSTRATA_API void kvstrata_engine_hash_params_init(kvstrata_engine_hash_params* params);
 
 /* ---- connection ------------------------------------------------------------------------- */
 
@@ -270,6 +307,27 @@ KVSTRATA_API int32_t kvstrata_derive_block_keys(const kvstrata_key_space* space,
                                                 const uint32_t* tokens, size_t n_tokens,
                                                 const kvstrata_key* parent, kvstrata_key* keys_out,
                                                 size_t max_keys, size_t* n_keys);
+/* vLLM's sha256_cbor prefix-cache block hashes (the engine run with
+ * --prefix-caching-hash-algo sha256_cbor and the same PYTHONHASHSEED): the hash of every full
+ * block of tokens[0..n_tokens) in order, 32 bytes each, written to hashes_out (room for
+ * max_hashes). *n_hashes = n_tokens / block_size. A partial trailing block has no hash.
+ * RESOURCE_EXHAUSTED when max_hashes is too small; INVALID_ARGUMENT naming the problem for a
+ * negative token id, a bad block_size or start_token, start_token > 0 without a parent,
+ * unsorted/overlapping/empty multimodal ranges, a prompt-embed hash count that is not the
+ * number of full blocks, or text that is not UTF-8. Pure; safe from any thread. */
+KVSTRATA_API int32_t kvstrata_engine_block_hashes(const kvstrata_engine_hash_params* params,
+                                                  const int64_t* tokens, size_t n_tokens,
+                                                  kvstrata_key* hashes_out, size_t max_hashes,
+                                                  size_t* n_hashes);
+/* The kvstrata keys of a chain of engine block hashes (one per hash, in order) under
+ * `space`: key i binds the space's model fingerprint, layout, page_tokens and namespace, key
+ * i-1 (*parent for i = 0; NULL: a new chain) and engine_hashes[i], so the same engine hashes
+ * give different keys in different namespaces, models or layouts. keys_out has room for n
+ * keys. INVALID_ARGUMENT for an invalid key space or NULL arrays with n > 0. Pure. */
+KVSTRATA_API int32_t kvstrata_keys_from_engine_hashes(const kvstrata_key_space* space,
+                                                      const kvstrata_key* engine_hashes, size_t n,
+                                                      const kvstrata_key* parent,
+                                                      kvstrata_key* keys_out);
 /* The sizes of a page: *page_bytes encoded, *kv_bytes its KV payload (token_count x
  * layer_count x the layout's record bytes, layer-major). Either may be NULL. */
 KVSTRATA_API int32_t kvstrata_page_size(const kvstrata_page_spec* spec, uint64_t* page_bytes,

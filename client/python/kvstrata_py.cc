@@ -11,6 +11,11 @@
 // Python threads; close() waits for calls in flight (a shared mutex) and later calls raise
 // ValueError.
 //
+// Raw memory. Wherever a buffer is taken, an (address, size) tuple of ints is also accepted,
+// for memory an engine owns that is not a Python object (SGLang's host KV pool hands out
+// addresses); the caller vouches for the range, which is checked only for being non-zero,
+// non-wrapping and at most 1 TiB.
+//
 // Errors: kvstrata.Error (code, code_name, message) for what the library refuses;
 // TypeError/ValueError for what Python passes wrong (not a buffer, not contiguous, read-only,
 // wrong dtype, a CUDA tensor, a closed client, a key that is not 32 bytes).
@@ -18,6 +23,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -25,6 +31,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -47,6 +54,10 @@ void Check(int32_t rc) {
 class Memory {
  public:
   Memory(py::handle obj, bool writable, bool bytes_only, const std::string& what) {
+    if (py::isinstance<py::tuple>(obj)) {  // (ptr, size): raw memory an engine owns
+      FromPointer(py::reinterpret_borrow<py::tuple>(obj), what);
+      return;
+    }
     if (py::hasattr(obj, "data_ptr") && py::hasattr(obj, "is_contiguous")) {  // torch.Tensor
       const std::string device = py::str(obj.attr("device").attr("type"));
       if (device != "cpu") {
@@ -97,6 +108,27 @@ class Memory {
   uint64_t size() const { return size_; }
 
  private:
+  // A raw (address, size) pair, for memory that is not a Python buffer (SGLang's host pool
+  // hands out addresses). The caller guarantees the range is valid for the call; we can only
+  // refuse what is certainly wrong.
+  void FromPointer(const py::tuple& t, const std::string& what) {
+    if (t.size() != 2 || !py::isinstance<py::int_>(t[0]) || !py::isinstance<py::int_>(t[1])) {
+      throw py::type_error(what + " is a tuple: expected (ptr: int, size: int)");
+    }
+    int64_t a = 0, n = 0;
+    try {
+      a = t[0].cast<int64_t>();
+      n = t[1].cast<int64_t>();
+    } catch (const py::cast_error&) {
+      throw py::value_error(what + ": ptr or size does not fit in 64 bits");
+    }
+    if (a <= 0 || n <= 0) throw py::value_error(what + ": ptr and size must be positive");
+    if (n > (int64_t{1} << 40) || a > INT64_MAX - n) {
+      throw py::value_error(what + ": (ptr, size) wraps around or exceeds 1 TiB");
+    }
+    ptr_ = reinterpret_cast<void*>(static_cast<uintptr_t>(a));
+    size_ = n;
+  }
   void Release() {
     if (view_ != nullptr) PyBuffer_Release(view_.get());
     view_.reset();
@@ -384,23 +416,27 @@ struct PageSpec {
   std::string layout;
   kvstrata_page_spec c{};
 };
+// gqa: (num_kv_heads, head_dim) for the GQA layouts, (0, 0) otherwise.
+using Gqa = std::pair<uint32_t, uint32_t>;
 PageSpec MakeSpec(const std::string& layout, uint32_t token_count, uint32_t layer_count,
                   uint32_t first_layer, std::optional<py::bytes> key,
-                  std::optional<py::bytes> parent) {
+                  std::optional<py::bytes> parent, Gqa gqa) {
   PageSpec s;
   s.layout = layout;
   kvstrata_page_spec_init(&s.c);
   s.c.token_count = token_count;
   s.c.layer_count = layer_count;
   s.c.first_layer = first_layer;
+  s.c.num_kv_heads = gqa.first;
+  s.c.head_dim = gqa.second;
   if (key.has_value()) s.c.key = ToKey(*key, "key");
   if (parent.has_value()) s.c.parent = ToKey(*parent, "parent");
   return s;
 }
 
 py::tuple PageSize(const std::string& layout, uint32_t token_count, uint32_t layer_count,
-                   uint32_t first_layer) {
-  PageSpec s = MakeSpec(layout, token_count, layer_count, first_layer, {}, {});
+                   uint32_t first_layer, Gqa gqa) {
+  PageSpec s = MakeSpec(layout, token_count, layer_count, first_layer, {}, {}, gqa);
   s.c.layout = s.layout.c_str();
   uint64_t page = 0, kv = 0;
   Check(kvstrata_page_size(&s.c, &page, &kv));
@@ -409,8 +445,8 @@ py::tuple PageSize(const std::string& layout, uint32_t token_count, uint32_t lay
 
 void EncodePage(const std::string& layout, py::bytes key, std::optional<py::bytes> parent,
                 uint32_t token_count, uint32_t layer_count, uint32_t first_layer, py::handle kv,
-                py::handle out) {
-  PageSpec s = MakeSpec(layout, token_count, layer_count, first_layer, key, parent);
+                py::handle out, Gqa gqa) {
+  PageSpec s = MakeSpec(layout, token_count, layer_count, first_layer, key, parent, gqa);
   s.c.layout = s.layout.c_str();
   Memory in(kv, false, false, "kv");
   Memory o(out, true, true, "out");
@@ -425,6 +461,61 @@ py::tuple PagePayload(py::handle page, std::optional<py::bytes> expect_key) {
   Check(
       kvstrata_page_payload(m.ptr(), m.size(), expect_key.has_value() ? &k : nullptr, &off, &len));
   return py::make_tuple(off, len);
+}
+
+// vLLM sha256_cbor block hashes (kvstrata_engine_block_hashes). mm_items: (identifier,
+// offset, length) tuples.
+py::list EngineBlockHashes(const std::vector<int64_t>& tokens, uint32_t block_size,
+                           const std::string& seed, std::optional<py::bytes> parent,
+                           int64_t start_token, std::optional<std::string> lora_name,
+                           const std::vector<std::tuple<std::string, int64_t, int64_t>>& mm_items,
+                           std::optional<std::string> cache_salt,
+                           const py::sequence& prompt_embed_hashes) {
+  kvstrata_engine_hash_params p;
+  kvstrata_engine_hash_params_init(&p);
+  p.seed = seed.c_str();
+  p.block_size = block_size;
+  p.start_token = start_token;
+  kvstrata_key parent_key;
+  if (parent.has_value()) {
+    parent_key = ToKey(*parent, "parent");
+    p.parent = &parent_key;
+  }
+  if (lora_name.has_value()) p.lora_name = lora_name->c_str();
+  std::vector<kvstrata_mm_item> mm;
+  for (const auto& [id, offset, length] : mm_items) {
+    mm.push_back({id.c_str(), offset, length});
+  }
+  p.mm_items = mm.data();
+  p.n_mm_items = mm.size();
+  if (cache_salt.has_value()) p.cache_salt = cache_salt->c_str();
+  std::vector<kvstrata_key> embeds;
+  for (size_t i = 0; i < prompt_embed_hashes.size(); ++i) {
+    embeds.push_back(
+        ToKey(prompt_embed_hashes[i], "prompt_embed_hashes[" + std::to_string(i) + "]"));
+  }
+  p.prompt_embed_hashes = embeds.data();
+  p.n_prompt_embed_hashes = embeds.size();
+  const size_t max = block_size > 0 ? tokens.size() / block_size : 0;
+  std::vector<kvstrata_key> out(std::max<size_t>(max, 1));
+  size_t n = 0;
+  Check(kvstrata_engine_block_hashes(&p, tokens.data(), tokens.size(), out.data(), max, &n));
+  py::list hashes;
+  for (size_t i = 0; i < n; ++i) hashes.append(KeyBytes(out[i]));
+  return hashes;
+}
+
+py::list KeysFromEngineHashes(const KeySpace& space, const py::sequence& hashes,
+                              std::optional<py::bytes> parent) {
+  std::vector<kvstrata_key> in = ToKeys(hashes);
+  kvstrata_key p;
+  if (parent.has_value()) p = ToKey(*parent, "parent");
+  std::vector<kvstrata_key> out(std::max<size_t>(in.size(), 1));
+  Check(kvstrata_keys_from_engine_hashes(&space.c, in.data(), in.size(),
+                                         parent.has_value() ? &p : nullptr, out.data()));
+  py::list keys;
+  for (size_t i = 0; i < in.size(); ++i) keys.append(KeyBytes(out[i]));
+  return keys;
 }
 
 }  // namespace
@@ -470,4 +561,6 @@ PYBIND11_MODULE(_kvstrata, m) {
   m.def("page_size", &PageSize);
   m.def("encode_page", &EncodePage);
   m.def("page_payload", &PagePayload);
+  m.def("engine_block_hashes", &EngineBlockHashes);
+  m.def("keys_from_engine_hashes", &KeysFromEngineHashes);
 }

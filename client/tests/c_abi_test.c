@@ -253,6 +253,61 @@ static void CorruptPut(kvstrata_client* cl) {
   free(mem);
 }
 
+/* Engine block identity: vLLM sha256_cbor hashes with LoRA, a multimodal item and a salt,
+ * matched against vectors of the independent Python reference
+ * (tests/engine_hash/vllm_block_hash_ref.py, hashlib + cbor2), and the kvstrata keys over
+ * them, which differ per namespace. */
+static int HexIs(const kvstrata_key* k, const char* hex) {
+  char s[2 * KVSTRATA_KEY_BYTES + 1];
+  for (int i = 0; i < KVSTRATA_KEY_BYTES; ++i) snprintf(s + 2 * i, 3, "%02x", k->bytes[i]);
+  return strcmp(s, hex) == 0;
+}
+
+static void EngineHashes(void) {
+  int64_t tokens[40];
+  for (int i = 0; i < 40; ++i) tokens[i] = 1000 + i;
+  kvstrata_mm_item mm = {"img", 20, 8};
+  kvstrata_engine_hash_params p;
+  kvstrata_engine_hash_params_init(&p);
+  CHECK(p.block_size == 16);
+  p.seed = "0";
+  p.lora_name = "ad";
+  p.mm_items = &mm;
+  p.n_mm_items = 1;
+  p.cache_salt = "tenant-a";
+  kvstrata_key h[2];
+  size_t n = 0;
+  CHECK_CODE(kvstrata_engine_block_hashes(&p, tokens, 40, h, 2, &n), KVSTRATA_OK);
+  CHECK(n == 2);
+  CHECK(HexIs(&h[0], "ab04cdcd969413723b2c83c29b59b6a46559195de593962727a54d0fefe42b61"));
+  CHECK(HexIs(&h[1], "b2fb27ea9ed437617a0e286e32eb2804e1fcba62bcb5ac8d6c0128dd3c5d1812"));
+  CHECK_CODE(kvstrata_engine_block_hashes(&p, tokens, 40, h, 1, &n), KVSTRATA_RESOURCE_EXHAUSTED);
+  tokens[3] = -1;
+  CHECK_CODE(kvstrata_engine_block_hashes(&p, tokens, 40, h, 2, &n), KVSTRATA_INVALID_ARGUMENT);
+  tokens[3] = 1003;
+
+  kvstrata_engine_hash_params_init(&p);
+  p.seed = "0";
+  p.lora_name = "ad";
+  p.mm_items = &mm;
+  p.n_mm_items = 1;
+  p.cache_salt = "tenant-a";
+  CHECK_CODE(kvstrata_engine_block_hashes(&p, tokens, 40, h, 2, &n), KVSTRATA_OK);
+  kvstrata_key_space space;
+  InitSpace(&space, "mla-fp8-656");
+  space.page_tokens = 16;
+  kvstrata_key keys[2], other[2];
+  CHECK_CODE(kvstrata_keys_from_engine_hashes(&space, h, 2, NULL, keys), KVSTRATA_OK);
+  CHECK(HexIs(&keys[0], "ff039db41de2c9fd1319098152f2bce38f1640d454e55d9e0b28e82ae629d9c2"));
+  CHECK(HexIs(&keys[1], "8b760d8f26048ee44fcad31ea231e66902d4dff6a52b7a59bb28d6552987937c"));
+  space.key_namespace = "shared";
+  CHECK_CODE(kvstrata_keys_from_engine_hashes(&space, h, 2, NULL, other), KVSTRATA_OK);
+  CHECK(memcmp(keys, other, sizeof(keys)) != 0);
+  space.layout = "no-such-layout";
+  CHECK_CODE(kvstrata_keys_from_engine_hashes(&space, h, 2, NULL, other),
+             KVSTRATA_INVALID_ARGUMENT);
+}
+
 int main(int argc, char** argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s ADDRESS TOKEN STORE_PID\n", argv[0]);
@@ -267,6 +322,7 @@ int main(int argc, char** argv) {
   CHECK_CODE(kvstrata_connect(addresses, 2, argv[2], &o, &cl), KVSTRATA_OK);
   if (cl == NULL) return 1;
   BadInput(cl);
+  EngineHashes();
 
   const size_t region = 8u << 20;
   uint8_t* src = malloc(region);       /* registered: pages go out over UCX */

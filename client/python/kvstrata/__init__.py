@@ -9,8 +9,9 @@
         results = c.batch_get_into(keys, list(dst))
         hits = [r.ok for r in results]
 
-Buffers are numpy arrays (or any C-contiguous object with the buffer protocol) and torch CPU
-tensors; pages are bytes, so page buffers have a 1-byte dtype (uint8/int8). No byte is copied
+Buffers are numpy arrays (or any C-contiguous object with the buffer protocol), torch CPU
+tensors, or (address, size) tuples of raw memory the caller keeps valid (an engine's host KV
+pool); pages are bytes, so page buffers have a 1-byte dtype (uint8/int8). No byte is copied
 in Python: the C library moves page bytes straight into or out of that memory, UCX one-sided
 into registered buffers (zero-copy), else from the gRPC message with one memcpy. The GIL is
 released during I/O.
@@ -22,6 +23,7 @@ outcomes of batch calls are KeyStatus values, never exceptions.
 
 Thread safety: a Client may be used from several threads; close() waits for calls in flight.
 """
+import os
 from collections import namedtuple
 
 from . import _kvstrata
@@ -137,15 +139,54 @@ def derive_block_keys(space, tokens, parent=None):
     return _kvstrata.derive_block_keys(space, [int(t) for t in tokens], parent)
 
 
-def page_size(layout, token_count, layer_count, first_layer=0):
-    """(page_bytes, kv_bytes) of a page."""
-    return _kvstrata.page_size(layout, token_count, layer_count, first_layer)
+def page_size(layout, token_count, layer_count, first_layer=0, gqa=None):
+    """(page_bytes, kv_bytes) of a page. gqa: (num_kv_heads, head_dim) for the GQA layouts
+    ("gqa-bf16", "gqa-fp8"), None otherwise."""
+    return _kvstrata.page_size(layout, token_count, layer_count, first_layer, _gqa(gqa))
 
 
-def encode_page(layout, key, kv, out, token_count, layer_count, parent=None, first_layer=0):
-    """Encodes the KV payload `kv` (kv_bytes, layer-major records) as a page into `out`
-    (exactly page_bytes, 1-byte dtype)."""
-    _kvstrata.encode_page(layout, key, parent, token_count, layer_count, first_layer, kv, out)
+def encode_page(layout, key, kv, out, token_count, layer_count, parent=None, first_layer=0,
+                gqa=None):
+    """Encodes the KV payload `kv` (kv_bytes, layer-major records; GQA: per layer K then V)
+    as a page into `out` (exactly page_bytes, 1-byte dtype)."""
+    _kvstrata.encode_page(layout, key, parent, token_count, layer_count, first_layer, kv, out,
+                          _gqa(gqa))
+
+
+def _gqa(gqa):
+    if gqa is None:
+        return (0, 0)
+    heads, head_dim = gqa
+    return (int(heads), int(head_dim))
+
+
+def engine_block_hashes(tokens, block_size=16, seed=None, parent=None, start_token=0,
+                        lora_name=None, mm_items=(), cache_salt=None, prompt_embed_hashes=()):
+    """vLLM's sha256_cbor prefix-cache block hashes (vLLM run with
+    --prefix-caching-hash-algo sha256_cbor): one 32-byte hash per full block of `tokens`.
+
+    seed is the engines' PYTHONHASHSEED as text (NONE_HASH = sha256_cbor(seed)); None takes
+    $PYTHONHASHSEED and raises ValueError when it is unset (vLLM then hashes randomly); parent the
+    hash of the block before tokens[0] (with start_token its request position, a multiple of
+    block_size); mm_items (identifier, offset, length) per multimodal input, sorted by
+    offset; cache_salt is mixed into the block at position 0; prompt_embed_hashes one 32-byte
+    hash per full block. Raises Error (INVALID_ARGUMENT) naming the problem."""
+    if seed is None:
+        seed = os.environ.get("PYTHONHASHSEED")
+        if seed is None:
+            raise ValueError("engine_block_hashes: pass seed= or set PYTHONHASHSEED (vLLM's "
+                             "NONE_HASH is random without it)")
+    mm = [(str(i), int(o), int(n)) for i, o, n in mm_items]
+    return _kvstrata.engine_block_hashes([int(t) for t in tokens], int(block_size), str(seed),
+                                         parent, int(start_token), lora_name, mm,
+                                         cache_salt or None, list(prompt_embed_hashes))
+
+
+def keys_from_engine_hashes(space, hashes, parent=None):
+    """kvstrata keys of a chain of engine block hashes under KeySpace `space` (they bind the
+    space's model fingerprint, layout, page size and namespace); `parent` is the kvstrata
+    key before hashes[0]."""
+    return _kvstrata.keys_from_engine_hashes(space, list(hashes), parent)
 
 
 def page_payload(page, expect_key=None):
