@@ -40,8 +40,8 @@
 // Not implemented in v1: PinBlocksRequest.promote_to other than TIER_UNSPECIFIED and TIER_HOST
 // (UNIMPLEMENTED), WriteOptions.target_tier (the store picks), layer/section reads (above).
 //
-// Metrics: kvstrata_pagestore_requests_total{rpc,code}, kvstrata_pagestore_bytes_read_total,
-// kvstrata_pagestore_bytes_written_total, kvstrata_pagestore_pages_rejected_total{reason},
+// Metrics: kvstrata_pagestore_requests_total{rpc,code}, kvstrata_pagestore_read_bytes_total,
+// kvstrata_pagestore_written_bytes_total, kvstrata_pagestore_pages_rejected_total{reason},
 // kvstrata_pagestore_leases (gauge, PageStore's).
 //
 // Thread-safety: gRPC calls the handlers concurrently; the service is safe for that. The

@@ -66,8 +66,8 @@ TEST_F(PageStoreTest, WriteLookupPinReadRoundTrip) {
             std::vector<pb::WriteOutcome>{pb::WRITE_OUTCOME_ALREADY_PRESENT});
   uint64_t total = 0;
   for (const auto& p : chain) total += p.bytes.size();
-  EXPECT_EQ(metrics_.GetCounter("kvstrata_pagestore_bytes_written_total", "")->Value(), total);
-  EXPECT_EQ(metrics_.GetCounter("kvstrata_pagestore_bytes_read_total", "")->Value(), total);
+  EXPECT_EQ(metrics_.GetCounter("kvstrata_pagestore_written_bytes_total", "")->Value(), total);
+  EXPECT_EQ(metrics_.GetCounter("kvstrata_pagestore_read_bytes_total", "")->Value(), total);
   EXPECT_EQ(metrics_
                 .GetCounter("kvstrata_pagestore_requests_total", "",
                             {{"rpc", "ReadPages"}, {"code", "OK"}})
