@@ -3,8 +3,10 @@
 
 Starts a store process on loopback (or uses --addr), writes a chain of 2.56 MB pages
 (mla-fp8-656, 64 tokens x 61 layers) from Python, then times batch_get_into of the whole chain
-into one registered buffer: R rounds from Python (numpy rows), R rounds from the C program
-client/bench/c_get_bench.c (built as build/client/kvstrata_client_c_bench). Prints both, the
+into one registered buffer from Python (numpy rows) and from the C program
+client/bench/c_get_bench.c (built as build/client/kvstrata_client_c_bench), in B interleaved
+blocks of R/B rounds per side, the side timed first alternating (ABBA) because whichever side
+runs first was measured faster in single-block runs. Prints both, the
 ratio python/c of throughput (goal >= 0.8) and, with --json, writes them to a file.
 
 Usage (from the repository root, after building kvstrata, kvstrata_py, kvstrata_client_c_bench):
@@ -12,7 +14,8 @@ Usage (from the repository root, after building kvstrata, kvstrata_py, kvstrata_
       --binary build/kvstrata --c-bench build/client/kvstrata_client_c_bench --json out.json
 
 Limits: loopback only (one host: UCX over TCP or shared memory, as UCX_TLS says); the store and
-the client share the machine's cores; best and mean of R rounds, after one warm-up round each.
+the client share the machine's cores; best and mean over all blocks, each block after one
+warm-up round.
 """
 import argparse
 import json
@@ -87,14 +90,26 @@ def time_python(client, keys, page_bytes, rounds):
     return {"mean_s": sum(times) / len(times), "best_s": min(times)}
 
 
-def run_c(a, addr, keyfile, page_bytes):
-    out = subprocess.run([a.c_bench, addr, TOKEN, keyfile, str(page_bytes), str(a.rounds)],
+def run_c(a, addr, keyfile, page_bytes, rounds):
+    out = subprocess.run([a.c_bench, addr, TOKEN, keyfile, str(page_bytes), str(rounds)],
                          check=True, capture_output=True, text=True, timeout=600)
     # The library's log lines may share stdout; the result is the line starting '{"pages"'.
     line = [x for x in out.stdout.splitlines() if x.startswith('{"pages"')]
     if not line:
         sys.exit("c_get_bench printed no result:\n" + out.stdout + out.stderr)
     return json.loads(line[-1])
+
+
+def report_python_only(a, keys, page_bytes, py, stats):
+    total = len(keys) * page_bytes
+    result = {"pages": len(keys), "page_bytes": page_bytes, "rounds": a.rounds,
+              "python_gb_per_s_mean": total / py["mean_s"] / 1e9,
+              "python_gb_per_s_best": total / py["best_s"] / 1e9,
+              "ucx_get_pages": stats["ucx_get_pages"], "grpc_get_pages": stats["grpc_get_pages"]}
+    print(json.dumps(result))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 def main():
@@ -105,35 +120,56 @@ def main():
     ap.add_argument("--pages", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--json", help="write the results to this file")
-    ap.add_argument("--c-first", action="store_true", help="time C before Python")
+    ap.add_argument("--token", default=TOKEN, help="bearer token (with --addr)")
+    ap.add_argument("--python-only", action="store_true",
+                    help="time only the Python side (kvstrata bench store's python row)")
+    ap.add_argument("--blocks", type=int, default=4,
+                    help="interleave: split the rounds into this many blocks per side, "
+                         "alternating which side goes first (ABBA), so neither side is "
+                         "always timed first")
     a = ap.parse_args()
+    if a.blocks < 1 or a.rounds < a.blocks:
+        sys.exit("--blocks must be in 1..--rounds")
     root = tempfile.mkdtemp(prefix="pyclient-bench-")
     proc = None
+    per_block = a.rounds // a.blocks
+    py_blocks, c_blocks = [], []
     try:
         addr = a.addr
         if addr is None:
             proc, addr = start_store(a.binary, root)
-        with kvstrata.Client([addr], token=TOKEN) as c:
+        with kvstrata.Client([addr], token=a.token) as c:
             keys, page_bytes = write_chain(c, a.pages)
             keyfile = os.path.join(root, "keys.hex")
             with open(keyfile, "w") as f:
                 f.writelines(k.hex() + "\n" for k in keys)
-            if a.c_first:  # the order check: C, then Python
-                c_res = run_c(a, addr, keyfile, page_bytes)
-            py = time_python(c, keys, page_bytes, a.rounds)
+            for b in range(a.blocks):
+                sides = ["python", "c"] if b % 2 == 0 else ["c", "python"]
+                if a.python_only:
+                    sides = ["python"]
+                for side in sides:
+                    if side == "python":
+                        py_blocks.append(time_python(c, keys, page_bytes, per_block))
+                    else:
+                        c_blocks.append(run_c(a, addr, keyfile, page_bytes, per_block))
             py_stats = c.stats()
-        if not a.c_first:
-            c_res = run_c(a, addr, keyfile, page_bytes)
     finally:
         if proc is not None:
             proc.kill()
             proc.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
+    merge = lambda bl: {"mean_s": sum(x["mean_s"] for x in bl) / len(bl),  # noqa: E731
+                        "best_s": min(x["best_s"] for x in bl)}
+    py = merge(py_blocks)
+    if a.python_only:
+        return report_python_only(a, keys, page_bytes, py, py_stats)
+    c_res = merge(c_blocks)
     total = len(keys) * page_bytes
     gbps = lambda s: total / s / 1e9  # noqa: E731
     result = {
         "pages": len(keys), "page_bytes": page_bytes, "rounds": a.rounds,
-        "ucx_tls": os.environ.get("UCX_TLS", "(default)"), "c_first": a.c_first,
+        "ucx_tls": os.environ.get("UCX_TLS", "(default)"), "blocks": a.blocks,
+        "rounds_per_block": per_block,
         "python": dict(py, gb_per_s_mean=gbps(py["mean_s"]), gb_per_s_best=gbps(py["best_s"]),
                        ucx_get_pages=py_stats["ucx_get_pages"],
                        grpc_get_pages=py_stats["grpc_get_pages"]),
@@ -141,8 +177,8 @@ def main():
     }
     result["ratio_mean"] = result["python"]["gb_per_s_mean"] / result["c"]["gb_per_s_mean"]
     result["ratio_best"] = result["python"]["gb_per_s_best"] / result["c"]["gb_per_s_best"]
-    print(f"batch_get_into of {len(keys)} x {page_bytes} B pages, {a.rounds} rounds "
-          f"(UCX_TLS={result['ucx_tls']}):")
+    print(f"batch_get_into of {len(keys)} x {page_bytes} B pages, {a.blocks} interleaved "
+          f"blocks of {per_block} rounds per side (UCX_TLS={result['ucx_tls']}):")
     for side in ("python", "c"):
         r = result[side]
         print(f"  {side:6s}: mean {r['mean_s'] * 1e3:8.2f} ms ({r['gb_per_s_mean']:6.2f} GB/s), "

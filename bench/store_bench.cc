@@ -44,6 +44,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -407,6 +408,22 @@ void AddRows(const Figures& x, BenchReport& r) {
   }
 }
 
+// The python row beside the C++ client's ucx-chain GET of 2.56 MB pages at 1 client.
+void AddPythonRow(double gbps, const std::vector<Figures>& figs, BenchReport& r) {
+  double cpp = 0;
+  for (const Figures& x : figs) {
+    if (x.op != Op::kGet || x.label != "2.56 MB x1") continue;
+    for (const auto& [path, st] : x.paths) {
+      if (path == "ucx-chain") cpp = st.gbps;
+    }
+  }
+  r.Add({.name = "python GET 2.56 MB x1 (kvstrata.Client.batch_get_into, a chain per call)",
+         .value = gbps,
+         .unit = "GB/s",
+         .limit_name = "C++ ucx-chain GET 2.56 MB x1, same run (goal >= 0.8)",
+         .limit = cpp});
+}
+
 // `pts` has one point per kvstrata path (same sizes, distinct keys: each path's PUTs store
 // new pages) and the last for Redis.
 absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis,
@@ -431,6 +448,36 @@ absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis,
     out.push_back(std::move(x));
   }
   return absl::OkStatus();
+}
+
+// The python row: kvstrata.Client.batch_get_into of a chain of --pages 2.56 MB pages per
+// call, from bench/python_client_bench.py against the same store (its own pages), beside
+// the C++ client's ucx-chain GET of the same size at 1 client.
+absl::StatusOr<double> MeasurePython(const Flags& f, const Store& s) {
+  const std::string out = f.dir + "/python.json";
+  const std::string cmd =
+      StrCat("PYTHONPATH='", f.python_path, "' /usr/bin/python3 '", f.python_bench,
+             "' --python-only --blocks=1 --addr=", s.address, " --token=", kToken,
+             " --pages=", f.pages, " --rounds=", std::max<int64_t>(f.rounds, 4), " --json='", out,
+             "' > '", f.dir, "/python.log' 2>&1");
+  if (std::system(cmd.c_str()) != 0) {
+    return absl::InternalError(StrCat("the python row failed; see ", f.dir, "/python.log"));
+  }
+  std::ifstream in(out);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string j = text.str();
+  const std::string key = "\"python_gb_per_s_mean\":";
+  const size_t at = j.find(key);
+  const size_t v = at == std::string::npos ? at : at + key.size();
+  const size_t stop = v == std::string::npos ? v : j.find_first_of(",}", v);
+  double gbps = 0;
+  if (stop == std::string::npos ||
+      !absl::SimpleAtod(absl::StripAsciiWhitespace(absl::string_view(j).substr(v, stop - v)),
+                        &gbps)) {
+    return absl::InternalError(StrCat("no python_gb_per_s_mean in ", out));
+  }
+  return gbps;
 }
 
 absl::Status WritePlot(const Flags& f, const std::vector<Figures>& figs) {
@@ -467,6 +514,7 @@ absl::Status Run(const Flags& f) {
     for (int64_t c : clients)
       total += c * f.pages * (kTokens * 656ull * l + 8192) * std::size(kKvstrataPaths);
   }
+  if (!f.python_bench.empty()) total += f.pages * (kTokens * 656ull * 61 + 8192);
   Store store;
   RETURN_IF_ERROR(Annotate(StartStore(f, total, store), "starting the store node"));
   Redis redis;
@@ -483,11 +531,17 @@ absl::Status Run(const Flags& f) {
           RunPoint(f, store, redis_error.ok() ? &redis : nullptr, pts, figs, redis_error));
     }
   }
+  std::optional<absl::StatusOr<double>> python;
+  if (!f.python_bench.empty()) python = MeasurePython(f, store);
   std::fprintf(stderr, "%60s\r", "");
   (void)store.process.Stop(SIGTERM, absl::Seconds(10));
   (void)redis.process.Stop(SIGTERM, absl::Seconds(10));
   BenchReport r("store");
   for (const Figures& x : figs) AddRows(x, r);
+  if (python) {
+    RETURN_IF_ERROR(python->status());
+    AddPythonRow(**python, figs, r);
+  }
   r.Note("method",
          "one page per request; GB/s = all clients' bytes / wall time; p50/p99 per "
          "request; loopback, store and Redis on this machine");
@@ -514,6 +568,10 @@ int RunStoreBench(int argc, char** argv) {
   flags.Int("rounds", &f.rounds, "timed GET passes over each client's pages");
   flags.String("redis-server", &f.redis_server, "path of redis-server (Redis 7)");
   flags.String("perftest", &f.perftest, "path of ucx_perftest");
+  flags.String("python-bench", &f.python_bench,
+               "path of bench/python_client_bench.py: adds the python row (empty: none)");
+  flags.String("python-path", &f.python_path,
+               "directory of the built kvstrata Python package (PYTHONPATH of the python row)");
   return RunSuite(flags, argc, argv, [&]() -> absl::Status {
     std::string tmpl = (std::filesystem::temp_directory_path() / "kvstrata-store-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) return ErrnoToStatus(errno, "creating a temp dir");

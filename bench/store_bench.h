@@ -29,6 +29,10 @@ struct Flags {
   int64_t rounds = 4;  // timed GET passes over each client's pages
   std::string redis_server = "/usr/bin/redis-server";
   std::string perftest = "/usr/bin/ucx_perftest";
+  // bench/python_client_bench.py and the directory holding the built kvstrata Python
+  // package: the python row (issue #17); empty script: no python row.
+  std::string python_bench;
+  std::string python_path = "build/client/python";
   std::string dir;  // scratch directory (made and removed by the run)
 };
 
