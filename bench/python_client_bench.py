@@ -158,8 +158,11 @@ def main():
             proc.kill()
             proc.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
-    merge = lambda bl: {"mean_s": sum(x["mean_s"] for x in bl) / len(bl),  # noqa: E731
-                        "best_s": min(x["best_s"] for x in bl)}
+    def merge(blocks):  # the last block's other fields (the C side's page counts)
+        out = dict(blocks[-1])
+        out.update(mean_s=sum(x["mean_s"] for x in blocks) / len(blocks),
+                   best_s=min(x["best_s"] for x in blocks))
+        return out
     py = merge(py_blocks)
     if a.python_only:
         return report_python_only(a, keys, page_bytes, py, py_stats)
