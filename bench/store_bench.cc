@@ -408,6 +408,33 @@ void AddRows(const Figures& x, BenchReport& r) {
   }
 }
 
+// Where a 2.56 MB page's UCX GET goes, each stage beside the request's p50 (the ratio is
+// the stage's share), and the one-sided get at ucx_perftest's rate.
+void AddStageRows(const UcxGetStages& st, const std::vector<Figures>& figs, BenchReport& r) {
+  double p50 = 0, perftest = 0;
+  for (const Figures& x : figs) {
+    if (x.op != Op::kGet || x.label != "2.56 MB x1") continue;
+    perftest = x.perftest;
+    for (const auto& [path, s] : x.paths) {
+      if (path == "ucx") p50 = s.p50_us;
+    }
+  }
+  const std::string lim = "ucx GET 2.56 MB x1 p50, same run";
+  for (const auto& [stage, us] :
+       {std::pair{"PinBlocks RPC (gRPC)", st.pin_us}, std::pair{"one-sided UCX get", st.get_us},
+        std::pair{"lease confirmed by its beacon, released", st.release_us},
+        std::pair{"in-place verification (XXH3 of the page)", st.verify_us},
+        std::pair{"the get at ucx_perftest's rate (computed)",
+                  perftest > 0 ? 2561216 / (perftest * 1e3) : 0.0}}) {
+    r.Add({.name = StrCat("ucx GET 2.56 MB x1 stage: ", stage),
+           .value = us,
+           .unit = "us",
+           .limit_name = lim,
+           .limit = p50,
+           .lower_is_better = true});
+  }
+}
+
 // The python row beside the C++ client's ucx-chain GET of 2.56 MB pages at 1 client.
 void AddPythonRow(double gbps, const std::vector<Figures>& figs, BenchReport& r) {
   double cpp = 0;
@@ -520,6 +547,7 @@ absl::Status Run(const Flags& f) {
   Redis redis;
   absl::Status redis_error = Annotate(StartRedis(f, redis), "starting redis-server");
   std::vector<Figures> figs;
+  std::optional<UcxGetStages> stages;
   uint64_t salt = 1;
   for (int64_t l : layers) {
     for (int64_t c : clients) {
@@ -529,6 +557,9 @@ absl::Status Run(const Flags& f) {
       }
       RETURN_IF_ERROR(
           RunPoint(f, store, redis_error.ok() ? &redis : nullptr, pts, figs, redis_error));
+      if (l == 61 && c == 1) {  // the ucx path's pages, stored by its PUT
+        ASSIGN_OR_RETURN(stages, MeasureUcxGetStages(f, store, pts[0].chains[0]));
+      }
     }
   }
   std::optional<absl::StatusOr<double>> python;
@@ -538,6 +569,7 @@ absl::Status Run(const Flags& f) {
   (void)redis.process.Stop(SIGTERM, absl::Seconds(10));
   BenchReport r("store");
   for (const Figures& x : figs) AddRows(x, r);
+  if (stages) AddStageRows(*stages, figs, r);
   if (python) {
     RETURN_IF_ERROR(python->status());
     AddPythonRow(**python, figs, r);

@@ -77,4 +77,14 @@ kvstrata::v1::WriteOptions StoreWriteOptions();
 absl::StatusOr<OpStats> MeasureUcx(const Flags& f, const Store& s, Op op, const Point& pt,
                                    bool whole_chain);
 
+// Where one page's UCX GET goes (medians over --rounds passes of `chain`, one page per
+// request, one client), GetPinned's steps taken one at a time: the PinBlocks RPC (gRPC), the
+// one-sided get, the lease's confirmation (a beacon read) and release (UnpinBlocks sent by a
+// thread), the in-place verification; in microseconds.
+struct UcxGetStages {
+  double pin_us = 0, get_us = 0, release_us = 0, verify_us = 0;
+};
+absl::StatusOr<UcxGetStages> MeasureUcxGetStages(const Flags& f, const Store& s,
+                                                 const std::vector<Page>& chain);
+
 }  // namespace kv::bench::store

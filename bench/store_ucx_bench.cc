@@ -8,6 +8,7 @@
 //   - GET: PinBlocks, one UCX get into the buffer, the page verified in place (checksums and
 //     key), UnpinBlocks.
 // A call that falls back to gRPC fails the measurement: this row is the UCX path or nothing.
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -103,7 +104,52 @@ absl::Status UcxGet(UcxClient& c, const std::vector<Page>& chain, size_t first, 
   return absl::OkStatus();
 }
 
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
 }  // namespace
+
+absl::StatusOr<UcxGetStages> MeasureUcxGetStages(const Flags& f, const Store& s,
+                                                 const std::vector<Page>& chain) {
+  ASSIGN_OR_RETURN(auto c, NewUcxClient(s, chain));
+  std::vector<double> pin, get, release, verify;
+  // GetPinned's steps, one at a time and timed: the get, the lease's confirmation and
+  // release, the in-place verification.
+  for (int round = 0; round < f.rounds + 1; ++round) {  // the first round warms up
+    for (const Page& p : chain) {
+      const BlockKey key = p.meta.key;
+      const absl::Time deadline = absl::Now() + absl::Seconds(30);
+      const double t0 = NowSeconds();
+      ASSIGN_OR_RETURN(cluster::PinnedPages pinned, c->rma->PinForRead({&key, 1}, deadline));
+      const double t1 = NowSeconds();
+      if (pinned.pages.size() != 1 || pinned.pages[0].remote == 0) {
+        return absl::InternalError("the store lent no region");
+      }
+      const cluster::PinnedPages::Page& lent = pinned.pages[0];
+      RETURN_IF_ERROR(c->rma->Transfer(pinned.peer, transport::OpKind::kRead,
+                                       {{c->region, 0, lent.remote, lent.remote_offset, lent.size}},
+                                       deadline));
+      const double t2 = NowSeconds();
+      bool by_beacon = false;
+      RETURN_IF_ERROR(c->rma->ConfirmAndRelease(pinned, deadline, &by_beacon));
+      const double t3 = NowSeconds();
+      RETURN_IF_ERROR(
+          cluster::VerifyPageInPlace(std::span<const uint8_t>(c->mem.data(), lent.size), key));
+      const double t4 = NowSeconds();
+      if (round == 0) continue;
+      pin.push_back((t1 - t0) * 1e6);
+      get.push_back((t2 - t1) * 1e6);
+      release.push_back((t3 - t2) * 1e6);
+      verify.push_back((t4 - t3) * 1e6);
+    }
+  }
+  return UcxGetStages{.pin_us = Median(pin),
+                      .get_us = Median(get),
+                      .release_us = Median(release),
+                      .verify_us = Median(verify)};
+}
 
 absl::StatusOr<OpStats> MeasureUcx(const Flags& f, const Store& s, Op op, const Point& pt,
                                    bool whole_chain) {
