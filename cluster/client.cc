@@ -105,11 +105,14 @@ absl::StatusOr<pb::ListNodesResponse> ClusterClient::ListNodes(absl::Duration ti
   return resp;
 }
 
-absl::StatusOr<pb::GetStatsResponse> ClusterClient::GetStats(absl::Duration timeout) {
+absl::StatusOr<pb::GetStatsResponse> ClusterClient::GetStats(absl::Duration timeout,
+                                                             bool all_nodes) {
   grpc::ClientContext ctx;
   Prepare(&ctx, timeout);
+  pb::GetStatsRequest req;
+  req.set_all_nodes(all_nodes);
   pb::GetStatsResponse resp;
-  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetStats(&ctx, pb::GetStatsRequest(), &resp)));
+  RETURN_IF_ERROR(FromGrpcStatus(stub_->GetStats(&ctx, req, &resp)));
   return resp;
 }
 

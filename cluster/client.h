@@ -50,7 +50,9 @@ class ClusterClient {
   absl::StatusOr<kvstrata::v1::LookupResponse> Lookup(const kvstrata::v1::LookupRequest& request,
                                                       absl::Duration timeout);
   absl::StatusOr<kvstrata::v1::ListNodesResponse> ListNodes(absl::Duration timeout);
-  absl::StatusOr<kvstrata::v1::GetStatsResponse> GetStats(absl::Duration timeout);
+  // With `all_nodes`, the router also collects every live node's stats (GetStatsResponse.nodes).
+  absl::StatusOr<kvstrata::v1::GetStatsResponse> GetStats(absl::Duration timeout,
+                                                          bool all_nodes = false);
 
  private:
   ClusterClient(std::shared_ptr<grpc::Channel> channel, std::string token);

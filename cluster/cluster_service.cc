@@ -350,6 +350,20 @@ grpc::ServerUnaryReactor* ClusterService::GetStats(grpc::CallbackServerContext* 
     SetDuration(absl::Seconds(ttft_->Quantile(0.99)), self->mutable_ttft_p99());
     SetDuration(clock()->Now() - started_, self->mutable_uptime());
   }
+  if (tenant.ok() && request->all_nodes()) {
+    // Other nodes answer over the network: off the gRPC thread, bounded by the call's
+    // deadline (at most 5 s).
+    const absl::Time deadline =
+        std::min(absl::FromChrono(ctx->deadline()), absl::Now() + absl::Seconds(5));
+    const bool scheduled =
+        threads_->Schedule([this, reactor, response, deadline, auth = AuthorizationOf(ctx)] {
+          backend_->CollectNodeStats(Context(), auth, deadline, response);
+          reactor->Finish(grpc::Status::OK);
+        });
+    if (scheduled) return reactor;
+    reactor->Finish(ToGrpcStatus(absl::UnavailableError("the server is shutting down")));
+    return reactor;
+  }
   reactor->Finish(ToGrpcStatus(tenant.status()));
   return reactor;
 }

@@ -50,6 +50,7 @@ PageStoreService::PageStoreService(TieredStore* store, TenantAuth auth,
       bytes_written_(metrics_->GetCounter("kvstrata_pagestore_written_bytes_total",
                                           "Page bytes stored by PageStore.WritePages")),
       pages_(store, StoreOptions(options_, metrics_)),
+      started_(absl::Now()),
       threads_(std::make_unique<ThreadPool>(std::max(1, options_.io_threads))) {}
 
 PageStoreService::~PageStoreService() { threads_.reset(); }  // then pages_ releases every lease
@@ -65,6 +66,19 @@ void PageStoreService::Count(std::string_view rpc, const absl::Status& status) {
       ->GetCounter("kvstrata_pagestore_requests_total", "PageStore calls by RPC and status code",
                    {{"rpc", std::string(rpc)}, {"code", absl::StatusCodeToString(status.code())}})
       ->Inc();
+}
+
+grpc::ServerUnaryReactor* PageStoreService::GetNodeStats(grpc::CallbackServerContext* ctx,
+                                                         const pb::GetNodeStatsRequest* request,
+                                                         pb::NodeStats* response) {
+  absl::Status s = Authenticate(ctx).status();
+  if (s.ok()) {
+    response->set_node_id(options_.node_id);
+    FillStoreStats(pages_.store().Stats(), /*cost=*/nullptr, response);
+    SetDuration(absl::Now() - started_, response->mutable_uptime());
+  }
+  Count("GetNodeStats", s);
+  return Finish(ctx, s);
 }
 
 // ---- LookupBlocks -----------------------------------------------------------------------------

@@ -155,6 +155,9 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
   grpc::ServerUnaryReactor* AbortStaged(grpc::CallbackServerContext* ctx,
                                         const kvstrata::v1::AbortStagedRequest* request,
                                         kvstrata::v1::AbortStagedResponse* response) override;
+  grpc::ServerUnaryReactor* GetNodeStats(grpc::CallbackServerContext* ctx,
+                                         const kvstrata::v1::GetNodeStatsRequest* request,
+                                         kvstrata::v1::NodeStats* response) override;
 
   // Live (unexpired) leases, all tenants.
   size_t live_leases() { return pages_.live_leases(); }
@@ -211,6 +214,7 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
   Counter* bytes_read_;
   Counter* bytes_written_;
   PageStore pages_;
+  const absl::Time started_;
   std::unique_ptr<ThreadPool> threads_;  // last: joined first
 };
 

@@ -161,6 +161,32 @@ void FillCapacity(CostModel& cm, TierKind tier, const TierStats& stats, pb::Tier
   out->set_read_bytes_per_second(cm.measured(tier) ? cm.BytesPerSecond(tier) : 0.0);
 }
 
+void FillStoreStats(const StoreStats& ss, CostModel* cost, pb::NodeStats* out) {
+  for (int t = 0; t < kNumTiers; ++t) {
+    if (!ss.tiers[t].present) continue;
+    const TierStats& ts = ss.tiers[t];
+    const TierKind kind = static_cast<TierKind>(t);
+    pb::TierStats* tier = out->add_tiers();
+    tier->set_tier(ToProto(kind));
+    if (cost != nullptr) {
+      FillCapacity(*cost, kind, ts, tier->mutable_capacity());
+    } else {
+      pb::TierCapacity* c = tier->mutable_capacity();
+      c->set_tier(ToProto(kind));
+      c->set_capacity_bytes(ts.capacity_bytes);
+      c->set_used_bytes(ts.used_bytes);
+      c->set_pages(ts.pages);
+    }
+    tier->set_hits(ts.hits);
+    tier->set_misses(ts.misses);
+    tier->set_evictions(ts.evictions);
+    tier->set_quarantined(ts.quarantined);
+    tier->set_bytes_read(ts.read_bytes);
+    tier->set_bytes_written(ts.write_bytes);
+  }
+  out->set_active_pins(ss.active_leases);
+}
+
 namespace {
 constexpr char kReplacement[] = "\xEF\xBF\xBD";
 bool Cont(unsigned char c) { return (c & 0xC0) == 0x80; }

@@ -43,6 +43,9 @@ void ToProto(const RequestStats& st, kvstrata::v1::RequestStats* out);
 // Capacity of one tier, with the cost model's measured read bandwidth (0 if unmeasured).
 void FillCapacity(CostModel& cost, TierKind tier, const TierStats& stats,
                   kvstrata::v1::TierCapacity* out);
+// A store's tiers (capacity, occupancy, counters) and its live leases into `out`, the read
+// bandwidth from `cost` when given (else 0).
+void FillStoreStats(const StoreStats& stats, CostModel* cost, kvstrata::v1::NodeStats* out);
 
 // Accumulates byte tokens (0..255) and returns, per token, the newly completed valid UTF-8
 // text. Incomplete sequences are held back until completed; invalid bytes become U+FFFD.

@@ -1,11 +1,18 @@
 #include "cluster/role_server.h"
 
+#include <algorithm>
+#include <map>
+#include <memory>
 #include <optional>
 #include <utility>
 
+#include <grpcpp/grpcpp.h>
+
 #include "cluster/cluster_service.h"
 #include "cluster/grpc_server.h"
+#include "cluster/grpc_status.h"
 #include "cluster/page_pool.h"
+#include "cluster/page_store_client.h"
 #include "cluster/page_store_service.h"
 #include "cluster/proto_convert.h"
 #include "cluster/router.h"
@@ -233,6 +240,43 @@ absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, Role
   return absl::OkStatus();
 }
 
+// GetStats(all_nodes): a member's own NodeStats from its PageStore (store nodes) or Worker
+// service's GetNodeStats, with the caller's authorization, over a channel kept per address.
+auto NodeStatsOverGrpc() {
+  struct Channels {
+    kv::Mutex mu;
+    std::map<std::string, std::shared_ptr<grpc::Channel>> by_address ABSL_GUARDED_BY(mu);
+  };
+  auto channels = std::make_shared<Channels>();
+  return [channels](const pb::NodeInfo& node, const std::string& authorization,
+                    absl::Time deadline) -> absl::StatusOr<pb::NodeStats> {
+    std::shared_ptr<grpc::Channel> channel;
+    {
+      kv::MutexLock l(&channels->mu);
+      std::shared_ptr<grpc::Channel>& c = channels->by_address[node.grpc_address()];
+      if (c == nullptr) c = PageStoreChannel(node.grpc_address());
+      channel = c;
+    }
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
+    pb::NodeStats stats;
+    const auto has = [&](pb::Role r) {
+      return std::find(node.roles().begin(), node.roles().end(), r) != node.roles().end();
+    };
+    grpc::Status s;
+    if (has(pb::ROLE_STORE)) {
+      s = pb::PageStore::NewStub(channel)->GetNodeStats(&ctx, pb::GetNodeStatsRequest(), &stats);
+    } else if (has(pb::ROLE_PREFILL) || has(pb::ROLE_DECODE)) {
+      s = pb::Worker::NewStub(channel)->GetNodeStats(&ctx, pb::GetNodeStatsRequest(), &stats);
+    } else {
+      return absl::UnimplementedError("a node without a store or worker role serves no stats");
+    }
+    RETURN_IF_ERROR(FromGrpcStatus(s));
+    return stats;
+  };
+}
+
 // The router role: the Cluster service over a RouterBackend that drives the members' workers
 // over gRPC.
 absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
@@ -249,6 +293,7 @@ absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
   ro.pages_have_resume = config.IsV4();
   ro.clock = o.node.clock;
   ro.metrics = o.node.metrics;
+  ro.node_stats = NodeStatsOverGrpc();
   ASSIGN_OR_RETURN(ro.page_bytes, model::PublishedPageBytes(config, kp.layout_id));
   s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(),
                                              GrpcWorkerClients(kp, o.node.clock), ro);

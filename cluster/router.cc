@@ -1,6 +1,7 @@
 #include "cluster/router.h"
 
 #include <algorithm>
+#include <thread>
 #include <tuple>
 #include <utility>
 
@@ -583,27 +584,54 @@ void RouterBackend::GetStats(const ServiceContext& self, pb::GetStatsResponse* r
   out->set_recomputed_tokens(c.recomputed_tokens);
   out->set_output_tokens(c.output_tokens);
   if (options_.local_store != nullptr) {
-    StoreStats ss = options_.local_store->Stats();
-    for (int t = 0; t < kNumTiers; ++t) {
-      if (!ss.tiers[t].present) continue;
-      const TierStats& ts = ss.tiers[t];
-      pb::TierStats* tier = out->add_tiers();
-      tier->set_tier(ToProto(static_cast<TierKind>(t)));
-      FillCapacity(cost_, static_cast<TierKind>(t), ts, tier->mutable_capacity());
-      tier->set_hits(ts.hits);
-      tier->set_misses(ts.misses);
-      tier->set_evictions(ts.evictions);
-      tier->set_quarantined(ts.quarantined);
-      tier->set_bytes_read(ts.read_bytes);
-      tier->set_bytes_written(ts.write_bytes);
-    }
-    out->set_active_pins(ss.active_leases);
+    FillStoreStats(options_.local_store->Stats(), &cost_, out);
     (*out->mutable_transport_bytes())["TRANSPORT_KIND_INPROC"] = c.bytes_transferred;
   } else {
     (*out->mutable_transport_bytes())["TRANSPORT_KIND_UCX"] = c.bytes_transferred;
   }
   const uint64_t served = c.cached_tokens + c.recomputed_tokens;
   response->set_hit_rate(served == 0 ? 0.0 : static_cast<double>(c.cached_tokens) / served);
+}
+
+void RouterBackend::CollectNodeStats(const ServiceContext& self, const std::string& authorization,
+                                     absl::Time deadline, pb::GetStatsResponse* out) {
+  std::vector<pb::NodeInfo> others;
+  for (pb::NodeInfo& n : membership_->Members().members) {
+    if (n.node_id() != self.node_id && n.node_id() != options_.local_node_id) {
+      others.push_back(std::move(n));
+    }
+  }
+  // One thread per node: a dead node costs the deadline once, not once per node.
+  std::vector<absl::StatusOr<pb::NodeStats>> got(others.size(), absl::UnknownError(""));
+  {
+    std::vector<std::thread> askers;
+    for (size_t i = 0; i < others.size(); ++i) {
+      askers.emplace_back([&, i] {
+        got[i] = options_.node_stats
+                     ? options_.node_stats(others[i], authorization, deadline)
+                     : absl::UnimplementedError("this router does not collect node stats");
+      });
+    }
+    for (std::thread& t : askers) t.join();
+  }
+  for (size_t i = 0; i < others.size(); ++i) {
+    pb::NodeStats* n = out->add_nodes();
+    if (got[i].ok()) *n = *std::move(got[i]);
+    n->set_node_id(others[i].node_id());
+    if (!got[i].ok()) {
+      pb::ErrorInfo* e = n->mutable_error();
+      e->set_code(static_cast<int32_t>(got[i].status().code()));
+      e->set_retryable(absl::IsUnavailable(got[i].status()) ||
+                       absl::IsDeadlineExceeded(got[i].status()));
+      e->set_reason("NODE_STATS_UNAVAILABLE");
+      e->set_node_id(others[i].node_id());
+      e->set_message(StrCat("stats not collected from ", others[i].grpc_address(), ": ",
+                            got[i].status().ToString()));
+    }
+  }
+  std::sort(
+      out->mutable_nodes()->begin(), out->mutable_nodes()->end(),
+      [](const pb::NodeStats& a, const pb::NodeStats& b) { return a.node_id() < b.node_id(); });
 }
 
 RouterCounters RouterBackend::Counters() {

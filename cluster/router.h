@@ -82,6 +82,12 @@ struct RouterOptions {
   TieredStore* local_store = nullptr;
   std::string local_node_id;  // the embedded node's id in the membership
   Clock* clock = nullptr;     // null: Clock::Real()
+  // GetStats(all_nodes): asks one member for its NodeStats (its PageStore or Worker service's
+  // GetNodeStats) with the caller's authorization, by the deadline; null: members are listed
+  // with an error saying their stats are not collected.
+  std::function<absl::StatusOr<kvstrata::v1::NodeStats>(
+      const kvstrata::v1::NodeInfo& node, const std::string& authorization, absl::Time deadline)>
+      node_stats;
   // Where the kvstrata_cluster_* request metrics go (requests by code, tokens by tier,
   // handoff bytes and time, worker failures); null: the default registry.
   MetricsRegistry* metrics = nullptr;
@@ -107,6 +113,8 @@ class RouterBackend final : public ServingBackend {
   void ListNodes(const ServiceContext& self, const kvstrata::v1::ListNodesRequest& req,
                  kvstrata::v1::ListNodesResponse* out) override;
   void GetStats(const ServiceContext& self, kvstrata::v1::GetStatsResponse* out) override;
+  void CollectNodeStats(const ServiceContext& self, const std::string& authorization,
+                        absl::Time deadline, kvstrata::v1::GetStatsResponse* out) override;
 
   RouterCounters Counters();
   CostModel& cost_model() { return cost_; }

@@ -53,6 +53,12 @@ class ServingBackend {
   // Counters and tier statistics of this node into `out->self` and the hit rate; the
   // service adds TTFT quantiles and uptime.
   virtual void GetStats(const ServiceContext& self, kvstrata::v1::GetStatsResponse* out) = 0;
+  // GetStats(all_nodes): the stats of every other live node into `out->nodes`, sorted by
+  // node id, each by `deadline`; a node that cannot answer is listed with its error. Blocks
+  // (the service calls it off the gRPC threads). A backend whose only node is itself (the
+  // embedded cluster) adds nothing.
+  virtual void CollectNodeStats(const ServiceContext& self, const std::string& authorization,
+                                absl::Time deadline, kvstrata::v1::GetStatsResponse* out) {}
 };
 
 }  // namespace kv::cluster

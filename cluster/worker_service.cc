@@ -537,6 +537,26 @@ absl::Status WorkerService::Admit(const absl::Status& auth, bool has_role, std::
   return absl::OkStatus();
 }
 
+grpc::ServerUnaryReactor* WorkerService::GetNodeStats(grpc::CallbackServerContext* ctx,
+                                                      const pb::GetNodeStatsRequest* request,
+                                                      pb::NodeStats* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::StatusOr<std::string> tenant = Authenticate(ctx);
+  if (tenant.ok()) {
+    const WorkerCounters c = Counters();
+    response->set_node_id(options_.node_id);
+    response->set_requests_ok(c.prefills_ok + c.decodes_ok);
+    response->set_requests_failed(c.prefills_failed + c.decodes_failed);
+    response->set_cached_tokens(c.cached_tokens);
+    response->set_recomputed_tokens(c.recomputed_tokens);
+    response->set_output_tokens(c.output_tokens);
+    (*response->mutable_transport_bytes())["TRANSPORT_KIND_UCX"] = c.bytes_sent;
+    SetDuration(absl::Now() - started_, response->mutable_uptime());
+  }
+  reactor->Finish(ToGrpcStatus(tenant.status()));
+  return reactor;
+}
+
 WorkerCounters WorkerService::Counters() {
   kv::MutexLock l(&mu_);
   return counters_;

@@ -81,6 +81,11 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
       grpc::CallbackServerContext* ctx, const kvstrata::v1::PrefillRequest* request) override;
   grpc::ServerBidiReactor<kvstrata::v1::DecodeClientMessage, kvstrata::v1::DecodeResponse>* Decode(
       grpc::CallbackServerContext* ctx) override;
+  // Requests served and failed, tokens cached / computed / generated, KV bytes handed off
+  // (TRANSPORT_KIND_UCX), uptime.
+  grpc::ServerUnaryReactor* GetNodeStats(grpc::CallbackServerContext* ctx,
+                                         const kvstrata::v1::GetNodeStatsRequest* request,
+                                         kvstrata::v1::NodeStats* response) override;
 
   const KeyParams& key_params() const { return params_; }
   int active_requests() const { return in_flight_.load(); }
@@ -118,6 +123,7 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   std::unique_ptr<Metrics> metrics_;
   std::atomic<int> in_flight_{0};
   std::atomic<uint64_t> next_request_{1};
+  const absl::Time started_ = absl::Now();
   kv::Mutex mu_;
   WorkerCounters counters_ ABSL_GUARDED_BY(mu_);
   prefill::PrefillContext prefill_ctx_;

@@ -284,14 +284,19 @@ absl::Status RunWorkload(cluster::ClusterClient& cc, const DemoFlags& f) {
       w.load_ms / n, static_cast<double>(w.recomputed) / n, w.prefill_ms / n,
       static_cast<double>(c.recomputed) / n, c.prefill_ms / n);
   std::printf("  warm and cold outputs identical: %s\n", identical ? "yes" : "NO");
-  auto stats = client->GetStats(absl::Seconds(10));
+  // The router's own tiers (--role=all) and every other node's (a cluster's store nodes).
+  auto stats = client->GetStats(absl::Seconds(10), /*all_nodes=*/true);
   if (stats.ok()) {
-    std::string tiers;
-    for (const auto& t : stats->self().tiers()) {
-      tiers += fmt::format(" {} {} pages ({:.1f} MiB);", cluster::TierProtoName(t.tier()),
-                           t.capacity().pages(), t.capacity().used_bytes() / 1048576.0);
+    std::vector<kvstrata::v1::NodeStats> nodes = {stats->self()};
+    nodes.insert(nodes.end(), stats->nodes().begin(), stats->nodes().end());
+    for (const kvstrata::v1::NodeStats& n : nodes) {
+      std::string tiers;
+      for (const auto& t : n.tiers()) {
+        tiers += fmt::format(" {} {} pages ({:.1f} MiB);", cluster::TierProtoName(t.tier()),
+                             t.capacity().pages(), t.capacity().used_bytes() / 1048576.0);
+      }
+      if (!tiers.empty()) std::printf("  store now (%s):%s\n", n.node_id().c_str(), tiers.c_str());
     }
-    std::printf("  store now:%s\n", tiers.c_str());
   }
   if (!identical) {
     return absl::InternalError("warm and cold runs generated different tokens");

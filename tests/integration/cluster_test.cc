@@ -251,6 +251,26 @@ TEST_F(ClusterTest, GenerationEqualsTheLocalEngineAndReusesThePool) {
   EXPECT_GE(third->stats.cached_tokens(), warm->stats.cached_tokens());
   EXPECT_EQ(third->stats.pool_transport(), pb::TRANSPORT_KIND_INPROC)
       << cluster::FormatStats(third->stats);
+
+  // GetStats(all_nodes): every live member but the router, in node-id order, from its own
+  // GetNodeStats (#18 item 7: it listed none). The stores hold the published pages; the
+  // workers served the three requests.
+  auto stats = c->GetStats(kCallTimeout, /*all_nodes=*/true);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  std::vector<std::string> ids;
+  uint64_t store_pages = 0, worker_requests = 0;
+  for (const pb::NodeStats& n : stats->nodes()) {
+    ids.push_back(n.node_id());
+    EXPECT_FALSE(n.has_error()) << n.node_id() << ": " << n.error().message();
+    for (const pb::TierStats& t : n.tiers()) store_pages += t.capacity().pages();
+    if (n.node_id().starts_with("prefill") || n.node_id().starts_with("decode")) {
+      worker_requests += n.requests_ok();
+    }
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"decode-a", "decode-b", "prefill-a", "prefill-b",
+                                           "store-a", "store-b"}));
+  EXPECT_GE(store_pages, full - 1);
+  EXPECT_GE(worker_requests, 6u);  // 3 decodes and 3 prefills at least
 }
 
 TEST_F(ClusterTest, TheNextTurnHitsTheWholeConversation) {
