@@ -123,6 +123,10 @@ void RoleServer::Shutdown() {
   if (s_->membership) s_->membership->Close();  // leave the ring first
   if (s_->grpc) s_->grpc->Shutdown();
   if (s_->worker) s_->worker->WaitIdle();  // queued publishes
+  if (s_->store) {
+    FlushStoreForShutdown(*s_->store, kShutdownFlushBudget);
+    StopTierHealthReport(*s_->store);
+  }
   s_->metrics.reset();
   s_->grpc.reset();
   s_->cluster.reset();
@@ -371,11 +375,17 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   }
   server->advertised_ = advertised;
   if (s.cluster) s.cluster->SetAdvertisedAddress(advertised);
+  MetricsHttpServer::DegradedFn degraded;
+  if (s.store) {
+    ReportTierHealth(*s.store, *s.grpc);
+    degraded = [store = s.store.get()] { return TierHealthDetail(*store); };
+  }
   if (o.metrics_port >= 0) {
     ASSIGN_OR_RETURN(std::string host, ListenHost(o.listen));
     MetricsRegistry* reg = o.node.metrics ? o.node.metrics : &MetricsRegistry::Default();
     ASSIGN_OR_RETURN(s.metrics,
-                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));
+                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port), {},
+                                              std::move(degraded)));
   }
   self.set_node_id(o.node_id);
   self.set_grpc_address(advertised);
