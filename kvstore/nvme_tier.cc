@@ -182,7 +182,9 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::OpenOnce(const NvmeTierOptio
 }
 
 std::string NvmeTier::QuarantineDir(const std::string& path) {
-  return StrCat(fs::path(path).lexically_normal().string(), ".quarantine");
+  fs::path p = fs::path(path).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // "dir/" names dir, not a file inside it
+  return StrCat(p.string(), ".quarantine");
 }
 
 absl::Status NvmeTier::QuarantineIndex(const NvmeTierOptions& options, const absl::Status& why) {

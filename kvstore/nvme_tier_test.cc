@@ -498,6 +498,10 @@ TEST(NvmeTierTest, CorruptIndexIsQuarantinedAndTheTierOpensEmpty) {
   ASSERT_TRUE(listed.ok());
   EXPECT_TRUE(listed->empty());
   EXPECT_EQ(reg.GetCounter("kvstrata_nvme_index_quarantined_total", "")->Value(), 1.0);
+  // A sibling of the tier directory, however the path is spelled.
+  EXPECT_EQ(NvmeTier::QuarantineDir(dir + "/"), NvmeTier::QuarantineDir(dir));
+  EXPECT_EQ(fs::path(NvmeTier::QuarantineDir(dir)).parent_path(),
+            fs::path(dir).lexically_normal().parent_path());
   int quarantined = 0;
   for (const auto& e : fs::directory_iterator(NvmeTier::QuarantineDir(dir))) {
     quarantined += e.path().filename().string().rfind("index-", 0) == 0;
