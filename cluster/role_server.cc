@@ -49,6 +49,7 @@ struct RoleServer::State {
   std::unique_ptr<GrpcServer> grpc;
   std::unique_ptr<MetricsHttpServer> metrics;
   bool shut_down = false;
+  absl::Duration shutdown_flush = kShutdownFlushBudget;
 };
 
 absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
@@ -124,7 +125,7 @@ void RoleServer::Shutdown() {
   if (s_->grpc) s_->grpc->Shutdown();
   if (s_->worker) s_->worker->WaitIdle();  // queued publishes
   if (s_->store) {
-    FlushStoreForShutdown(*s_->store, kShutdownFlushBudget);
+    FlushStoreForShutdown(*s_->store, s_->shutdown_flush);
     StopTierHealthReport(*s_->store);
   }
   s_->metrics.reset();
@@ -347,6 +348,7 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   if (o.node_id.empty()) o.node_id = !o.advertise.empty() ? o.advertise : o.listen;
   std::unique_ptr<RoleServer> server(new RoleServer());
   State& s = *server->s_;
+  s.shutdown_flush = o.shutdown_flush;
   Clock* clock = o.node.clock != nullptr ? o.node.clock : Clock::Real();
   ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership, clock));
   // Workers' transport: the prefill->decode handoff, and RMA reads of the pool's pages.
