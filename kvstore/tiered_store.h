@@ -242,7 +242,9 @@ class TieredStore {
 
   StoreStats Stats();
   // The index's invariants plus the store's: usage per namespace matches residency, quotas
-  // hold, every indexed copy exists in its tier. Internal naming the first violation.
+  // hold, every indexed copy exists in its tier. Internal naming the first violation. With
+  // persist_to_nvme, call it after WaitIdle(): an nvme copy being written is in the tier
+  // before the index.
   absl::Status CheckInvariants();
   // Blocks until queued write-backs have finished.
   void WaitIdle();
