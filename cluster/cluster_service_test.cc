@@ -215,6 +215,38 @@ TEST_F(ClusterServiceTest, HealthAndReflection) {
   EXPECT_NE(std::find(services->begin(), services->end(), "kvstrata.v1.Cluster"), services->end());
 }
 
+// Issue #18 item 5: a failing cache tier is reported under its own health name
+// (kvstrata.tier.nvme NOT_SERVING) while the node ("" and the Cluster service) stays SERVING
+// and keeps answering. The segments directory is deleted before the node's first nvme write,
+// so every write-back to nvme fails.
+TEST_F(ClusterServiceTest, FailingTierIsNotServingUnderItsOwnNameWhileTheNodeServes) {
+  ReportTierHealth(node_->store(), *server_);
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  using grpc::health::v1::HealthCheckResponse;
+  auto health = [&](const std::string& name) {
+    auto h = CheckHealth(channel.get(), name, absl::Seconds(5));
+    EXPECT_TRUE(h.ok()) << name << ": " << h.status();
+    return h.ok() ? *h : HealthCheckResponse::UNKNOWN;
+  };
+  EXPECT_EQ(health("kvstrata.tier.nvme"), HealthCheckResponse::SERVING);
+  EXPECT_EQ(health("kvstrata.tier.host"), HealthCheckResponse::SERVING);
+  std::filesystem::remove_all(std::filesystem::path(dir_) / "nvme" / "segments");
+  auto client = Client("tok-a");
+  auto g = client->Generate(Req(4), kTimeout);
+  ASSERT_TRUE(g.ok()) << g.status();
+  node_->WaitIdle();
+  EXPECT_GE(node_->store().Stats().indexed_pages, 3u);  // published (host), not in nvme
+  EXPECT_EQ(health("kvstrata.tier.nvme"), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(health("kvstrata.tier.host"), HealthCheckResponse::SERVING);
+  EXPECT_EQ(health(""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(health(pb::Cluster::service_full_name()), HealthCheckResponse::SERVING);
+  EXPECT_NE(TierHealthDetail(node_->store()).find("nvme tier failing"), std::string::npos);
+  auto again = client->Generate(Req(4), kTimeout);  // served, from the host tier
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_GT(again->stats.cached_tokens(), 0u);
+  StopTierHealthReport(node_->store());
+}
+
 // Issue #18 item 8: the client's stats line never claims bytes for a prompt that loaded
 // nothing, and names the path the bytes took.
 TEST(FormatStatsTest, LoadedBytesOnlyWithCachedTokensAndTheirPath) {

@@ -28,6 +28,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
   std::unique_ptr<EmbeddedServer> s(new EmbeddedServer());
   s->requires_token_ = auth.requires_token();
+  s->shutdown_flush_ = o.shutdown_flush;
   ClusterServiceOptions so;
   so.node_id = o.node_id.empty() ? "local" : o.node_id;
   so.worker_threads = o.worker_threads;
@@ -53,11 +54,14 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   go.shutdown_grace = o.shutdown_grace;
   ASSIGN_OR_RETURN(s->grpc_, GrpcServer::Start(go));
   s->service_->SetAdvertisedAddress(s->grpc_->address());
+  ReportTierHealth(s->cluster_->store(), *s->grpc_);
   if (o.metrics_port >= 0) {
     ASSIGN_OR_RETURN(std::string host, ListenHost(o.listen));
     MetricsRegistry* reg = o.node.metrics ? o.node.metrics : &MetricsRegistry::Default();
+    TieredStore* store = &s->cluster_->store();
     ASSIGN_OR_RETURN(s->metrics_,
-                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));
+                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port), {},
+                                              [store] { return TierHealthDetail(*store); }));
   }
   log::Info("serve_started", "role", "all", "address", s->grpc_->address(), "metrics_port",
             s->metrics_port(), "model", s->cluster_->model_dir(), "layout",
@@ -73,7 +77,11 @@ void EmbeddedServer::Shutdown() {
   service_.reset();              // drains the Generate workers
   page_store_.reset();           // its leases end before the store goes
   if (metrics_) metrics_->Stop();
-  if (cluster_) cluster_->WaitIdle();
+  if (cluster_) {
+    cluster_->WaitIdle();
+    FlushStoreForShutdown(cluster_->store(), shutdown_flush_);
+    StopTierHealthReport(cluster_->store());
+  }
   log::Info("serve_stopped", "role", "all");
 }
 

@@ -41,6 +41,9 @@ struct EmbeddedServerOptions {
   std::string node_id;      // empty: "local"
   int worker_threads = 2;
   absl::Duration shutdown_grace = absl::Seconds(5);
+  // Shutdown() then writes the store's RAM-only pages to nvme for at most this long
+  // (cluster/node.h FlushStoreForShutdown; docs/serving.md "Durability").
+  absl::Duration shutdown_flush = kShutdownFlushBudget;
   absl::Duration max_request_time = absl::Minutes(5);
 };
 
@@ -68,6 +71,7 @@ class EmbeddedServer {
   std::unique_ptr<MetricsHttpServer> metrics_;
   bool requires_token_ = false;
   bool shut_down_ = false;
+  absl::Duration shutdown_flush_ = kShutdownFlushBudget;
 };
 
 }  // namespace kv::cluster

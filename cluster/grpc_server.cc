@@ -92,6 +92,13 @@ void GrpcServer::SetServing(bool serving) {
   if (!shut_down_) SetServingLocked(serving);
 }
 
+void GrpcServer::SetServiceServing(const std::string& name, bool serving) {
+  kv::MutexLock lock(&mu_);
+  if (shut_down_) return;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health != nullptr) health->SetServingStatus(name, serving);
+}
+
 void GrpcServer::SetServingLocked(bool serving) {
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;

@@ -75,6 +75,9 @@ class GrpcServer {
   // Sets the health status of the whole server ("") and of every registered service.
   // Used to report NOT_SERVING while draining. No-op after Shutdown().
   void SetServing(bool serving);
+  // Sets the health status of one named service only (e.g. a tier's, cluster/node.h), which
+  // need not be a registered service. No-op after Shutdown().
+  void SetServiceServing(const std::string& name, bool serving);
 
   // Stops accepting calls, waits up to shutdown_grace for in-flight calls, cancels the rest,
   // and returns once the server is down. Idempotent.

@@ -108,7 +108,42 @@ absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& option
   so.clock = options.clock;
   so.metrics = options.metrics;
   so.residency_listener = options.residency_listener;
+  // Durability policy (docs/serving.md "Durability and tier health"): every page also goes
+  // to nvme in the background, and the SIGTERM path flushes the rest.
+  so.persist_to_nvme = true;
   return TieredStore::Open(so, std::move(tiers));
+}
+
+void ReportTierHealth(TieredStore& store, GrpcServer& grpc) {
+  store.SetTierHealthListener([&grpc](TierKind kind, const absl::Status& st) {
+    grpc.SetServiceServing(StrCat(kTierHealthPrefix, TierName(kind)), st.ok());
+  });
+}
+
+void StopTierHealthReport(TieredStore& store) { store.SetTierHealthListener(nullptr); }
+
+std::string TierHealthDetail(TieredStore& store) {
+  std::string out;
+  for (int t = 0; t < kNumTiers; ++t) {
+    absl::Status st = store.TierHealth(static_cast<TierKind>(t));
+    if (!st.ok()) out = StrCat(out, out.empty() ? "" : "; ", st.message());
+  }
+  return out;
+}
+
+void FlushStoreForShutdown(TieredStore& store, absl::Duration budget) {
+  if (store.tier(TierKind::kNvme) == nullptr) return;
+  const absl::Time start = store.clock()->Now();
+  absl::StatusOr<FlushResult> r = store.Flush(start + budget);
+  const double seconds = absl::ToDoubleSeconds(store.clock()->Now() - start);
+  if (!r.ok()) {
+    log::Warn("shutdown_flush_failed", "error", r.status().ToString());
+  } else if (r->remaining > 0) {
+    log::Warn("shutdown_flush_incomplete", "persisted", r->persisted, "not_persisted", r->remaining,
+              "seconds", seconds, "health", TierHealthDetail(store));
+  } else {
+    log::Info("shutdown_flushed", "persisted", r->persisted, "seconds", seconds);
+  }
 }
 
 }  // namespace kv::cluster

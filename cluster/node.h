@@ -11,6 +11,8 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "cluster/grpc_server.h"
 #include "core/clock.h"
 #include "core/metrics.h"
 #include "kvstore/tiered_store.h"
@@ -57,5 +59,23 @@ absl::StatusOr<std::string> EnsureModelDir(const NodeOptions& options);
 // Opens the tiers options enable (device and host slabs in memory, nvme under
 // DATA_DIR/nvme, recovering its sealed pages) and the TieredStore over them.
 absl::StatusOr<std::unique_ptr<TieredStore>> OpenStore(const NodeOptions& options);
+
+// Tier health for the node's probes (docs/serving.md "Durability and tier health"). A
+// failing tier never makes the node NOT_SERVING: the server ("") and its services stay
+// SERVING, and each present tier has its own gRPC health service name, kTierHealthPrefix +
+// its name ("kvstrata.tier.nvme"), SERVING or NOT_SERVING.
+inline constexpr char kTierHealthPrefix[] = "kvstrata.tier.";
+// Reports the store's tier health to `grpc` now and on every change. `grpc` must outlive
+// the report: call StopTierHealthReport before destroying it.
+void ReportTierHealth(TieredStore& store, GrpcServer& grpc);
+void StopTierHealthReport(TieredStore& store);
+// "" while every tier is healthy; otherwise what is failing (for /healthz "degraded: ...").
+std::string TierHealthDetail(TieredStore& store);
+// The SIGTERM path's durability step: TieredStore::Flush within `budget`, logged. A store
+// without an nvme tier has nothing to flush.
+void FlushStoreForShutdown(TieredStore& store, absl::Duration budget);
+// Time a stopping node gives the flush: with the 5 s gRPC grace it stays below the
+// Kubernetes default terminationGracePeriodSeconds of 30 (deploy/k8s sets 30).
+inline constexpr absl::Duration kShutdownFlushBudget = absl::Seconds(20);
 
 }  // namespace kv::cluster

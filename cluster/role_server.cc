@@ -57,6 +57,7 @@ struct RoleServer::State {
   std::unique_ptr<GrpcServer> grpc;
   std::unique_ptr<MetricsHttpServer> metrics;
   bool shut_down = false;
+  absl::Duration shutdown_flush = kShutdownFlushBudget;
 };
 
 absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
@@ -131,6 +132,10 @@ void RoleServer::Shutdown() {
   if (s_->membership) s_->membership->Close();  // leave the ring first
   if (s_->grpc) s_->grpc->Shutdown();
   if (s_->worker) s_->worker->WaitIdle();  // queued publishes
+  if (s_->store) {
+    FlushStoreForShutdown(*s_->store, s_->shutdown_flush);
+    StopTierHealthReport(*s_->store);
+  }
   s_->metrics.reset();
   s_->grpc.reset();
   s_->cluster.reset();
@@ -390,6 +395,7 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   if (o.node_id.empty()) o.node_id = !o.advertise.empty() ? o.advertise : o.listen;
   std::unique_ptr<RoleServer> server(new RoleServer());
   State& s = *server->s_;
+  s.shutdown_flush = o.shutdown_flush;
   Clock* clock = o.node.clock != nullptr ? o.node.clock : Clock::Real();
   ASSIGN_OR_RETURN(s.membership, OpenMembership(o.membership, clock));
   // Workers' transport: the prefill->decode handoff, and RMA reads of the pool's pages.
@@ -418,11 +424,17 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   }
   server->advertised_ = advertised;
   if (s.cluster) s.cluster->SetAdvertisedAddress(advertised);
+  MetricsHttpServer::DegradedFn degraded;
+  if (s.store) {
+    ReportTierHealth(*s.store, *s.grpc);
+    degraded = [store = s.store.get()] { return TierHealthDetail(*store); };
+  }
   if (o.metrics_port >= 0) {
     ASSIGN_OR_RETURN(std::string host, ListenHost(o.listen));
     MetricsRegistry* reg = o.node.metrics ? o.node.metrics : &MetricsRegistry::Default();
     ASSIGN_OR_RETURN(s.metrics,
-                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port)));
+                     MetricsHttpServer::Start(reg, host, static_cast<int>(o.metrics_port), {},
+                                              std::move(degraded)));
   }
   self.set_node_id(o.node_id);
   self.set_grpc_address(advertised);

@@ -46,6 +46,9 @@ struct RoleServerOptions {
   // (kv::CachingPagePool); 0: every load reads the homes.
   int64_t local_cache_mib = 256;
   absl::Duration shutdown_grace = absl::Seconds(5);
+  // store: Shutdown() then writes RAM-only pages to nvme for at most this long
+  // (cluster/node.h FlushStoreForShutdown).
+  absl::Duration shutdown_flush = kShutdownFlushBudget;
   absl::Duration handoff_timeout = absl::Seconds(30);
   // store: publish KV events in vLLM's wire format (kvstore/kv_events.h); unset: off. On
   // start the publisher sends AllBlocksCleared, then BlockStored for every page recovered

@@ -13,7 +13,8 @@ constexpr absl::Duration kIdle = absl::Seconds(2);
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    MetricsRegistry* registry, const std::string& host, int port, HealthFn health) {
+    MetricsRegistry* registry, const std::string& host, int port, HealthFn health,
+    DegradedFn degraded) {
   std::unique_ptr<MetricsHttpServer> s(new MetricsHttpServer());
   s->server_ = std::make_unique<httplib::Server>();
   httplib::Server& srv = *s->server_;
@@ -39,9 +40,12 @@ absl::StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   s->server_->Get("/metrics", [registry](const httplib::Request&, httplib::Response& res) {
     res.set_content(registry->RenderPrometheus(), "text/plain; version=0.0.4; charset=utf-8");
   });
-  s->server_->Get("/healthz", [health](const httplib::Request&, httplib::Response& res) {
+  s->server_->Get("/healthz", [health, degraded](const httplib::Request&, httplib::Response& res) {
     absl::Status st = health ? health() : absl::OkStatus();
-    if (st.ok()) {
+    const std::string why = st.ok() && degraded ? degraded() : std::string();
+    if (st.ok() && !why.empty()) {
+      res.set_content(kv::StrCat("degraded: ", why, "\n"), "text/plain");
+    } else if (st.ok()) {
       res.set_content("ok\n", "text/plain");
     } else {
       res.status = 503;

@@ -31,11 +31,15 @@ class MetricsHttpServer {
   // Returns OK with an empty message when healthy; a non-OK status makes /healthz answer 503
   // with the status text.
   using HealthFn = std::function<absl::Status()>;
+  // While healthy, a non-empty string makes /healthz answer 200 "degraded: <text>" instead of
+  // "ok": the node serves, but a part of it (e.g. a failing cache tier) is out.
+  using DegradedFn = std::function<std::string()>;
 
   // `port` 0 picks a free port; see port(). `registry` must outlive the server.
   static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(MetricsRegistry* registry,
                                                                   const std::string& host, int port,
-                                                                  HealthFn health = {});
+                                                                  HealthFn health = {},
+                                                                  DegradedFn degraded = {});
   ~MetricsHttpServer();
   int port() const { return port_; }
   void Stop();

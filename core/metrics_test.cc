@@ -112,6 +112,35 @@ TEST(MetricsHttpServer, ServesMetricsAndHealth) {
   (*server)->Stop();  // idempotent
 }
 
+// A degraded part (issue #18 item 5: a failing cache tier) keeps /healthz at 200 but says so;
+// an unhealthy node still answers 503, whatever the degraded text.
+TEST(MetricsHttpServer, HealthzSaysDegradedWithStatus200) {
+  MetricsRegistry r;
+  std::string why;
+  bool healthy = true;
+  auto server = MetricsHttpServer::Start(
+      &r, "127.0.0.1", 0,
+      [&healthy]() { return healthy ? absl::OkStatus() : absl::UnavailableError("draining"); },
+      [&why]() { return why; });
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::Client cli("127.0.0.1", (*server)->port());
+  cli.set_connection_timeout(2);
+  cli.set_read_timeout(2);
+  auto res = cli.Get("/healthz");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body, "ok\n");
+  why = "nvme tier failing: 3 write errors in a row";
+  res = cli.Get("/healthz");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body, "degraded: nvme tier failing: 3 write errors in a row\n");
+  healthy = false;
+  res = cli.Get("/healthz");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 503);
+}
+
 // Opens a TCP connection to 127.0.0.1:port and sends `bytes` (possibly nothing); returns the
 // fd (-1 on failure). The caller closes it.
 int OpenRaw(int port, const std::string& bytes) {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/time/clock.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
@@ -124,6 +125,9 @@ NvmeTier::NvmeTier(NvmeTierOptions options) : options_(std::move(options)) {
                                        "Segment bytes freed by hole punching or deletion");
   verify_counter_ = reg->GetCounter("kvstrata_nvme_verify_failures_total",
                                     "nvme page reads that failed verification");
+  // Registered here so that the series exists (at 0) before anything is quarantined.
+  (void)reg->GetCounter("kvstrata_nvme_index_quarantined_total",
+                        "Damaged nvme indexes moved aside at open (the tier restarted empty)");
 }
 
 std::string NvmeTier::segment_dir() const {
@@ -138,9 +142,28 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options
         "nvme tier: need segment_bytes >= 1 MiB and a multiple of 4096, write_depth >= 1, "
         "1 <= read_parallelism <= 1024");
   }
-  std::unique_ptr<NvmeTier> t(new NvmeTier(std::move(options)));
+  bool index_damaged = false;
+  absl::StatusOr<std::unique_ptr<NvmeTier>> t = OpenOnce(options, &index_damaged);
+  if (t.ok() || !index_damaged || !options.quarantine_damaged_index) return t;
+  // The cache must never keep the node from serving: set the damaged index aside and start
+  // over with an empty one. The segments stay; no index names their records, so reclaim
+  // frees them in the background.
+  RETURN_IF_ERROR(QuarantineIndex(options, t.status()));
+  t = OpenOnce(options, &index_damaged);
+  if (t.ok()) {
+    MutexLock l(&(*t)->mu_);
+    (*t)->stats_.index_quarantined = 1;
+  }
+  return t;
+}
+
+absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::OpenOnce(const NvmeTierOptions& options,
+                                                             bool* index_damaged) {
+  std::unique_ptr<NvmeTier> t(new NvmeTier(options));
   RETURN_IF_ERROR(t->PrepareDirectory());
-  RETURN_IF_ERROR(t->OpenIndex());
+  absl::Status index = t->OpenIndex();
+  *index_damaged = absl::IsDataLoss(index);
+  RETURN_IF_ERROR(index);
   if (t->options_.io != nullptr) {
     t->io_ = t->options_.io;
   } else {
@@ -150,10 +173,44 @@ absl::StatusOr<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options
   }
   RETURN_IF_ERROR(t->ProbeDirectIo());
   RETURN_IF_ERROR(t->LoadSegments());
-  RETURN_IF_ERROR(t->LoadIndex());
+  index = t->LoadIndex();
+  *index_damaged = absl::IsDataLoss(index);
+  RETURN_IF_ERROR(index);
   t->reclaimer_ = std::thread([p = t.get()] { p->ReclaimLoop(); });
   t->ScheduleOpenReclaim();
   return t;
+}
+
+std::string NvmeTier::QuarantineDir(const std::string& path) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();  // "dir/" names dir, not a file inside it
+  return StrCat(p.string(), ".quarantine");
+}
+
+absl::Status NvmeTier::QuarantineIndex(const NvmeTierOptions& options, const absl::Status& why) {
+  const std::string dir = QuarantineDir(options.path);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec)
+    return Annotate(why, StrCat("and cannot create quarantine dir ", dir, ": ", ec.message()));
+  const std::string to =
+      (fs::path(dir) /
+       StrCat("index-", absl::FormatTime("%Y%m%dT%H%M%E6SZ", absl::Now(), absl::UTCTimeZone())))
+          .string();
+  const std::string from = (fs::path(options.path) / kIndexDir).string();
+  fs::rename(from, to, ec);
+  if (ec) return Annotate(why, StrCat("and cannot move ", from, " to ", to, ": ", ec.message()));
+  fs::create_directories(from, ec);
+  if (ec) return ErrnoToStatus(ec.value(), StrCat("create ", from));
+  RETURN_IF_ERROR(FsyncPath(options.path));
+  MetricsRegistry* reg = options.metrics ? options.metrics : &MetricsRegistry::Default();
+  reg->GetCounter("kvstrata_nvme_index_quarantined_total",
+                  "Damaged nvme indexes moved aside at open (the tier restarted empty)")
+      ->Inc();
+  log::Error("nvme_index_quarantined", "path", options.path, "moved_to", to, "reason",
+             why.ToString(), "effect",
+             "the nvme tier starts empty; its pages are recomputed on demand");
+  return absl::OkStatus();
 }
 
 absl::Status NvmeTier::PrepareDirectory() {
@@ -161,7 +218,18 @@ absl::Status NvmeTier::PrepareDirectory() {
   RETURN_IF_ERROR(CheckLayout(dir, /*create=*/true));
   std::error_code ec;
   fs::path marker = fs::path(dir) / kMarkerFile;
-  if (fs::exists(marker, ec)) return absl::OkStatus();
+  if (fs::exists(marker, ec)) {
+    // A subdirectory deleted under a marked tier is damage, not a reason to refuse to start:
+    // recreate it (index records naming lost segments are then dropped by LoadIndex).
+    for (const char* sub : {kSegmentDir, kIndexDir}) {
+      const fs::path p = fs::path(dir) / sub;
+      if (fs::is_directory(p, ec)) continue;
+      log::Error("nvme_dir_missing", "path", p.string(), "effect", "recreated empty");
+      fs::create_directories(p, ec);
+      if (ec) return ErrnoToStatus(ec.value(), StrCat("create ", p.string()));
+    }
+    return absl::OkStatus();
+  }
   for (const char* sub : {kSegmentDir, kIndexDir}) {
     fs::create_directories(fs::path(dir) / sub, ec);
     if (ec) return ErrnoToStatus(ec.value(), StrCat("create ", dir, "/", sub));
@@ -346,7 +414,11 @@ NvmeTier::~NvmeTier() {
     }
     reclaimer_.join();
   }
-  if (db_ != nullptr) db_->Close().PermitUncheckedError();
+  if (db_ != nullptr) {
+    // A restart then reads an .sst instead of replaying the WAL. Failure costs only that.
+    db_->Flush(rocksdb::FlushOptions()).PermitUncheckedError();
+    db_->Close().PermitUncheckedError();
+  }
   db_.reset();
   MutexLock l(&mu_);
   for (auto& [cap, buf] : free_buffers_) FreeAligned(buf);

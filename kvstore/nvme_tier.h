@@ -40,6 +40,14 @@
 // the gauge kvstrata_nvme_disk_bytes reports it (refreshed every disk_usage_refresh and
 // after reclaim work).
 //
+// Damage: an index RocksDB reports as corrupt (a flipped byte in an .sst, a missing table
+// file) is quarantined by Open(): index/ is moved to PATH.quarantine/index-<UTC time>, an
+// Error log line (nvme_index_quarantined) and kvstrata_nvme_index_quarantined_total say so,
+// and the tier starts with an empty index. The segments stay where they are; no index record
+// names their records any more, so reclaim frees them. The tier is a cache: a damaged index
+// costs recomputation, never the node. Other failures (I/O errors, the index locked by a
+// running process) still fail Open(): nothing says the directory is damaged.
+//
 // Compatibility: a directory in the earlier format (one RocksDB database with page bytes in
 // blob files), a marker of another format, or a non-empty directory without a marker is
 // refused with FailedPrecondition saying how to clear it. Nothing in it is read.
@@ -84,6 +92,8 @@ struct NvmeTierOptions {
   absl::Duration disk_usage_refresh = absl::Seconds(1);
   SegmentIo* io = nullptr;             // not owned; nullptr: the tier's own io_uring
   MetricsRegistry* metrics = nullptr;  // nullptr: MetricsRegistry::Default()
+  // Move a corrupt index aside and start empty (see "Damage" above); false: fail Open().
+  bool quarantine_damaged_index = true;
 };
 
 struct NvmeTierStats {
@@ -96,6 +106,7 @@ struct NvmeTierStats {
   uint64_t reclaim_moved_bytes = 0;  // page bytes reclaim copied: always 0 (no compaction)
   uint64_t verify_failures = 0;      // reads that failed verification
   uint64_t dropped_at_open = 0;      // index records naming no valid record, dropped by Open()
+  uint64_t index_quarantined = 0;    // 1 when Open() moved a damaged index aside
 };
 
 class NvmeTier : public Tier {
@@ -103,9 +114,13 @@ class NvmeTier : public Tier {
   // Opens (or creates) the tier at options.path and loads its index. InvalidArgument for bad
   // options; FailedPrecondition for a directory this build will not read (the message says
   // how to clear it) or a filesystem without O_DIRECT; Unavailable when io_uring or RocksDB
-  // cannot start (the message carries the reason).
+  // cannot start (the message carries the reason). A corrupt index is quarantined, not an
+  // error (unless options.quarantine_damaged_index is false: then DataLoss).
   static absl::StatusOr<std::unique_ptr<NvmeTier>> Open(NvmeTierOptions options);
-  // Waits for writes in flight and queued reclaim work, then closes.
+  // Where Open() moves damaged indexes of the tier at `path`: PATH.quarantine.
+  static std::string QuarantineDir(const std::string& path);
+  // Waits for writes in flight and queued reclaim work, flushes the index memtable (so a
+  // restart replays no WAL), then closes.
   ~NvmeTier() override;
 
   TierKind kind() const override { return TierKind::kNvme; }
@@ -158,6 +173,11 @@ class NvmeTier : public Tier {
   };
 
   explicit NvmeTier(NvmeTierOptions options);
+  // One attempt of Open(); *index_damaged tells whether it failed because the index is corrupt.
+  static absl::StatusOr<std::unique_ptr<NvmeTier>> OpenOnce(const NvmeTierOptions& options,
+                                                            bool* index_damaged);
+  // Moves PATH/index aside (see "Damage"), logs it and counts it; `why` is the open error.
+  static absl::Status QuarantineIndex(const NvmeTierOptions& options, const absl::Status& why);
   // Open() steps (nvme_tier.cc).
   absl::Status PrepareDirectory();
   absl::Status OpenIndex();

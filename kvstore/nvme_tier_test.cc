@@ -449,3 +449,84 @@ TEST(NvmeTierTest, MissingSegmentDropsItsPagesOnly) {
 
 }  // namespace
 }  // namespace kv
+
+namespace kv {
+namespace {
+
+// Flips two bytes a quarter into the index's first .sst (issue #18 item 5).
+void FlipTwoBytesOfAnSst(const std::string& tier_dir) {
+  fs::path sst;
+  for (const auto& e : fs::directory_iterator(fs::path(tier_dir) / "index")) {
+    if (e.path().extension() == ".sst" && fs::file_size(e.path()) > 0) sst = e.path();
+  }
+  ASSERT_FALSE(sst.empty()) << "no .sst in " << tier_dir << "/index";
+  const uint64_t at = fs::file_size(sst) / 4;
+  std::fstream f(sst, std::ios::in | std::ios::out | std::ios::binary);
+  for (uint64_t off : {at, at + 7}) {
+    f.seekg(static_cast<std::streamoff>(off));
+    const char c = static_cast<char>(f.get() ^ 0xff);
+    f.seekp(static_cast<std::streamoff>(off));
+    f.put(c);
+  }
+}
+
+// A corrupt index is detected (DataLoss when quarantine is off), and by default moved aside:
+// the tier opens empty, says so in its stats and metric, takes new pages, and the damaged
+// index is kept in PATH.quarantine for inspection.
+TEST(NvmeTierTest, CorruptIndexIsQuarantinedAndTheTierOpensEmpty) {
+  std::string dir = testing::FreshTestDir("nvme-quarantine");
+  auto pages = Pages(11, 40, 1);
+  {
+    auto t = NvmeTier::Open({.path = dir});
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE(PublishAll(t->get(), pages).ok());
+    ASSERT_TRUE((*t)->Flush().ok());
+  }
+  FlipTwoBytesOfAnSst(dir);
+  {
+    MetricsRegistry reg;
+    auto strict = NvmeTier::Open({.path = dir, .metrics = &reg, .quarantine_damaged_index = false});
+    ASSERT_FALSE(strict.ok());
+    EXPECT_TRUE(absl::IsDataLoss(strict.status())) << strict.status();
+  }
+  MetricsRegistry reg;
+  auto t = NvmeTier::Open({.path = dir, .metrics = &reg});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->Stats().index_quarantined, 1u);
+  EXPECT_EQ((*t)->Stats().pages, 0u);
+  auto listed = (*t)->List();
+  ASSERT_TRUE(listed.ok());
+  EXPECT_TRUE(listed->empty());
+  EXPECT_EQ(reg.GetCounter("kvstrata_nvme_index_quarantined_total", "")->Value(), 1.0);
+  // A sibling of the tier directory, however the path is spelled.
+  EXPECT_EQ(NvmeTier::QuarantineDir(dir + "/"), NvmeTier::QuarantineDir(dir));
+  EXPECT_EQ(fs::path(NvmeTier::QuarantineDir(dir)).parent_path(),
+            fs::path(dir).lexically_normal().parent_path());
+  int quarantined = 0;
+  for (const auto& e : fs::directory_iterator(NvmeTier::QuarantineDir(dir))) {
+    quarantined += e.path().filename().string().rfind("index-", 0) == 0;
+  }
+  EXPECT_EQ(quarantined, 1);
+  ASSERT_TRUE(PublishAll(t->get(), Pages(12, 3, 1)).ok());
+  EXPECT_EQ((*t)->Stats().pages, 3u);
+}
+
+// A deleted segments directory under a marked tier is recreated at open, not fatal; index
+// records naming the lost segments are dropped.
+TEST(NvmeTierTest, DeletedSegmentDirectoryIsRecreatedAtOpen) {
+  std::string dir = testing::FreshTestDir("nvme-nosegments");
+  auto pages = Pages(13, 5, 1);
+  {
+    auto t = NvmeTier::Open({.path = dir});
+    ASSERT_TRUE(t.ok()) << t.status();
+    ASSERT_TRUE(PublishAll(t->get(), pages).ok());
+  }
+  fs::remove_all(fs::path(dir) / "segments");
+  auto t = NvmeTier::Open({.path = dir});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->Stats().pages, 0u);
+  EXPECT_EQ((*t)->Stats().dropped_at_open, pages.size());
+}
+
+}  // namespace
+}  // namespace kv

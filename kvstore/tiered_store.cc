@@ -56,6 +56,11 @@ TieredStore::TieredStore(TieredStoreOptions options,
     metrics_->quarantined[t] =
         c("kvstrata_store_quarantined_total", "Page copies that failed verification");
     metrics_->bytes[t] = reg->GetGauge("kvstrata_store_bytes", "Bytes held by a tier", l);
+    metrics_->write_errors[t] =
+        c("kvstrata_store_tier_write_errors_total", "Media errors of a tier's writes and seals");
+    metrics_->healthy[t] = reg->GetGauge("kvstrata_store_tier_healthy",
+                                         "1 while a tier takes writes, 0 while it is failing", l);
+    metrics_->healthy[t]->Set(Present(t) ? 1 : 0);
   }
   metrics_->poisoned = reg->GetCounter("kvstrata_store_poisoned_leases_total",
                                        "Leases that expired while pages were lent");
@@ -65,6 +70,10 @@ TieredStore::TieredStore(TieredStoreOptions options,
                                             "Pages whose v4 resume section the store stripped");
   metrics_->resume_bytes_freed = reg->GetCounter("kvstrata_store_resume_bytes_freed_total",
                                                  "Tier bytes freed by stripping resume sections");
+  metrics_->persisted = reg->GetCounter("kvstrata_store_persisted_pages_total",
+                                        "Pages written back to the nvme tier (durability)");
+  metrics_->recovered = reg->GetGauge("kvstrata_store_recovered_pages",
+                                      "Pages recovered from the nvme tier when the store opened");
   metrics_->lookup_seconds = reg->GetHistogram(
       "kvstrata_store_lookup_seconds", "Longest-prefix lookup latency", Histogram::LatencyBounds());
   if (options_.background_threads > 0) {
@@ -73,6 +82,7 @@ TieredStore::TieredStore(TieredStoreOptions options,
 }
 
 TieredStore::~TieredStore() {
+  persist_stop_ = true;  // queued write-backs are dropped; Flush() is the way to keep them
   if (threads_) threads_->Shutdown();
 }
 
@@ -101,7 +111,7 @@ absl::StatusOr<std::unique_ptr<TieredStore>> TieredStore::Open(
 
 int TieredStore::LowerTier(int t) const {
   for (int l = t + 1; l < kNumTiers; ++l) {
-    if (Present(l)) return l;
+    if (Present(l) && !health_[l].failing) return l;
   }
   return -1;
 }
@@ -165,6 +175,8 @@ absl::Status TieredStore::Recover() {
       ++orphans;
     }
   }
+  stats_.recovered_pages = inserted;
+  metrics_->recovered->Set(static_cast<double>(inserted));
   log::Info("tiered_store_recovered", "pages", inserted, "orphans_dropped", orphans);
   return absl::OkStatus();
 }

@@ -32,7 +32,21 @@
 //   - Quotas cap each namespace's bytes per tier; a namespace over quota evicts its own
 //     pages first and never another tenant's.
 //   - Restart: Open() rebuilds the index from the nvme tier's sealed pages (orphans whose
-//     parent is missing are dropped); device and host start empty.
+//     parent is missing are dropped); device and host start empty. The count is
+//     StoreStats::recovered_pages and the gauge kvstrata_store_recovered_pages.
+//   - Durability (docs/serving.md "Durability"): with persist_to_nvme, every page sealed
+//     above the nvme tier is also written to nvme by the background threads, in seal order
+//     (parents first), as soon as a thread reaches it; Flush(deadline) writes whatever is
+//     still missing, parents first, within a deadline (the node's SIGTERM path). The nvme
+//     copy is an ordinary second copy: lookups still serve the fastest tier.
+//   - Tier health: a tier whose Write/Seal fails with a media error (anything but "no room",
+//     "exists", a bad argument, out of range or a precondition) tier_failure_threshold times
+//     in a row is *failing*: new pages, demotions and write-back bypass it (the next tier
+//     down takes new pages; with none left, Write() is Unavailable), TierHealth() says why,
+//     the gauge kvstrata_store_tier_healthy{tier} is 0 and the health listener is told.
+//     Every tier_retry_interval one write is let through as a probe; a success makes the
+//     tier healthy again. Reads of pages already in a failing tier still go to it (a failed
+//     read is a miss, as always).
 //
 // Thread-safety: every method is safe for concurrent use. One mutex guards the index and the
 // bookkeeping; page copies for Read()/Lend() and write-back reads run outside it.
@@ -41,6 +55,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -85,7 +100,15 @@ struct TieredStoreOptions {
   // Told of every residency change of the index (also those Open() makes recovering the
   // nvme tier), under the store's lock: it must not block (kvstore/kv_events.h queues).
   ResidencyListener residency_listener;
+  // Write every page sealed above the nvme tier to nvme too, in the background (above).
+  // Serving nodes turn it on (cluster/node.h OpenStore); off, nvme holds only demoted pages.
+  bool persist_to_nvme = false;
+  int tier_failure_threshold = 3;  // media errors in a row that make a tier failing
+  absl::Duration tier_retry_interval = absl::Seconds(30);  // a failing tier's probe period
 };
+
+// Told when a tier becomes failing (a non-OK status saying why) or healthy again (OK).
+using TierHealthListener = std::function<void(TierKind, const absl::Status&)>;
 
 struct TierStats {
   bool present = false;
@@ -101,6 +124,8 @@ struct TierStats {
   uint64_t promotions_in = 0;  // copies moved here on a hit below
   uint64_t write_bytes = 0;    // bytes written into this tier (any cause)
   uint64_t quarantined = 0;
+  bool failing = false;       // see "Tier health" above
+  uint64_t write_errors = 0;  // media errors of Write/Seal
 };
 
 struct StoreStats {
@@ -112,6 +137,14 @@ struct StoreStats {
   uint64_t expired_leases = 0;
   uint64_t resume_strips = 0;       // pages whose resume section was stripped (any cause)
   uint64_t resume_bytes_freed = 0;  // tier bytes those strips freed, summed over copies
+  uint64_t recovered_pages = 0;     // pages Open() recovered from the nvme tier
+  uint64_t persisted_pages = 0;     // pages written back to nvme (durability)
+};
+
+// What Flush() did.
+struct FlushResult {
+  uint64_t persisted = 0;  // pages it wrote to nvme
+  uint64_t remaining = 0;  // pages still only above nvme when it returned
 };
 
 class TieredStore {
@@ -209,10 +242,25 @@ class TieredStore {
 
   StoreStats Stats();
   // The index's invariants plus the store's: usage per namespace matches residency, quotas
-  // hold, every indexed copy exists in its tier. Internal naming the first violation.
+  // hold, every indexed copy exists in its tier. Internal naming the first violation. With
+  // persist_to_nvme, call it after WaitIdle(): an nvme copy being written is in the tier
+  // before the index.
   absl::Status CheckInvariants();
   // Blocks until queued write-backs have finished.
   void WaitIdle();
+
+  // Writes every indexed page that has no nvme copy to the nvme tier, parents first, until
+  // done or the store's clock passes `deadline`; waits (until the deadline) for background
+  // write-backs in flight. Returns what it did; pages it could not write (deadline, a
+  // failing tier, no room, a page being quarantined) count as remaining. After a Flush that
+  // ran out of time, background write-backs still queued are dropped (the process is
+  // stopping). FailedPrecondition without an nvme tier.
+  absl::StatusOr<FlushResult> Flush(absl::Time deadline);
+  // OK while `kind` is healthy (or absent); Unavailable saying why while it is failing.
+  absl::Status TierHealth(TierKind kind);
+  // Installs the health listener and calls it at once for each present tier's current
+  // state. It runs under the store's lock: it must not block or call into the store.
+  void SetTierHealthListener(TierHealthListener listener);
   Tier* tier(TierKind kind) { return tiers_[static_cast<int>(kind)].get(); }
   // The clock leases, TTLs and pending timeouts are read from (options.clock or Clock::Real()).
   Clock* clock() const { return options_.clock; }
@@ -240,13 +288,18 @@ class TieredStore {
     Counter* resume_strips;
     Counter* resume_bytes_freed;
     Histogram* lookup_seconds;
+    std::array<Gauge*, kNumTiers> healthy;
+    std::array<Counter*, kNumTiers> write_errors;
+    Counter* persisted;
+    Gauge* recovered;
   };
 
   TieredStore(TieredStoreOptions options, std::array<std::unique_ptr<Tier>, kNumTiers> tiers);
   absl::Status Recover();
   absl::Time Now() { return options_.clock->Now(); }
   bool Present(int t) const { return tiers_[t] != nullptr; }
-  int LowerTier(int t) const;  // next present tier below t, or -1
+  // Next present tier below t that is not failing, or -1.
+  int LowerTier(int t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // All of the following run with mu_ held.
   void ReapLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -293,6 +346,23 @@ class TieredStore {
   absl::StatusOr<size_t> ReadVerified(const BlockKey& key, std::span<uint8_t> dst, bool* promoted);
   void WriteBack(const BlockKey& key);
 
+  // Durability and tier health (tiered_store_durability.cc).
+  struct Health {
+    int errors_in_a_row = 0;
+    bool failing = false;
+    absl::Time retry_at;
+    absl::Status last;
+  };
+  // The page's nvme copy: OK once it has one; an error saying why it has none.
+  absl::Status Persist(const BlockKey& key);
+  void SchedulePersist(const BlockKey& key);
+  // The tier may take a write now: present and healthy, or failing with a probe due (which
+  // this call uses up).
+  bool WritableLocked(int t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records the outcome of a tier Write/Seal for the tier's health.
+  void NoteTierResultLocked(int t, const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status HealthStatusLocked(int t) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const TieredStoreOptions options_;
   std::array<std::unique_ptr<Tier>, kNumTiers> tiers_;
   std::unique_ptr<Metrics> metrics_;
@@ -306,7 +376,12 @@ class TieredStore {
   absl::flat_hash_map<BlockKey, uint8_t> doomed_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::array<int64_t, kNumTiers>> usage_ ABSL_GUARDED_BY(mu_);
   StoreStats stats_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<ThreadPool> threads_;  // last member: destroyed (joined) first
+  std::array<Health, kNumTiers> health_ ABSL_GUARDED_BY(mu_);
+  TierHealthListener health_listener_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<BlockKey> persisting_ ABSL_GUARDED_BY(mu_);  // nvme copies being written
+  CondVar persist_cv_;                                             // persisting_ shrank
+  std::atomic<bool> persist_stop_{false};  // a Flush ran out of time: drop queued write-backs
+  std::unique_ptr<ThreadPool> threads_;    // last member: destroyed (joined) first
 };
 
 }  // namespace kv

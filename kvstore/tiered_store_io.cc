@@ -106,10 +106,13 @@ absl::Status TieredStore::CopyIntoTierLocked(int t, const PageMeta& meta,
     st = absl::FailedPreconditionError(StrCat(meta.key.Hex(), " was quarantined"));
   }
   std::string_view sv(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  if (st.ok()) st = tiers_[t]->Write(meta, sv);
   if (st.ok()) {
-    st = tiers_[t]->Seal(meta.key);
-    if (!st.ok()) (void)tiers_[t]->Erase(meta.key);
+    st = tiers_[t]->Write(meta, sv);
+    if (st.ok()) {
+      st = tiers_[t]->Seal(meta.key);
+      if (!st.ok()) (void)tiers_[t]->Erase(meta.key);
+    }
+    NoteTierResultLocked(t, st);
   }
   if (st.ok()) {
     st = index_.AddResidency(meta.key, static_cast<TierKind>(t));
@@ -321,15 +324,23 @@ absl::Status TieredStore::Write(const PageMeta& meta, std::span<const uint8_t> p
     return absl::AlreadyExistsError(StrCat("page ", meta.key.Hex(), " already stored"));
   }
   int t = 0;
-  while (!Present(t)) ++t;
+  while (t < kNumTiers && !WritableLocked(t)) ++t;
+  if (t == kNumTiers) {
+    int last = kNumTiers - 1;
+    while (!Present(last)) --last;
+    return MarkRetryable(absl::UnavailableError(
+        StrCat("Write: no tier takes pages now: ", HealthStatusLocked(last).message())));
+  }
   RETURN_IF_ERROR(MakeRoomLocked(t, meta.ns, meta.size));
   PageMeta m = meta;
   m.sealed = false;
   m.last_access = now;
   m.resume_bytes = resume_bytes;
   m.geometry = geometry;
-  RETURN_IF_ERROR(tiers_[t]->Write(
-      m, std::string_view(reinterpret_cast<const char*>(page.data()), page.size())));
+  absl::Status written = tiers_[t]->Write(
+      m, std::string_view(reinterpret_cast<const char*>(page.data()), page.size()));
+  NoteTierResultLocked(t, written);
+  RETURN_IF_ERROR(written);
   Charge(m.ns, t, static_cast<int64_t>(tiers_[t]->Footprint(m.size)));
   stats_.tiers[t].write_bytes += m.size;
   pending_[m.key] = Pending{m, static_cast<TierKind>(t), now + options_.pending_timeout,
@@ -368,9 +379,10 @@ absl::Status TieredStore::Seal(const BlockKey& key) {
   // The pending entry, marked sealing, keeps the key, its charge and its tier copy meanwhile.
   const int t = static_cast<int>(p.tier);
   absl::Status st = tiers_[t]->Seal(key);
-  bool write_back = false;
+  bool write_back = false, persist = false;
   {
     MutexLock l(&mu_);
+    NoteTierResultLocked(t, st);
     absl::Time now = Now();
     if (st.ok() && !ParentCachedLocked(p.meta)) {  // evicted while the tier sealed
       st = absl::FailedPreconditionError(
@@ -385,10 +397,13 @@ absl::Status TieredStore::Seal(const BlockKey& key) {
     }
     write_back = options_.write_back && p.tier == TierKind::kDevice &&
                  Present(static_cast<int>(TierKind::kHost));
+    persist = options_.persist_to_nvme && p.tier != TierKind::kNvme &&
+              Present(static_cast<int>(TierKind::kNvme));
   }
   if (write_back) {
     if (threads_ == nullptr || !threads_->Schedule([this, key] { WriteBack(key); })) WriteBack(key);
   }
+  if (persist) SchedulePersist(key);
   return absl::OkStatus();
 }
 
@@ -483,6 +498,7 @@ StoreStats TieredStore::Stats() {
     s.tiers[t].capacity_bytes = tiers_[t]->capacity_bytes();
     s.tiers[t].used_bytes = tiers_[t]->used_bytes();
     s.tiers[t].pages = index_.KeysIn(static_cast<TierKind>(t)).size();
+    s.tiers[t].failing = health_[t].failing;
   }
   s.indexed_pages = index_.size();
   s.pending_pages = pending_.size();

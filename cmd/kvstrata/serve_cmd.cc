@@ -61,6 +61,7 @@ struct ServeFlags {
   std::string advertise;
   int64_t replication = 1;
   int64_t local_cache_mib = 256;
+  int64_t shutdown_flush_seconds = 20;  // cluster::kShutdownFlushBudget
   std::string transport = "ucx";
   cluster::MembershipConfig membership;
   bool check_config = false;
@@ -125,6 +126,10 @@ absl::StatusOr<cluster::NodeOptions> ToNodeOptions(const ServeFlags& f) {
     return absl::InvalidArgumentError(
         StrCat("--compute-threads must be in 0..1024 (0: one per core), got ", f.compute_threads));
   }
+  if (f.shutdown_flush_seconds < 0 || f.shutdown_flush_seconds > 3600) {
+    return absl::InvalidArgumentError(
+        StrCat("--shutdown-flush-seconds must be in 0..3600, got ", f.shutdown_flush_seconds));
+  }
   cluster::NodeOptions n;
   n.model_dir = f.model_dir;
   n.compute_threads = static_cast<int>(f.compute_threads);
@@ -180,6 +185,7 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   o.node_id = f.node_id;
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
+  o.shutdown_flush = absl::Seconds(f.shutdown_flush_seconds);
   RETURN_IF_ERROR(cluster::ValidateEmbeddedServerOptions(o));
   RETURN_IF_ERROR(CheckModelDir(o.node.model_dir));
   return o;
@@ -203,6 +209,7 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   o.membership = f.membership;
   ASSIGN_OR_RETURN(o.kv_events, ToKvEventsOptions(f));
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
+  o.shutdown_flush = absl::Seconds(f.shutdown_flush_seconds);
   // A store has no compute memory to cache in: its device tier is off.
   if (f.role == "store") o.node.device_bytes = 0;
   RETURN_IF_ERROR(cluster::ValidateRoleServerOptions(o));
@@ -306,6 +313,9 @@ void BindServeFlags(FlagSet& flags, ServeFlags& f) {
   flags.Int("replication", &f.replication, "home nodes per page chain in the page pool (R)");
   flags.Int("local-cache-mib", &f.local_cache_mib,
             "prefill/decode: host tier caching pool pages in the worker, MiB (0: off)");
+  flags.Int("shutdown-flush-seconds", &f.shutdown_flush_seconds,
+            "on SIGTERM, after the 5 s drain: seconds to write RAM-only pages to nvme "
+            "(keep 5 + this below the pod's terminationGracePeriodSeconds)");
   flags.String("transport", &f.transport,
                "prefill->decode KV handoff transport: ucx (honours UCX_TLS, UCX_NET_DEVICES)");
   f.membership.Bind(&flags);

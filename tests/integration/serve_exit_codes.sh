@@ -17,6 +17,8 @@ expect 1 serve --role=decode --check-config --members=bogus
 expect 1 serve --role=store --check-config --etcd=127.0.0.1:2379 --members=a=127.0.0.1:1@store
 expect 1 serve --role=store --check-config --replication=0
 expect 1 serve --role=decode --check-config --etcd=127.0.0.1:2379 --transport=rdma-magic
+expect 1 serve --role=store --check-config --etcd=127.0.0.1:2379 --shutdown-flush-seconds=-1
+expect 0 serve --role=all --check-config --shutdown-flush-seconds=25
 for role in router prefill decode store; do
   expect 0 serve --role=$role --check-config --etcd=127.0.0.1:2379 --listen=0.0.0.0:7070 \
     --advertise=10.0.0.7:7070 --node-id=$role-0 --data-dir=/nonexistent/never-created
