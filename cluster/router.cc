@@ -420,6 +420,29 @@ void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::Pr
   }
 }
 
+decode::DecodeRequest RouterBackend::DecodeRequestOf(const GenerateRequest& req,
+                                                     const std::optional<CachedRun>& run,
+                                                     absl::Time start) const {
+  const absl::Duration retention =
+      req.session_id.empty() ? absl::ZeroDuration()
+                             : std::min(req.retention_ttl.value_or(options_.default_retention),
+                                        options_.max_retention);
+  return decode::DecodeRequest{.request_id = StrCat(req.session_id, "@", absl::ToUnixMicros(start)),
+                               .prompt = req.prompt,
+                               .tenant = req.tenant,
+                               .authorization = req.authorization,
+                               .shared_prefix_tokens = req.shared_prefix_tokens,
+                               .sampling = req.sampling,
+                               .max_tokens = req.max_tokens,
+                               .stop_tokens = req.stop_tokens,
+                               .ignore_eos = req.ignore_eos,
+                               .session_id = req.session_id,
+                               .retention = retention,
+                               .skip_publish = req.policy == CachePolicy::kBypass,
+                               .cached = run,
+                               .cancelled = req.cancelled};
+}
+
 absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Route* route) {
   const absl::Time start = clock()->Now();
   const absl::Time deadline = std::min(start + options_.max_request_time, req.deadline);
@@ -438,43 +461,26 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
     }
   } unpin{this, run, req.authorization};
 
-  const absl::Duration retention =
-      req.session_id.empty() ? absl::ZeroDuration()
-                             : std::min(req.retention_ttl.value_or(options_.default_retention),
-                                        options_.max_retention);
   // 2. The decode session first: its destination is where the prefill writes.
-  decode::DecodeRequest dreq{.request_id = StrCat(req.session_id, "@", absl::ToUnixMicros(start)),
-                             .prompt = req.prompt,
-                             .tenant = req.tenant,
-                             .authorization = req.authorization,
-                             .shared_prefix_tokens = req.shared_prefix_tokens,
-                             .sampling = req.sampling,
-                             .max_tokens = req.max_tokens,
-                             .stop_tokens = req.stop_tokens,
-                             .ignore_eos = req.ignore_eos,
-                             .session_id = req.session_id,
-                             .retention = retention,
-                             .skip_publish = req.policy == CachePolicy::kBypass,
-                             .cached = run,
-                             .cancelled = req.cancelled};
+  const decode::DecodeRequest dreq = DecodeRequestOf(req, run, start);
   ASSIGN_OR_RETURN(Started started, StartDecode(plan, std::move(first), dreq, deadline, route));
   const Placement& place = started.place;
   DecodeCall* call = started.call.get();
   const transport::HandoffDestination& dest = started.dest;
-  {
-    kv::MutexLock l(&mu_);
-    ++in_flight_[place.prefill_id()];
-    ++in_flight_[place.decode.node_id()];
-  }
-  struct Release {  // the load counts go down however the request ends
+  struct Load {  // the workers' load counts, down again however the request ends
     RouterBackend* r;
     std::string a, b;
-    ~Release() {
+    Load(RouterBackend* r, std::string a, std::string b) : r(r), a(std::move(a)), b(std::move(b)) {
+      kv::MutexLock l(&r->mu_);
+      ++r->in_flight_[this->a];
+      ++r->in_flight_[this->b];
+    }
+    ~Load() {
       kv::MutexLock l(&r->mu_);
       --r->in_flight_[a];
       --r->in_flight_[b];
     }
-  } release{this, place.prefill_id(), place.decode.node_id()};
+  } load(this, place.prefill_id(), place.decode.node_id());
 
   // 3. Prefill into the destination. A failure only costs the decode worker a local prefill.
   absl::StatusOr<prefill::PrefillDone> done = RunPrefill(dreq, place, dest, deadline);

@@ -140,6 +140,10 @@ class RouterBackend final : public ServingBackend {
                                       Route* route);
   // Marks `node_id` down for options_.down_after_failure after `error` (logged, counted).
   void MarkDown(const std::string& node_id, kvstrata::v1::Role role, const absl::Status& error);
+  // The decode session's request for `req`, loading `run` (the pinned prefix) if any.
+  decode::DecodeRequest DecodeRequestOf(const GenerateRequest& req,
+                                        const std::optional<CachedRun>& run,
+                                        absl::Time start) const;
   // Pins the blocks the plan loads on their home; none when nothing is loaded or the pin
   // failed (logged: the workers then compute those blocks).
   std::optional<CachedRun> PinPrefix(const GenerateRequest& req, const Plan& plan);
