@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,7 +45,8 @@
 #include <tuple>
 #include <vector>
 
-#include "absl/strings/ascii.h"
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -370,6 +372,12 @@ struct Figures {
   std::optional<OpStats> redis;
   double perftest = 0;
   std::vector<std::pair<std::string, OpStats>> paths;  // kvstrata's, by path name
+  const OpStats* path(std::string_view name) const {
+    for (const auto& [n, s] : paths) {
+      if (n == name) return &s;
+    }
+    return nullptr;
+  }
 };
 
 void AddRows(const Figures& x, BenchReport& r) {
@@ -408,17 +416,21 @@ void AddRows(const Figures& x, BenchReport& r) {
   }
 }
 
+// The figures of `op` at the point labelled `label`; null when that point was not run.
+const Figures* FindFigures(const std::vector<Figures>& figs, Op op, std::string_view label) {
+  for (const Figures& x : figs) {
+    if (x.op == op && x.label == label) return &x;
+  }
+  return nullptr;
+}
+
 // Where a 2.56 MB page's UCX GET goes, each stage beside the request's p50 (the ratio is
 // the stage's share), and the one-sided get at ucx_perftest's rate.
 void AddStageRows(const UcxGetStages& st, const std::vector<Figures>& figs, BenchReport& r) {
-  double p50 = 0, perftest = 0;
-  for (const Figures& x : figs) {
-    if (x.op != Op::kGet || x.label != "2.56 MB x1") continue;
-    perftest = x.perftest;
-    for (const auto& [path, s] : x.paths) {
-      if (path == "ucx") p50 = s.p50_us;
-    }
-  }
+  const Figures* x = FindFigures(figs, Op::kGet, "2.56 MB x1");
+  const OpStats* ucx = x != nullptr ? x->path("ucx") : nullptr;
+  const double p50 = ucx != nullptr ? ucx->p50_us : 0;
+  const double perftest = x != nullptr ? x->perftest : 0;
   const std::string lim = "ucx GET 2.56 MB x1 p50, same run";
   for (const auto& [stage, us] :
        {std::pair{"PinBlocks RPC (gRPC)", st.pin_us}, std::pair{"one-sided UCX get", st.get_us},
@@ -437,13 +449,9 @@ void AddStageRows(const UcxGetStages& st, const std::vector<Figures>& figs, Benc
 
 // The python row beside the C++ client's ucx-chain GET of 2.56 MB pages at 1 client.
 void AddPythonRow(double gbps, const std::vector<Figures>& figs, BenchReport& r) {
-  double cpp = 0;
-  for (const Figures& x : figs) {
-    if (x.op != Op::kGet || x.label != "2.56 MB x1") continue;
-    for (const auto& [path, st] : x.paths) {
-      if (path == "ucx-chain") cpp = st.gbps;
-    }
-  }
+  const Figures* x = FindFigures(figs, Op::kGet, "2.56 MB x1");
+  const OpStats* chain = x != nullptr ? x->path("ucx-chain") : nullptr;
+  const double cpp = chain != nullptr ? chain->gbps : 0;
   r.Add({.name = "python GET 2.56 MB x1 (kvstrata.Client.batch_get_into, a chain per call)",
          .value = gbps,
          .unit = "GB/s",
@@ -482,29 +490,23 @@ absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis,
 // the C++ client's ucx-chain GET of the same size at 1 client.
 absl::StatusOr<double> MeasurePython(const Flags& f, const Store& s) {
   const std::string out = f.dir + "/python.json";
-  const std::string cmd =
-      StrCat("PYTHONPATH='", f.python_path, "' /usr/bin/python3 '", f.python_bench,
-             "' --python-only --blocks=1 --addr=", s.address, " --token=", kToken,
-             " --pages=", f.pages, " --rounds=", std::max<int64_t>(f.rounds, 4), " --json='", out,
-             "' > '", f.dir, "/python.log' 2>&1");
-  if (std::system(cmd.c_str()) != 0) {
-    return absl::InternalError(StrCat("the python row failed; see ", f.dir, "/python.log"));
+  cluster::testing::ChildProcess py;
+  RETURN_IF_ERROR(
+      py.Spawn({"/usr/bin/python3", f.python_bench, "--python-only", "--blocks=1",
+                "--addr=" + s.address, StrCat("--token=", kToken), StrCat("--pages=", f.pages),
+                StrCat("--rounds=", std::max<int64_t>(f.rounds, 4)), "--json=" + out},
+               f.dir + "/python.log", {"PYTHONPATH=" + f.python_path}));
+  ASSIGN_OR_RETURN(int status, py.Stop(/*signal=*/0, absl::Minutes(10)));  // 0: just wait
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(StrCat("the python row failed: ", py.LogTail()));
   }
   std::ifstream in(out);
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::string j = text.str();
-  const std::string key = "\"python_gb_per_s_mean\":";
-  const size_t at = j.find(key);
-  const size_t v = at == std::string::npos ? at : at + key.size();
-  const size_t stop = v == std::string::npos ? v : j.find_first_of(",}", v);
-  double gbps = 0;
-  if (stop == std::string::npos ||
-      !absl::SimpleAtod(absl::StripAsciiWhitespace(absl::string_view(j).substr(v, stop - v)),
-                        &gbps)) {
+  const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("python_gb_per_s_mean") ||
+      !j["python_gb_per_s_mean"].is_number()) {
     return absl::InternalError(StrCat("no python_gb_per_s_mean in ", out));
   }
-  return gbps;
+  return j["python_gb_per_s_mean"].get<double>();
 }
 
 absl::Status WritePlot(const Flags& f, const std::vector<Figures>& figs) {

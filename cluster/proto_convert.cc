@@ -153,12 +153,17 @@ void ToProto(const RequestStats& st, pb::RequestStats* out) {
   SetDuration(st.handoff_time, out->mutable_handoff_time());
 }
 
-void FillCapacity(CostModel& cm, TierKind tier, const TierStats& stats, pb::TierCapacity* out) {
+void FillCapacity(CostModel* cm, TierKind tier, const TierStats& stats, pb::TierCapacity* out) {
   out->set_tier(ToProto(tier));
   out->set_capacity_bytes(stats.capacity_bytes);
   out->set_used_bytes(stats.used_bytes);
   out->set_pages(stats.pages);
-  out->set_read_bytes_per_second(cm.measured(tier) ? cm.BytesPerSecond(tier) : 0.0);
+  out->set_read_bytes_per_second(cm != nullptr && cm->measured(tier) ? cm->BytesPerSecond(tier)
+                                                                     : 0.0);
+}
+
+bool HasRole(const pb::NodeInfo& n, pb::Role role) {
+  return std::find(n.roles().begin(), n.roles().end(), role) != n.roles().end();
 }
 
 void FillStoreStats(const StoreStats& ss, CostModel* cost, pb::NodeStats* out) {
@@ -168,15 +173,7 @@ void FillStoreStats(const StoreStats& ss, CostModel* cost, pb::NodeStats* out) {
     const TierKind kind = static_cast<TierKind>(t);
     pb::TierStats* tier = out->add_tiers();
     tier->set_tier(ToProto(kind));
-    if (cost != nullptr) {
-      FillCapacity(*cost, kind, ts, tier->mutable_capacity());
-    } else {
-      pb::TierCapacity* c = tier->mutable_capacity();
-      c->set_tier(ToProto(kind));
-      c->set_capacity_bytes(ts.capacity_bytes);
-      c->set_used_bytes(ts.used_bytes);
-      c->set_pages(ts.pages);
-    }
+    FillCapacity(cost, kind, ts, tier->mutable_capacity());
     tier->set_hits(ts.hits);
     tier->set_misses(ts.misses);
     tier->set_evictions(ts.evictions);

@@ -40,9 +40,12 @@ void ToProto(const CostPlan& plan, kvstrata::v1::CostEstimate* out);
 // bytes moved by the in-process transport.
 void ToProto(const RequestStats& st, kvstrata::v1::RequestStats* out);
 
-// Capacity of one tier, with the cost model's measured read bandwidth (0 if unmeasured).
-void FillCapacity(CostModel& cost, TierKind tier, const TierStats& stats,
+// Capacity of one tier, with the cost model's measured read bandwidth (0 if unmeasured or
+// `cost` is null).
+void FillCapacity(CostModel* cost, TierKind tier, const TierStats& stats,
                   kvstrata::v1::TierCapacity* out);
+// Whether `node` has `role` in the membership.
+bool HasRole(const kvstrata::v1::NodeInfo& node, kvstrata::v1::Role role);
 // A store's tiers (capacity, occupancy, counters) and its live leases into `out`, the read
 // bandwidth from `cost` when given (else 0).
 void FillStoreStats(const StoreStats& stats, CostModel* cost, kvstrata::v1::NodeStats* out);

@@ -266,13 +266,10 @@ auto NodeStatsOverGrpc() {
     ctx.set_deadline(absl::ToChronoTime(deadline));
     if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
     pb::NodeStats stats;
-    const auto has = [&](pb::Role r) {
-      return std::find(node.roles().begin(), node.roles().end(), r) != node.roles().end();
-    };
     grpc::Status s;
-    if (has(pb::ROLE_STORE)) {
+    if (HasRole(node, pb::ROLE_STORE)) {
       s = pb::PageStore::NewStub(channel)->GetNodeStats(&ctx, pb::GetNodeStatsRequest(), &stats);
-    } else if (has(pb::ROLE_PREFILL) || has(pb::ROLE_DECODE)) {
+    } else if (HasRole(node, pb::ROLE_PREFILL) || HasRole(node, pb::ROLE_DECODE)) {
       s = pb::Worker::NewStub(channel)->GetNodeStats(&ctx, pb::GetNodeStatsRequest(), &stats);
     } else {
       return absl::UnimplementedError("a node without a store or worker role serves no stats");

@@ -24,10 +24,6 @@ namespace pb = ::kvstrata::v1;
 
 namespace {
 
-bool HasRole(const pb::NodeInfo& n, pb::Role role) {
-  return std::find(n.roles().begin(), n.roles().end(), role) != n.roles().end();
-}
-
 std::string HostOf(std::string_view address) {
   const size_t colon = address.rfind(':');
   return std::string(colon == std::string_view::npos ? address : address.substr(0, colon));
@@ -549,7 +545,7 @@ void RouterBackend::FillTiers(pb::NodeInfo* node) {
   StoreStats ss = options_.local_store->Stats();
   for (int t = 0; t < kNumTiers; ++t) {
     if (!ss.tiers[t].present) continue;
-    FillCapacity(cost_, static_cast<TierKind>(t), ss.tiers[t], node->add_tiers());
+    FillCapacity(&cost_, static_cast<TierKind>(t), ss.tiers[t], node->add_tiers());
   }
 }
 
