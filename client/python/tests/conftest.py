@@ -5,6 +5,7 @@ SIGKILLed at the end of its test (or module)."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -52,6 +53,26 @@ class Store:
         self.kill()
         with open(self.log, errors="replace") as f:
             raise RuntimeError("the store did not start:\n" + f.read()[-4000:])
+
+    def stop(self):
+        """SIGSTOP the store and wait until every one of its threads is stopped. kill() returns
+        before that: the thread the kernel picks to start the group stop may wait for a CPU
+        while the store's gRPC threads go on answering (seen under a loaded CI)."""
+        self.proc.send_signal(signal.SIGSTOP)
+        tasks = f"/proc/{self.proc.pid}/task"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = []
+            for t in os.listdir(tasks):
+                try:
+                    with open(os.path.join(tasks, t, "stat")) as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+                except FileNotFoundError:  # the thread exited
+                    pass
+            if states and all(s in ("T", "t") for s in states):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"the store's threads did not all stop within 10 s: {states}")
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
