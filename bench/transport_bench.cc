@@ -6,6 +6,9 @@
 // 64 MiB registered region, and this process writes batches into it through UcxTransport:
 //   - 168 KB  (167,936 B: one tiny-v3 64-token page, 4 layers x 656 B x 64 tokens), 1 op;
 //   - 2.6 MB  (2,561,024 B: one DeepSeek-V3 64-token page over 61 layers), 1 op;
+//   - 4 x 2.6 MB, 8 MiB (2 ops of 4 MiB), 16 MiB (4 ops of 4 MiB) and 24 x 2.6 MB: the range
+//     where the faster protocol over shm could cross over (issue #15 item 4; the rows of the
+//     protocol kAuto did not pick show whether it does);
 //   - 64 MiB  (16 ops of 4 MiB).
 // Batches are kept in flight (a window, like ucx_perftest's) and the figure is bytes moved
 // divided by the wall time. The limit is the better of ucx_perftest ucp_put_bw and tag_bw at
@@ -272,8 +275,11 @@ absl::Status RunFabric(const Flags& f, const Fabric& fab, BenchReport& r) {
                                                                     : UcxOptions::Protocol::kRma;
   ASSIGN_OR_RETURN(Link otherl, Open(other, f.spin_us, addr, key, src));
   double limit_168k = 0;
-  for (const Size& s : {Size{"168 KB", kTinyPage, kTinyPage}, Size{"2.6 MB", kV3Page, kV3Page},
-                        Size{"64 MiB", kPeerBytes, 4u << 20}}) {
+  for (const Size& s :
+       {Size{"168 KB", kTinyPage, kTinyPage}, Size{"2.6 MB", kV3Page, kV3Page},
+        Size{"4 x 2.6 MB", 4 * kV3Page, kV3Page}, Size{"8 MiB", 8u << 20, 4u << 20},
+        Size{"16 MiB", 16u << 20, 4u << 20}, Size{"24 x 2.6 MB", 24 * kV3Page, kV3Page},
+        Size{"64 MiB", kPeerBytes, 4u << 20}}) {
     ASSIGN_OR_RETURN(const double limit, SizeRows(f, fab, s, autol, otherl, picked, other, r));
     if (s.bytes == kTinyPage) limit_168k = limit;
   }

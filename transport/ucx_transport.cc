@@ -1,6 +1,8 @@
 // UcxTransport's API: validation of arguments, then a hop onto the engine thread.
 #include "transport/ucx_transport.h"
 
+#include <cstdlib>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -22,7 +24,21 @@ absl::StatusOr<T> Call(UcxTransport::Engine* e, Fn fn) {
 }
 }  // namespace
 
+absl::StatusOr<UcxOptions::Protocol> ParseProtocol(std::string_view name) {
+  for (UcxOptions::Protocol p :
+       {UcxOptions::Protocol::kAuto, UcxOptions::Protocol::kRma, UcxOptions::Protocol::kTag}) {
+    if (ProtocolName(p) == name) return p;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown UCX protocol \"",
+                                                 absl::string_view(name.data(), name.size()),
+                                                 "\" (KVSTRATA_UCX_PROTOCOL): auto, rma or tag"));
+}
+
 absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(UcxOptions options) {
+  if (const char* env = std::getenv("KVSTRATA_UCX_PROTOCOL");
+      env != nullptr && *env != '\0' && options.protocol == UcxOptions::Protocol::kAuto) {
+    ASSIGN_OR_RETURN(options.protocol, ParseProtocol(env));
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(options));
   return std::unique_ptr<UcxTransport>(new UcxTransport(std::move(engine)));
 }

@@ -41,6 +41,9 @@
 //     rendezvous moves the bytes zero-copy through CMA. `kvstrata bench transport` prints
 //     both protocols per fabric so the choice can be checked.
 //
+// KVSTRATA_UCX_PROTOCOL=auto|rma|tag (environment) overrides a kAuto protocol of every
+// transport the process creates (Create() refuses another value); it is how a protocol is
+// forced for one node or one benchmark without a flag in every command.
 // Knobs that matter (environment, read by UCX): UCX_TLS (e.g. "tcp", "posix,cma,self",
 // "sm,self"), UCX_NET_DEVICES (e.g. "lo" for loopback TCP), UCX_RNDV_THRESH (eager vs
 // rendezvous), UCX_KEEPALIVE_INTERVAL (dead-peer detection), UCX_TCP_* (socket buffers).
@@ -84,6 +87,8 @@ struct UcxOptions {
   Clock* clock = nullptr;  // not owned; null: Clock::Real()
 };
 std::string_view ProtocolName(UcxOptions::Protocol p);
+// "auto", "rma" or "tag" (ProtocolName's names); InvalidArgument naming the value otherwise.
+absl::StatusOr<UcxOptions::Protocol> ParseProtocol(std::string_view name);
 
 class UcxTransport : public Transport {
  public:

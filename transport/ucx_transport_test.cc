@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/hash.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "transport/fault_transport.h"
 #include "transport/test_util.h"
@@ -376,6 +377,31 @@ INSTANTIATE_TEST_SUITE_P(
                       TlsCase{"shm_rma", "posix,cma,self", nullptr, UcxOptions::Protocol::kRma,
                               UcxOptions::Protocol::kRma}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// KVSTRATA_UCX_PROTOCOL forces the protocol of a kAuto transport (never of an explicit one)
+// and an unknown value is refused at Create, naming it.
+TEST(UcxTransport, ProtocolEnvironmentOverride) {
+  setenv("UCX_TLS", "posix,cma,self", 1);
+  unsetenv("UCX_NET_DEVICES");
+  struct Unset {
+    ~Unset() { unsetenv("KVSTRATA_UCX_PROTOCOL"); }  // also when an ASSERT returns early
+  } unset;
+  setenv("KVSTRATA_UCX_PROTOCOL", "bogus", 1);
+  auto bad = UcxTransport::Create();
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status())) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()), ::testing::HasSubstr("\"bogus\""));
+  for (const char* forced : {"rma", "tag"}) {
+    setenv("KVSTRATA_UCX_PROTOCOL", forced, 1);
+    auto a = UcxTransport::Create();
+    auto b = UcxTransport::Create(UcxOptions{.protocol = UcxOptions::Protocol::kTag});
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status() << " " << b.status();
+    auto peer = (*a)->Connect((*b)->address(), In(absl::Seconds(10)));
+    auto back = (*b)->Connect((*a)->address(), In(absl::Seconds(10)));
+    ASSERT_TRUE(peer.ok() && back.ok()) << peer.status() << " " << back.status();
+    EXPECT_EQ(ProtocolName(*(*a)->PeerProtocol(*peer)), forced);
+    EXPECT_EQ(ProtocolName(*(*b)->PeerProtocol(*back)), "tag");  // explicit: not overridden
+  }
+}
 
 TEST(UcxTransport, IdleEngineSleeps) {
   auto t = UcxTransport::Create();
