@@ -112,8 +112,16 @@ class GrpcPagePool final : public PagePool {
       return MarkRetryable(absl::DeadlineExceededError("pool read: no time left"));
     }
     if (options_.transport != nullptr) {
-      ASSIGN_OR_RETURN(std::optional<std::vector<std::vector<uint8_t>>> rma,
-                       ReadOverUcx(address, keys, TokenOf(authorization), deadline));
+      absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> read =
+          ReadOverUcx(address, keys, TokenOf(authorization), deadline);
+      if (absl::IsUnavailable(read.status()) && clock()->Now() < deadline) {
+        // A store that restarted leaves this process a stale endpoint: the first transfer on
+        // it fails and the transport forgets the peer (PageRmaClient::Transfer), so one retry
+        // connects to the new process instead of costing the caller a recomputed prompt.
+        log::Info("pool_read_retry", "node", address, "error", read.status().ToString());
+        read = ReadOverUcx(address, keys, TokenOf(authorization), deadline);
+      }
+      ASSIGN_OR_RETURN(std::optional<std::vector<std::vector<uint8_t>>> rma, std::move(read));
       if (rma.has_value()) {
         if (path != nullptr) *path = "ucx";
         return *std::move(rma);
