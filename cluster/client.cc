@@ -160,11 +160,13 @@ std::string FormatStats(const pb::RequestStats& s) {
              "TTFT {:.2f} ms, total {:.2f} ms (load {:.2f} ms, prefill {:.2f} ms, decode {:.2f} "
              "ms)\n"
              "prompt {} tokens: {} cached, {} recomputed; {} generated; tier hits: {}\n"
-             "{}, published {} pages\n"
+             "{}, published {} pages{}\n"
              "cost model: {} ({})\n",
              ms(s.ttft()), ms(s.total_time()), ms(s.load_time()), ms(s.prefill_time()),
              ms(s.decode_time()), s.prompt_tokens(), s.cached_tokens(), s.recomputed_tokens(),
              s.output_tokens(), FormatTierHits(s), loaded, s.published_pages(),
+             s.queued_pages() == 0 ? std::string()
+                                   : fmt::format(" (+{} queued for write-back)", s.queued_pages()),
              pb::CacheDecision_Name(s.cost().decision()), s.cost().reason());
 }
 

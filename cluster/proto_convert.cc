@@ -149,6 +149,7 @@ void ToProto(const RequestStats& st, pb::RequestStats* out) {
   SetDuration(st.prefill_time, out->mutable_prefill_time());
   SetDuration(st.decode_time, out->mutable_decode_time());
   out->set_published_pages(static_cast<uint32_t>(st.published_pages));
+  out->set_queued_pages(static_cast<uint32_t>(st.queued_pages));
   out->set_handoff_bytes(st.handoff_bytes);
   SetDuration(st.handoff_time, out->mutable_handoff_time());
 }

@@ -82,9 +82,11 @@ struct RequestStats {
   // How the cached pages came from the pool's stores ("ucx", "grpc" only when UCX could not
   // connect, "inproc" for the embedded node's own store); "" when none were loaded.
   std::string pool_transport;
-  // Pages this request published (decode, end of turn) or queued for publishing (prefill
-  // write-back, asynchronous): see RequestStats.published_pages in cluster.proto.
+  // Pages this request published before its response (decode, end of turn), and pages the
+  // prefill worker queued for its asynchronous write-back (not yet stored): see
+  // RequestStats.published_pages and queued_pages in cluster.proto.
   int64_t published_pages = 0;
+  int64_t queued_pages = 0;
   // The prefill->decode handoff the decode worker imported (0 / zero when none): bytes the
   // prefill worker wrote, and its time not overlapped with compute (PrefillDone).
   uint64_t handoff_bytes = 0;

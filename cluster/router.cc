@@ -385,7 +385,7 @@ void RouterBackend::FillStats(const Plan& plan, const absl::StatusOr<prefill::Pr
   st->decode_time = turn.decode_time;
   st->published_pages += turn.published_pages;
   if (done.ok()) {  // moved, whether or not the decode worker accepted it
-    st->published_pages += done->published_pages;
+    st->queued_pages += done->queued_pages;
     st->bytes_transferred = done->bytes_loaded + done->bytes_sent;
     st->transport = done->transport;
   }

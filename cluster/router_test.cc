@@ -102,6 +102,7 @@ class FakeDecodeCall final : public DecodeCall {
       out.recomputed_tokens = static_cast<int64_t>(req_.prompt.size()) - out.cached_tokens;
     }
     out.decode_time = kTokenTime * next_;
+    out.published_pages = 1;  // stored before the answer (the end of the turn)
     return DecodeEvent{.done = out};
   }
 
@@ -152,6 +153,7 @@ class FakeWorker final : public WorkerClient {
     d.bytes_sent = 1000;
     d.transport = "inproc";
     d.compute_time = kPrefillTime;
+    d.queued_pages = 2;  // queued for write-back: not stored yet
     return d;
   }
 
@@ -276,6 +278,10 @@ TEST_F(RouterTest, RunsThePromptOnAPrefillWorkerAndStreamsTheDecodeSessionsToken
   EXPECT_EQ(world_.results[0].prefill_node_id, route.prefill_node_id);
   EXPECT_EQ(r->stats.recomputed_tokens, 13);
   EXPECT_EQ(r->stats.bytes_transferred, 1000u);
+  // Published means stored: the decode worker's end-of-turn page. The prefill worker's
+  // queued write-back is reported apart (#18 item 5: it was counted as published).
+  EXPECT_EQ(r->stats.published_pages, 1);
+  EXPECT_EQ(r->stats.queued_pages, 2);
   EXPECT_EQ(router_->Counters().requests_ok, 1u);
 }
 

@@ -221,7 +221,7 @@ void ToProto(const prefill::PrefillDone& d, pb::PrefillDone* out) {
   out->set_transport(TransportKindOf(d.transport));
   SetDuration(d.load_time, out->mutable_load_time());
   SetDuration(d.compute_time, out->mutable_compute_time());
-  out->set_published_pages(static_cast<uint32_t>(d.published_pages));
+  out->set_queued_pages(static_cast<uint32_t>(d.queued_pages));
   for (uint64_t x : d.slot_xxh3) out->add_block_xxh3(x);
   out->set_kv_tokens(static_cast<uint32_t>(d.kv_tokens));
   out->set_bytes_handed_off(d.bytes_sent);
@@ -237,7 +237,7 @@ prefill::PrefillDone FromProto(const pb::PrefillDone& d) {
                            .transport = TransportName(d.transport()),
                            .load_time = FromProto(d.load_time()),
                            .compute_time = FromProto(d.compute_time()),
-                           .published_pages = d.published_pages()};
+                           .queued_pages = d.queued_pages()};
   out.bytes_loaded = d.bytes_transferred() - std::min(d.bytes_transferred(), d.bytes_handed_off());
   out.handoff_time = FromProto(d.handoff_time());
   out.pool_transport = TransportName(d.pool_transport());

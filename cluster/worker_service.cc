@@ -32,6 +32,7 @@ struct WorkerService::Metrics {
   Counter* bytes_sent;
   Counter* bytes_loaded;
   Counter* published;
+  Counter* write_back_failed;
   Histogram* handoff_seconds;
 };
 
@@ -369,7 +370,10 @@ WorkerService::WorkerService(const model::ServingModel* model, transport::Transp
       .clock = options_.clock,
       .options = {.prefill_chunk = options_.prefill_chunk,
                   .resume_checkpoint_pages = options_.resume_checkpoint_pages,
-                  .handoff_timeout = options_.handoff_timeout}};
+                  .handoff_timeout = options_.handoff_timeout},
+      .on_write_back = [this](int64_t stored, int64_t not_stored) {
+        CountWriteBack(stored, not_stored);
+      }};
   decode_ctx_ =
       decode::DecodeContext{.model = model,
                             .pool = pool,
@@ -414,8 +418,11 @@ WorkerService::WorkerService(const model::ServingModel* model, transport::Transp
       counter("kvstrata_worker_handoff_bytes_total", "KV bytes written to decode workers");
   metrics_->bytes_loaded =
       counter("kvstrata_worker_loaded_bytes_total", "Page bytes read from the page pool");
-  metrics_->published =
-      counter("kvstrata_worker_published_pages_total", "Pages published to the page pool");
+  metrics_->published = counter("kvstrata_worker_published_pages_total",
+                                "Pages the page pool stored (or already held) from this worker");
+  metrics_->write_back_failed =
+      counter("kvstrata_worker_write_back_failed_pages_total",
+              "Pages a prefill worker queued for write-back that the page pool did not take");
   metrics_->handoff_seconds = reg->GetHistogram("kvstrata_worker_prefill_seconds",
                                                 "Prefill call duration (load, "
                                                 "compute and handoff)",
@@ -436,11 +443,17 @@ void WorkerService::CountPrefill(const absl::StatusOr<prefill::PrefillDone>& don
   counters_.recomputed_tokens += static_cast<uint64_t>(done->recomputed_tokens);
   counters_.bytes_sent += done->bytes_sent;
   counters_.bytes_loaded += done->bytes_loaded;
-  counters_.published_pages += static_cast<uint64_t>(done->published_pages);
   metrics_->bytes_sent->Inc(static_cast<double>(done->bytes_sent));
   metrics_->bytes_loaded->Inc(static_cast<double>(done->bytes_loaded));
-  metrics_->published->Inc(static_cast<double>(done->published_pages));
   metrics_->handoff_seconds->Observe(absl::ToDoubleSeconds(done->load_time + done->compute_time));
+}
+
+void WorkerService::CountWriteBack(int64_t stored, int64_t not_stored) {
+  kv::MutexLock l(&mu_);
+  counters_.published_pages += static_cast<uint64_t>(stored);
+  counters_.write_back_failed_pages += static_cast<uint64_t>(not_stored);
+  metrics_->published->Inc(static_cast<double>(stored));
+  metrics_->write_back_failed->Inc(static_cast<double>(not_stored));
 }
 
 void WorkerService::CountDecode(const absl::StatusOr<decode::DecodeOutcome>& out) {

@@ -63,7 +63,10 @@ struct WorkerCounters {
   uint64_t prefills_ok = 0, prefills_failed = 0, decodes_ok = 0, decodes_failed = 0;
   uint64_t handoffs_verified = 0, handoffs_rejected = 0, local_prefills = 0;
   uint64_t cached_tokens = 0, recomputed_tokens = 0, output_tokens = 0;
-  uint64_t bytes_sent = 0, bytes_loaded = 0, published_pages = 0;
+  uint64_t bytes_sent = 0, bytes_loaded = 0;
+  // Pages the pool stored from this worker (decode end-of-turn pages and prefill write-back),
+  // and prefill write-back pages it did not take.
+  uint64_t published_pages = 0, write_back_failed_pages = 0;
 };
 
 class WorkerService final : public kvstrata::v1::Worker::CallbackService {
@@ -112,6 +115,8 @@ class WorkerService final : public kvstrata::v1::Worker::CallbackService {
   absl::Status Admit(const absl::Status& auth, bool has_role, std::string_view role);
   void CountPrefill(const absl::StatusOr<prefill::PrefillDone>& done);
   void CountDecode(const absl::StatusOr<decode::DecodeOutcome>& out);
+  // The prefill write-back's outcome (PrefillContext::on_write_back, write-back thread).
+  void CountWriteBack(int64_t stored, int64_t not_stored) ABSL_LOCKS_EXCLUDED(mu_);
 
   const model::ServingModel* const model_;
   transport::Transport* const transport_;

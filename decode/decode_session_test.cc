@@ -106,6 +106,73 @@ TEST_F(DecodeSessionTest, VerifiedHandoffImportsThePromptAndMatchesLocal) {
   EXPECT_EQ(out->finish, FinishReason::kLength);
 }
 
+// The prefill worker's answer counts its write-back as queued, never as published: what the
+// pool took arrives later through on_write_back (#18 item 5: a store refusing every page
+// still showed them as published).
+class RefusingPool final : public PagePool {
+ public:
+  explicit RefusingPool(PagePool* inner) : inner_(inner) {}
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+                                    const std::string& auth) override {
+    return inner_->Lookup(chain, auth);
+  }
+  absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
+                                  absl::Duration lease, const std::string& auth,
+                                  int64_t* pinned) override {
+    return inner_->Pin(address, keys, lease, auth, pinned);
+  }
+  void Unpin(const std::string& address, const std::string& lease,
+             const std::string& auth) override {
+    inner_->Unpin(address, lease, auth);
+  }
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
+                                                         std::span<const BlockKey> keys,
+                                                         const std::string& lease,
+                                                         const std::string& auth, absl::Time by,
+                                                         std::string* path) override {
+    return inner_->Read(address, keys, lease, auth, by, path);
+  }
+  absl::StatusOr<int64_t> Publish(const BlockKey&, std::span<const PoolPage>,
+                                  const PoolWriteOptions&, const std::string&) override {
+    return absl::ResourceExhaustedError("every tier of the store is failing");
+  }
+
+ private:
+  PagePool* const inner_;
+};
+
+TEST_F(DecodeSessionTest, PrefillWriteBackIsQueuedAndReportsWhatThePoolTook) {
+  RefusingPool refusing(pool_.get());
+  for (PagePool* pool : {static_cast<PagePool*>(pool_.get()), static_cast<PagePool*>(&refusing)}) {
+    const DecodeRequest r = Req(Prompt(150, pool == pool_.get() ? 2 : 3));
+    auto s = Session(r);
+    ASSERT_NE(s, nullptr);
+    auto dest = s->Start();
+    ASSERT_TRUE(dest.ok()) << dest.status();
+    std::vector<std::pair<int64_t, int64_t>> reports;
+    prefill::PrefillContext pc{.model = &model(),
+                               .pool = pool,
+                               .transport = prefill_transport_.get(),
+                               .graveyard = &graveyard_,
+                               .options = {.prefill_chunk = 64},
+                               .on_write_back = [&](int64_t stored, int64_t not_stored) {
+                                 reports.emplace_back(stored, not_stored);
+                               }};
+    auto worker = prefill::PrefillWorker::Create(&pc);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    auto done = (*worker)->Run(
+        prefill::PrefillRequest{
+            .request_id = r.request_id, .prompt = r.prompt, .tenant = r.tenant, .target = *dest},
+        absl::Now() + absl::Seconds(30), nullptr);
+    ASSERT_TRUE(done.ok()) << done.status();
+    EXPECT_EQ(done->queued_pages, 2);  // 149 handed-off tokens: 2 full pages
+    (*worker)->WaitIdle();
+    const std::pair<int64_t, int64_t> want =
+        pool == pool_.get() ? std::pair<int64_t, int64_t>{2, 0} : std::pair<int64_t, int64_t>{0, 2};
+    EXPECT_EQ(reports, (std::vector<std::pair<int64_t, int64_t>>{want}));
+  }
+}
+
 TEST_F(DecodeSessionTest, CorruptHandoffIsRejectedAndTheSessionComputesThePrompt) {
   transport::FaultInjectingTransport corrupt(prefill_transport_.get(), {.corrupt = 1.0});
   const DecodeRequest r = Req(Prompt(130, 2));

@@ -154,7 +154,7 @@ void PrefillWorker::ScheduleWriteBack(const PrefillRequest& req, const KeyParams
   const int64_t shared_blocks = std::min<int64_t>(full, req.shared_prefix_tokens / m.page_tokens());
   std::vector<model::ExportedBlock> blocks = model::ExportChainBlocks(
       m, seq, keys, loaded, full, shared_blocks, full, ctx_->options.resume_checkpoint_pages);
-  done.published_pages = static_cast<int64_t>(blocks.size());
+  done.queued_pages = static_cast<int64_t>(blocks.size());
   PoolWriteOptions wo{.key_space = params,
                       .tenant = req.tenant,
                       .session_id = req.session_id,
@@ -162,7 +162,10 @@ void PrefillWorker::ScheduleWriteBack(const PrefillRequest& req, const KeyParams
   write_back_->Schedule([this, keys = std::move(keys), ns = std::move(ns),
                          blocks = std::move(blocks), wo, loaded, auth = req.authorization] {
     const std::vector<PoolPage> pages = model::EncodePoolPages(*ctx_->model, blocks);
-    (void)PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, auth);
+    const int64_t stored = PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, auth);
+    if (ctx_->on_write_back) {
+      ctx_->on_write_back(stored, static_cast<int64_t>(pages.size()) - stored);
+    }
   });
 }
 

@@ -55,6 +55,10 @@ struct PrefillContext {
   transport::RegionGraveyard* graveyard = nullptr;  // required
   Clock* clock = nullptr;                           // null: Clock::Real()
   PrefillWorkerOptions options;
+  // Called on the write-back thread once a request's queued pages went to the pool: how many
+  // it stored (or already held) and how many it did not take (a refused page ends the
+  // chain). Null: not reported. This, not PrefillDone::queued_pages, is what was published.
+  std::function<void(int64_t stored, int64_t not_stored)> on_write_back;
 };
 
 // One request, as the prefill side needs it. The tenant is authenticated by the caller.
@@ -93,7 +97,9 @@ struct PrefillDone {
   // Handoff time not overlapped with compute: opening the destination, sending the loaded
   // prefix and the final pieces (V4: the resume state), and waiting for the last transfers.
   absl::Duration handoff_time;
-  int64_t published_pages = 0;  // queued for write-back
+  // Pages queued for the asynchronous write-back when the answer was sent: not yet stored
+  // (PrefillContext::on_write_back reports what the pool took).
+  int64_t queued_pages = 0;
 };
 
 class HandoffWriter;

@@ -70,7 +70,14 @@ gen() {  # session prompt out
     >"$3" 2>&1 || { cat "$3"; echo "FAIL: generate failed"; exit 1; }
 }
 cached() { grep -o 'tokens: [0-9]* cached' "$1" | awk '{print $2}'; }
-published() { grep -o 'published [0-9]* pages' "$1" | awk '{print $2}'; }
+# Pages a request published or queued for the prefill write-back ("published P pages (+Q
+# queued for write-back)"): every one must be on the store once the write-back is done.
+published() {
+  local line q
+  line=$(grep -o 'published [0-9]* pages[^,]*' "$1")
+  q=$(echo "$line" | grep -o '+[0-9]*' | tr -d +)
+  echo $(($(echo "$line" | awk '{print $2}') + ${q:-0}))
+}
 text() { sed -n '/^---$/q;p' "$1"; }
 num() { printf '%.0f' "$1"; }
 
