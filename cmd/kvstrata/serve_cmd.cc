@@ -269,6 +269,10 @@ absl::Status UseTls(const ServeFlags& f) {
   return absl::OkStatus();
 }
 
+// After shutdown: the TLS copies' private directory is removed (the process's security held
+// the last reference).
+void DropTls() { cluster::SetProcessTransportSecurity(nullptr); }
+
 absl::Status ServeRole(const cluster::RoleServerOptions& o, const ServeFlags& f) {
   sigset_t set = BlockShutdownSignals();
   RETURN_IF_ERROR(UseTls(f));
@@ -279,6 +283,7 @@ absl::Status ServeRole(const cluster::RoleServerOptions& o, const ServeFlags& f)
   std::fflush(stdout);
   WaitForShutdownSignal(set);
   server->Shutdown();
+  DropTls();
   return absl::OkStatus();
 }
 
@@ -293,6 +298,7 @@ absl::Status Serve(const cluster::EmbeddedServerOptions& o, const ServeFlags& f)
   std::fflush(stdout);
   WaitForShutdownSignal(set);
   server->Shutdown();
+  DropTls();
   return absl::OkStatus();
 }
 
