@@ -20,14 +20,15 @@ os.environ["UCX_NET_DEVICES"] = "lo"
 
 
 class Store:
-    def __init__(self, binary, root, extra_args=()):
+    def __init__(self, binary, root, extra_args=(), extra_env=None):
         self.binary, self.root = binary, root
         self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.proc = None
         self.address = None
 
     def start(self):
-        env = dict(os.environ)
+        env = dict(os.environ, **self.extra_env)
         with open(os.path.join(self.root, "tokens.yaml"), "w") as f:
             f.write(f"{TOKEN}: acme\n")
         model = os.path.join(self.root, "model")

@@ -26,7 +26,9 @@ def tls_store():
     for ca in ("a", "b"):
         subprocess.run([MAKE_TLS, f"{root}/{ca}", "1"], check=True, timeout=60)
     a = _tls_files(f"{root}/a")
-    s = Store(_binary(), root, [f"--{k.replace('_', '-')}={v}" for k, v in a.items()])
+    # TMPDIR: the store's private TLS copies go under root, removed below.
+    s = Store(_binary(), root, [f"--{k.replace('_', '-')}={v}" for k, v in a.items()],
+              {"TMPDIR": root})
     try:
         s.start()
         yield s
