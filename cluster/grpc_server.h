@@ -2,7 +2,7 @@
 //   - the standard health service (grpc.health.v1.Health, via
 //     grpc::EnableDefaultHealthCheckService), reporting SERVING for "" once started;
 //   - server reflection (grpc.reflection.v1alpha), so `grpcurl -plaintext HOST:PORT list`
-//     and `describe` work;
+//     and `describe` work (with mTLS: `grpcurl -cacert CA -cert CRT -key KEY`);
 //   - the caller's services, registered before start.
 // It binds the given address ("127.0.0.1:0" picks a free loopback port), reports the port
 // actually bound, and shuts down with a bounded deadline: in-flight calls get `shutdown_grace`

@@ -26,8 +26,8 @@
 //
 // Thread-safety: all methods are safe to call concurrently. Ownership: credentials and channels
 // are shared_ptrs owned by the caller. A reloadable TransportSecurity must outlive the servers
-// and channels made from it (its destructor removes the watched copies); the process's lives
-// until exit.
+// and channels made from it (its destructor removes the watched copies); the process's is held
+// until SetProcessTransportSecurity replaces it (serve drops it after its servers shut down).
 #pragma once
 
 #include <memory>
