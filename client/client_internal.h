@@ -29,6 +29,7 @@
 #include "client/kvstrata/kvstrata.h"
 #include "cluster/page_store_client.h"
 #include "cluster/page_store_rma.h"
+#include "cluster/transport_security.h"
 #include "kvstore/block_key.h"
 #include "transport/transport.h"
 
@@ -81,7 +82,8 @@ struct kvstrata_client {
   std::string token;
   kvstrata_options options{};
   std::shared_ptr<grpc::Channel> channel;
-  std::unique_ptr<kv::transport::Transport> transport;  // null: gRPC only
+  std::shared_ptr<kv::cluster::TransportSecurity> security;  // plaintext or mTLS (options)
+  std::unique_ptr<kv::transport::Transport> transport;       // null: gRPC only
   kv::client::Counters counters;
 
   // A PageStoreClient whose RPC deadline is `timeout` (cheap: a stub on the shared channel).

@@ -5,6 +5,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -14,6 +15,7 @@
 #include "client/client_internal.h"
 #include "cluster/page_store_wire.h"
 #include "cluster/proto_convert.h"
+#include "cluster/transport_security.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
 #include "transport/ucx_transport.h"
@@ -51,6 +53,15 @@ absl::Status CheckOptions(const kvstrata_options& o) {
   return absl::OkStatus();
 }
 
+// Plaintext, or mTLS with the options' three files (read now).
+absl::StatusOr<std::shared_ptr<cluster::TransportSecurity>> ClientSecurity(
+    const kvstrata_options& o) {
+  auto str = [](const char* s) { return std::string(s != nullptr ? s : ""); };
+  cluster::TlsFiles files{str(o.tls_cert_file), str(o.tls_key_file), str(o.tls_ca_file)};
+  if (files.empty()) return cluster::TransportSecurity::Insecure();
+  return cluster::TransportSecurity::Tls(std::move(files), /*reloadable=*/false, "options.tls_");
+}
+
 absl::StatusOr<kvstrata_client*> Connect(const char* const* addresses, size_t n, const char* token,
                                          const kvstrata_options* options) {
   RETURN_IF_ERROR(NotNull(addresses, "addresses"));
@@ -58,14 +69,18 @@ absl::StatusOr<kvstrata_client*> Connect(const char* const* addresses, size_t n,
   kvstrata_options o;
   kvstrata_options_init(&o);
   if (options != nullptr) {
-    if (options->struct_size < sizeof(kvstrata_options)) {
+    // A caller built against ABI 1's first header passes the struct without the TLS fields.
+    if (options->struct_size < offsetof(kvstrata_options, tls_cert_file)) {
       return absl::InvalidArgumentError(
           "options->struct_size is too small: initialise options with kvstrata_options_init");
     }
-    o = *options;
+    std::memcpy(&o, options, std::min<size_t>(options->struct_size, sizeof(o)));
+    o.struct_size = sizeof(o);
   }
   RETURN_IF_ERROR(CheckOptions(o));
   auto c = std::make_unique<kvstrata_client>();
+  ASSIGN_OR_RETURN(c->security, ClientSecurity(o));
+  o.tls_cert_file = o.tls_key_file = o.tls_ca_file = nullptr;  // borrowed: not kept
   c->options = o;
   c->token = token != nullptr ? token : "";
   std::vector<std::string> tried;
@@ -73,7 +88,7 @@ absl::StatusOr<kvstrata_client*> Connect(const char* const* addresses, size_t n,
     if (addresses[i] == nullptr || addresses[i][0] == '\0') {
       return absl::InvalidArgumentError(StrCat("addresses[", i, "] is NULL or empty"));
     }
-    auto channel = cluster::PageStoreChannel(addresses[i]);
+    auto channel = cluster::PageStoreChannel(addresses[i], c->security.get());
     if (channel->WaitForConnected(
             absl::ToChronoTime(absl::Now() + absl::Milliseconds(o.connect_timeout_ms)))) {
       c->channel = std::move(channel);

@@ -8,6 +8,7 @@
 
 #include "cluster/grpc_status.h"
 #include "cluster/proto_convert.h"
+#include "cluster/transport_security.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
 #include "model/tokenizer.h"
@@ -26,7 +27,7 @@ absl::StatusOr<std::unique_ptr<ClusterClient>> ClusterClient::Connect(
   if (address.empty()) return absl::InvalidArgumentError("no server address (--addr=HOST:PORT)");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  auto channel = NewChannel(address, args);
   if (!channel->WaitForConnected(absl::ToChronoTime(absl::Now() + connect_timeout))) {
     return MarkRetryable(
         absl::UnavailableError(StrCat("no kvstrata server answered at ", address, " within ",

@@ -8,6 +8,7 @@
 
 #include "absl/base/call_once.h"
 #include "absl/strings/numbers.h"
+#include "cluster/transport_security.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
 #include "core/strings.h"
@@ -50,7 +51,9 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions 
 
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(options.address, grpc::InsecureServerCredentials(), &bound_port);
+  std::shared_ptr<TransportSecurity> security =
+      options.security != nullptr ? options.security : ProcessTransportSecurity();
+  builder.AddListeningPort(options.address, security->ServerCredentials(), &bound_port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // One server per port: never share a port with another process (SO_REUSEPORT).
@@ -69,7 +72,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions 
         "grpc server could not bind '", options.address, "' (address in use or not local?)")));
   }
   std::string address = kv::StrCat(host_port.first, ":", bound_port);
-  kv::log::Info("grpc_server_started", "address", address, "services", options.services.size());
+  kv::log::Info("grpc_server_started", "address", address, "services", options.services.size(),
+                "tls", security->tls());
   auto out = std::unique_ptr<GrpcServer>(new GrpcServer(std::move(server), bound_port,
                                                         std::move(address), options.shutdown_grace,
                                                         std::move(options.health_service_names)));

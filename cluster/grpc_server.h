@@ -2,15 +2,16 @@
 //   - the standard health service (grpc.health.v1.Health, via
 //     grpc::EnableDefaultHealthCheckService), reporting SERVING for "" once started;
 //   - server reflection (grpc.reflection.v1alpha), so `grpcurl -plaintext HOST:PORT list`
-//     and `describe` work;
+//     and `describe` work (with mTLS: `grpcurl -cacert CA -cert CRT -key KEY`);
 //   - the caller's services, registered before start.
 // It binds the given address ("127.0.0.1:0" picks a free loopback port), reports the port
 // actually bound, and shuts down with a bounded deadline: in-flight calls get `shutdown_grace`
 // to finish, then are cancelled.
 //
-// Transport security: the server listens with insecure credentials (plaintext). Tenants are
-// authenticated by bearer tokens in metadata (see proto/kvstrata/v1/common.proto); TLS is to
-// be added in front of that.
+// Transport security: the server listens with the credentials of `options.security` (by default
+// the process's, cluster/transport_security.h): plaintext, or mutual TLS that requires a client
+// certificate from the cluster CA. Tenants are authenticated by bearer tokens in metadata (see
+// proto/kvstrata/v1/common.proto) either way.
 //
 // Thread-safety: all methods are safe to call concurrently; Shutdown() is idempotent and the
 // destructor calls it. The server does not own the registered services: they must outlive
@@ -28,6 +29,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/mutex.h"
+
+namespace kv::cluster {
+class TransportSecurity;
+}  // namespace kv::cluster
 
 namespace kv::cluster {
 
@@ -50,6 +55,8 @@ struct GrpcServerOptions {
   // probes and updates of at most 1 MiB, 8 KiB reads). A store sets it so that a written page
   // is not paced by window updates.
   int stream_window_bytes = 0;
+  // Plaintext or mutual TLS (cluster/transport_security.h); null: ProcessTransportSecurity().
+  std::shared_ptr<TransportSecurity> security;
 };
 
 // The host of a "HOST:PORT" listen address (brackets of an IPv6 host removed; an empty host

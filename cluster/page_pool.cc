@@ -13,6 +13,7 @@
 #include "cluster/page_store_rma.h"
 #include "cluster/placement.h"
 #include "cluster/proto_convert.h"
+#include "cluster/transport_security.h"
 #include "core/logging.h"
 #include "core/mutex.h"
 #include "core/status_macros.h"
@@ -319,7 +320,7 @@ class GrpcPagePool final : public PagePool {
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
     kv::MutexLock l(&mu_);
     std::shared_ptr<grpc::Channel>& c = channels_[address];
-    if (c == nullptr) c = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    if (c == nullptr) c = NewChannel(address);
     return c;
   }
 

@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cluster/grpc_status.h"
 #include "cluster/proto_convert.h"
+#include "cluster/transport_security.h"
 #include "core/hash.h"
 #include "core/logging.h"
 #include "core/status_macros.h"
@@ -198,7 +199,8 @@ void PageStoreClient::UnpinAsync(const std::string& lease_id) {
   if (!queued) Unpin(lease_id).IgnoreError();
 }
 
-std::shared_ptr<grpc::Channel> PageStoreChannel(const std::string& address) {
+std::shared_ptr<grpc::Channel> PageStoreChannel(const std::string& address,
+                                                const TransportSecurity* security) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   // Its own connection (not one shared with other channels to the same store), and an initial
@@ -209,7 +211,7 @@ std::shared_ptr<grpc::Channel> PageStoreChannel(const std::string& address) {
   args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 16 << 20);
   args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (16 << 20) - 1);
   args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return NewChannel(address, args, security);
 }
 
 absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(

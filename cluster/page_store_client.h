@@ -36,6 +36,7 @@
 #include "proto/kvstrata/v1/page_store.grpc.pb.h"
 
 namespace kv::cluster {
+class TransportSecurity;
 
 class PageStoreClient {
  public:
@@ -131,8 +132,10 @@ class PageStoreClient {
 };
 
 // A channel to the store at `address` tuned for pages (its own connection, a 16 MiB stream
-// window, 1 MiB socket reads; PageStoreClient::Connect uses it). Not connected yet.
-std::shared_ptr<grpc::Channel> PageStoreChannel(const std::string& address);
+// window, 1 MiB socket reads; PageStoreClient::Connect uses it). Not connected yet. Secured
+// by `security` (cluster/transport_security.h; null: the process's).
+std::shared_ptr<grpc::Channel> PageStoreChannel(const std::string& address,
+                                                const TransportSecurity* security = nullptr);
 
 // Maps a grpc::Status from a PageStore call to absl (FromGrpcStatus), marking UNAVAILABLE
 // and DEADLINE_EXCEEDED retryable.

@@ -11,6 +11,7 @@
 #include "cluster/grpc_status.h"
 #include "cluster/grpc_worker_client.h"
 #include "cluster/proto_convert.h"
+#include "cluster/transport_security.h"
 #include "cluster/worker_convert.h"
 #include "core/hash.h"
 #include "core/logging.h"
@@ -41,9 +42,7 @@ WorkerClientFactory GrpcWorkerClients(KeyParams key_params, Clock* clock) {
     kv::MutexLock l(&cache->mu);
     std::shared_ptr<WorkerClient>& c = cache->clients[node.grpc_address()];
     if (c == nullptr) {
-      c = NewGrpcWorkerClient(
-          grpc::CreateChannel(node.grpc_address(), grpc::InsecureChannelCredentials()), key_params,
-          node.node_id(), clock);
+      c = NewGrpcWorkerClient(NewChannel(node.grpc_address()), key_params, node.node_id(), clock);
     }
     return c;
   };

@@ -125,6 +125,14 @@ typedef struct kvstrata_options {
   int64_t timeout_ms;         /* default per-call deadline; default 10000 */
   int64_t connect_timeout_ms; /* per address at connect; default 5000 */
   int64_t lease_ms;           /* pins taken by reads and staging of writes; default 10000 */
+  /* Added after ABI version 1's first release (read only when struct_size covers them):
+   * mutual TLS to the store. All three PEM file paths, or all NULL/"" (plaintext, the
+   * default): this client's certificate chain, its private key (unencrypted) and the cluster
+   * CA the store's certificate is verified against (host names are not checked). The files
+   * are read once, by kvstrata_connect; INVALID_ARGUMENT names a missing or bad one. */
+  const char* tls_cert_file;
+  const char* tls_key_file;
+  const char* tls_ca_file;
 } kvstrata_options;
 
 /* The key space pages are derived and written under. */

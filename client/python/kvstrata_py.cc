@@ -191,7 +191,9 @@ py::list Statuses(const std::vector<kvstrata_status>& st, const std::vector<uint
 class Client {
  public:
   Client(const std::vector<std::string>& addresses, const std::string& token, int32_t transport,
-         int64_t timeout_ms, int64_t connect_timeout_ms, int64_t lease_ms) {
+         int64_t timeout_ms, int64_t connect_timeout_ms, int64_t lease_ms,
+         const std::string& tls_cert_file, const std::string& tls_key_file,
+         const std::string& tls_ca_file) {
     std::vector<const char*> a;
     for (const std::string& s : addresses) a.push_back(s.c_str());
     kvstrata_options o;
@@ -200,6 +202,9 @@ class Client {
     if (timeout_ms > 0) o.timeout_ms = timeout_ms;
     if (connect_timeout_ms > 0) o.connect_timeout_ms = connect_timeout_ms;
     if (lease_ms > 0) o.lease_ms = lease_ms;
+    o.tls_cert_file = tls_cert_file.c_str();
+    o.tls_key_file = tls_key_file.c_str();
+    o.tls_ca_file = tls_ca_file.c_str();
     int32_t rc;
     {
       py::gil_scoped_release nogil;
@@ -545,7 +550,7 @@ PYBIND11_MODULE(_kvstrata, m) {
       .def_property_readonly("page_tokens", [](const KeySpace& s) { return s.c.page_tokens; });
   py::class_<Client>(m, "Client")
       .def(py::init<const std::vector<std::string>&, const std::string&, int32_t, int64_t, int64_t,
-                    int64_t>())
+                    int64_t, const std::string&, const std::string&, const std::string&>())
       .def("close", &Client::Close)
       .def_property_readonly("closed", &Client::closed)
       .def("register_buffer", &Client::RegisterBuffer)

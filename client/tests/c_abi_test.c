@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <kvstrata/kvstrata.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +150,16 @@ static void BadInput(kvstrata_client* cl) {
   CHECK(other == NULL);
   o.timeout_ms = -5;
   CHECK_CODE(kvstrata_connect(nowhere, 1, NULL, &o, &other), KVSTRATA_INVALID_ARGUMENT);
+  /* mTLS files: all three or none, each must exist (checked before any address is dialled). */
+  kvstrata_options_init(&o);
+  o.tls_cert_file = "/nonexistent/client.crt";
+  CHECK_CODE(kvstrata_connect(nowhere, 1, NULL, &o, &other), KVSTRATA_INVALID_ARGUMENT);
+  CHECK(strstr(kvstrata_last_error(), "options.tls_cert_file") != NULL);
+  o.tls_key_file = "/nonexistent/client.key";
+  o.tls_ca_file = "/nonexistent/ca.crt";
+  CHECK_CODE(kvstrata_connect(nowhere, 1, NULL, &o, &other), KVSTRATA_NOT_FOUND);
+  CHECK(strstr(kvstrata_last_error(), "/nonexistent/client.crt") != NULL);
+  CHECK(other == NULL);
 
   kvstrata_key_space space;
   InitSpace(&space, "no-such-layout");
@@ -321,6 +332,17 @@ int main(int argc, char** argv) {
   kvstrata_client* cl = NULL;
   CHECK_CODE(kvstrata_connect(addresses, 2, argv[2], &o, &cl), KVSTRATA_OK);
   if (cl == NULL) return 1;
+  {
+    /* A program built against ABI 1's first header passes the struct without the TLS fields
+     * (struct_size ends before them); the library must not read past it. */
+    kvstrata_options old;
+    kvstrata_options_init(&old);
+    old.struct_size = (uint32_t)offsetof(kvstrata_options, tls_cert_file);
+    old.tls_cert_file = "/must/not/be/read";
+    kvstrata_client* oc = NULL;
+    CHECK_CODE(kvstrata_connect(addresses + 1, 1, argv[2], &old, &oc), KVSTRATA_OK);
+    kvstrata_close(oc);
+  }
   BadInput(cl);
   EngineHashes();
 

@@ -32,6 +32,7 @@
 #include "cluster/client.h"
 #include "cluster/embedded_server.h"
 #include "cluster/proto_convert.h"
+#include "cluster/transport_security.h"
 #include "cmd/kvstrata/command.h"
 #include "core/config.h"
 #include "core/logging.h"
@@ -319,7 +320,13 @@ int RunDemoCmd(int argc, char** argv) {
   flags.String("model", &f.model, "model preset to serve: tiny-v3 (MLA) or tiny-v4 (DeepSeek-V4)");
   flags.String("addr", &f.addr, "drive an existing cluster (router) at HOST:PORT instead");
   flags.String("token", &f.token, "bearer token for --addr (its tokens file)");
+  cluster::TlsFiles tls;
+  cluster::BindTlsFlags(&flags, &tls, "the client's");
   absl::Status s = flags.Parse(argc, argv);
+  if (s.ok() && !tls.empty() && f.addr.empty()) {
+    s = absl::InvalidArgumentError("--tls-* files are for --addr");
+  }
+  if (s.ok()) s = cluster::UseProcessTls(tls, /*reloadable=*/false).status();
   if (s.ok() && flags.help_requested()) {
     std::printf("%s", flags.Usage().c_str());
     return 0;

@@ -14,6 +14,10 @@
 // "default" (no token needed); with it, each call needs `authorization: Bearer <token>` from
 // the file (cluster/tenants.h); every role of a cluster uses the same file.
 //
+// With --tls-cert-file, --tls-key-file and --tls-ca-file every gRPC server and channel of the
+// node (etcd's excepted) is mutual TLS against that CA (cluster/transport_security.h); SIGHUP
+// reloads the three files.
+//
 // --check-config validates the flags/config and exits 0 (valid) or 1 (the message says what
 // is wrong) without starting anything. SIGINT/SIGTERM shut the node down within the gRPC
 // shutdown grace (5 s) plus the time to finish the current token.
@@ -31,6 +35,7 @@
 #include "cluster/embedded_server.h"
 #include "cluster/membership_config.h"
 #include "cluster/role_server.h"
+#include "cluster/transport_security.h"
 #include "cmd/kvstrata/command.h"
 #include "core/config.h"
 #include "core/logging.h"
@@ -64,6 +69,7 @@ struct ServeFlags {
   int64_t shutdown_flush_seconds = 20;  // cluster::kShutdownFlushBudget
   std::string transport = "ucx";
   cluster::MembershipConfig membership;
+  cluster::TlsFiles tls;  // all three or none (cluster/transport_security.h)
   bool check_config = false;
   // KV events (store role; kvstore/kv_events.h, docs/serving.md "KV events").
   std::string kv_events_endpoint;  // empty: off
@@ -217,26 +223,59 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   return o;
 }
 
-// Blocks SIGINT/SIGTERM in every thread (gRPC's included, created after this) and returns
-// the set to sigwait() on.
+// Blocks SIGINT/SIGTERM/SIGHUP in every thread (gRPC's included, created after this) and
+// returns the set to sigwait() on.
 sigset_t BlockShutdownSignals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return set;
 }
 
-// Blocks until one of `set` (BlockShutdownSignals) arrives.
-void WaitForShutdownSignal(const sigset_t& set) {
-  int sig = 0;
-  sigwait(&set, &sig);
-  log::Info("serve_signal", "signal", sig);
+// SIGHUP: reloads the TLS files (a bad set is refused; the old certificates stay in use).
+void ReloadOnHangup() {
+  std::shared_ptr<cluster::TransportSecurity> security = cluster::ProcessTransportSecurity();
+  if (!security->tls()) {
+    log::Info("serve_sighup", "reload", "nothing to reload (no tls-* files)");
+    return;
+  }
+  const absl::Status s = security->Reload();
+  if (!s.ok()) log::Error("tls_reload_failed", "error", s.ToString(), "kept", "the old files");
 }
 
-absl::Status ServeRole(const cluster::RoleServerOptions& o) {
+// Blocks until SIGINT or SIGTERM (of `set`, BlockShutdownSignals) arrives; every SIGHUP before
+// that reloads the TLS files.
+void WaitForShutdownSignal(const sigset_t& set) {
+  int sig = 0;
+  while (true) {
+    sigwait(&set, &sig);
+    log::Info("serve_signal", "signal", sig);
+    if (sig != SIGHUP) return;
+    ReloadOnHangup();
+  }
+}
+
+// Makes the tls-* files the process's transport security (every gRPC server and channel of
+// this node; etcd's excepted), reloadable on SIGHUP.
+absl::Status UseTls(const ServeFlags& f) {
+  ASSIGN_OR_RETURN(auto security, cluster::UseProcessTls(f.tls, /*reloadable=*/true));
+  if (security->tls()) {
+    log::Info("serve_tls", "cert", f.tls.cert_file, "ca", f.tls.ca_file, "client_certs",
+              "required");
+  }
+  return absl::OkStatus();
+}
+
+// After shutdown: the TLS copies' private directory is removed (the process's security held
+// the last reference).
+void DropTls() { cluster::SetProcessTransportSecurity(nullptr); }
+
+absl::Status ServeRole(const cluster::RoleServerOptions& o, const ServeFlags& f) {
   sigset_t set = BlockShutdownSignals();
+  RETURN_IF_ERROR(UseTls(f));
   ASSIGN_OR_RETURN(auto server, cluster::RoleServer::Start(o));
   std::printf("kvstrata serve --role=%s listening on %s (advertised %s, metrics on port %d)\n",
               o.role.c_str(), server->address().c_str(), server->advertised().c_str(),
@@ -244,11 +283,13 @@ absl::Status ServeRole(const cluster::RoleServerOptions& o) {
   std::fflush(stdout);
   WaitForShutdownSignal(set);
   server->Shutdown();
+  DropTls();
   return absl::OkStatus();
 }
 
-absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
+absl::Status Serve(const cluster::EmbeddedServerOptions& o, const ServeFlags& f) {
   sigset_t set = BlockShutdownSignals();
+  RETURN_IF_ERROR(UseTls(f));
   ASSIGN_OR_RETURN(auto server, cluster::EmbeddedServer::Start(o));
   std::printf("kvstrata serve --role=all listening on %s (metrics on port %d); %s\n",
               server->address().c_str(), server->metrics_port(),
@@ -257,6 +298,7 @@ absl::Status Serve(const cluster::EmbeddedServerOptions& o) {
   std::fflush(stdout);
   WaitForShutdownSignal(set);
   server->Shutdown();
+  DropTls();
   return absl::OkStatus();
 }
 
@@ -319,6 +361,7 @@ void BindServeFlags(FlagSet& flags, ServeFlags& f) {
   flags.String("transport", &f.transport,
                "prefill->decode KV handoff transport: ucx (honours UCX_TLS, UCX_NET_DEVICES)");
   f.membership.Bind(&flags);
+  cluster::BindTlsFlags(&flags, &f.tls, "this node's");
   BindKvEventFlags(flags, f);
 }
 
@@ -347,7 +390,8 @@ int RunServe(int argc, char** argv) {
   } else {
     ro = ToRoleOptions(f);
   }
-  const absl::Status valid = all ? o->status() : ro->status();
+  absl::Status valid = all ? o->status() : ro->status();
+  if (valid.ok()) valid = cluster::ValidateTlsFiles(f.tls);
   if (const std::optional<std::string> w = OpenListenerWarning(f); w && valid.ok()) {
     std::fprintf(stderr, "%s\n", w->c_str());
   }
@@ -364,7 +408,7 @@ int RunServe(int argc, char** argv) {
                  std::string(valid.message()).c_str());
     return 2;
   }
-  s = all ? Serve(**o) : ServeRole(**ro);
+  s = all ? Serve(**o, f) : ServeRole(**ro, f);
   if (!s.ok()) {
     std::fprintf(stderr, "kvstrata serve: %s\n", std::string(s.message()).c_str());
     return 1;

@@ -175,6 +175,11 @@ check_config() {
   [ -x "$bin" ] || fail "kvstrata binary '$bin' not found (build it first)"
   need_tools
   local failed=0 ran=0
+  # The kvstrata-tls Secret is not in the repository (it holds private keys): a throwaway
+  # CA and certificate stand in for it, as the tokens Secret's file does for tokens.
+  "$src/deploy/make-dev-tls" "$tmp/tls" 1 || fail "deploy/make-dev-tls"
+  local tls=(--tls-cert-file="$tmp/tls/tls.crt" --tls-key-file="$tmp/tls/tls.key"
+    --tls-ca-file="$tmp/tls/ca.crt")
   for o in overlays/dev overlays/gpu; do
     local out="$tmp/${o//\//_}.yaml" ex="$tmp/${o//\//_}"
     render "$o" "$out"
@@ -193,7 +198,10 @@ check_config() {
       args=${args//\/etc\/kvstrata\/config\//$cmdir/}
       local argv cmd
       read -ra argv <<<"$args"
-      cmd=("$bin" "${argv[@]}" --tokens-file="$tokens" --data-dir="$tmp/data-$component" --check-config)
+      grep -q 'tls-cert-file: /etc/kvstrata/tls/' "$cmdir/$component.yaml" ||
+        fail "$o $component: config does not set tls-cert-file to the kvstrata-tls mount"
+      cmd=("$bin" "${argv[@]}" --tokens-file="$tokens" "${tls[@]}" --data-dir="$tmp/data-$component"
+        --check-config)
       [ "${cmd[1]}" = serve ] || fail "$o $component: container args do not start with serve"
       ran=$((ran + 1))
       echo "+ ${cmd[*]//$tmp\//TMP/}"

@@ -62,16 +62,21 @@ class Client:
 
     timeout_ms is every call's default deadline; each call also takes timeout_ms (0: the
     default). transport: "auto" (UCX when it reaches the store, else gRPC), "ucx" or "grpc".
+    tls_cert_file, tls_key_file, tls_ca_file: PEM paths for mutual TLS to a store whose
+    cluster runs with tls-* files (all three, or none for plaintext); read once, here.
     """
 
     def __init__(self, addresses, token="", transport="auto", timeout_ms=10000,
-                 connect_timeout_ms=5000, lease_ms=10000):
+                 connect_timeout_ms=5000, lease_ms=10000, tls_cert_file="", tls_key_file="",
+                 tls_ca_file=""):
         if isinstance(addresses, str):
             addresses = [addresses]
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
         self._c = _kvstrata.Client(list(addresses), token or "", TRANSPORTS[transport],
-                                   int(timeout_ms), int(connect_timeout_ms), int(lease_ms))
+                                   int(timeout_ms), int(connect_timeout_ms), int(lease_ms),
+                                   str(tls_cert_file or ""), str(tls_key_file or ""),
+                                   str(tls_ca_file or ""))
 
     def __enter__(self):
         return self

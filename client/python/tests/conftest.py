@@ -20,13 +20,15 @@ os.environ["UCX_NET_DEVICES"] = "lo"
 
 
 class Store:
-    def __init__(self, binary, root):
+    def __init__(self, binary, root, extra_args=(), extra_env=None):
         self.binary, self.root = binary, root
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.proc = None
         self.address = None
 
     def start(self):
-        env = dict(os.environ)
+        env = dict(os.environ, **self.extra_env)
         with open(os.path.join(self.root, "tokens.yaml"), "w") as f:
             f.write(f"{TOKEN}: acme\n")
         model = os.path.join(self.root, "model")
@@ -38,7 +40,7 @@ class Store:
             [self.binary, "serve", "--role=store", "--node-id=store-0", "--listen=127.0.0.1:0",
              "--metrics-port=-1", f"--model-dir={model}",
              f"--tokens-file={self.root}/tokens.yaml", f"--data-dir={self.root}/store",
-             "--device-mib=0", "--host-mib=256", "--nvme-mib=256"],
+             "--device-mib=0", "--host-mib=256", "--nvme-mib=256"] + self.extra_args,
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
