@@ -179,10 +179,12 @@ check_config() {
     local out="$tmp/${o//\//_}.yaml" ex="$tmp/${o//\//_}"
     render "$o" "$out"
     timeout 60 node "$validator" --extract "$ex" "$out" >"$ex.files" || fail "extract $o"
-    local cm tokens
+    local cm tokens service
     cm=$(awk '$1 == "configmap" && $2 ~ /^kvstrata-config/ {print $4; exit}' "$ex.files")
     tokens=$(awk '$1 == "secret" && $2 == "kvstrata-tokens" && $3 == "tokens.yaml" {print $4}' "$ex.files")
+    service=$(awk '$1 == "secret" && $2 == "kvstrata-tokens" && $3 == "service-token" {print $4}' "$ex.files")
     [ -n "$cm" ] && [ -n "$tokens" ] || fail "$o: no kvstrata-config ConfigMap or kvstrata-tokens Secret"
+    [ -n "$service" ] || fail "$o: no service-token in the kvstrata-tokens Secret"
     local cmdir
     cmdir=$(dirname "$cm")
     timeout 60 node "$validator" --pod-args "$out" >"$ex.args" || fail "pod args $o"
@@ -193,7 +195,8 @@ check_config() {
       args=${args//\/etc\/kvstrata\/config\//$cmdir/}
       local argv cmd
       read -ra argv <<<"$args"
-      cmd=("$bin" "${argv[@]}" --tokens-file="$tokens" --data-dir="$tmp/data-$component" --check-config)
+      cmd=("$bin" "${argv[@]}" --tokens-file="$tokens" --service-token-file="$service"
+        --data-dir="$tmp/data-$component" --check-config)
       [ "${cmd[1]}" = serve ] || fail "$o $component: container args do not start with serve"
       ran=$((ran + 1))
       echo "+ ${cmd[*]//$tmp\//TMP/}"
