@@ -228,7 +228,9 @@ absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
 
 void PageStoreClient::Prepare(grpc::ClientContext* ctx) const {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
-  AddNodeCredential(ctx, token_, acting_tenant_);
+  // Not AddNodeCredential: the client library links this file without tenants.cc.
+  if (!token_.empty()) ctx->AddMetadata("authorization", StrCat("Bearer ", token_));
+  if (!acting_tenant_.empty()) ctx->AddMetadata(kTenantHeader, acting_tenant_);
 }
 
 absl::StatusOr<pb::LookupBlocksResponse> PageStoreClient::Lookup(std::span<const BlockKey> keys) {
