@@ -38,13 +38,16 @@ TOKEN = "tok-bench"
 def start_store(binary, root):
     with open(os.path.join(root, "tokens.yaml"), "w") as f:
         f.write(f"{TOKEN}: bench\n")
+    with open(os.path.join(root, "service-token"), "w") as f:
+        f.write("svc-bench\n")
     subprocess.run([binary, "model", "init", "--preset=tiny-v3", f"--out={root}/model",
                     "--seed=1"], check=True, timeout=120, capture_output=True)
     log = os.path.join(root, "store.log")
     proc = subprocess.Popen(
         [binary, "serve", "--role=store", "--node-id=bench-store", "--listen=127.0.0.1:0",
          "--metrics-port=-1", f"--model-dir={root}/model", f"--tokens-file={root}/tokens.yaml",
-         f"--data-dir={root}/store", "--device-mib=0", "--host-mib=1024", "--nvme-mib=256"],
+         f"--service-token-file={root}/service-token", f"--data-dir={root}/store",
+         "--device-mib=0", "--host-mib=1024", "--nvme-mib=256"],
         stdout=open(log, "ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:

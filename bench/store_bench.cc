@@ -122,13 +122,15 @@ absl::Status StartStore(const Flags& f, uint64_t bytes, Store& s) {
   {
     std::ofstream t(f.dir + "/tokens.yaml");
     t << kToken << ": " << kTenant << "\n";
+    std::ofstream(f.dir + "/service-token") << "svc-bench\n";
   }
   // Twice the pages: slab size classes round pages up, and nothing may be evicted mid-run.
   const int64_t mib = static_cast<int64_t>(bytes >> 19) + 64;
   RETURN_IF_ERROR(s.process.Spawn(
       {"/proc/self/exe", "serve", "--role=store", "--node-id=bench-store", "--listen=127.0.0.1:0",
        "--metrics-port=-1", "--nvme-mib=0", StrCat("--host-mib=", mib),
-       "--data-dir=" + f.dir + "/store", "--tokens-file=" + f.dir + "/tokens.yaml"},
+       "--data-dir=" + f.dir + "/store", "--tokens-file=" + f.dir + "/tokens.yaml",
+       "--service-token-file=" + f.dir + "/service-token"},
       f.dir + "/store.log"));
   ASSIGN_OR_RETURN(std::string line, s.process.WaitForLine("listening on", absl::Seconds(30)));
   const size_t at = line.find("listening on ") + 13;

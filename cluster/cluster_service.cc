@@ -284,7 +284,6 @@ grpc::ServerWriteReactor<pb::GenerateResponse>* ClusterService::Generate(
   } else {
     q = tenant.status();
   }
-  if (q.ok()) q->authorization = AuthorizationOf(ctx);
   std::string id = request->request_id();
   if (id.empty()) id = StrCat(options_.node_id, "-", next_request_.fetch_add(1));
   if (!q.ok()) {
@@ -312,7 +311,7 @@ grpc::ServerUnaryReactor* ClusterService::Lookup(grpc::CallbackServerContext* ct
     }
     ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptTokens(request->prompt()));
     return backend_->Lookup(prompt, tenant, request->shared_prefix_tokens(),
-                            request->include_keys(), AuthorizationOf(ctx), response);
+                            request->include_keys(), response);
   }();
   reactor->Finish(ToGrpcStatus(s));
   return reactor;
@@ -356,8 +355,8 @@ grpc::ServerUnaryReactor* ClusterService::GetStats(grpc::CallbackServerContext* 
     const absl::Time deadline =
         std::min(absl::FromChrono(ctx->deadline()), absl::Now() + absl::Seconds(5));
     const bool scheduled =
-        threads_->Schedule([this, reactor, response, deadline, auth = AuthorizationOf(ctx)] {
-          backend_->CollectNodeStats(Context(), auth, deadline, response);
+        threads_->Schedule([this, reactor, response, deadline, tenant = *tenant] {
+          backend_->CollectNodeStats(Context(), tenant, deadline, response);
           reactor->Finish(grpc::Status::OK);
         });
     if (scheduled) return reactor;

@@ -79,7 +79,7 @@ class EmbeddedClusterTest : public ::testing::Test {
   int64_t CachedBlocks(const std::vector<int32_t>& prompt, const std::string& tenant,
                        int64_t shared) {
     kvstrata::v1::LookupResponse r;
-    EXPECT_TRUE(node_->router().Lookup(prompt, tenant, shared, false, "", &r).ok());
+    EXPECT_TRUE(node_->router().Lookup(prompt, tenant, shared, false, &r).ok());
     return r.cached_blocks();
   }
 

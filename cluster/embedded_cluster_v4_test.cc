@@ -109,7 +109,7 @@ class EmbeddedClusterV4Test : public ::testing::Test {
   }
   kvstrata::v1::LookupResponse Look(const std::vector<int32_t>& tokens, int64_t shared = 0) {
     kvstrata::v1::LookupResponse r;
-    absl::Status s = node_->router().Lookup(tokens, "acme", shared, true, "", &r);
+    absl::Status s = node_->router().Lookup(tokens, "acme", shared, true, &r);
     EXPECT_TRUE(s.ok()) << s;
     return r;
   }

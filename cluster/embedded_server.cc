@@ -19,13 +19,13 @@ absl::Status ValidateEmbeddedServerOptions(const EmbeddedServerOptions& o) {
   if (o.worker_threads < 1 || o.worker_threads > 256) {
     return absl::InvalidArgumentError("worker-threads must be in 1..256");
   }
-  RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file).status());
+  RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file, o.service_token_file).status());
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedServerOptions o) {
   RETURN_IF_ERROR(ValidateEmbeddedServerOptions(o));
-  ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
+  ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file, o.service_token_file));
   std::unique_ptr<EmbeddedServer> s(new EmbeddedServer());
   s->requires_token_ = auth.requires_token();
   s->shutdown_flush_ = o.shutdown_flush;

@@ -9,7 +9,8 @@
 // loopback port.
 //
 // Tenants: with `tokens_file` set, every call needs a bearer token from it
-// (cluster/tenants.h); empty, every call is the built-in tenant "default".
+// (cluster/tenants.h); empty, every call is the built-in tenant "default". Who may call what
+// is docs/serving.md "Security model".
 //
 // Thread-safety: Start() once; accessors are safe from any thread. Shutdown() is
 // idempotent, bounded (grpc shutdown grace, then cancellation) and run by the destructor.
@@ -38,7 +39,11 @@ struct EmbeddedServerOptions {
   // Metrics HTTP port on the listen host; 0 picks a free port; -1 disables it.
   int64_t metrics_port = 9090;
   std::string tokens_file;  // empty: single built-in tenant "default"
-  std::string node_id;      // empty: "local"
+  // The node credential (cluster/tenants.h), accepted by the PageStore service (shared-namespace
+  // writes need it). Empty: none; with a tokens file, shared writes over the port are then
+  // refused to everyone (the embedded cluster publishes in-process).
+  std::string service_token_file;
+  std::string node_id;  // empty: "local"
   int worker_threads = 2;
   absl::Duration shutdown_grace = absl::Seconds(5);
   // Shutdown() then writes the store's RAM-only pages to nvme for at most this long

@@ -5,6 +5,7 @@
 #include <grpcpp/client_context.h>
 
 #include "cluster/grpc_status.h"
+#include "cluster/tenants.h"
 #include "cluster/worker_convert.h"
 #include "core/mutex.h"
 #include "core/status_macros.h"
@@ -16,20 +17,20 @@ namespace {
 
 namespace pb = ::kvstrata::v1;
 
-// Sets the call's deadline (`deadline` on `clock`, which gRPC needs as wall time) and forwards
-// the end user's credentials.
-void PrepareCall(grpc::ClientContext* ctx, const std::string& authorization, Clock* clock,
-                 absl::Time deadline) {
+// Sets the call's deadline (`deadline` on `clock`, which gRPC needs as wall time) and the node
+// credential acting for the request's tenant.
+void PrepareCall(grpc::ClientContext* ctx, const std::string& service_token,
+                 const std::string& tenant, Clock* clock, absl::Time deadline) {
   ctx->set_deadline(absl::ToChronoTime(ToWallTime(clock, deadline)));
-  if (!authorization.empty()) ctx->AddMetadata("authorization", authorization);
+  AddNodeCredential(ctx, service_token, tenant);
 }
 
 class GrpcDecodeCall final : public DecodeCall {
  public:
   explicit GrpcDecodeCall(std::string node_id) : node_id_(std::move(node_id)) {}
   absl::Status Open(pb::Worker::Stub* stub, const decode::DecodeRequest& r, const KeyParams& kp,
-                    Clock* clock, absl::Time deadline) {
-    PrepareCall(&ctx_, r.authorization, clock, deadline);
+                    const std::string& service_token, Clock* clock, absl::Time deadline) {
+    PrepareCall(&ctx_, service_token, r.tenant, clock, deadline);
     stream_ = stub->Decode(&ctx_);
     pb::DecodeClientMessage m;
     ToProto(r, kp, m.mutable_start());
@@ -104,16 +105,19 @@ class GrpcDecodeCall final : public DecodeCall {
 class GrpcWorkerClient final : public WorkerClient {
  public:
   GrpcWorkerClient(std::shared_ptr<grpc::Channel> channel, KeyParams kp, std::string node_id,
-                   Clock* clock)
+                   std::string service_token, Clock* clock)
       : stub_(pb::Worker::NewStub(std::move(channel))),
         kp_(std::move(kp)),
         node_id_(std::move(node_id)),
+        service_token_(std::move(service_token)),
         clock_(clock != nullptr ? clock : Clock::Real()) {}
 
   absl::StatusOr<std::unique_ptr<DecodeCall>> StartDecode(const decode::DecodeRequest& request,
                                                           absl::Time deadline) override {
     auto call = std::make_unique<GrpcDecodeCall>(node_id_);
-    if (absl::Status s = call->Open(stub_.get(), request, kp_, clock_, deadline); !s.ok()) return s;
+    if (absl::Status s = call->Open(stub_.get(), request, kp_, service_token_, clock_, deadline);
+        !s.ok())
+      return s;
     return std::unique_ptr<DecodeCall>(std::move(call));
   }
 
@@ -122,7 +126,7 @@ class GrpcWorkerClient final : public WorkerClient {
     pb::PrefillRequest p;
     ToProto(request, kp_, &p);
     grpc::ClientContext ctx;
-    PrepareCall(&ctx, request.authorization, clock_, deadline);
+    PrepareCall(&ctx, service_token_, request.tenant, clock_, deadline);
     auto stream = stub_->Prefill(&ctx, p);
     pb::PrefillResponse pr;
     std::optional<pb::PrefillDone> done;
@@ -139,6 +143,7 @@ class GrpcWorkerClient final : public WorkerClient {
   std::unique_ptr<pb::Worker::Stub> stub_;
   const KeyParams kp_;
   const std::string node_id_;
+  const std::string service_token_;
   Clock* const clock_;
 };
 
@@ -146,9 +151,9 @@ class GrpcWorkerClient final : public WorkerClient {
 
 std::unique_ptr<WorkerClient> NewGrpcWorkerClient(std::shared_ptr<grpc::Channel> channel,
                                                   KeyParams key_params, std::string node_id,
-                                                  Clock* clock) {
+                                                  std::string service_token, Clock* clock) {
   return std::make_unique<GrpcWorkerClient>(std::move(channel), std::move(key_params),
-                                            std::move(node_id), clock);
+                                            std::move(node_id), std::move(service_token), clock);
 }
 
 }  // namespace kv::cluster

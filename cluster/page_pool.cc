@@ -24,15 +24,6 @@ namespace {
 
 namespace pb = ::kvstrata::v1;
 
-// The bearer token of an `authorization` value ("Bearer TOKEN"); empty for none.
-std::string TokenOf(std::string_view authorization) {
-  constexpr std::string_view kBearer = "Bearer ";
-  if (authorization.substr(0, kBearer.size()) == kBearer) {
-    return std::string(authorization.substr(kBearer.size()));
-  }
-  return std::string(authorization);  // the store rejects it with a clear message
-}
-
 class GrpcPagePool final : public PagePool {
  public:
   GrpcPagePool(Membership* membership, GrpcPagePoolOptions options)
@@ -62,12 +53,12 @@ class GrpcPagePool final : public PagePool {
   }
 
   absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
-                                    const std::string& authorization) override {
+                                    const std::string& tenant) override {
     if (chain.empty()) return absl::InvalidArgumentError("pool lookup: empty chain");
     PoolPrefix best;
     for (const pb::NodeInfo& home : Homes(chain[0])) {
-      PageStoreClient client(Channel(home.grpc_address()), TokenOf(authorization),
-                             options_.rpc_timeout);
+      PageStoreClient client(Channel(home.grpc_address()), options_.service_token,
+                             options_.rpc_timeout, tenant);
       absl::StatusOr<pb::LookupBlocksResponse> r = client.Lookup(chain);
       if (!r.ok()) {
         log::Warn("pool_lookup_failed", "node", home.node_id(), "error", r.status().ToString());
@@ -87,25 +78,25 @@ class GrpcPagePool final : public PagePool {
   }
 
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
+                                  absl::Duration lease, const std::string& tenant,
                                   int64_t* pinned) override {
-    PageStoreClient client(Channel(address), TokenOf(authorization), options_.rpc_timeout);
+    PageStoreClient client(Channel(address), options_.service_token, options_.rpc_timeout, tenant);
     ASSIGN_OR_RETURN(PageStoreClient::PinResult r, client.Pin(keys, lease));
     *pinned = static_cast<int64_t>(r.pinned.size());
     return r.lease_id;
   }
 
   void Unpin(const std::string& address, const std::string& lease_id,
-             const std::string& authorization) override {
+             const std::string& tenant) override {
     if (lease_id.empty()) return;
-    PageStoreClient client(Channel(address), TokenOf(authorization), options_.rpc_timeout);
+    PageStoreClient client(Channel(address), options_.service_token, options_.rpc_timeout, tenant);
     absl::StatusOr<uint32_t> r = client.Unpin(lease_id);
     if (!r.ok()) log::Info("pool_unpin_failed", "lease", lease_id, "error", r.status().ToString());
   }
 
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& authorization, absl::Time deadline, std::string* path) override {
+      const std::string& tenant, absl::Time deadline, std::string* path) override {
     std::vector<std::vector<uint8_t>> out;
     if (keys.empty()) return out;
     const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - clock()->Now());
@@ -114,13 +105,13 @@ class GrpcPagePool final : public PagePool {
     }
     if (options_.transport != nullptr) {
       absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> read =
-          ReadOverUcx(address, keys, TokenOf(authorization), deadline);
+          ReadOverUcx(address, keys, tenant, deadline);
       if (absl::IsUnavailable(read.status()) && clock()->Now() < deadline) {
         // A store that restarted leaves this process a stale endpoint: the first transfer on
         // it fails and the transport forgets the peer (PageRmaClient::Transfer), so one retry
         // connects to the new process instead of costing the caller a recomputed prompt.
         log::Info("pool_read_retry", "node", address, "error", read.status().ToString());
-        read = ReadOverUcx(address, keys, TokenOf(authorization), deadline);
+        read = ReadOverUcx(address, keys, tenant, deadline);
       }
       ASSIGN_OR_RETURN(std::optional<std::vector<std::vector<uint8_t>>> rma, std::move(read));
       if (rma.has_value()) {
@@ -129,7 +120,7 @@ class GrpcPagePool final : public PagePool {
       }
     }
     if (path != nullptr) *path = "grpc";
-    PageStoreClient client(Channel(address), TokenOf(authorization), timeout);
+    PageStoreClient client(Channel(address), options_.service_token, timeout, tenant);
     ASSIGN_OR_RETURN(std::vector<PageStoreClient::PageRead> pages,
                      client.ReadPages(keys, lease_id));
     for (PageStoreClient::PageRead& p : pages) {
@@ -144,7 +135,7 @@ class GrpcPagePool final : public PagePool {
 
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& options,
-                                  const std::string& authorization) override {
+                                  const std::string& tenant) override {
     std::vector<pb::NodeInfo> homes = Homes(root);
     if (homes.empty()) {
       return MarkRetryable(absl::UnavailableError("pool publish: no live store node"));
@@ -165,8 +156,8 @@ class GrpcPagePool final : public PagePool {
     int64_t best = -1;
     absl::Status last;
     for (const pb::NodeInfo& home : homes) {
-      PageStoreClient client(Channel(home.grpc_address()), TokenOf(authorization),
-                             options_.write_timeout);
+      PageStoreClient client(Channel(home.grpc_address()), options_.service_token,
+                             options_.write_timeout, tenant);
       absl::StatusOr<std::vector<PageStoreClient::WriteResult>> r = client.WritePages(wo, writes);
       if (!r.ok()) {
         last = r.status();
@@ -208,14 +199,15 @@ class GrpcPagePool final : public PagePool {
     std::unique_ptr<PageStoreClient> rpc;
     std::unique_ptr<PageRmaClient> rma;
   };
-  // The RMA client of (store, token), made on first use; it keeps its connection and the
+  // The RMA client of (store, tenant), made on first use; it keeps its connection and the
   // store's imported region keys.
-  PageRmaClient& RmaFor(const std::string& address, const std::string& token) {
+  PageRmaClient& RmaFor(const std::string& address, const std::string& tenant) {
     std::shared_ptr<grpc::Channel> channel = Channel(address);
     kv::MutexLock l(&mu_);
-    RmaClients& c = rma_[{address, token}];
+    RmaClients& c = rma_[{address, tenant}];
     if (c.rma == nullptr) {
-      c.rpc = std::make_unique<PageStoreClient>(std::move(channel), token, options_.rpc_timeout);
+      c.rpc = std::make_unique<PageStoreClient>(std::move(channel), options_.service_token,
+                                                options_.rpc_timeout, tenant);
       c.rma = std::make_unique<PageRmaClient>(c.rpc.get(), options_.transport,
                                               PageRmaOptions{.clock = clock()});
     }
@@ -228,10 +220,10 @@ class GrpcPagePool final : public PagePool {
   // UCX cannot reach the store or the store lends no region: the caller falls back to gRPC.
   // A buffer the transport still holds after a failed get is kept alive, never reused.
   absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> ReadOverUcx(
-      const std::string& address, std::span<const BlockKey> keys, const std::string& token,
+      const std::string& address, std::span<const BlockKey> keys, const std::string& tenant,
       absl::Time deadline) {
     const absl::Time t0 = clock()->Now();
-    PageRmaClient& rma = RmaFor(address, token);
+    PageRmaClient& rma = RmaFor(address, tenant);
     if (absl::StatusOr<transport::PeerId> peer = rma.Peer(deadline); !peer.ok()) {
       log::Info("pool_read_fallback", "node", address, "error", peer.status().ToString());
       return std::nullopt;

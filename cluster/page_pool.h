@@ -8,8 +8,9 @@
 // by the chain's root keeps every conversation and every shared prompt on the same R nodes,
 // so one LookupBlocks per home answers a request's whole prefix.
 //
-// Calls carry the caller's `authorization` metadata (the end user's bearer token, forwarded
-// by the router and the workers), so the store enforces tenant isolation itself.
+// Calls carry the node credential (options.service_token as `authorization: Bearer`) and the
+// tenant they act for (`x-kvstrata-tenant` metadata, the tenant the router or worker
+// authenticated; cluster/tenants.h), so the store enforces tenant isolation itself.
 //
 // Thread-safety: safe for concurrent use. Results are values owned by the caller.
 #pragma once
@@ -38,6 +39,8 @@ using kv::PoolWriteOptions;
 
 struct GrpcPagePoolOptions {
   int replication = 1;  // R homes per chain
+  // The cluster's node credential (cluster/tenants.h); empty: none (a cluster without tokens).
+  std::string service_token;
   absl::Duration rpc_timeout = absl::Seconds(10);
   absl::Duration write_timeout = absl::Seconds(60);
   Clock* clock = nullptr;  // the clock callers' deadlines are on; null: Clock::Real()

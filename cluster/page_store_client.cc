@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cluster/grpc_status.h"
 #include "cluster/proto_convert.h"
+#include "cluster/tenants.h"
 #include "cluster/transport_security.h"
 #include "core/hash.h"
 #include "core/logging.h"
@@ -169,10 +170,11 @@ absl::Status FromPageStoreStatus(const grpc::Status& status) {
 }
 
 PageStoreClient::PageStoreClient(std::shared_ptr<grpc::Channel> channel, std::string token,
-                                 absl::Duration timeout)
+                                 absl::Duration timeout, std::string acting_tenant)
     : channel_(std::move(channel)),
       stub_(pb::PageStore::NewStub(channel_)),
       token_(std::move(token)),
+      acting_tenant_(std::move(acting_tenant)),
       timeout_(timeout) {}
 
 PageStoreClient::~PageStoreClient() {
@@ -228,7 +230,9 @@ absl::StatusOr<std::unique_ptr<PageStoreClient>> PageStoreClient::Connect(
 
 void PageStoreClient::Prepare(grpc::ClientContext* ctx) const {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout_));
+  // Not AddNodeCredential: the client library links this file without tenants.cc.
   if (!token_.empty()) ctx->AddMetadata("authorization", StrCat("Bearer ", token_));
+  if (!acting_tenant_.empty()) ctx->AddMetadata(kTenantHeader, acting_tenant_);
 }
 
 absl::StatusOr<pb::LookupBlocksResponse> PageStoreClient::Lookup(std::span<const BlockKey> keys) {

@@ -2,7 +2,8 @@
 // (cluster/page_store_service.h), used by workers and the router to find, pin, read and write
 // pages on a store node over the gRPC fallback data path.
 //
-// Every call carries the caller's bearer token (`authorization` metadata) and a deadline of
+// Every call carries the caller's bearer token (`authorization` metadata; a tenant token, or
+// the node credential with the tenant it acts for, set_acting_tenant) and a deadline of
 // `timeout` from the call's start; nothing blocks past it. Errors are the server's status
 // mapped back to absl (cluster/grpc_status.h): UNAUTHENTICATED for a bad token,
 // INVALID_ARGUMENT for malformed input, NOT_FOUND for an unknown or expired lease... A call
@@ -66,8 +67,10 @@ class PageStoreClient {
 
   // A client over an existing channel (not connected yet is fine: calls then fail
   // UNAVAILABLE or DEADLINE_EXCEEDED within `timeout`). `token` may be empty (no header).
+  // `acting_tenant`, when not empty, is sent as `x-kvstrata-tenant` metadata: `token` is then the
+  // node credential acting for that tenant (cluster/tenants.h).
   PageStoreClient(std::shared_ptr<grpc::Channel> channel, std::string token,
-                  absl::Duration timeout = absl::Seconds(10));
+                  absl::Duration timeout = absl::Seconds(10), std::string acting_tenant = {});
   ~PageStoreClient();  // waits for UnpinAsync calls in flight
   PageStoreClient(const PageStoreClient&) = delete;
   PageStoreClient& operator=(const PageStoreClient&) = delete;
@@ -128,6 +131,7 @@ class PageStoreClient {
   absl::Mutex unpin_mu_;
   std::unique_ptr<ThreadPool> unpinner_ ABSL_GUARDED_BY(unpin_mu_);  // UnpinAsync's thread
   const std::string token_;
+  const std::string acting_tenant_;
   const absl::Duration timeout_;
 };
 

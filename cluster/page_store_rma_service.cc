@@ -139,7 +139,9 @@ grpc::ServerUnaryReactor* PageStoreService::ReserveStaging(grpc::CallbackServerC
 grpc::ServerUnaryReactor* PageStoreService::SealStaged(grpc::CallbackServerContext* ctx,
                                                        const pb::SealStagedRequest* request,
                                                        pb::SealStagedResponse* response) {
-  absl::StatusOr<PageStoreCaller> c = Authenticate(ctx);
+  bool node = false;
+  absl::StatusOr<PageStoreCaller> c = Authenticate(ctx, &node);
+  if (c.ok() && request->options().shared_namespace() && !node) c = wire::SharedWriteDenied();
   if (!c.ok()) {
     Count("SealStaged", c.status());
     return Finish(ctx, c.status());

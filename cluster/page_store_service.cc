@@ -55,10 +55,11 @@ PageStoreService::PageStoreService(TieredStore* store, TenantAuth auth,
 
 PageStoreService::~PageStoreService() { threads_.reset(); }  // then pages_ releases every lease
 
-absl::StatusOr<PageStoreCaller> PageStoreService::Authenticate(
-    grpc::CallbackServerContext* ctx) const {
-  ASSIGN_OR_RETURN(std::string tenant, AuthenticateCall(auth_, ctx));
-  return PageStoreCaller::Tenant(tenant);
+absl::StatusOr<PageStoreCaller> PageStoreService::Authenticate(grpc::CallbackServerContext* ctx,
+                                                               bool* node) const {
+  ASSIGN_OR_RETURN(CallIdentity id, IdentifyCall(auth_, ctx));
+  if (node != nullptr) *node = id.node;
+  return PageStoreCaller::Tenant(id.tenant);
 }
 
 void PageStoreService::Count(std::string_view rpc, const absl::Status& status) {
@@ -71,7 +72,7 @@ void PageStoreService::Count(std::string_view rpc, const absl::Status& status) {
 grpc::ServerUnaryReactor* PageStoreService::GetNodeStats(grpc::CallbackServerContext* ctx,
                                                          const pb::GetNodeStatsRequest* request,
                                                          pb::NodeStats* response) {
-  absl::Status s = Authenticate(ctx).status();
+  absl::Status s = RequireNode(auth_, ctx, "PageStore.GetNodeStats").status();
   if (s.ok()) {
     response->set_node_id(options_.node_id);
     FillStoreStats(pages_.store().Stats(), /*cost=*/nullptr, response);

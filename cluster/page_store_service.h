@@ -24,9 +24,15 @@
 //     of another key before `last`, an offset out of order, a malformed key) fails the whole
 //     call with INVALID_ARGUMENT.
 //
-// Tenancy: every call is authenticated with TenantAuth, exactly like ClusterService
-// (UNAUTHENTICATED otherwise), and made as that tenant (PageStoreCaller::Tenant): what a
-// tenant sees, reads, writes and leases is PageStore's rule.
+// Tenancy: every call is identified with TenantAuth (IdentifyCall: a tenant token, or the node
+// credential acting for the tenant named in `x-kvstrata-tenant`; UNAUTHENTICATED otherwise) and
+// made as that tenant (PageStoreCaller::Tenant): what a tenant sees, reads, writes and leases
+// is PageStore's rule. Who may call what (issue #18 item 1, docs/design-notes.md item 25): a
+// tenant token may look up, pin, read and write its own namespace and read the shared one;
+// a write in the shared namespace (WritePages or SealStaged with
+// WriteOptions.shared_namespace) and GetNodeStats need the node credential
+// (PERMISSION_DENIED "writes to the shared namespace need a node credential"), so only
+// workers that computed the KV themselves publish shared prefixes.
 //
 //   - RMA data path (issue #15). With registered tier memory (options.tier_memory),
 //     PinBlocks with promote_to = TIER_HOST lends each pinned page in place
@@ -176,7 +182,9 @@ class PageStoreService final : public kvstrata::v1::PageStore::WithRawCallbackMe
     uint32_t first_layer = 0, layer_count = 0;
   };
 
-  absl::StatusOr<PageStoreCaller> Authenticate(grpc::CallbackServerContext* ctx) const;
+  // The caller of a call; `node` (when not null) is set to whether it has the node credential.
+  absl::StatusOr<PageStoreCaller> Authenticate(grpc::CallbackServerContext* ctx,
+                                               bool* node = nullptr) const;
   void Count(std::string_view rpc, const absl::Status& status);
 
   absl::Status DoLookup(const PageStoreCaller& c, const kvstrata::v1::LookupBlocksRequest& req,

@@ -18,7 +18,7 @@ TEST_F(PageStoreTest, TenantsAreIsolatedAndSharedPagesVisibleToAll) {
   auto a_chain = Chain(8, Tenant("acme"), 2);
   auto shared = Chain(9, KeyNamespace::Shared(), 2);
   ASSERT_EQ(Write("tok-a", a_chain), std::vector<pb::WriteOutcome>(2, pb::WRITE_OUTCOME_STORED));
-  ASSERT_EQ(Write("tok-a", shared, /*shared=*/true),
+  ASSERT_EQ(NodeWrite("acme", shared, /*shared=*/true),
             std::vector<pb::WriteOutcome>(2, pb::WRITE_OUTCOME_STORED));
   // acme continues the shared prefix with its own page.
   auto a_tail = Chain(10, Tenant("acme"), 1, shared.back().meta.key);
@@ -63,7 +63,7 @@ TEST_F(PageStoreTest, TenantsAreIsolatedAndSharedPagesVisibleToAll) {
   auto b_after_a = Chain(12, Tenant("globex"), 1, a_chain.back().meta.key);
   EXPECT_EQ(Write("tok-b", b_after_a), std::vector<pb::WriteOutcome>{pb::WRITE_OUTCOME_REJECTED});
   auto s_after_a = Chain(13, KeyNamespace::Shared(), 1, a_chain.back().meta.key);
-  EXPECT_EQ(Write("tok-a", s_after_a, true),
+  EXPECT_EQ(NodeWrite("acme", s_after_a, true),
             std::vector<pb::WriteOutcome>{pb::WRITE_OUTCOME_REJECTED});
   EXPECT_EQ(Rejected("namespace_conflict"), 1);
   EXPECT_EQ(Rejected("parent_missing"), 2);

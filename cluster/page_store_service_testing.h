@@ -35,6 +35,8 @@ namespace pb = ::kvstrata::v1;
 using testing::TestPage;
 
 constexpr uint32_t kTokens = 64;
+// The node credential of the fixture's service (cluster/tenants.h).
+inline constexpr char kServiceToken[] = "svc-node";
 constexpr uint32_t kLayers = 2;
 
 // A chain of `n` mla-fp8-656 pages keyed under `ns` (tenant or shared).
@@ -112,6 +114,7 @@ class PageStoreTest : public ::testing::Test {
   void StartService() {
     auto auth = TenantAuth::Parse("tok-a: acme\ntok-b: globex\n", "test");
     ASSERT_TRUE(auth.ok()) << auth.status();
+    ASSERT_TRUE(auth->SetServiceToken(kServiceToken).ok());
     PageStoreServiceOptions o;
     o.node_id = "store-t";
     o.clock = &clock_;
@@ -139,15 +142,29 @@ class PageStoreTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  PageStoreClient Client(const std::string& token) {
-    return PageStoreClient(channel_, token, absl::Seconds(20));
+  // A client with `token`; with `acting_tenant`, sent as `x-kvstrata-tenant`.
+  PageStoreClient Client(const std::string& token, const std::string& acting_tenant = "") {
+    return PageStoreClient(channel_, token, absl::Seconds(20), acting_tenant);
   }
+  // The node credential acting for `tenant`.
+  PageStoreClient Node(const std::string& tenant) { return Client(kServiceToken, tenant); }
   // Writes whole pages with the client; returns the outcomes.
   std::vector<pb::WriteOutcome> Write(const std::string& token, const std::vector<TestPage>& pages,
                                       bool shared = false, uint32_t chunk = 1u << 20) {
+    PageStoreClient c = Client(token);
+    return WriteWith(c, pages, shared, chunk);
+  }
+  // Write as the node credential acting for `tenant` (shared writes need it).
+  std::vector<pb::WriteOutcome> NodeWrite(const std::string& tenant,
+                                          const std::vector<TestPage>& pages, bool shared) {
+    PageStoreClient c = Node(tenant);
+    return WriteWith(c, pages, shared, 1u << 20);
+  }
+  std::vector<pb::WriteOutcome> WriteWith(PageStoreClient& c, const std::vector<TestPage>& pages,
+                                          bool shared, uint32_t chunk) {
     std::vector<PageStoreClient::PageToWrite> in;
     for (const auto& p : pages) in.push_back({p.meta.key, p.bytes});
-    auto r = Client(token).WritePages(Options(shared), in, chunk);
+    auto r = c.WritePages(Options(shared), in, chunk);
     EXPECT_TRUE(r.ok()) << r.status();
     std::vector<pb::WriteOutcome> out;
     if (!r.ok()) return out;

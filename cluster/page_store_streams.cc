@@ -169,8 +169,10 @@ class ReadPagesReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer>
 // ReadPagesReactor, one actor owns the reactor at a time. Deleted in OnDone().
 class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesRequest> {
  public:
-  WritePagesReactor(PageStoreService* svc, PageStoreCaller caller, pb::WritePagesResponse* resp)
-      : svc_(svc), caller_(std::move(caller)), resp_(resp) {
+  // `node`: the caller has the node credential (may write the shared namespace).
+  WritePagesReactor(PageStoreService* svc, PageStoreCaller caller, bool node,
+                    pb::WritePagesResponse* resp)
+      : svc_(svc), caller_(std::move(caller)), node_(node), resp_(resp) {
     StartRead(&msg_);
   }
 
@@ -211,6 +213,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
       if (options_seen_) return absl::InvalidArgumentError("WriteOptions sent twice");
       options_ = msg_.options();
       options_seen_ = true;
+      if (options_.shared_namespace() && !node_) return wire::SharedWriteDenied();
       absl::StatusOr<LayoutInfo> layout = LookupLayout(options_.key_space().layout());
       if (!layout.ok()) {
         return absl::InvalidArgumentError(
@@ -330,6 +333,7 @@ class WritePagesReactor final : public grpc::ServerReadReactor<pb::WritePagesReq
 
   PageStoreService* const svc_;
   const PageStoreCaller caller_;
+  const bool node_;
   pb::WritePagesResponse* const resp_;
   pb::WritePagesRequest msg_;
   pb::WriteOptions options_;
@@ -385,7 +389,8 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* PageStoreService::ReadPages(
 
 grpc::ServerReadReactor<pb::WritePagesRequest>* PageStoreService::WritePages(
     grpc::CallbackServerContext* ctx, pb::WritePagesResponse* response) {
-  absl::StatusOr<PageStoreCaller> c = Authenticate(ctx);
+  bool node = false;
+  absl::StatusOr<PageStoreCaller> c = Authenticate(ctx, &node);
   if (!c.ok()) {
     Count("WritePages", c.status());
     class Failed final : public grpc::ServerReadReactor<pb::WritePagesRequest> {
@@ -395,7 +400,7 @@ grpc::ServerReadReactor<pb::WritePagesRequest>* PageStoreService::WritePages(
     };
     return new Failed(c.status());
   }
-  return new WritePagesReactor(this, *std::move(c), response);
+  return new WritePagesReactor(this, *std::move(c), node, response);
 }
 
 }  // namespace kv::cluster

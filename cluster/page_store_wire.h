@@ -23,6 +23,14 @@ inline std::string KeyBytes(const BlockKey& k) {
   return std::string(reinterpret_cast<const char*>(k.bytes.data()), k.bytes.size());
 }
 
+// The refusal of a shared-namespace write by a caller without the node credential
+// (page_store_service.h "Tenancy").
+inline absl::Status SharedWriteDenied() {
+  return absl::PermissionDeniedError(
+      "writes to the shared namespace need a node credential (the cluster's service token); a "
+      "tenant token may write its own namespace only");
+}
+
 // InvalidArgument naming `what` unless `bytes` is a 32-byte key.
 inline absl::StatusOr<BlockKey> ParseKey(const std::string& bytes, std::string_view what) {
   BlockKey k;

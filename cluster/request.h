@@ -34,10 +34,9 @@ using decode::FinishReasonName;
 
 struct GenerateRequest {
   std::vector<int32_t> prompt;  // token ids; non-empty
-  std::string tenant;           // authenticated tenant; non-empty
-  // The caller's `authorization` metadata, which the router forwards to workers and stores
-  // (they authenticate the end user themselves). Unused in-process.
-  std::string authorization;
+  // Authenticated tenant; non-empty. The router's calls to workers and stores act for it with
+  // the node credential (cluster/tenants.h).
+  std::string tenant;
   int64_t shared_prefix_tokens = 0;
   std::string session_id;                       // optional; 1..128 printable ASCII when set
   std::optional<absl::Duration> retention_ttl;  // unset: default; zero: no hint

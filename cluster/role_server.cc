@@ -116,7 +116,13 @@ absl::Status ValidateRoleServerOptions(const RoleServerOptions& o) {
       return absl::InvalidArgumentError(StrCat("unknown KV layout '", o.node.kv_layout, "'"));
     }
   }
-  RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file).status());
+  if (!o.tokens_file.empty() && o.service_token_file.empty()) {
+    return absl::InvalidArgumentError(
+        StrCat("--role=", o.role,
+               " with a tokens file needs a service token (--service-token-file): "
+               "the nodes of a cluster call each other with it for tenants"));
+  }
+  RETURN_IF_ERROR(LoadTenantAuth(o.tokens_file, o.service_token_file).status());
   return absl::OkStatus();
 }
 
@@ -246,15 +252,16 @@ absl::Status StartStore(const RoleServerOptions& o, const TenantAuth& auth, Role
 }
 
 // GetStats(all_nodes): a member's own NodeStats from its PageStore (store nodes) or Worker
-// service's GetNodeStats, with the caller's authorization, over a channel kept per address.
-auto NodeStatsOverGrpc() {
+// service's GetNodeStats, with the node credential acting for the caller's tenant, over a
+// channel kept per address.
+auto NodeStatsOverGrpc(std::string service_token) {
   struct Channels {
     kv::Mutex mu;
     std::map<std::string, std::shared_ptr<grpc::Channel>> by_address ABSL_GUARDED_BY(mu);
   };
   auto channels = std::make_shared<Channels>();
-  return [channels](const pb::NodeInfo& node, const std::string& authorization,
-                    absl::Time deadline) -> absl::StatusOr<pb::NodeStats> {
+  return [channels, service_token](const pb::NodeInfo& node, const std::string& tenant,
+                                   absl::Time deadline) -> absl::StatusOr<pb::NodeStats> {
     std::shared_ptr<grpc::Channel> channel;
     {
       kv::MutexLock l(&channels->mu);
@@ -264,7 +271,7 @@ auto NodeStatsOverGrpc() {
     }
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(deadline));
-    if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
+    AddNodeCredential(&ctx, service_token, tenant);
     pb::NodeStats stats;
     grpc::Status s;
     if (HasRole(node, pb::ROLE_STORE)) {
@@ -295,10 +302,11 @@ absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
   ro.pages_have_resume = config.IsV4();
   ro.clock = o.node.clock;
   ro.metrics = o.node.metrics;
-  ro.node_stats = NodeStatsOverGrpc();
+  ro.node_stats = NodeStatsOverGrpc(auth.service_token());
   ASSIGN_OR_RETURN(ro.page_bytes, model::PublishedPageBytes(config, kp.layout_id));
-  s.router = std::make_unique<RouterBackend>(s.membership.get(), s.pool.get(),
-                                             GrpcWorkerClients(kp, o.node.clock), ro);
+  s.router = std::make_unique<RouterBackend>(
+      s.membership.get(), s.pool.get(), GrpcWorkerClients(kp, auth.service_token(), o.node.clock),
+      ro);
   ClusterServiceOptions co;
   co.node_id = o.node_id;
   co.worker_threads = std::max(o.worker_threads, 4);  // requests wait on workers, not CPU
@@ -312,8 +320,8 @@ absl::Status StartRouter(const RoleServerOptions& o, const TenantAuth& auth,
 
 // A worker's local tier (issue #15 item 5): a host-only TieredStore of o.local_cache_mib in
 // front of the remote pool; the caller's tenant is what the Worker service authenticated.
-absl::Status StartLocalCache(const RoleServerOptions& o, const TenantAuth& auth,
-                             const std::string& layout_name, RoleServer::State& s) {
+absl::Status StartLocalCache(const RoleServerOptions& o, const std::string& layout_name,
+                             RoleServer::State& s) {
   if (o.local_cache_mib == 0) return absl::OkStatus();
   NodeOptions lo = o.node;
   lo.device_bytes = 0;
@@ -322,10 +330,6 @@ absl::Status StartLocalCache(const RoleServerOptions& o, const TenantAuth& auth,
   ASSIGN_OR_RETURN(s.local_cache, OpenStore(lo));
   const LayoutInfo info = *LookupLayout(std::string_view(layout_name));
   CachingPagePoolOptions co;
-  co.tenant_of = [auth](const std::string& authorization) {
-    return auth.Authenticate(
-        authorization.empty() ? std::nullopt : std::optional<std::string_view>(authorization));
-  };
   co.layout = std::string(info.name);
   co.page_tokens = info.default_page_tokens;
   co.node_id = StrCat(o.node_id, "/local");
@@ -346,7 +350,7 @@ absl::Status StartWorker(const RoleServerOptions& o, const TenantAuth& auth,
   pb::TransportEndpoint* e = self.add_transports();
   e->set_kind(pb::TRANSPORT_KIND_UCX);
   e->set_address(s.transport->address());
-  RETURN_IF_ERROR(StartLocalCache(o, auth, layout_name, s));
+  RETURN_IF_ERROR(StartLocalCache(o, layout_name, s));
   WorkerServiceOptions wo;
   wo.node_id = o.node_id;
   wo.prefill = o.role == "prefill";
@@ -388,7 +392,7 @@ absl::Status StartModelRole(const RoleServerOptions& o, const TenantAuth& auth,
 
 absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions o) {
   RETURN_IF_ERROR(ValidateRoleServerOptions(o));
-  ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file));
+  ASSIGN_OR_RETURN(TenantAuth auth, LoadTenantAuth(o.tokens_file, o.service_token_file));
   if (o.node_id.empty()) o.node_id = !o.advertise.empty() ? o.advertise : o.listen;
   std::unique_ptr<RoleServer> server(new RoleServer());
   State& s = *server->s_;
@@ -399,9 +403,11 @@ absl::StatusOr<std::unique_ptr<RoleServer>> RoleServer::Start(RoleServerOptions 
   if (o.role == "prefill" || o.role == "decode") {
     ASSIGN_OR_RETURN(s.transport, transport::UcxTransport::Create({.clock = o.node.clock}));
   }
-  ASSIGN_OR_RETURN(s.pool, NewGrpcPagePool(s.membership.get(), {.replication = o.replication,
-                                                                .clock = clock,
-                                                                .transport = s.transport.get()}));
+  ASSIGN_OR_RETURN(s.pool,
+                   NewGrpcPagePool(s.membership.get(), {.replication = o.replication,
+                                                        .service_token = auth.service_token(),
+                                                        .clock = clock,
+                                                        .transport = s.transport.get()}));
 
   pb::NodeInfo self;
   GrpcServerOptions go;

@@ -39,6 +39,10 @@ struct RoleServerOptions {
   int64_t metrics_port = 9090;  // 0 any, -1 off
   NodeOptions node;             // model, data dir, layout, tier sizes
   std::string tokens_file;
+  // The node credential every node of the cluster shares (cluster/tenants.h): a file whose
+  // first line is the service token. Required with a tokens file (the nodes call each other
+  // for tenants); without one, calls between nodes need no credential.
+  std::string service_token_file;
   int worker_threads = 2;
   MembershipConfig membership;
   int replication = 1;

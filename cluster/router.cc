@@ -32,17 +32,19 @@ std::string HostOf(std::string_view address) {
 
 }  // namespace
 
-WorkerClientFactory GrpcWorkerClients(KeyParams key_params, Clock* clock) {
+WorkerClientFactory GrpcWorkerClients(KeyParams key_params, std::string service_token,
+                                      Clock* clock) {
   struct Cache {
     kv::Mutex mu;
     std::map<std::string, std::shared_ptr<WorkerClient>> clients ABSL_GUARDED_BY(mu);
   };
   auto cache = std::make_shared<Cache>();
-  return [cache, key_params, clock](const pb::NodeInfo& node) {
+  return [cache, key_params, service_token, clock](const pb::NodeInfo& node) {
     kv::MutexLock l(&cache->mu);
     std::shared_ptr<WorkerClient>& c = cache->clients[node.grpc_address()];
     if (c == nullptr) {
-      c = NewGrpcWorkerClient(NewChannel(node.grpc_address()), key_params, node.node_id(), clock);
+      c = NewGrpcWorkerClient(NewChannel(node.grpc_address()), key_params, node.node_id(),
+                              service_token, clock);
     }
     return c;
   };
@@ -145,7 +147,7 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const GenerateReques
   const bool read_cache = req.policy == CachePolicy::kAuto || req.policy == CachePolicy::kForceLoad;
   if (read_cache && usable > 0) {
     absl::StatusOr<PoolPrefix> p =
-        pool_->Lookup(std::span<const BlockKey>(plan.keys).subspan(0, usable), req.authorization);
+        pool_->Lookup(std::span<const BlockKey>(plan.keys).subspan(0, usable), req.tenant);
     if (p.ok()) plan.prefix = *std::move(p);
   }
   const int64_t continuable = model::ContinuableBlocks(
@@ -339,7 +341,7 @@ std::optional<CachedRun> RouterBackend::PinPrefix(const GenerateRequest& req, co
   int64_t pinned = 0;
   absl::StatusOr<std::string> l = pool_->Pin(
       plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
-      options_.lease, req.authorization, &pinned);
+      options_.lease, req.tenant, &pinned);
   if (!l.ok()) {
     log::Warn("router_pin_failed", "node", plan.prefix.node_id, "error", l.status().ToString());
     return std::nullopt;
@@ -358,7 +360,6 @@ absl::StatusOr<prefill::PrefillDone> RouterBackend::RunPrefill(
   prefill::PrefillRequest preq{.request_id = dreq.request_id,
                                .prompt = dreq.prompt,
                                .tenant = dreq.tenant,
-                               .authorization = dreq.authorization,
                                .shared_prefix_tokens = dreq.shared_prefix_tokens,
                                .cached = dreq.cached,
                                .target = dest,
@@ -425,7 +426,6 @@ decode::DecodeRequest RouterBackend::DecodeRequestOf(const GenerateRequest& req,
   return decode::DecodeRequest{.request_id = StrCat(req.session_id, "@", absl::ToUnixMicros(start)),
                                .prompt = req.prompt,
                                .tenant = req.tenant,
-                               .authorization = req.authorization,
                                .shared_prefix_tokens = req.shared_prefix_tokens,
                                .sampling = req.sampling,
                                .max_tokens = req.max_tokens,
@@ -454,7 +454,7 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
     ~Unpin() {
       if (run) r->pool_->Unpin(run->address, run->lease_id, auth);
     }
-  } unpin{this, run, req.authorization};
+  } unpin{this, run, req.tenant};
 
   // 2. The decode session first: its destination is where the prefill writes.
   const decode::DecodeRequest dreq = DecodeRequestOf(req, run, start);
@@ -505,13 +505,12 @@ absl::StatusOr<GenerateResult> RouterBackend::Run(const GenerateRequest& req, Ro
 
 absl::Status RouterBackend::Lookup(const std::vector<int32_t>& prompt, const std::string& tenant,
                                    int64_t shared_prefix_tokens, bool include_keys,
-                                   const std::string& authorization, pb::LookupResponse* out) {
+                                   pb::LookupResponse* out) {
   if (prompt.empty()) return absl::InvalidArgumentError("lookup: the prompt is empty");
   GenerateRequest req;
   req.prompt = prompt;
   req.tenant = tenant;
   req.shared_prefix_tokens = shared_prefix_tokens;
-  req.authorization = authorization;
   ASSIGN_OR_RETURN(Plan plan, MakePlan(req, /*lookup=*/true));
   const int64_t pt = options_.key_params.page_tokens;
   out->set_prompt_tokens(static_cast<uint32_t>(prompt.size()));
@@ -594,7 +593,7 @@ void RouterBackend::GetStats(const ServiceContext& self, pb::GetStatsResponse* r
   response->set_hit_rate(served == 0 ? 0.0 : static_cast<double>(c.cached_tokens) / served);
 }
 
-void RouterBackend::CollectNodeStats(const ServiceContext& self, const std::string& authorization,
+void RouterBackend::CollectNodeStats(const ServiceContext& self, const std::string& tenant,
                                      absl::Time deadline, pb::GetStatsResponse* out) {
   std::vector<pb::NodeInfo> others;
   for (pb::NodeInfo& n : membership_->Members().members) {
@@ -609,7 +608,7 @@ void RouterBackend::CollectNodeStats(const ServiceContext& self, const std::stri
     for (size_t i = 0; i < others.size(); ++i) {
       askers.emplace_back([&, i] {
         got[i] = options_.node_stats
-                     ? options_.node_stats(others[i], authorization, deadline)
+                     ? options_.node_stats(others[i], tenant, deadline)
                      : absl::UnimplementedError("this router does not collect node stats");
       });
     }

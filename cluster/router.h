@@ -51,9 +51,11 @@ namespace kv::cluster {
 using WorkerClientFactory =
     std::function<std::shared_ptr<WorkerClient>(const kvstrata::v1::NodeInfo& node)>;
 
-// gRPC clients of the members' Worker services, one cached channel per address; call
-// deadlines are read on `clock` (not owned; null: Clock::Real()).
-WorkerClientFactory GrpcWorkerClients(KeyParams key_params, Clock* clock = nullptr);
+// gRPC clients of the members' Worker services, one cached channel per address, calling with
+// the node credential `service_token` (cluster/tenants.h; empty: none); call deadlines are
+// read on `clock` (not owned; null: Clock::Real()).
+WorkerClientFactory GrpcWorkerClients(KeyParams key_params, std::string service_token,
+                                      Clock* clock = nullptr);
 
 struct RouterOptions {
   KeyParams key_params;     // fingerprint, layout, page tokens of the served model
@@ -83,10 +85,10 @@ struct RouterOptions {
   std::string local_node_id;  // the embedded node's id in the membership
   Clock* clock = nullptr;     // null: Clock::Real()
   // GetStats(all_nodes): asks one member for its NodeStats (its PageStore or Worker service's
-  // GetNodeStats) with the caller's authorization, by the deadline; null: members are listed
-  // with an error saying their stats are not collected.
+  // GetNodeStats) with the node credential acting for `tenant`, by the deadline; null: members are
+  // listed with an error saying their stats are not collected.
   std::function<absl::StatusOr<kvstrata::v1::NodeStats>(
-      const kvstrata::v1::NodeInfo& node, const std::string& authorization, absl::Time deadline)>
+      const kvstrata::v1::NodeInfo& node, const std::string& tenant, absl::Time deadline)>
       node_stats;
   // Where the kvstrata_cluster_* request metrics go (requests by code, tokens by tier,
   // handoff bytes and time, worker failures); null: the default registry.
@@ -109,12 +111,12 @@ class RouterBackend final : public ServingBackend {
   absl::StatusOr<GenerateResult> Generate(const GenerateRequest& req, Route* route) override;
   absl::Status Lookup(const std::vector<int32_t>& prompt, const std::string& tenant,
                       int64_t shared_prefix_tokens, bool include_keys,
-                      const std::string& authorization, kvstrata::v1::LookupResponse* out) override;
+                      kvstrata::v1::LookupResponse* out) override;
   void ListNodes(const ServiceContext& self, const kvstrata::v1::ListNodesRequest& req,
                  kvstrata::v1::ListNodesResponse* out) override;
   void GetStats(const ServiceContext& self, kvstrata::v1::GetStatsResponse* out) override;
-  void CollectNodeStats(const ServiceContext& self, const std::string& authorization,
-                        absl::Time deadline, kvstrata::v1::GetStatsResponse* out) override;
+  void CollectNodeStats(const ServiceContext& self, const std::string& tenant, absl::Time deadline,
+                        kvstrata::v1::GetStatsResponse* out) override;
 
   RouterCounters Counters();
   CostModel& cost_model() { return cost_; }

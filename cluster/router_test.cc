@@ -166,7 +166,7 @@ class FakePool final : public PagePool {
  public:
   explicit FakePool(World* w) : w_(w) {}
   absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
-                                    const std::string& authorization) override {
+                                    const std::string& tenant) override {
     kv::MutexLock l(&w_->mu);
     w_->lookups.push_back(chain.size());
     PoolPrefix p;
@@ -179,7 +179,7 @@ class FakePool final : public PagePool {
     return p;
   }
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
+                                  absl::Duration lease, const std::string& tenant,
                                   int64_t* pinned) override {
     kv::MutexLock l(&w_->mu);
     w_->pins.push_back(keys.size());
@@ -187,7 +187,7 @@ class FakePool final : public PagePool {
     return std::string("lease-1");
   }
   void Unpin(const std::string& address, const std::string& lease_id,
-             const std::string& authorization) override {
+             const std::string& tenant) override {
     kv::MutexLock l(&w_->mu);
     w_->unpins.push_back(lease_id);
   }

@@ -45,7 +45,6 @@ class ServingBackend {
   // The longest cached prefix of the prompt and the cost model's plan, as a LookupResponse.
   virtual absl::Status Lookup(const std::vector<int32_t>& prompt, const std::string& tenant,
                               int64_t shared_prefix_tokens, bool include_keys,
-                              const std::string& authorization,
                               kvstrata::v1::LookupResponse* out) = 0;
   // The nodes of the cluster as this backend knows them.
   virtual void ListNodes(const ServiceContext& self, const kvstrata::v1::ListNodesRequest& req,
@@ -57,7 +56,8 @@ class ServingBackend {
   // node id, each by `deadline`; a node that cannot answer is listed with its error. Blocks
   // (the service calls it off the gRPC threads). A backend whose only node is itself (the
   // embedded cluster) adds nothing.
-  virtual void CollectNodeStats(const ServiceContext& self, const std::string& authorization,
+  // The calls act for `tenant` (the caller of GetStats) with the node credential.
+  virtual void CollectNodeStats(const ServiceContext& self, const std::string& tenant,
                                 absl::Time deadline, kvstrata::v1::GetStatsResponse* out) {}
 };
 

@@ -9,9 +9,9 @@
 // Cancel() is allowed at any time and from any thread; the worker then finishes early
 // (FinishReason::kCancelled) and Next() still ends with a done event.
 //
-// Requests carry the authenticated tenant (used by in-process workers) and the end user's
-// `authorization` (forwarded by the gRPC client, which the remote worker authenticates
-// itself; the tenant field is not sent).
+// Requests carry the authenticated tenant: in-process workers use it; the gRPC client sends it
+// as `x-kvstrata-tenant` with the node credential (cluster/tenants.h), and the remote worker acts
+// for it.
 //
 // Thread-safety: WorkerClient methods are safe to call concurrently; a DecodeCall is used by
 // one thread, except Cancel().

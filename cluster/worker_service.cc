@@ -105,7 +105,7 @@ absl::Time CallDeadline(grpc::CallbackServerContext* ctx, Clock* clock, absl::Du
 class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse> {
  public:
   PrefillReactor(WorkerService* svc, grpc::CallbackServerContext* ctx, const pb::PrefillRequest* r)
-      : svc_(svc), req_(*r), authorization_(AuthorizationOf(ctx)) {
+      : svc_(svc), req_(*r) {
     deadline_ = CallDeadline(ctx, svc->clock(), svc->options_.max_request_time);
     tenant_ = svc->Authenticate(ctx);
   }
@@ -143,7 +143,6 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
     if (w.prefill_ == nullptr) return absl::FailedPreconditionError("this worker has no transport");
     prefill::PrefillRequest r{.request_id = req_.request_id(),
                               .tenant = *tenant_,
-                              .authorization = authorization_,
                               .shared_prefix_tokens = req_.shared_prefix_tokens(),
                               .session_id = req_.session_id(),
                               .skip_publish = req_.skip_publish(),
@@ -181,7 +180,6 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
   WorkerService* const svc_;
   std::atomic<bool> cancelled_{false};
   const pb::PrefillRequest req_;
-  const std::string authorization_;
   absl::Time deadline_;
   absl::StatusOr<std::string> tenant_;
   WriteQueue<pb::PrefillResponse> out_;
@@ -195,8 +193,7 @@ class PrefillReactor final : public grpc::ServerWriteReactor<pb::PrefillResponse
 class DecodeReactor final
     : public grpc::ServerBidiReactor<pb::DecodeClientMessage, pb::DecodeResponse> {
  public:
-  DecodeReactor(WorkerService* svc, grpc::CallbackServerContext* ctx)
-      : svc_(svc), authorization_(AuthorizationOf(ctx)) {
+  DecodeReactor(WorkerService* svc, grpc::CallbackServerContext* ctx) : svc_(svc) {
     deadline_ = CallDeadline(ctx, svc->clock(), svc->options_.max_request_time);
     tenant_ = svc->Authenticate(ctx);
   }
@@ -263,7 +260,6 @@ class DecodeReactor final
     RETURN_IF_ERROR(w.CheckKeySpace(st.key_space()));
     decode::DecodeRequest r{.request_id = st.request_id(),
                             .tenant = *tenant_,
-                            .authorization = authorization_,
                             .shared_prefix_tokens = st.shared_prefix_tokens(),
                             .max_tokens = st.sampling().max_new_tokens(),
                             .ignore_eos = st.sampling().ignore_eos(),
@@ -295,7 +291,6 @@ class DecodeReactor final
   absl::StatusOr<decode::DecodeOutcome> Run();
 
   WorkerService* const svc_;
-  const std::string authorization_;
   absl::Time deadline_;
   absl::StatusOr<std::string> tenant_;
   pb::DecodeClientMessage in_;  // the read in flight
@@ -492,7 +487,8 @@ absl::Duration WorkerService::Retention(const std::string& session_id, bool has_
 }
 
 absl::StatusOr<std::string> WorkerService::Authenticate(grpc::CallbackServerContext* ctx) const {
-  return AuthenticateCall(auth_, ctx);
+  ASSIGN_OR_RETURN(CallIdentity id, RequireNode(auth_, ctx, "the Worker service"));
+  return std::move(id.tenant);
 }
 
 absl::Status WorkerService::CheckKeySpace(const pb::KeySpace& ks) const {

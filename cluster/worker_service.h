@@ -10,8 +10,10 @@
 //     destination's slots), PrefillResult or DecodeCancel -> OnPrefillResult / Cancel, then
 //     DecodeSession::Run streaming tokens, then DecodeDone.
 //
-// Every call is authenticated with the caller's bearer token (the router forwards the end
-// user's); the tenant comes from the token only, and the same token goes on to the stores.
+// The Worker service is node-internal: every call needs the node credential (cluster/tenants.h:
+// the cluster's service token, and the tenant it acts for in `x-kvstrata-tenant`, which the
+// router took from the end user's token); a tenant token is PERMISSION_DENIED. The worker's
+// page pool calls act for the same tenant with the node credential.
 // The whole call is bounded by the request's deadline (the gRPC deadline, at most
 // `max_request_time`); each wait on another process by `handoff_timeout`.
 //

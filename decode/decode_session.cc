@@ -172,9 +172,8 @@ int64_t DecodeSession::LoadCached(int64_t usable, DecodeOutcome* out) {
   }
   if (want.empty()) return 0;
   const absl::Time step = std::min(deadline_, clock()->Now() + ctx_->options.handoff_timeout);
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
-      ctx_->pool->Read(req_.cached->address, want, req_.cached->lease_id, req_.authorization, step,
-                       &out->pool_transport);
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> pages = ctx_->pool->Read(
+      req_.cached->address, want, req_.cached->lease_id, req_.tenant, step, &out->pool_transport);
   if (!pages.ok()) {
     log::Warn("decode_cache_read_failed", "node", req_.cached->node_id, "error",
               pages.status().ToString());
@@ -304,7 +303,7 @@ absl::StatusOr<int64_t> DecodeSession::PublishTurn(const std::vector<int32_t>& o
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                    DeriveRequestKeys(params_, convo, req_.tenant, req_.shared_prefix_tokens, &ns));
   if (keys.empty()) return 0;
-  absl::StatusOr<PoolPrefix> have = ctx_->pool->Lookup(keys, req_.authorization);
+  absl::StatusOr<PoolPrefix> have = ctx_->pool->Lookup(keys, req_.tenant);
   int64_t from = have.ok() ? have->blocks() : 0;
   if (verdict_ == HandoffVerdict::kVerified && ctx_->model->pages_have_resume()) {
     // A V4 handoff carries the resume state of the prompt's end only, not of the page ends
@@ -323,7 +322,7 @@ absl::StatusOr<int64_t> DecodeSession::PublishTurn(const std::vector<int32_t>& o
                       .tenant = req_.tenant,
                       .session_id = req_.session_id,
                       .retention = req_.retention};
-  return PublishChain(*ctx_->pool, keys, ns, from, pages, wo, req_.authorization);
+  return PublishChain(*ctx_->pool, keys, ns, from, pages, wo, req_.tenant);
 }
 
 }  // namespace kv::decode

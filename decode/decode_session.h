@@ -91,7 +91,6 @@ struct DecodeRequest {
   std::string request_id;
   std::vector<int32_t> prompt;  // non-empty, ids in the vocabulary
   std::string tenant;           // non-empty
-  std::string authorization;    // the end user's credential, forwarded to the page pool
   int64_t shared_prefix_tokens = 0;
   model::SamplingParams sampling;
   int64_t max_tokens = 0;  // > 0

@@ -22,21 +22,20 @@ CachingPagePool::CachingPagePool(PagePool* remote, TieredStore* local,
 }
 
 absl::StatusOr<PoolPrefix> CachingPagePool::Lookup(std::span<const BlockKey> chain,
-                                                   const std::string& authorization) {
-  return remote_->Lookup(chain, authorization);
+                                                   const std::string& tenant) {
+  return remote_->Lookup(chain, tenant);
 }
 
 absl::StatusOr<std::string> CachingPagePool::Pin(const std::string& address,
                                                  std::span<const BlockKey> keys,
-                                                 absl::Duration lease,
-                                                 const std::string& authorization,
+                                                 absl::Duration lease, const std::string& tenant,
                                                  int64_t* pinned) {
-  return remote_->Pin(address, keys, lease, authorization, pinned);
+  return remote_->Pin(address, keys, lease, tenant, pinned);
 }
 
 void CachingPagePool::Unpin(const std::string& address, const std::string& lease_id,
-                            const std::string& authorization) {
-  remote_->Unpin(address, lease_id, authorization);
+                            const std::string& tenant) {
+  remote_->Unpin(address, lease_id, tenant);
 }
 
 std::vector<std::vector<uint8_t>> CachingPagePool::ReadLocal(const PageStoreCaller& caller,
@@ -71,13 +70,12 @@ void CachingPagePool::Keep(const PageStoreCaller& caller, std::span<const BlockK
 
 absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
     const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-    const std::string& authorization, absl::Time deadline, std::string* path) {
+    const std::string& tenant, absl::Time deadline, std::string* path) {
   absl::StatusOr<PageStoreCaller> caller = absl::UnavailableError("no local tier");
   if (local_ != nullptr) {
-    absl::StatusOr<std::string> tenant = options_.tenant_of(authorization);
-    caller = tenant.ok() ? PageStoreCaller::Tenant(*tenant) : tenant.status();
+    caller = PageStoreCaller::Tenant(tenant);
   }
-  if (!caller.ok()) return remote_->Read(address, keys, lease_id, authorization, deadline, path);
+  if (!caller.ok()) return remote_->Read(address, keys, lease_id, tenant, deadline, path);
 
   std::vector<std::vector<uint8_t>> out = ReadLocal(*caller, keys, deadline);
   const size_t hits = out.size();
@@ -90,7 +88,7 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
   const std::span<const BlockKey> rest = keys.subspan(hits);
   std::string remote_path;
   absl::StatusOr<std::vector<std::vector<uint8_t>>> remote =
-      remote_->Read(address, rest, lease_id, authorization, deadline, &remote_path);
+      remote_->Read(address, rest, lease_id, tenant, deadline, &remote_path);
   if (!remote.ok()) {
     if (hits == 0) return remote.status();
     log::Warn("pool_read_failed_after_local_hits", "local_pages", hits, "error",
@@ -107,16 +105,15 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
 absl::StatusOr<int64_t> CachingPagePool::Publish(const BlockKey& root,
                                                  std::span<const PoolPage> pages,
                                                  const PoolWriteOptions& options,
-                                                 const std::string& authorization) {
-  absl::StatusOr<int64_t> stored = remote_->Publish(root, pages, options, authorization);
+                                                 const std::string& tenant) {
+  absl::StatusOr<int64_t> stored = remote_->Publish(root, pages, options, tenant);
   if (!stored.ok() || *stored <= 0 || local_ == nullptr) return stored;
   // The local copy is the caller's own (its authenticated tenant, never options.tenant alone).
-  absl::StatusOr<std::string> tenant = options_.tenant_of(authorization);
-  if (!tenant.ok()) return stored;
+  if (!PageStoreCaller::Tenant(tenant).ok()) return stored;
   PoolWriteOptions local = options;
-  local.tenant = *std::move(tenant);
+  local.tenant = tenant;
   const size_t n = std::min(pages.size(), static_cast<size_t>(*stored));
-  absl::StatusOr<int64_t> kept = local_->Publish(root, pages.first(n), local, authorization);
+  absl::StatusOr<int64_t> kept = local_->Publish(root, pages.first(n), local, tenant);
   if (!kept.ok()) log::Debug("local_cache_publish_skipped", "error", kept.status().ToString());
   return stored;
 }

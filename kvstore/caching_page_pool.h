@@ -14,13 +14,13 @@
 //                       pool stored, under the namespace the write names (shared or the
 //                       caller's tenant).
 //
-// Tenancy. Every call's tenant comes from its `authorization` through options.tenant_of (on a
-// worker, the TenantAuth the WorkerService authenticated the call with): a page cached for
+// Tenancy. Every call names the tenant it acts for (`tenant`, authenticated by the caller: on a
+// worker, the tenant the Worker service identified the call as): a page cached for
 // tenant A is never served to tenant B unless it was kept in the shared namespace. A remote
 // read does not say which namespace a page came from, so a page read from the pool is kept
 // under the reader's tenant namespace even when it is shared on the homes: other tenants then
-// read it from the pool (docs/design-notes.md item 17). A call whose authorization does not
-// resolve to a tenant bypasses the local tier.
+// read it from the pool (docs/design-notes.md item 17). A call whose tenant is not a valid
+// tenant name bypasses the local tier.
 //
 // Read's `*path` is "local" when every page came from the local tier, the remote pool's path
 // ("ucx", "grpc", "inproc") when none did, and "local+<remote path>" for a mixed read. Local
@@ -48,8 +48,6 @@
 namespace kv {
 
 struct CachingPagePoolOptions {
-  // The tenant of a call's `authorization`; an error bypasses the local tier. Required.
-  std::function<absl::StatusOr<std::string>(const std::string& authorization)> tenant_of;
   // The key space of the pages read and kept (what admission checks them against).
   std::string layout;
   uint32_t page_tokens = 0;  // 0: not checked
@@ -63,20 +61,20 @@ class CachingPagePool final : public PagePool {
   CachingPagePool(PagePool* remote, TieredStore* local, CachingPagePoolOptions options);
 
   absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
-                                    const std::string& authorization) override;
+                                    const std::string& tenant) override;
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
+                                  absl::Duration lease, const std::string& tenant,
                                   int64_t* pinned) override;
   void Unpin(const std::string& address, const std::string& lease_id,
-             const std::string& authorization) override;
+             const std::string& tenant) override;
   // See the file comment. On a remote error after a local prefix, that prefix is returned
   // (the verified prefix, path "local"); with nothing local, the remote error.
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& authorization, absl::Time deadline, std::string* path = nullptr) override;
+      const std::string& tenant, absl::Time deadline, std::string* path = nullptr) override;
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& options,
-                                  const std::string& authorization) override;
+                                  const std::string& tenant) override;
 
  private:
   // The local tier's verified prefix of `keys` visible to `caller`, read by `deadline`.

@@ -70,12 +70,6 @@ std::unique_ptr<TieredStore> HostStore(Clock* clock, MetricsRegistry* m, uint64_
   return *TieredStore::Open(so, std::move(tiers));
 }
 
-absl::StatusOr<std::string> TenantOf(const std::string& authorization) {
-  if (authorization == "Bearer a") return std::string("acme");
-  if (authorization == "Bearer b") return std::string("globex");
-  return absl::UnauthenticatedError("unknown token");
-}
-
 class CachingPagePoolTest : public ::testing::Test {
  protected:
   void SetUp() override { Open(/*local=*/true); }
@@ -84,11 +78,10 @@ class CachingPagePoolTest : public ::testing::Test {
     remote_store_ = HostStore(&clock_, &metrics_, page_ * 64);
     remote_ = std::make_unique<FakeRemote>(remote_store_.get());
     if (local) local_store_ = HostStore(&clock_, &metrics_, page_ * 64, &host_);
-    pool_ = std::make_unique<CachingPagePool>(remote_.get(), local ? local_store_.get() : nullptr,
-                                              CachingPagePoolOptions{.tenant_of = TenantOf,
-                                                                     .layout = "mla-fp8-656",
-                                                                     .page_tokens = kTokens,
-                                                                     .metrics = &metrics_});
+    pool_ = std::make_unique<CachingPagePool>(
+        remote_.get(), local ? local_store_.get() : nullptr,
+        CachingPagePoolOptions{
+            .layout = "mla-fp8-656", .page_tokens = kTokens, .metrics = &metrics_});
   }
   PoolWriteOptions Write(const std::string& tenant, bool shared = false) {
     PoolWriteOptions o;
@@ -140,14 +133,14 @@ TEST_F(CachingPagePoolTest, RemoteReadIsKeptThenServedLocally) {
   auto chain = testing::MakeChain(1, Tenant("acme"), 3, kTokens, kLayers);
   OnHome(chain, "acme");
   const auto keys = testing::KeysOf(chain);
-  ExpectPages(Read(keys, "Bearer a"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
   EXPECT_EQ(path_, "ucx");
   EXPECT_EQ(remote_->read_keys, 3);
   EXPECT_EQ(Counter("misses"), 3.0);
   EXPECT_EQ(Counter("hits"), 0.0);
   // The second read costs no remote read, even with the home down.
   remote_->fail_reads = true;
-  ExpectPages(Read(keys, "Bearer a"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
   EXPECT_EQ(path_, "local");
   EXPECT_EQ(remote_->read_keys, 3);
   EXPECT_EQ(Counter("hits"), 3.0);
@@ -157,15 +150,15 @@ TEST_F(CachingPagePoolTest, PartialPrefixReadsOnlyTheRestRemotely) {
   auto chain = testing::MakeChain(2, Tenant("acme"), 5, kTokens, kLayers);
   OnHome(chain, "acme");
   auto keys = testing::KeysOf(chain);
-  ExpectPages(Read({keys[0], keys[1]}, "Bearer a"), {chain[0], chain[1]});
+  ExpectPages(Read({keys[0], keys[1]}, "acme"), {chain[0], chain[1]});
   EXPECT_EQ(remote_->read_keys, 2);
-  ExpectPages(Read(keys, "Bearer a"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
   EXPECT_EQ(path_, "local+ucx");
   EXPECT_EQ(remote_->read_keys, 5);  // only keys 2..4 went to the home
   EXPECT_EQ(Counter("hits"), 2.0);
   EXPECT_EQ(Counter("misses"), 5.0);
   // The rest was kept too: all five are local now.
-  ExpectPages(Read(keys, "Bearer a"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
   EXPECT_EQ(path_, "local");
   EXPECT_EQ(remote_->read_keys, 5);
 }
@@ -174,9 +167,9 @@ TEST_F(CachingPagePoolTest, CorruptLocalPageBecomesARemoteRead) {
   auto chain = testing::MakeChain(3, Tenant("acme"), 3, kTokens, kLayers);
   OnHome(chain, "acme");
   const auto keys = testing::KeysOf(chain);
-  ExpectPages(Read(keys, "Bearer a"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
   ASSERT_TRUE(host_->CorruptForTest(keys[1], page_ / 2).ok());
-  ExpectPages(Read(keys, "Bearer a"), chain);  // the home's bytes, never the corrupt ones
+  ExpectPages(Read(keys, "acme"), chain);  // the home's bytes, never the corrupt ones
   EXPECT_EQ(path_, "local+ucx");
   EXPECT_EQ(remote_->read_keys, 5);  // 3, then keys 1 and 2
 }
@@ -185,15 +178,15 @@ TEST_F(CachingPagePoolTest, TenantsAreIsolatedInTheLocalTier) {
   auto chain = testing::MakeChain(4, Tenant("acme"), 2, kTokens, kLayers);
   OnHome(chain, "acme");
   const auto keys = testing::KeysOf(chain);
-  ExpectPages(Read(keys, "Bearer a"), chain);
-  ExpectPages(Read(keys, "Bearer a"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
+  ExpectPages(Read(keys, "acme"), chain);
   ASSERT_EQ(path_, "local");
   // globex asks for acme's keys: the local tier serves it nothing; only the home could
   // answer (and here it is down), so globex gets no byte of acme's pages.
   remote_->fail_reads = true;
-  auto b = Read(keys, "Bearer b");
+  auto b = Read(keys, "globex");
   EXPECT_FALSE(b.ok() && !b->empty()) << "acme's pages were served to globex";
-  // A caller whose credential resolves to no tenant bypasses the local tier.
+  // A call acting for no valid tenant bypasses the local tier.
   auto anon = Read(keys, "");
   EXPECT_FALSE(anon.ok() && !anon->empty());
   EXPECT_EQ(Counter("hits"), 2.0);
@@ -202,15 +195,15 @@ TEST_F(CachingPagePoolTest, TenantsAreIsolatedInTheLocalTier) {
 TEST_F(CachingPagePoolTest, PublishKeepsPagesLocallyInTheirNamespace) {
   auto mine = testing::MakeChain(5, Tenant("acme"), 2, kTokens, kLayers);
   auto shared = testing::MakeChain(6, KeyNamespace::Shared(), 2, kTokens, kLayers);
-  // options.tenant is not trusted for the local copy: the credential's tenant is.
-  ASSERT_EQ(*pool_->Publish(mine[0].meta.key, Pages(mine), Write("globex"), "Bearer a"), 2);
-  ASSERT_EQ(*pool_->Publish(shared[0].meta.key, Pages(shared), Write("acme", true), "Bearer a"), 2);
+  // options.tenant is not trusted for the local copy: the tenant the call acts for is.
+  ASSERT_EQ(*pool_->Publish(mine[0].meta.key, Pages(mine), Write("globex"), "acme"), 2);
+  ASSERT_EQ(*pool_->Publish(shared[0].meta.key, Pages(shared), Write("acme", true), "acme"), 2);
   remote_->fail_reads = true;
-  ExpectPages(Read(testing::KeysOf(mine), "Bearer a"), mine);
+  ExpectPages(Read(testing::KeysOf(mine), "acme"), mine);
   EXPECT_EQ(path_, "local");
-  auto b = Read(testing::KeysOf(mine), "Bearer b");
+  auto b = Read(testing::KeysOf(mine), "globex");
   EXPECT_FALSE(b.ok() && !b->empty()) << "acme's published pages were served to globex";
-  ExpectPages(Read(testing::KeysOf(shared), "Bearer b"), shared);  // shared: everyone's
+  ExpectPages(Read(testing::KeysOf(shared), "globex"), shared);  // shared: everyone's
   EXPECT_EQ(path_, "local");
   EXPECT_EQ(remote_->read_keys, 2);  // only globex's refused read of acme's pages
 }
@@ -221,7 +214,7 @@ TEST_F(CachingPagePoolTest, NoLocalTierForwardsEveryRead) {
   OnHome(chain, "acme");
   const auto keys = testing::KeysOf(chain);
   for (int i = 0; i < 2; ++i) {
-    ExpectPages(Read(keys, "Bearer a"), chain);
+    ExpectPages(Read(keys, "acme"), chain);
     EXPECT_EQ(path_, "ucx");
   }
   EXPECT_EQ(remote_->read_keys, 4);
@@ -232,9 +225,9 @@ TEST_F(CachingPagePoolTest, HomeFailureAfterALocalPrefixReturnsThePrefix) {
   auto chain = testing::MakeChain(8, Tenant("acme"), 3, kTokens, kLayers);
   OnHome(chain, "acme");
   auto keys = testing::KeysOf(chain);
-  ExpectPages(Read({keys[0]}, "Bearer a"), {chain[0]});
+  ExpectPages(Read({keys[0]}, "acme"), {chain[0]});
   remote_->fail_reads = true;
-  ExpectPages(Read(keys, "Bearer a"), {chain[0]});
+  ExpectPages(Read(keys, "acme"), {chain[0]});
   EXPECT_EQ(path_, "local");
 }
 

@@ -31,18 +31,18 @@ class LocalPagePool final : public PagePool {
   explicit LocalPagePool(TieredStore* store, PageStoreOptions options = {.node_id = "local"});
 
   absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
-                                    const std::string& authorization) override;
+                                    const std::string& tenant) override;
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
+                                  absl::Duration lease, const std::string& tenant,
                                   int64_t* pinned) override;
   void Unpin(const std::string& address, const std::string& lease_id,
-             const std::string& authorization) override;
+             const std::string& tenant) override;
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& authorization, absl::Time deadline, std::string* path = nullptr) override;
+      const std::string& tenant, absl::Time deadline, std::string* path = nullptr) override;
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& options,
-                                  const std::string& authorization) override;
+                                  const std::string& tenant) override;
 
   TieredStore& store() { return pages_.store(); }
   PageStore& page_store() { return pages_; }

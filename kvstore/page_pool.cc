@@ -6,7 +6,7 @@ namespace kv {
 
 int64_t PublishChain(PagePool& pool, std::span<const BlockKey> keys,
                      std::span<const std::string> ns, int64_t from, std::span<const PoolPage> pages,
-                     PoolWriteOptions options, const std::string& authorization) {
+                     PoolWriteOptions options, const std::string& tenant) {
   if (keys.empty() || pages.empty()) return 0;
   const std::string shared_ns = KeyNamespace::Shared().ToString();
   int64_t published = 0;
@@ -16,7 +16,7 @@ int64_t PublishChain(PagePool& pool, std::span<const BlockKey> keys,
     while (j < pages.size() && (ns[from + j] == shared_ns) == shared) ++j;
     options.shared_namespace = shared;
     absl::StatusOr<int64_t> stored =
-        pool.Publish(keys[0], pages.subspan(i, j - i), options, authorization);
+        pool.Publish(keys[0], pages.subspan(i, j - i), options, tenant);
     if (!stored.ok()) {
       log::Warn("publish_failed", "error", stored.status().ToString());
       break;

@@ -5,8 +5,10 @@
 // A pool is addressed by chain: the homes of a chain are chosen from its first key (so a
 // chain lives whole on its homes, docs/design-notes.md item 8); `Lookup` finds the longest
 // cached prefix on the best home and names that home's `address`, which `Pin`, `Read` and
-// `Unpin` then use. Calls carry the end user's `authorization` (a bearer credential), which a
-// remote store authenticates itself; an in-process pool trusts its caller.
+// `Unpin` then use. Calls name the tenant they act for (`tenant`: the end user's tenant, which
+// the router or worker authenticated); a remote pool sends it with the cluster's node
+// credential (cluster/tenants.h), and the store then acts as that tenant. An in-process pool
+// trusts its caller.
 //
 // Thread-safety: implementations are safe for concurrent use. Results are values owned by
 // the caller.
@@ -54,7 +56,7 @@ struct PoolWriteOptions {
   KeyParams key_space;            // fingerprint, layout, page tokens (its `ns` is unused)
   bool shared_namespace = false;  // the pages are keyed in the shared namespace
   // The authenticated tenant the pages belong to when not shared. An in-process pool
-  // records it; a remote store derives the tenant from the caller's credential instead.
+  // records it; a remote store takes the tenant the call acts for instead.
   std::string tenant;
   std::string session_id;
   absl::Duration retention = absl::ZeroDuration();  // zero: no hint
@@ -68,15 +70,15 @@ class PagePool {
   // homes. Never an error for missing keys; a home that does not answer is skipped (its
   // error is logged). InvalidArgument for an empty chain.
   virtual absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
-                                            const std::string& authorization) = 0;
+                                            const std::string& tenant) = 0;
   // Pins the longest present prefix of `keys` on `address` for `lease` and returns the lease
   // id; that prefix's length in `*pinned`. Errors of the store (Unavailable when it is down).
   virtual absl::StatusOr<std::string> Pin(const std::string& address,
                                           std::span<const BlockKey> keys, absl::Duration lease,
-                                          const std::string& authorization, int64_t* pinned) = 0;
+                                          const std::string& tenant, int64_t* pinned) = 0;
   // Releases a lease; errors are logged, not returned (leases expire on their own).
   virtual void Unpin(const std::string& address, const std::string& lease_id,
-                     const std::string& authorization) = 0;
+                     const std::string& tenant) = 0;
   // Reads the pages of `keys` (in order) from `address` under `lease_id`, each verified
   // (checksums, key). Stops at the first page that fails: the result holds the verified
   // prefix (possibly empty). Unavailable/DeadlineExceeded when the store cannot be read by
@@ -85,12 +87,12 @@ class PagePool {
   // "inproc" (this process's own store).
   virtual absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& authorization, absl::Time deadline, std::string* path = nullptr) = 0;
+      const std::string& tenant, absl::Time deadline, std::string* path = nullptr) = 0;
   // Writes `pages` (one chain segment, in chain order, `root` the chain's first key) to every
   // home of the chain. Returns pages stored or already present on at least one home.
   virtual absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                           const PoolWriteOptions& options,
-                                          const std::string& authorization) = 0;
+                                          const std::string& tenant) = 0;
 };
 
 // Publishes `pages` (chain blocks from, from + 1, ... of the chain `keys`, whose namespaces
@@ -100,6 +102,6 @@ class PagePool {
 // Returns the pages stored or already present; stops at the first failed write (logged).
 int64_t PublishChain(PagePool& pool, std::span<const BlockKey> keys,
                      std::span<const std::string> ns, int64_t from, std::span<const PoolPage> pages,
-                     PoolWriteOptions options, const std::string& authorization);
+                     PoolWriteOptions options, const std::string& tenant);
 
 }  // namespace kv

@@ -78,7 +78,7 @@ int64_t PrefillWorker::LoadCached(const PrefillRequest& req, std::span<const Blo
           : std::vector<BlockKey>{};
   if (!want.empty()) {
     absl::StatusOr<std::vector<std::vector<uint8_t>>> pages = ctx_->pool->Read(
-        req.cached->address, want, req.cached->lease_id, req.authorization,
+        req.cached->address, want, req.cached->lease_id, req.tenant,
         std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout), &done.pool_transport);
     if (!pages.ok()) {
       log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
@@ -160,9 +160,9 @@ void PrefillWorker::ScheduleWriteBack(const PrefillRequest& req, const KeyParams
                       .session_id = req.session_id,
                       .retention = req.retention};
   write_back_->Schedule([this, keys = std::move(keys), ns = std::move(ns),
-                         blocks = std::move(blocks), wo, loaded, auth = req.authorization] {
+                         blocks = std::move(blocks), wo, loaded, tenant = req.tenant] {
     const std::vector<PoolPage> pages = model::EncodePoolPages(*ctx_->model, blocks);
-    const int64_t stored = PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, auth);
+    const int64_t stored = PublishChain(*ctx_->pool, keys, ns, loaded, pages, wo, tenant);
     if (ctx_->on_write_back) {
       ctx_->on_write_back(stored, static_cast<int64_t>(pages.size()) - stored);
     }

@@ -66,7 +66,6 @@ struct PrefillRequest {
   std::string request_id;
   std::vector<int32_t> prompt;  // the whole prompt (its last token is not computed here)
   std::string tenant;
-  std::string authorization;
   int64_t shared_prefix_tokens = 0;
   std::optional<CachedRun> cached;  // pinned run of the chain's first blocks
   transport::HandoffDestination target;

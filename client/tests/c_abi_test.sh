@@ -43,9 +43,11 @@ cmake --build "$work/fp/build" >>"$work/fp.log"
 
 export UCX_TLS=tcp UCX_NET_DEVICES=lo
 printf 'tok-acme: acme\n' >"$work/tokens.yaml"
+printf 'svc-c-abi-test\n' >"$work/service-token"
 "$binary" model init --preset=tiny-v3 --out="$work/model" --seed=1 >"$work/model.log" 2>&1
 "$binary" serve --role=store --node-id=store-0 --listen=127.0.0.1:0 --metrics-port=-1 \
-  --model-dir="$work/model" --tokens-file="$work/tokens.yaml" --data-dir="$work/store" \
+  --model-dir="$work/model" --tokens-file="$work/tokens.yaml" \
+  --service-token-file="$work/service-token" --data-dir="$work/store" \
   --device-mib=0 --host-mib=256 --nvme-mib=256 >"$work/store.log" 2>&1 &
 store_pid=$!
 address=

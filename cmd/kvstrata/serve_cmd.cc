@@ -12,7 +12,10 @@
 // (PageStore API, host + nvme tiers). They find each other through --members (a static list)
 // or --etcd (leases + watch). Without --tokens-file every call is the built-in tenant
 // "default" (no token needed); with it, each call needs `authorization: Bearer <token>` from
-// the file (cluster/tenants.h); every role of a cluster uses the same file.
+// the file (cluster/tenants.h); every role of a cluster uses the same file. The nodes of a
+// cluster call each other with the node credential, --service-token-file (one token line;
+// the same file on every node; required by the distributed roles with a tokens file). Who may
+// call what: docs/serving.md "Security model".
 //
 // With --tls-cert-file, --tls-key-file and --tls-ca-file every gRPC server and channel of the
 // node (etcd's excepted) is mutual TLS against that CA (cluster/transport_security.h); SIGHUP
@@ -60,6 +63,7 @@ struct ServeFlags {
   int64_t host_mib = 256;
   int64_t nvme_mib = 4096;
   std::string tokens_file;
+  std::string service_token_file;
   int64_t worker_threads = 2;
   int64_t compute_threads = 0;
   std::string node_id;
@@ -188,6 +192,7 @@ absl::StatusOr<cluster::EmbeddedServerOptions> ToOptions(const ServeFlags& f) {
   o.listen = f.listen;
   o.metrics_port = f.metrics_port;
   o.tokens_file = f.tokens_file;
+  o.service_token_file = f.service_token_file;
   o.node_id = f.node_id;
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   ASSIGN_OR_RETURN(o.node, ToNodeOptions(f));
@@ -209,6 +214,7 @@ absl::StatusOr<cluster::RoleServerOptions> ToRoleOptions(const ServeFlags& f) {
   o.node_id = f.node_id;
   o.metrics_port = f.metrics_port;
   o.tokens_file = f.tokens_file;
+  o.service_token_file = f.service_token_file;
   o.worker_threads = static_cast<int>(std::clamp<int64_t>(f.worker_threads, 0, 1 << 10));
   o.replication = static_cast<int>(std::clamp<int64_t>(f.replication, 0, 1 << 10));
   o.local_cache_mib = f.local_cache_mib;
@@ -345,6 +351,9 @@ void BindServeFlags(FlagSet& flags, ServeFlags& f) {
   flags.Int("nvme-mib", &f.nvme_mib, "nvme tier capacity in MiB (0: no nvme tier)");
   flags.String("tokens-file", &f.tokens_file,
                "YAML map of bearer token -> tenant; empty: built-in tenant \"default\"");
+  flags.String("service-token-file", &f.service_token_file,
+               "file holding the cluster's node credential (one token line; the same on every "
+               "node); required by router/prefill/decode/store with --tokens-file");
   flags.Int("worker-threads", &f.worker_threads, "Generate requests served concurrently");
   flags.Int("compute-threads", &f.compute_threads,
             "threads one request's forward may use (0: one per core; same bytes at any count)");

@@ -184,10 +184,12 @@ check_config() {
     local out="$tmp/${o//\//_}.yaml" ex="$tmp/${o//\//_}"
     render "$o" "$out"
     timeout 60 node "$validator" --extract "$ex" "$out" >"$ex.files" || fail "extract $o"
-    local cm tokens
+    local cm tokens service
     cm=$(awk '$1 == "configmap" && $2 ~ /^kvstrata-config/ {print $4; exit}' "$ex.files")
     tokens=$(awk '$1 == "secret" && $2 == "kvstrata-tokens" && $3 == "tokens.yaml" {print $4}' "$ex.files")
+    service=$(awk '$1 == "secret" && $2 == "kvstrata-tokens" && $3 == "service-token" {print $4}' "$ex.files")
     [ -n "$cm" ] && [ -n "$tokens" ] || fail "$o: no kvstrata-config ConfigMap or kvstrata-tokens Secret"
+    [ -n "$service" ] || fail "$o: no service-token in the kvstrata-tokens Secret"
     local cmdir
     cmdir=$(dirname "$cm")
     timeout 60 node "$validator" --pod-args "$out" >"$ex.args" || fail "pod args $o"
@@ -200,8 +202,8 @@ check_config() {
       read -ra argv <<<"$args"
       grep -q 'tls-cert-file: /etc/kvstrata/tls/' "$cmdir/$component.yaml" ||
         fail "$o $component: config does not set tls-cert-file to the kvstrata-tls mount"
-      cmd=("$bin" "${argv[@]}" --tokens-file="$tokens" "${tls[@]}" --data-dir="$tmp/data-$component"
-        --check-config)
+      cmd=("$bin" "${argv[@]}" --tokens-file="$tokens" --service-token-file="$service" "${tls[@]}"
+        --data-dir="$tmp/data-$component" --check-config)
       [ "${cmd[1]}" = serve ] || fail "$o $component: container args do not start with serve"
       ran=$((ran + 1))
       echo "+ ${cmd[*]//$tmp\//TMP/}"

@@ -27,12 +27,18 @@
 
 #include <gtest/gtest.h>
 
+#include <grpcpp/create_channel.h>
+
 #include "cluster/client.h"
 #include "cluster/embedded_cluster.h"
+#include "cluster/grpc_status.h"
+#include "cluster/tenants.h"
 #include "cluster/testing/child_process.h"
 #include "cluster/testing/etcd_process.h"
 #include "core/strings.h"
 #include "model/tokenizer.h"
+#include "proto/kvstrata/v1/page_store.grpc.pb.h"
+#include "proto/kvstrata/v1/worker.grpc.pb.h"
 
 namespace kv {
 namespace {
@@ -41,6 +47,8 @@ namespace fs = std::filesystem;
 namespace pb = ::kvstrata::v1;
 using cluster::testing::ChildProcess;
 using cluster::testing::EtcdProcess;
+
+constexpr char kServiceToken[] = "svc-cluster-test";
 
 std::string g_binary;  // argv[1]
 
@@ -61,6 +69,7 @@ class ClusterTest : public ::testing::Test {
     {
       std::ofstream t(work_ + "/tokens.yaml");
       t << "tok-acme: acme\ntok-globex: globex\n";
+      std::ofstream(work_ + "/service-token") << kServiceToken << "\n";
     }
     model_dir_ = work_ + "/model";
     ChildProcess init;
@@ -120,14 +129,14 @@ class ClusterTest : public ::testing::Test {
     const std::string role = name.substr(0, name.find('-'));
     auto* p = new ChildProcess();
     nodes_[name] = p;
-    absl::Status s =
-        p->Spawn({g_binary, "serve", "--role=" + role, "--node-id=" + name, "--listen=127.0.0.1:0",
-                  "--metrics-port=-1", "--etcd=" + etcd_->endpoint(), "--member-ttl=2s",
-                  "--model-dir=" + model_dir_, "--tokens-file=" + work_ + "/tokens.yaml",
-                  "--data-dir=" + work_ + "/" + name, "--device-mib=16", "--host-mib=32",
-                  "--nvme-mib=128", "--worker-threads=2"},
-                 work_ + "/" + name + ".log",
-                 {"OPENBLAS_NUM_THREADS=1", "UCX_TLS=tcp,self", "UCX_NET_DEVICES=lo"});
+    absl::Status s = p->Spawn(
+        {g_binary, "serve", "--role=" + role, "--node-id=" + name, "--listen=127.0.0.1:0",
+         "--metrics-port=-1", "--etcd=" + etcd_->endpoint(), "--member-ttl=2s",
+         "--model-dir=" + model_dir_, "--tokens-file=" + work_ + "/tokens.yaml",
+         "--service-token-file=" + work_ + "/service-token", "--data-dir=" + work_ + "/" + name,
+         "--device-mib=16", "--host-mib=32", "--nvme-mib=128", "--worker-threads=2"},
+        work_ + "/" + name + ".log",
+        {"OPENBLAS_NUM_THREADS=1", "UCX_TLS=tcp,self", "UCX_NET_DEVICES=lo"});
     ASSERT_TRUE(s.ok()) << s;
   }
 
@@ -362,6 +371,54 @@ TEST_F(ClusterTest, TenantsAreIsolatedAndTheSharedNamespaceIsOptIn) {
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_GE(g->stats.cached_tokens(), 256u);
   EXPECT_EQ(g->tokens, Reference(shared, 4));
+}
+
+// Issue #18 item 1 over real processes: tenant tokens reach no Worker service and cannot write
+// the shared namespace of a store; the node credential (which the router and workers use) can.
+TEST_F(ClusterTest, TenantTokensReachNoWorkerAndCannotWriteTheSharedNamespace) {
+  auto acme = Client("tok-acme");
+  ASSERT_NE(acme, nullptr);
+  auto nodes = acme->ListNodes(kCallTimeout);
+  ASSERT_TRUE(nodes.ok()) << nodes.status();
+  std::string worker, store;
+  for (const pb::NodeInfo& n : nodes->nodes()) {
+    for (int r : n.roles()) {
+      if (r == pb::ROLE_PREFILL || r == pb::ROLE_DECODE) worker = n.grpc_address();
+      if (r == pb::ROLE_STORE) store = n.grpc_address();
+    }
+  }
+  ASSERT_FALSE(worker.empty() || store.empty()) << nodes->DebugString();
+  auto call = [](const std::string& address, const std::string& token, const std::string& tenant,
+                 bool on_store) {
+    auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
+    cluster::AddNodeCredential(&ctx, token, tenant);
+    pb::NodeStats stats;
+    return cluster::FromGrpcStatus(
+        on_store ? pb::PageStore::NewStub(channel)->GetNodeStats(&ctx, {}, &stats)
+                 : pb::Worker::NewStub(channel)->GetNodeStats(&ctx, {}, &stats));
+  };
+  EXPECT_EQ(call(worker, "tok-acme", "", false).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(call(worker, "tok-acme", "globex", false).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(call(store, "tok-acme", "", true).code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(call(worker, kServiceToken, "acme", false).ok());
+  EXPECT_TRUE(call(store, kServiceToken, "acme", true).ok());
+  // A shared-namespace WritePages stream with a tenant token ends at its options.
+  auto channel = grpc::CreateChannel(store, grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + kCallTimeout));
+  cluster::AddNodeCredential(&ctx, "tok-globex", "");
+  pb::WritePagesResponse resp;
+  auto w = pb::PageStore::NewStub(channel)->WritePages(&ctx, &resp);
+  pb::WritePagesRequest m;
+  m.mutable_options()->set_shared_namespace(true);
+  m.mutable_options()->mutable_key_space()->set_layout("mla-fp8-656");
+  m.mutable_options()->mutable_key_space()->set_page_tokens(64);
+  w->Write(m);
+  w->WritesDone();
+  const absl::Status s = cluster::FromGrpcStatus(w->Finish());
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
 }
 
 TEST_F(ClusterTest, BadRequestsGetClearErrors) {

@@ -94,6 +94,7 @@ class PageStoreRmaTest : public ::testing::TestWithParam<TlsCase> {
     fs::remove_all(work_);
     fs::create_directories(work_);
     std::ofstream(work_ + "/tokens.yaml") << "tok-acme: acme\ntok-globex: globex\n";
+    std::ofstream(work_ + "/service-token") << "svc-rma-test\n";
     ChildProcess init;
     ASSERT_TRUE(init.Spawn({g_binary, "model", "init", "--preset=tiny-v3",
                             "--out=" + work_ + "/model", "--seed=1"},
@@ -119,8 +120,10 @@ class PageStoreRmaTest : public ::testing::TestWithParam<TlsCase> {
         store_
             ->Spawn({g_binary, "serve", "--role=store", "--node-id=store-0", "--listen=127.0.0.1:0",
                      "--metrics-port=-1", "--model-dir=" + work_ + "/model",
-                     "--tokens-file=" + work_ + "/tokens.yaml", "--data-dir=" + work_ + "/store",
-                     "--device-mib=0", "--host-mib=256", "--nvme-mib=256"},
+                     "--tokens-file=" + work_ + "/tokens.yaml",
+                     "--service-token-file=" + work_ + "/service-token",
+                     "--data-dir=" + work_ + "/store", "--device-mib=0", "--host-mib=256",
+                     "--nvme-mib=256"},
                     work_ + "/store.log", env)
             .ok());
     absl::StatusOr<std::string> line =

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # serve exit codes: a bad role, or a cluster role without its peers, exits 2; --check-config
 # exits 1 for an invalid config and 0 for a valid one (without creating anything), for every
-# role.
+# role; a distributed role with a tokens file needs a service token file.
 # Usage: serve_exit_codes.sh KVSTRATA_BINARY
 set -uo pipefail
 bin=$1
@@ -38,5 +38,22 @@ expect 2 serve --role=bogus
 expect 1 serve --check-config --kv-layout=nope
 expect 1 serve --check-config --tokens-file=/nonexistent/tokens.yaml
 expect 0 serve --check-config --listen=127.0.0.1:0 --data-dir=/nonexistent/never-created
+# The node credential (docs/serving.md "Security model"): a distributed role with a tokens file
+# needs a readable, non-empty service token file; --role=all does not.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+printf 'tok-a: acme\n' >"$work/tokens.yaml"
+printf 'svc-exit-codes\n' >"$work/service-token"
+: >"$work/empty"
+st="--check-config --etcd=127.0.0.1:2379 --data-dir=/nonexistent/never-created"
+for role in router prefill decode store; do
+  expect 1 serve --role=$role $st --tokens-file="$work/tokens.yaml"
+  expect 1 serve --role=$role $st --tokens-file="$work/tokens.yaml" --service-token-file="$work/empty"
+  expect 0 serve --role=$role $st --tokens-file="$work/tokens.yaml" \
+    --service-token-file="$work/service-token"
+done
+expect 1 serve $st --role=store --tokens-file="$work/tokens.yaml" --service-token-file=/nonexistent
+expect 0 serve --check-config --data-dir=/nonexistent/never-created --tokens-file="$work/tokens.yaml"
+expect 1 serve --check-config --data-dir=/nonexistent/never-created --service-token-file="$work/empty"
 [ ! -e /nonexistent/never-created ] || { echo "--check-config created the data dir"; exit 1; }
 echo "serve exit codes ok"

@@ -31,6 +31,8 @@ class Store:
         env = dict(os.environ, **self.extra_env)
         with open(os.path.join(self.root, "tokens.yaml"), "w") as f:
             f.write(f"{TOKEN}: acme\n")
+        with open(os.path.join(self.root, "service-token"), "w") as f:
+            f.write("svc-client-test\n")
         model = os.path.join(self.root, "model")
         if not os.path.exists(model):
             subprocess.run([self.binary, "model", "init", "--preset=tiny-v3", f"--out={model}",
@@ -39,7 +41,8 @@ class Store:
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--role=store", "--node-id=store-0", "--listen=127.0.0.1:0",
              "--metrics-port=-1", f"--model-dir={model}",
-             f"--tokens-file={self.root}/tokens.yaml", f"--data-dir={self.root}/store",
+             f"--tokens-file={self.root}/tokens.yaml",
+             f"--service-token-file={self.root}/service-token", f"--data-dir={self.root}/store",
              "--device-mib=0", "--host-mib=256", "--nvme-mib=256"] + self.extra_args,
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
