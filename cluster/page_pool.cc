@@ -60,7 +60,8 @@ class GrpcPagePool final : public PagePool {
     return homes;
   }
 
-  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+  // `tenant` is not sent: the store derives it from the caller's credential.
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain, const std::string& /*tenant*/,
                                     const std::string& authorization) override {
     if (chain.empty()) return absl::InvalidArgumentError("pool lookup: empty chain");
     PoolPrefix best;
@@ -86,8 +87,8 @@ class GrpcPagePool final : public PagePool {
   }
 
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
-                                  int64_t* pinned) override {
+                                  absl::Duration lease, const std::string& /*tenant*/,
+                                  const std::string& authorization, int64_t* pinned) override {
     PageStoreClient client(Channel(address), TokenOf(authorization), options_.rpc_timeout);
     ASSIGN_OR_RETURN(PageStoreClient::PinResult r, client.Pin(keys, lease));
     *pinned = static_cast<int64_t>(r.pinned.size());

@@ -145,8 +145,8 @@ absl::StatusOr<RouterBackend::Plan> RouterBackend::MakePlan(const GenerateReques
                                            (static_cast<int64_t>(req.prompt.size()) - 1) / pt);
   const bool read_cache = req.policy == CachePolicy::kAuto || req.policy == CachePolicy::kForceLoad;
   if (read_cache && usable > 0) {
-    absl::StatusOr<PoolPrefix> p =
-        pool_->Lookup(std::span<const BlockKey>(plan.keys).subspan(0, usable), req.authorization);
+    absl::StatusOr<PoolPrefix> p = pool_->Lookup(
+        std::span<const BlockKey>(plan.keys).subspan(0, usable), req.tenant, req.authorization);
     if (p.ok()) plan.prefix = *std::move(p);
   }
   const int64_t continuable = model::ContinuableBlocks(
@@ -340,7 +340,7 @@ std::optional<CachedRun> RouterBackend::PinPrefix(const GenerateRequest& req, co
   int64_t pinned = 0;
   absl::StatusOr<std::string> l = pool_->Pin(
       plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
-      options_.lease, req.authorization, &pinned);
+      options_.lease, req.tenant, req.authorization, &pinned);
   if (!l.ok()) {
     log::Warn("router_pin_failed", "node", plan.prefix.node_id, "error", l.status().ToString());
     return std::nullopt;

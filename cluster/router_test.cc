@@ -163,7 +163,7 @@ class FakeWorker final : public WorkerClient {
 class FakePool final : public PagePool {
  public:
   explicit FakePool(World* w) : w_(w) {}
-  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain, const std::string& tenant,
                                     const std::string& authorization) override {
     kv::MutexLock l(&w_->mu);
     w_->lookups.push_back(chain.size());
@@ -177,8 +177,8 @@ class FakePool final : public PagePool {
     return p;
   }
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
-                                  int64_t* pinned) override {
+                                  absl::Duration lease, const std::string& tenant,
+                                  const std::string& authorization, int64_t* pinned) override {
     kv::MutexLock l(&w_->mu);
     w_->pins.push_back(keys.size());
     *pinned = static_cast<int64_t>(keys.size());

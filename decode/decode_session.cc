@@ -304,7 +304,7 @@ absl::StatusOr<int64_t> DecodeSession::PublishTurn(const std::vector<int32_t>& o
   ASSIGN_OR_RETURN(std::vector<BlockKey> keys,
                    DeriveRequestKeys(params_, convo, req_.tenant, req_.shared_prefix_tokens, &ns));
   if (keys.empty()) return 0;
-  absl::StatusOr<PoolPrefix> have = ctx_->pool->Lookup(keys, req_.authorization);
+  absl::StatusOr<PoolPrefix> have = ctx_->pool->Lookup(keys, req_.tenant, req_.authorization);
   int64_t from = have.ok() ? have->blocks() : 0;
   if (verdict_ == HandoffVerdict::kVerified && ctx_->model->pages_have_resume()) {
     // A V4 handoff carries the resume state of the prompt's end only, not of the page ends

@@ -22,16 +22,17 @@ CachingPagePool::CachingPagePool(PagePool* remote, TieredStore* local,
 }
 
 absl::StatusOr<PoolPrefix> CachingPagePool::Lookup(std::span<const BlockKey> chain,
+                                                   const std::string& tenant,
                                                    const std::string& authorization) {
-  return remote_->Lookup(chain, authorization);
+  return remote_->Lookup(chain, tenant, authorization);
 }
 
 absl::StatusOr<std::string> CachingPagePool::Pin(const std::string& address,
                                                  std::span<const BlockKey> keys,
-                                                 absl::Duration lease,
+                                                 absl::Duration lease, const std::string& tenant,
                                                  const std::string& authorization,
                                                  int64_t* pinned) {
-  return remote_->Pin(address, keys, lease, authorization, pinned);
+  return remote_->Pin(address, keys, lease, tenant, authorization, pinned);
 }
 
 void CachingPagePool::Unpin(const std::string& address, const std::string& lease_id,

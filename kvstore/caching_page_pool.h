@@ -62,11 +62,11 @@ class CachingPagePool final : public PagePool {
   // `local` may be nullptr (no local tier: every call is forwarded to `remote`).
   CachingPagePool(PagePool* remote, TieredStore* local, CachingPagePoolOptions options);
 
-  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain, const std::string& tenant,
                                     const std::string& authorization) override;
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& authorization,
-                                  int64_t* pinned) override;
+                                  absl::Duration lease, const std::string& tenant,
+                                  const std::string& authorization, int64_t* pinned) override;
   void Unpin(const std::string& address, const std::string& lease_id,
              const std::string& authorization) override;
   // See the file comment. On a remote error after a local prefix, that prefix is returned

@@ -6,7 +6,9 @@
 // chain lives whole on its homes, docs/design-notes.md item 8); `Lookup` finds the longest
 // cached prefix on the best home and names that home's `address`, which `Pin`, `Read` and
 // `Unpin` then use. Calls carry the end user's `authorization` (a bearer credential), which a
-// remote store authenticates itself; an in-process pool trusts its caller.
+// remote store authenticates itself; an in-process pool trusts its caller, and Lookup and Pin
+// also name the request's authenticated `tenant`, whose namespace an in-process pool looks in
+// (its own and the shared one; kvstore/page_store.h "Tenancy"). A remote store ignores it.
 //
 // Thread-safety: implementations are safe for concurrent use. Results are values owned by
 // the caller.
@@ -68,11 +70,13 @@ class PagePool {
   // homes. Never an error for missing keys; a home that does not answer is skipped (its
   // error is logged). InvalidArgument for an empty chain.
   virtual absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+                                            const std::string& tenant,
                                             const std::string& authorization) = 0;
   // Pins the longest present prefix of `keys` on `address` for `lease` and returns the lease
   // id; that prefix's length in `*pinned`. Errors of the store (Unavailable when it is down).
   virtual absl::StatusOr<std::string> Pin(const std::string& address,
                                           std::span<const BlockKey> keys, absl::Duration lease,
+                                          const std::string& tenant,
                                           const std::string& authorization, int64_t* pinned) = 0;
   // Releases a lease; errors are logged, not returned (leases expire on their own).
   virtual void Unpin(const std::string& address, const std::string& lease_id,

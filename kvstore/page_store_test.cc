@@ -154,27 +154,34 @@ TEST_F(PageStoreTest, TenantsAreIsolatedAndSharedPagesVisibleToAll) {
   // Same message shape for a foreign page and an absent one ("block <64 hex> is not ...").
   EXPECT_EQ(foreign.status().message().substr(70), missing.status().message().substr(70));
   // Shared pages are visible to both; acme's tail after the shared prefix only to acme; a
-  // trusted caller sees everything.
+  // trusted caller sees what the tenant it acts for sees (the shared namespace for none).
   std::vector<BlockKey> conv = Keys(shared);
   conv.push_back(a_tail[0].meta.key);
   EXPECT_EQ(Visible(b, conv), 2u);
   EXPECT_EQ(Visible(As("acme"), conv), 3u);
-  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), conv), 3u);
-  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), Keys(a_chain)), 2u);
+  EXPECT_EQ(Visible(*PageStoreCaller::TrustedFor("acme"), conv), 3u);
+  EXPECT_EQ(Visible(*PageStoreCaller::TrustedFor("acme"), Keys(a_chain)), 2u);
+  EXPECT_EQ(Visible(*PageStoreCaller::TrustedFor("globex"), conv), 2u);
+  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), conv), 2u);
+  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), Keys(a_chain)), 0u);
   auto got = pages_->Read(b, shared[1].meta.key);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, shared[1].bytes);
 
-  // globex cannot write into acme's namespace: not its exact page (the key is acme's) ...
-  EXPECT_EQ(Refusal(b, a_chain[0].meta.key, a_chain[0].bytes), PageStoreReason::kNamespaceConflict);
+  // globex cannot write into acme's namespace: its copy of acme's exact page is its own (a
+  // write of a key another tenant holds is stored for the writer, like any new key) ...
+  EXPECT_EQ(Admit(b, {a_chain[0]}), Stored(1));
+  EXPECT_EQ(Visible(b, Keys(a_chain)), 1u);
   // ... nor a page continuing acme's chain, in its own or the shared namespace.
   auto b_after_a = Chain(12, Tenant("globex"), 1, a_chain.back().meta.key);
   EXPECT_EQ(Refusal(b, b_after_a[0].meta.key, b_after_a[0].bytes), PageStoreReason::kParentMissing);
   auto s_after_a = Chain(13, KeyNamespace::Shared(), 1, a_chain.back().meta.key);
   EXPECT_EQ(Refusal(As("acme"), s_after_a[0].meta.key, s_after_a[0].bytes, Mla(true)),
             PageStoreReason::kParentMissing);
-  // acme may write a shared page it can read: already present.
-  EXPECT_EQ(Admit(As("acme"), {shared[0]}), std::vector{AdmitOutcome::kAlreadyPresent});
+  // A key written into acme's namespace is acme's own copy even when the shared namespace
+  // holds it (acme then sees its own first); as a shared write it is already present.
+  EXPECT_EQ(Admit(As("acme"), {shared[0]}), Stored(1));
+  EXPECT_EQ(Admit(As("acme"), {shared[0]}, Mla(true)), std::vector{AdmitOutcome::kAlreadyPresent});
   // acme's page is untouched.
   got = pages_->Read(As("acme"), a_chain[0].meta.key);
   ASSERT_TRUE(got.ok()) << got.status();
@@ -473,7 +480,9 @@ TEST_F(PageStoreTest, LeasesUnpinPartlyAndAreBoundedPerTenant) {
   EXPECT_TRUE(pages_->Pin(As("globex"), {}, std::nullopt, ids[0]).status().code() ==
               absl::StatusCode::kNotFound);
   for (int i = 0; i < 6; ++i) {
-    EXPECT_TRUE(pages_->Pin(PageStoreCaller::Trusted(), Keys(chain), std::nullopt).ok());
+    auto t = pages_->Pin(*PageStoreCaller::TrustedFor("acme"), Keys(chain), std::nullopt);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_FALSE(t->lease_id.empty());
   }
   EXPECT_EQ(pages_->Unpin(a, ids[0]), 1u);
   EXPECT_TRUE(pages_->Pin(a, {&chain[0].meta.key, 1}, std::nullopt).ok());
