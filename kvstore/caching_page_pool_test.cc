@@ -185,7 +185,8 @@ TEST_F(CachingPagePoolTest, CorruptLocalPageBecomesARemoteRead) {
   OnHome(chain, "acme");
   const auto keys = testing::KeysOf(chain);
   ExpectPages(Read(keys, "Bearer a"), chain);
-  ASSERT_TRUE(host_->CorruptForTest(keys[1], page_ / 2).ok());
+  // The local tier holds acme's copy under its storage key (kvstore/page_store.h).
+  ASSERT_TRUE(host_->CorruptForTest(StorageKey("tenant:acme", keys[1]), page_ / 2).ok());
   ExpectPages(Read(keys, "Bearer a"), chain);  // the home's bytes, never the corrupt ones
   EXPECT_EQ(path_, "local+ucx");
   EXPECT_EQ(remote_->read_keys, 5);  // 3, then keys 1 and 2
