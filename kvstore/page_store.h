@@ -236,10 +236,10 @@ class PageStore {
   // OK when `lease_id` is a live lease of `c`; NotFound (kLeaseNotFound) otherwise.
   absl::Status CheckLease(const PageStoreCaller& c, std::string_view lease_id);
 
-  // The verified bytes of `key`, read under `lease_id` when it covers the key, else under a
-  // short private pin. NotFound (kNotCached) when absent or invisible to `c`; NotFound
-  // (kLeaseNotFound) when `lease_id` is given and unknown, foreign or expired (also when it
-  // expires during the read); the store's other errors.
+  // The verified bytes of `key`, read under `lease_id` when it covers the key (the copy the
+  // lease pinned), else under a short private pin (the copy `c` sees now). NotFound (kNotCached)
+  // when absent or invisible to `c`; NotFound (kLeaseNotFound) when `lease_id` is given and
+  // unknown, foreign or expired (also when it expires during the read); the store's other errors.
   absl::StatusOr<std::vector<uint8_t>> Read(const PageStoreCaller& c, const BlockKey& key,
                                             std::string_view lease_id = {});
 
