@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kvstore/engine_block_hash.h"
+#include "kvstore/page_store.h"
 #include "model/generate.h"
 #include "model/tokenizer.h"
 
@@ -217,16 +218,20 @@ TEST_F(EmbeddedClusterTest, EngineHashChainNamesThePagesGeneratePublished) {
   kp.ns = *KeyNamespace::Tenant("acme");
   auto keys = DeriveBlockKeysFromEngineHashes(kp, *hashes);
   ASSERT_TRUE(keys.ok()) << keys.status();
-  EXPECT_EQ(node_->store().Lookup(*keys).matched, static_cast<size_t>(blocks));
+  const std::string acme = kp.ns.ToString();  // the store indexes acme's copies by StorageKey
+  EXPECT_EQ(node_->store().Lookup(StorageKeys(acme, *keys)).matched, static_cast<size_t>(blocks));
   // The token chain names other pages; another seed names none of these.
   kp.chain = KeyChain::kTokens;
   kp.engine_hash_seed.clear();
   auto token_keys = DeriveBlockKeys(kp, std::vector<uint32_t>(p.begin(), p.end()));
   ASSERT_TRUE(token_keys.ok());
-  EXPECT_EQ(node_->store().Lookup(*token_keys).matched, 0u);
+  EXPECT_EQ(node_->store().Lookup(StorageKeys(acme, *token_keys)).matched, 0u);
   auto other = EngineBlockHashes({.seed = "4321", .block_size = 64}, tokens);
   kp.chain = KeyChain::kVllmSha256Cbor;
-  EXPECT_EQ(node_->store().Lookup(*DeriveBlockKeysFromEngineHashes(kp, *other)).matched, 0u);
+  EXPECT_EQ(node_->store()
+                .Lookup(StorageKeys(acme, *DeriveBlockKeysFromEngineHashes(kp, *other)))
+                .matched,
+            0u);
 
   // And Generate hits them: the warm run loads every block and emits the same tokens.
   GenerateRequest warm = Req(p);

@@ -13,6 +13,7 @@
 
 #include "cluster/embedded_cluster.h"
 #include "kvstore/page_format.h"
+#include "kvstore/page_store.h"
 #include "model/config.h"
 #include "model/test_util.h"
 #include "model/tokenizer.h"
@@ -93,8 +94,20 @@ class EmbeddedClusterV4Test : public ::testing::Test {
     return ref.ok() ? ref->tokens : std::vector<int32_t>{};
   }
   // Whether the cached page of `key` carries a resume section.
-  bool HasResume(const BlockKey& key) {
+  // The store's key of acme's view of `key` (kvstore/page_store.h StorageKey).
+  BlockKey Stored(const BlockKey& key) {
+    std::optional<BlockKey> s = VisibleStorageKey(node_->store(), "tenant:acme", key);
+    EXPECT_TRUE(s.has_value()) << key.Hex() << " is not cached";
+    return s.value_or(key);
+  }
+  std::vector<BlockKey> Stored(const std::vector<BlockKey>& keys) {
+    std::vector<BlockKey> out;
+    for (const BlockKey& k : keys) out.push_back(Stored(k));
+    return out;
+  }
+  bool HasResume(const BlockKey& client_key) {
     TieredStore& store = node_->store();
+    const BlockKey key = Stored(client_key);
     auto pin = store.Pin(std::span<const BlockKey>(&key, 1), absl::Now() + absl::Seconds(10));
     EXPECT_TRUE(pin.ok()) << pin.status();
     if (!pin.ok()) return false;
@@ -250,7 +263,7 @@ TEST_F(EmbeddedClusterV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWron
   ASSERT_TRUE(HasResume(keys[2]));
   // The store drops the only resume section (what pressure does first): the pages still
   // serve as history, but no request can continue from them, so it computes the prompt.
-  auto freed = node_->store().DropResume(keys);
+  auto freed = node_->store().DropResume(Stored(keys));
   ASSERT_TRUE(freed.ok()) << freed.status();
   EXPECT_GT(*freed, 0u);
   EXPECT_FALSE(HasResume(keys[2]));
@@ -260,7 +273,7 @@ TEST_F(EmbeddedClusterV4Test, StrippedResumeSectionsFallBackToRecomputeNeverWron
   GenerateResult again = Gen(Req(r.prompt, "s2"));
   EXPECT_EQ(again.tokens, ref);
   EXPECT_EQ(again.stats.cached_tokens, 0);
-  EXPECT_EQ(node_->store().Lookup(keys).matched, 3u);
+  EXPECT_EQ(node_->store().Lookup(Stored(keys)).matched, 3u);
   EXPECT_TRUE(node_->store().CheckInvariants().ok());
 }
 

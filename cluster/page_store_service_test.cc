@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "cluster/page_store_service_testing.h"
+#include "core/strings.h"
+#include "kvstore/page_format.h"
 
 namespace kv::cluster {
 namespace {
@@ -73,6 +75,115 @@ TEST_F(PageStoreTest, WriteLookupPinReadRoundTrip) {
                             {{"rpc", "ReadPages"}, {"code", "OK"}})
                 ->Value(),
             1);
+}
+
+// A page under `key` (naming `key` and `parent`) with valid checksums and KV bytes from `seed`:
+// what another tenant may write under a key it computed for someone else.
+std::vector<uint8_t> ForeignPage(const BlockKey& key, const BlockKey& parent, uint64_t seed) {
+  PageSpec spec{.key = key, .parent = parent, .token_count = kTokens, .layer_count = kLayers};
+  std::vector<uint8_t> kv(*KvSectionBytes(spec));
+  for (uint8_t& b : kv) b = static_cast<uint8_t>(seed = seed * 6364136223846793005u + 1);
+  return *EncodePage(spec, kv);
+}
+
+// `text` with each key, in hex or as raw bytes, replaced by "<key>".
+std::string WithoutKeys(std::string text, std::span<const BlockKey> keys) {
+  for (const BlockKey& k : keys) {
+    for (const std::string& form : {k.Hex(), KeyBytes(k)}) {
+      for (size_t at = text.find(form); at != std::string::npos; at = text.find(form)) {
+        text.replace(at, form.size(), "<key>");
+      }
+    }
+  }
+  return text;
+}
+
+// A status as the client received it, whole (code, message, every payload such as the
+// ErrorInfo with its reason), with the keys replaced.
+std::string Shape(const absl::Status& s, std::span<const BlockKey> keys) {
+  std::string out = StrCat(static_cast<int>(s.code()), "|", s.message());
+  s.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
+    out += StrCat("|", std::string(url), "=", std::string(payload));
+  });
+  return WithoutKeys(out, keys);
+}
+
+// Issue #18 item 3 over the wire: for a key tenant A holds, tenant B's LookupBlocks,
+// PinBlocks, ReadPages and WritePages answer exactly what they answer for a key nobody holds
+// (compared whole, message and reason included); B's write is stored as B's own page, and
+// writing first under A's root key keeps nothing of A's out of the cache.
+TEST_F(PageStoreTest, AKeyAnotherTenantHoldsIsAMissOverTheWire) {
+  const std::vector<TestPage> a = Chain(60, Tenant("acme"), 2);
+  ASSERT_EQ(Write("tok-a", a), std::vector<pb::WriteOutcome>(2, pb::WRITE_OUTCOME_STORED));
+  const std::vector<BlockKey> held = Keys(a), never = Keys(Chain(61, Tenant("acme"), 2));
+  const std::vector<BlockKey> all = {held[0], held[1], never[0], never[1]};
+  PageStoreClient b = Client("tok-b");
+
+  auto look_held = b.Lookup(held);
+  auto look_never = b.Lookup(never);
+  ASSERT_TRUE(look_held.ok() && look_never.ok());
+  EXPECT_EQ(look_held->prefix_blocks(), 0u);
+  EXPECT_EQ(WithoutKeys(look_held->SerializeAsString(), all),
+            WithoutKeys(look_never->SerializeAsString(), all));
+  auto pin_held = b.Pin(held);
+  auto pin_never = b.Pin(never);
+  ASSERT_TRUE(pin_held.ok() && pin_never.ok());
+  EXPECT_EQ(pin_held->lease_id, pin_never->lease_id);
+  EXPECT_TRUE(pin_held->pinned.empty() && pin_never->pinned.empty());
+  EXPECT_EQ(pin_held->missing, held);
+  EXPECT_EQ(pin_never->missing, never);
+  auto read_held = b.ReadPages(held);
+  auto read_never = b.ReadPages(never);
+  ASSERT_TRUE(read_held.ok() && read_never.ok());
+  ASSERT_EQ(read_held->size(), read_never->size());
+  for (size_t i = 0; i < read_held->size(); ++i) {
+    const absl::Status h = (*read_held)[i].page.status(), n = (*read_never)[i].page.status();
+    EXPECT_TRUE(absl::IsNotFound(h)) << h;
+    EXPECT_NE(Shape(h, all).find("NOT_CACHED"), std::string::npos) << Shape(h, all);
+    EXPECT_EQ(Shape(h, all), Shape(n, all));
+  }
+
+  // B writes its own bytes under A's keys and under a key nobody holds: the same answers.
+  const std::vector<uint8_t> b0 = ForeignPage(held[0], BlockKey::Zero(), 62);
+  const std::vector<uint8_t> b1 = ForeignPage(held[1], held[0], 63);
+  const std::vector<uint8_t> n0 = ForeignPage(never[0], BlockKey::Zero(), 64);
+  const std::vector<PageStoreClient::PageToWrite> pages = {
+      {held[0], b0}, {never[0], n0}, {held[1], b1}};
+  auto wrote = b.WritePages(Options(), pages);
+  ASSERT_TRUE(wrote.ok()) << wrote.status();
+  ASSERT_EQ(wrote->size(), 3u);
+  for (const PageStoreClient::WriteResult& r : *wrote) {
+    EXPECT_EQ(r.outcome, pb::WRITE_OUTCOME_STORED) << r.key.Hex() << " " << r.error;
+    EXPECT_TRUE(r.error.ok()) << r.error;
+  }
+  // Each tenant reads its own bytes.
+  EXPECT_EQ(ReadOne("tok-b", held[0]).value_or("<not read>"), Str(b0));
+  EXPECT_EQ(ReadOne("tok-b", held[1]).value_or("<not read>"), Str(b1));
+  EXPECT_EQ(ReadOne("tok-a", held[0]).value_or("<not read>"), Str(a[0].bytes));
+  EXPECT_EQ(ReadOne("tok-a", held[1]).value_or("<not read>"), Str(a[1].bytes));
+  auto look = Client("tok-a").Lookup(held);
+  ASSERT_TRUE(look.ok());
+  EXPECT_EQ(look->prefix_blocks(), 2u);
+
+  // Cache denial: B writes first under the root key of a prompt A has not sent yet.
+  const std::vector<TestPage> c = Chain(65, Tenant("acme"), 3);
+  const std::vector<uint8_t> squat = ForeignPage(c[0].meta.key, BlockKey::Zero(), 66);
+  const std::vector<PageStoreClient::PageToWrite> first = {{c[0].meta.key, squat}};
+  wrote = b.WritePages(Options(), first);
+  ASSERT_TRUE(wrote.ok());
+  EXPECT_EQ((*wrote)[0].outcome, pb::WRITE_OUTCOME_STORED);
+  EXPECT_EQ(Write("tok-a", c), std::vector<pb::WriteOutcome>(3, pb::WRITE_OUTCOME_STORED));
+  auto pin = Client("tok-a").Pin(Keys(c));
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(pin->pinned, Keys(c));
+  auto read = Client("tok-a").ReadPages(Keys(c), pin->lease_id);
+  ASSERT_TRUE(read.ok()) << read.status();
+  for (size_t i = 0; i < c.size(); ++i) {
+    ASSERT_TRUE((*read)[i].page.ok()) << (*read)[i].page.status();
+    EXPECT_EQ(*(*read)[i].page, Str(c[i].bytes));
+  }
+  EXPECT_EQ(ReadOne("tok-b", c[0].meta.key).value_or("<not read>"), Str(squat));
+  EXPECT_EQ(Rejected("namespace_conflict"), 0);
 }
 
 TEST_F(PageStoreTest, CorruptedChunkAndPageAreRejectedAndCounted) {
@@ -331,8 +442,9 @@ TEST_F(PageStoreTest, WritePagesCarriesTheResumeRoleToTheStore) {
   ASSERT_EQ(metas->size(), chain.size());
   for (size_t i = 0; i < chain.size(); ++i) {
     auto it = std::find_if(metas->begin(), metas->end(),
-                           [&](const PageMeta& m) { return m.key == chain[i].meta.key; });
+                           [&](const PageMeta& m) { return m.header_key() == chain[i].meta.key; });
     ASSERT_NE(it, metas->end());
+    EXPECT_EQ(it->key, StorageKey("tenant:acme", chain[i].meta.key));  // acme's copy
     EXPECT_EQ(it->resume_role, roles[i]) << "page " << i << ": " << PageRoleName(it->resume_role);
   }
 }

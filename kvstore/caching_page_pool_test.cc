@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "core/clock.h"
+#include "core/status_macros.h"
 #include "kvstore/fake_tiers.h"
 #include "kvstore/test_pages.h"
 
@@ -20,18 +21,26 @@ const absl::Time kFar = absl::InfiniteFuture();
 
 KeyNamespace Tenant(const std::string& t) { return *KeyNamespace::Tenant(t); }
 
-// Reads and publishes go to a LocalPagePool; reads are counted (in keys) and can fail.
+absl::StatusOr<std::string> TenantOf(const std::string& authorization) {
+  if (authorization == "Bearer a") return std::string("acme");
+  if (authorization == "Bearer b") return std::string("globex");
+  return absl::UnauthenticatedError("unknown token");
+}
+
+// Reads and publishes go to a LocalPagePool; reads are counted (in keys) and can fail. A read
+// is made as the tenant of its credential, as a store node makes it (the pool's own Read
+// reads what a lease pinned, and these reads have none).
 class FakeRemote final : public PagePool {
  public:
   explicit FakeRemote(TieredStore* store) : pool_(store, {.node_id = "home-0"}) {}
-  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain, const std::string& t,
                                     const std::string& a) override {
-    return pool_.Lookup(chain, a);
+    return pool_.Lookup(chain, t, a);
   }
   absl::StatusOr<std::string> Pin(const std::string& addr, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& a,
+                                  absl::Duration lease, const std::string& t, const std::string& a,
                                   int64_t* pinned) override {
-    return pool_.Pin(addr, keys, lease, a, pinned);
+    return pool_.Pin(addr, keys, lease, t, a, pinned);
   }
   void Unpin(const std::string& addr, const std::string& id, const std::string& a) override {
     pool_.Unpin(addr, id, a);
@@ -43,9 +52,16 @@ class FakeRemote final : public PagePool {
                                                          std::string* path) override {
     read_keys += static_cast<int64_t>(keys.size());
     if (fail_reads) return absl::UnavailableError("home down");
-    auto r = pool_.Read(addr, keys, lease, a, deadline, nullptr);
-    if (r.ok() && path != nullptr) *path = "ucx";
-    return r;
+    ASSIGN_OR_RETURN(std::string tenant, TenantOf(a));
+    ASSIGN_OR_RETURN(PageStoreCaller caller, PageStoreCaller::Tenant(tenant));
+    std::vector<std::vector<uint8_t>> out;
+    for (const BlockKey& key : keys) {
+      absl::StatusOr<std::vector<uint8_t>> page = pool_.page_store().Read(caller, key, lease);
+      if (!page.ok()) break;
+      out.push_back(*std::move(page));
+    }
+    if (path != nullptr) *path = "ucx";
+    return out;
   }
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& o, const std::string& a) override {
@@ -168,7 +184,8 @@ TEST_F(CachingPagePoolTest, CorruptLocalPageBecomesARemoteRead) {
   OnHome(chain, "acme");
   const auto keys = testing::KeysOf(chain);
   ExpectPages(Read(keys, "acme"), chain);
-  ASSERT_TRUE(host_->CorruptForTest(keys[1], page_ / 2).ok());
+  // The local tier holds acme's copy under its storage key (kvstore/page_store.h).
+  ASSERT_TRUE(host_->CorruptForTest(StorageKey("tenant:acme", keys[1]), page_ / 2).ok());
   ExpectPages(Read(keys, "acme"), chain);  // the home's bytes, never the corrupt ones
   EXPECT_EQ(path_, "local+ucx");
   EXPECT_EQ(remote_->read_keys, 5);  // 3, then keys 1 and 2

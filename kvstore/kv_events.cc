@@ -193,8 +193,9 @@ std::string_view MediumName(TierKind tier) {
 
 KvEvent ResidencyEvent(const IndexEntry& e, const IndexEntry* parent, TierKind tier, bool stored) {
   auto hash_of = [](const IndexEntry& x) {
+    const BlockKey& k = x.client_key();  // the key the page names, not a storage key
     return x.engine_hash.empty()
-               ? std::string(reinterpret_cast<const char*>(x.key.bytes.data()), x.key.bytes.size())
+               ? std::string(reinterpret_cast<const char*>(k.bytes.data()), k.bytes.size())
                : x.engine_hash;
   };
   KvEvent ev;
@@ -205,8 +206,9 @@ KvEvent ResidencyEvent(const IndexEntry& e, const IndexEntry* parent, TierKind t
   if (parent != nullptr) {
     ev.parent_block_hash = hash_of(*parent);
   } else if (!e.parent.IsZero()) {  // not expected (the index is prefix-closed)
+    const BlockKey& p = e.page_key.IsZero() ? e.parent : e.page_parent;
     ev.parent_block_hash =
-        std::string(reinterpret_cast<const char*>(e.parent.bytes.data()), e.parent.bytes.size());
+        std::string(reinterpret_cast<const char*>(p.bytes.data()), p.bytes.size());
   }
   ev.block_size = e.geometry.token_count;
   if (ev.block_size == 0) {  // recovered from nvme and not read yet: the layout's default

@@ -334,6 +334,28 @@ std::string KeyString(const BlockKey& k) {
   return std::string(reinterpret_cast<const char*>(k.bytes.data()), k.bytes.size());
 }
 
+// A page a PageStore indexes under a namespaced storage key (PageMeta::page_key) is reported
+// by the key its writer named, never by the storage key (issue #18 item 3): the engine's
+// view of its blocks does not depend on how the store separates namespaces.
+TEST(KvEventsStore, EventsNameTheWritersKeyNotTheStorageKey) {
+  std::vector<testing::TestPage> chain = MakeChain(6, "acme", 2);
+  IndexEntry parent, child;
+  parent.key = BlockKey{Sha256Of("storage key of block 0")};
+  parent.page_key = chain[0].meta.key;
+  child.key = BlockKey{Sha256Of("storage key of block 1")};
+  child.parent = parent.key;
+  child.page_key = chain[1].meta.key;
+  child.page_parent = chain[0].meta.key;
+  KvEvent ev = ResidencyEvent(child, &parent, TierKind::kHost, /*stored=*/true);
+  ASSERT_EQ(ev.block_hashes.size(), 1u);
+  EXPECT_EQ(ev.block_hashes[0], KeyString(chain[1].meta.key));
+  EXPECT_EQ(ev.parent_block_hash, KeyString(chain[0].meta.key));
+  ev = ResidencyEvent(child, nullptr, TierKind::kHost, /*stored=*/true);  // parent not given
+  EXPECT_EQ(ev.parent_block_hash, KeyString(chain[0].meta.key));
+  ev = ResidencyEvent(child, &parent, TierKind::kHost, /*stored=*/false);
+  EXPECT_EQ(ev.block_hashes[0], KeyString(chain[1].meta.key));
+}
+
 TEST(KvEventsStore, EventsFollowPlacementEvictionAndRestart) {
   const std::string dir = testing::FreshTestDir("kv_events_store");
   std::vector<testing::TestPage> chain = MakeChain(5, "acme", 4);

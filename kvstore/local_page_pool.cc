@@ -13,11 +13,21 @@ LocalPagePool::LocalPagePool(TieredStore* store, PageStoreOptions options)
       clock_(options.clock != nullptr ? options.clock : store->clock()),
       pages_(store, std::move(options)) {}
 
+namespace {
+
+// The trusted caller acting for `tenant` (for no tenant when empty).
+absl::StatusOr<PageStoreCaller> ActingFor(const std::string& tenant) {
+  if (tenant.empty()) return PageStoreCaller::Trusted();
+  return PageStoreCaller::TrustedFor(tenant);
+}
+
+}  // namespace
+
 absl::StatusOr<PoolPrefix> LocalPagePool::Lookup(std::span<const BlockKey> chain,
-                                                 const std::string&) {
+                                                 const std::string& tenant, const std::string&) {
   if (chain.empty()) return absl::InvalidArgumentError("pool lookup: empty chain");
-  const std::vector<VisibleBlock> blocks =
-      pages_.Lookup(PageStoreCaller::Trusted(), chain, {.geometry = false});
+  ASSIGN_OR_RETURN(PageStoreCaller caller, ActingFor(tenant));
+  const std::vector<VisibleBlock> blocks = pages_.Lookup(caller, chain, {.geometry = false});
   PoolPrefix p;
   if (blocks.empty()) return p;
   p.node_id = node_id_;
@@ -30,9 +40,10 @@ absl::StatusOr<PoolPrefix> LocalPagePool::Lookup(std::span<const BlockKey> chain
 }
 
 absl::StatusOr<std::string> LocalPagePool::Pin(const std::string&, std::span<const BlockKey> keys,
-                                               absl::Duration lease, const std::string&,
-                                               int64_t* pinned) {
-  ASSIGN_OR_RETURN(PinResult r, pages_.Pin(PageStoreCaller::Trusted(), keys, lease));
+                                               absl::Duration lease, const std::string& tenant,
+                                               const std::string&, int64_t* pinned) {
+  ASSIGN_OR_RETURN(PageStoreCaller caller, ActingFor(tenant));
+  ASSIGN_OR_RETURN(PinResult r, pages_.Pin(caller, keys, lease));
   if (r.lease_id.empty()) return absl::NotFoundError("local pool: no key of the run is cached");
   *pinned = static_cast<int64_t>(r.tiers.size());
   return std::move(r.lease_id);
@@ -52,6 +63,7 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> LocalPagePool::Read(
   std::vector<std::vector<uint8_t>> out;
   for (const BlockKey& key : keys) {
     if (clock_->Now() > deadline) break;  // what was read is the verified prefix
+    // The copy the lease pinned (for the tenant it was pinned for).
     absl::StatusOr<std::vector<uint8_t>> page =
         pages_.Read(PageStoreCaller::Trusted(), key, lease_id);
     if (!page.ok()) {
@@ -66,11 +78,11 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> LocalPagePool::Read(
 absl::StatusOr<int64_t> LocalPagePool::Publish(const BlockKey&, std::span<const PoolPage> pages,
                                                const PoolWriteOptions& options,
                                                const std::string&) {
-  // A tenant's pages are admitted as that tenant; shared ones as the tenant that wrote them
-  // (the same parent rules as a store node applies), or trusted without one.
+  // A tenant's pages are admitted for that tenant; shared ones for the tenant that wrote them
+  // (the same parent rules as a store node applies), or for no tenant without one.
   PageStoreCaller caller = PageStoreCaller::Trusted();
   if (!options.tenant.empty() || !options.shared_namespace) {
-    ASSIGN_OR_RETURN(caller, PageStoreCaller::Tenant(options.tenant));
+    ASSIGN_OR_RETURN(caller, PageStoreCaller::TrustedFor(options.tenant));
   }
   AdmitOptions admit{.layout = options.key_space.layout_id,
                      .page_tokens = options.key_space.page_tokens,

@@ -1,10 +1,11 @@
 // LocalPagePool: the PagePool (kvstore/page_pool.h) of one process's TieredStore, for the
 // embedded `serve --role=all` node and for tests: the same calls the gRPC pool makes to store
 // nodes, answered in-process by a PageStore (kvstore/page_store.h), so pages are admitted and
-// leased by the same rules as on a store node. It has one home (its node id), and trusts its
-// caller (the Cluster service authenticated it): lookups, pins and reads see every namespace,
-// and a publish names its tenant (PoolWriteOptions.tenant) and is admitted as that tenant, or
-// as a shared write.
+// leased by the same rules as on a store node. It has one home (its node id), and trusts its caller
+// (the Cluster service authenticated it): a lookup or pin acts for the tenant it names
+// (PageStoreCaller::TrustedFor: that tenant's namespace and the shared one; none: shared only), a
+// read reads the copies its lease pinned, and a publish names its tenant (PoolWriteOptions.tenant)
+// and is admitted for that tenant, or as a shared write.
 //
 // Pins are PageStore leases; a lease that expires before Read makes that read fail (a miss for
 // the reader, never stale bytes). Publish admits each page in chain order; a page already

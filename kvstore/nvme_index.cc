@@ -7,8 +7,10 @@
 namespace kv {
 namespace {
 
-constexpr uint8_t kIndexVersion = 1;
-constexpr size_t kFixedBytes = 1 + 1 + 6 * 8 + 32;
+// Version 2 added the page's own key and parent (PageMeta::page_key, page_parent): records
+// are keyed by the store's key, which since version 2 may be a namespaced storage key.
+constexpr uint8_t kIndexVersion = 2;
+constexpr size_t kFixedBytes = 1 + 1 + 6 * 8 + 3 * 32;
 
 void PutU64(std::string* s, uint64_t v) {
   for (int i = 0; i < 8; ++i) s->push_back(static_cast<char>(v >> (8 * i)));
@@ -32,7 +34,9 @@ std::string EncodeIndexRecord(const IndexRecord& r) {
   PutU64(&s, r.ref.payload_xxh3);
   PutU64(&s, static_cast<uint64_t>(absl::ToUnixMicros(r.meta.last_access)));
   PutU64(&s, r.meta.resume_bytes);
-  s.append(reinterpret_cast<const char*>(r.meta.parent.bytes.data()), r.meta.parent.bytes.size());
+  for (const BlockKey* k : {&r.meta.parent, &r.meta.page_key, &r.meta.page_parent}) {
+    s.append(reinterpret_cast<const char*>(k->bytes.data()), k->bytes.size());
+  }
   for (const std::string* f : {&r.meta.ns, &r.meta.layout}) {
     PutU64(&s, f->size());
     s.append(*f);
@@ -49,6 +53,11 @@ absl::StatusOr<IndexRecord> DecodeIndexRecord(const BlockKey& key, std::string_v
   auto bad = [&](std::string_view why) {
     return absl::DataLossError(StrCat("nvme index record of ", key.Hex(), ": ", why));
   };
+  if (!b.empty() && static_cast<uint8_t>(b[0]) == 1) {
+    return bad(
+        "version 1 record, written before pages were keyed by namespace (issue #18); "
+        "skipped (the page is a miss until written again)");
+  }
   if (b.size() < kFixedBytes) return bad("truncated");
   if (static_cast<uint8_t>(b[0]) != kIndexVersion) {
     return bad(StrCat("unknown version ", static_cast<int>(static_cast<uint8_t>(b[0]))));
@@ -67,6 +76,8 @@ absl::StatusOr<IndexRecord> DecodeIndexRecord(const BlockKey& key, std::string_v
   r.meta.last_access = absl::FromUnixMicros(static_cast<int64_t>(GetU64(p + 32)));
   r.meta.resume_bytes = GetU64(p + 40);
   std::memcpy(r.meta.parent.bytes.data(), p + 48, 32);
+  std::memcpy(r.meta.page_key.bytes.data(), p + 80, 32);
+  std::memcpy(r.meta.page_parent.bytes.data(), p + 112, 32);
   size_t pos = kFixedBytes;
   for (std::string* f : {&r.meta.ns, &r.meta.layout}) {
     if (b.size() - pos < 8) return bad("truncated");

@@ -27,9 +27,11 @@ struct IndexRecord {
   SegmentRef ref;
 };
 
-// Version 1: version, role, segment, offset, size, xxh3, last access, resume bytes, parent,
-// namespace, layout, and optionally the engine's block hash (length-prefixed, non-empty;
-// absent in records written before it, which still decode).
+// Version 2: version, role, segment, offset, size, xxh3, last access, resume bytes, parent,
+// the page's own key and parent (PageMeta::page_key, page_parent; zero when the page names
+// the record's key), namespace, layout, and optionally the engine's block hash
+// (length-prefixed, non-empty). A version 1 record (no page key; written before storage keys
+// were namespaced) is DataLoss saying so: the tier logs and drops it at open, a miss.
 std::string EncodeIndexRecord(const IndexRecord& r);
 // DataLoss naming the problem for a truncated, malformed or unknown-version value.
 absl::StatusOr<IndexRecord> DecodeIndexRecord(const BlockKey& key, std::string_view bytes);

@@ -132,6 +132,21 @@ TEST(NvmeIndexTest, RecordRoundTripsAndRejectsGarbage) {
   std::string bad = enc;
   bad[0] = 9;
   EXPECT_TRUE(absl::IsDataLoss(DecodeIndexRecord(r.meta.key, bad).status()));
+  // Version 2 keeps the page's own key and parent (a PageStore's namespaced storage keys).
+  r.meta.page_key = MakeChain(19, "tenant-y", 1)[0].meta.key;
+  r.meta.page_parent = r.meta.key;
+  dec = DecodeIndexRecord(r.meta.parent, EncodeIndexRecord(r));
+  ASSERT_TRUE(dec.ok()) << dec.status();
+  EXPECT_EQ(dec->meta.page_key, r.meta.page_key);
+  EXPECT_EQ(dec->meta.page_parent, r.meta.page_parent);
+  EXPECT_EQ(dec->meta.header_key(), r.meta.page_key);
+  // A version 1 record (keyed before namespaced storage keys) is refused by name, not read
+  // as if its key were a storage key.
+  bad = enc;
+  bad[0] = 1;
+  auto v1 = DecodeIndexRecord(r.meta.key, bad);
+  EXPECT_TRUE(absl::IsDataLoss(v1.status()));
+  EXPECT_NE(v1.status().message().find("version 1 record"), std::string_view::npos) << v1.status();
 }
 
 // Every record can be verified from the segment alone; a flipped page byte shows.

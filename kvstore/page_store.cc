@@ -89,8 +89,6 @@ std::string_view ReasonName(PageStoreReason reason) {
       return "KEY_MISMATCH";
     case PageStoreReason::kKeySpaceMismatch:
       return "KEY_SPACE_MISMATCH";
-    case PageStoreReason::kNamespaceConflict:
-      return "NAMESPACE_CONFLICT";
     case PageStoreReason::kParentMissing:
       return "PARENT_MISSING";
     case PageStoreReason::kStoreFull:
@@ -110,6 +108,12 @@ PageStoreReason ReasonOf(const absl::Status& status) {
 }
 
 absl::StatusOr<PageStoreCaller> PageStoreCaller::Tenant(std::string_view tenant) {
+  ASSIGN_OR_RETURN(PageStoreCaller c, TrustedFor(tenant));
+  c.trusted_ = false;
+  return c;
+}
+
+absl::StatusOr<PageStoreCaller> PageStoreCaller::TrustedFor(std::string_view tenant) {
   ASSIGN_OR_RETURN(KeyNamespace ns, KeyNamespace::Tenant(tenant));
   PageStoreCaller c;
   c.tenant_ = std::string(tenant);
@@ -117,8 +121,28 @@ absl::StatusOr<PageStoreCaller> PageStoreCaller::Tenant(std::string_view tenant)
   return c;
 }
 
+const std::string& PageStoreCaller::lease_owner() const {
+  static const std::string* none = new std::string();
+  return trusted_ ? *none : tenant_;
+}
+
 bool PageStoreCaller::CanRead(std::string_view ns) const {
-  return trusted() || ns == ns_ || ns == SharedNs();
+  return ns == SharedNs() || (!ns_.empty() && ns == ns_);
+}
+
+BlockKey StorageKey(std::string_view ns, const BlockKey& key) {
+  if (key.IsZero()) return key;
+  Sha256 h;
+  auto framed = [&h](std::string_view field) {
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(uint64_t{field.size()} >> (8 * i));
+    h.Update(len, sizeof(len));
+    h.Update(field);
+  };
+  framed("kvstrata/store-key/v1");
+  framed(ns);
+  framed({reinterpret_cast<const char*>(key.bytes.data()), key.bytes.size()});
+  return BlockKey{h.Final()};
 }
 
 PageStore::PageStore(TieredStore* store, PageStoreOptions options)
@@ -154,21 +178,68 @@ absl::Status PageStore::Miss(const BlockKey& key) const {
 
 // ---- Lookup -----------------------------------------------------------------------------------
 
+std::vector<BlockKey> PageStore::ResolveChain(const PageStoreCaller& c,
+                                              std::span<const BlockKey> chain) {
+  std::vector<BlockKey> out(chain.size());
+  size_t i = 0;
+  for (; i < chain.size(); ++i) {
+    if (!c.ns().empty() && store_->Describe(StorageKey(c.ns(), chain[i])).has_value()) break;
+    out[i] = StorageKey(SharedNs(), chain[i]);
+    if (!store_->Describe(out[i]).has_value()) break;
+  }
+  if (c.ns().empty()) {
+    for (; i < chain.size(); ++i) out[i] = StorageKey(SharedNs(), chain[i]);
+  } else {
+    for (; i < chain.size(); ++i) out[i] = StorageKey(c.ns(), chain[i]);
+  }
+  return out;
+}
+
+std::vector<BlockKey> StorageKeys(std::string_view ns, std::span<const BlockKey> keys) {
+  std::vector<BlockKey> out;
+  out.reserve(keys.size());
+  for (const BlockKey& k : keys) out.push_back(StorageKey(ns, k));
+  return out;
+}
+
+std::optional<BlockKey> VisibleStorageKey(TieredStore& store, std::string_view ns,
+                                          const BlockKey& key) {
+  for (std::string_view n : {ns, std::string_view(SharedNs())}) {
+    if (n.empty()) continue;
+    const BlockKey s = StorageKey(n, key);
+    if (store.Describe(s).has_value()) return s;
+  }
+  return std::nullopt;
+}
+
+std::optional<BlockKey> PageStore::Resolve(const PageStoreCaller& c, const BlockKey& key) {
+  return VisibleStorageKey(*store_, c.ns(), key);
+}
+
 std::vector<VisibleBlock> PageStore::Lookup(const PageStoreCaller& c,
                                             std::span<const BlockKey> chain,
                                             const PageLookupOptions& o) {
-  TieredStore::LookupResult r = store_->Lookup(chain);
+  std::vector<BlockKey> storage;
+  return LookupResolved(c, chain, o, &storage);
+}
+
+std::vector<VisibleBlock> PageStore::LookupResolved(const PageStoreCaller& c,
+                                                    std::span<const BlockKey> chain,
+                                                    const PageLookupOptions& o,
+                                                    std::vector<BlockKey>* storage) {
+  *storage = ResolveChain(c, chain);
+  TieredStore::LookupResult r = store_->Lookup(*storage);
   std::vector<VisibleBlock> out;
   out.reserve(r.matched);
   for (size_t i = 0; i < r.matched; ++i) {
     TieredStore::BlockInfo& b = r.blocks[i];
-    if (!c.CanRead(b.ns)) break;
+    if (!c.CanRead(b.ns)) break;  // not expected: a storage key names its namespace
     if (!o.tiers.empty() &&
         std::find(o.tiers.begin(), o.tiers.end(), r.tiers[i]) == o.tiers.end()) {
       break;
     }
     if (o.geometry && !b.geometry.known()) {
-      absl::StatusOr<PageGeometry> g = LearnGeometry(chain[i], b.size);
+      absl::StatusOr<PageGeometry> g = LearnGeometry((*storage)[i], b.size);
       if (!g.ok()) break;  // gone meanwhile, or unreadable: a miss
       b.geometry = *g;
     }
@@ -235,7 +306,7 @@ void PageStore::ReapLeasesLocked(absl::Time now) {
 PageStore::Lease* PageStore::FindLeaseLocked(const PageStoreCaller& c, std::string_view id) {
   ReapLeasesLocked(clock_->Now());
   auto it = leases_.find(ToAbsl(id));
-  if (it == leases_.end() || it->second.owner != c.tenant()) return nullptr;
+  if (it == leases_.end() || it->second.owner != c.lease_owner()) return nullptr;
   return &it->second;
 }
 
@@ -250,16 +321,17 @@ absl::Status PageStore::CheckLease(const PageStoreCaller& c, std::string_view le
   return FindLeaseLocked(c, lease_id) != nullptr ? absl::OkStatus() : LeaseGone(lease_id);
 }
 
-absl::StatusOr<TieredStore::PinHandle> PageStore::LeaseHandle(const PageStoreCaller& c,
-                                                              std::string_view id,
-                                                              const BlockKey& key) {
+absl::StatusOr<PageStore::LeasedKey> PageStore::LeaseHandle(const PageStoreCaller& c,
+                                                            std::string_view id,
+                                                            const BlockKey& key) {
   kv::MutexLock l(&mu_);
   const Lease* lease = FindLeaseLocked(c, id);
   if (lease == nullptr) return LeaseGone(id);
   for (const LeasePins& p : lease->pins) {
-    if (std::find(p.keys.begin(), p.keys.end(), key) != p.keys.end()) return p.handle;
+    auto it = std::find(p.keys.begin(), p.keys.end(), key);
+    if (it != p.keys.end()) return LeasedKey{p.handle, p.storage[it - p.keys.begin()]};
   }
-  return TieredStore::PinHandle{0};
+  return LeasedKey{};
 }
 
 absl::StatusOr<PinResult> PageStore::Pin(const PageStoreCaller& c, std::span<const BlockKey> keys,
@@ -284,27 +356,32 @@ absl::StatusOr<PinResult> PageStore::Pin(const PageStoreCaller& c, std::span<con
   // Pin the visible prefix. A page evicted between the lookup and the pin makes the pin fail
   // (all or nothing); look up again, a bounded number of times.
   std::vector<TierKind> tiers;
+  std::vector<BlockKey> storage;
   TieredStore::PinHandle handle = 0;
   for (int attempt = 0; !keys.empty(); ++attempt) {
     tiers.clear();
-    for (const VisibleBlock& b : Lookup(c, keys, {.geometry = false})) tiers.push_back(b.tier);
+    for (const VisibleBlock& b : LookupResolved(c, keys, {.geometry = false}, &storage)) {
+      tiers.push_back(b.tier);
+    }
     if (tiers.empty()) break;
-    absl::StatusOr<TieredStore::PinHandle> h = store_->Pin(keys.first(tiers.size()), deadline);
+    absl::StatusOr<TieredStore::PinHandle> h =
+        store_->Pin(std::span(storage).first(tiers.size()), deadline);
     if (h.ok()) {
       handle = *h;
       break;
     }
     if (!absl::IsNotFound(h.status()) || attempt == 3) return h.status();
   }
-  ASSIGN_OR_RETURN(PinResult r,
-                   AddToLease(c, lease_id, deadline, handle, keys.first(tiers.size())));
+  ASSIGN_OR_RETURN(PinResult r, AddToLease(c, lease_id, deadline, handle, keys.first(tiers.size()),
+                                           std::span(storage).first(tiers.size())));
   r.tiers = std::move(tiers);  // empty unless something was pinned
   return r;
 }
 
 absl::StatusOr<PinResult> PageStore::AddToLease(const PageStoreCaller& c, std::string_view id,
                                                 absl::Time deadline, TieredStore::PinHandle handle,
-                                                std::span<const BlockKey> pinned) {
+                                                std::span<const BlockKey> pinned,
+                                                std::span<const BlockKey> storage) {
   kv::MutexLock l(&mu_);
   PinResult r;
   std::string lease_id(id);
@@ -327,13 +404,16 @@ absl::StatusOr<PinResult> PageStore::AddToLease(const PageStoreCaller& c, std::s
     }
     lease_id = NewLeaseId();
     lease = &leases_[lease_id];
-    lease->owner = c.tenant();
+    lease->owner = c.lease_owner();
     if (!c.trusted()) ++leases_per_tenant_[c.tenant()];
   }
   if (lease != nullptr) {
     lease->deadline = deadline;
     lease_deadlines_.insert({deadline, lease_id});
-    if (handle != 0) lease->pins.push_back({handle, {pinned.begin(), pinned.end()}});
+    if (handle != 0) {
+      lease->pins.push_back(
+          {handle, {pinned.begin(), pinned.end()}, {storage.begin(), storage.end()}});
+    }
     r.lease_id = std::move(lease_id);
     r.deadline = deadline;
   }
@@ -366,9 +446,11 @@ uint32_t PageStore::UnpinSomeLocked(Lease& lease, std::span<const BlockKey> keys
   uint32_t released = 0;
   std::vector<LeasePins> kept;
   for (LeasePins& p : lease.pins) {
-    std::vector<BlockKey> rest;
-    for (const BlockKey& k : p.keys) {
-      if (!drop.contains(k)) rest.push_back(k);
+    std::vector<BlockKey> rest, rest_storage;
+    for (size_t i = 0; i < p.keys.size(); ++i) {
+      if (drop.contains(p.keys[i])) continue;
+      rest.push_back(p.keys[i]);
+      rest_storage.push_back(p.storage[i]);
     }
     if (rest.size() == p.keys.size()) {
       kept.push_back(std::move(p));
@@ -376,13 +458,13 @@ uint32_t PageStore::UnpinSomeLocked(Lease& lease, std::span<const BlockKey> keys
     }
     if (!rest.empty()) {
       // Pin the rest under a new handle before dropping the old one, so they stay pinned.
-      absl::StatusOr<TieredStore::PinHandle> h = store_->Pin(rest, lease.deadline);
+      absl::StatusOr<TieredStore::PinHandle> h = store_->Pin(rest_storage, lease.deadline);
       if (!h.ok()) {
         log::Warn("pagestore_repin_failed", "error", h.status().ToString());
         kept.push_back(std::move(p));
         continue;
       }
-      kept.push_back({*h, rest});
+      kept.push_back({*h, rest, rest_storage});
     }
     released += static_cast<uint32_t>(p.keys.size() - rest.size());
     store_->Unpin(p.handle).IgnoreError();
@@ -395,21 +477,29 @@ uint32_t PageStore::UnpinSomeLocked(Lease& lease, std::span<const BlockKey> keys
 
 absl::StatusOr<std::vector<uint8_t>> PageStore::Read(const PageStoreCaller& c, const BlockKey& key,
                                                      std::string_view lease_id) {
-  const std::optional<TieredStore::BlockInfo> info = store_->Describe(key);
-  if (!info.has_value() || !c.CanRead(info->ns)) return Miss(key);
-  TieredStore::PinHandle h = 0;
+  // The copy the lease pinned, else the one `c` sees now.
+  LeasedKey leased;
   if (!lease_id.empty()) {
-    ASSIGN_OR_RETURN(h, LeaseHandle(c, lease_id, key));
+    ASSIGN_OR_RETURN(leased, LeaseHandle(c, lease_id, key));
   }
+  std::optional<BlockKey> skey =
+      leased.handle != 0 ? std::optional(leased.storage) : Resolve(c, key);
+  if (!skey.has_value()) return Miss(key);
+  // A copy the caller's own lease pinned was visible to whoever pinned it (for a trusted
+  // caller, another trusted caller acting for its tenant).
+  const std::optional<TieredStore::BlockInfo> info = store_->Describe(*skey);
+  if (!info.has_value() || (leased.handle == 0 && !c.CanRead(info->ns))) return Miss(key);
+  TieredStore::PinHandle h = leased.handle;
   const bool own_pin = h == 0;
   if (own_pin) {
-    absl::StatusOr<TieredStore::PinHandle> p = store_->Pin({&key, 1}, clock_->Now() + kPrivatePin);
+    absl::StatusOr<TieredStore::PinHandle> p =
+        store_->Pin({&*skey, 1}, clock_->Now() + kPrivatePin);
     if (absl::IsNotFound(p.status())) return Miss(key);
     RETURN_IF_ERROR(p.status());
     h = *p;
   }
   std::vector<uint8_t> bytes(info->size);
-  absl::StatusOr<size_t> n = store_->Read(h, key, bytes);
+  absl::StatusOr<size_t> n = store_->Read(h, *skey, bytes);
   if (own_pin) store_->Unpin(h).IgnoreError();
   if (!n.ok()) {
     if (!absl::IsNotFound(n.status())) return n.status();
@@ -426,19 +516,20 @@ absl::StatusOr<std::vector<LentPage>> PageStore::Lend(const PageStoreCaller& c,
                                                       std::span<const BlockKey> keys) {
   std::vector<LentPage> out;
   for (const BlockKey& key : keys) {
-    ASSIGN_OR_RETURN(TieredStore::PinHandle h, LeaseHandle(c, lease_id, key));
+    ASSIGN_OR_RETURN(LeasedKey leased, LeaseHandle(c, lease_id, key));
+    const TieredStore::PinHandle h = leased.handle;
     if (h == 0) {
       return absl::InvalidArgumentError(
           StrCat("lease '", lease_id, "' does not pin block ", key.Hex()));
     }
-    absl::StatusOr<TieredStore::Loan> loan = store_->Lend(h, key);
+    absl::StatusOr<TieredStore::Loan> loan = store_->Lend(h, leased.storage);
     if (absl::IsUnimplemented(loan.status())) {
       // Held only in nvme: a verified read promotes it into host, where it can be lent.
-      const std::optional<TieredStore::BlockInfo> info = store_->Describe(key);
+      const std::optional<TieredStore::BlockInfo> info = store_->Describe(leased.storage);
       if (!info.has_value()) break;
       std::vector<uint8_t> buf(info->size);
-      if (!store_->Read(h, key, buf).ok()) break;
-      loan = store_->Lend(h, key);
+      if (!store_->Read(h, leased.storage, buf).ok()) break;
+      loan = store_->Lend(h, leased.storage);
     }
     if (!loan.ok()) {
       // The lease may have expired meanwhile (an error); otherwise the page is a miss.
@@ -466,10 +557,10 @@ absl::StatusOr<std::optional<Beacon>> PageStore::LeaseBeacon(const PageStoreCall
 
 AdmitResult PageStore::Admit(const PageStoreCaller& c, const BlockKey& key,
                              std::span<const uint8_t> page, const AdmitOptions& o) {
-  if (c.trusted() && !o.shared_namespace) {
+  if (c.ns().empty() && !o.shared_namespace) {
     return Rejected(
-        absl::InvalidArgumentError(
-            "a trusted caller admits only shared pages; admit a tenant's as the tenant"),
+        absl::InvalidArgumentError("a trusted caller acting for no tenant admits "
+                                   "only shared pages; admit a tenant's for the tenant"),
         PageStoreReason::kNone);
   }
   if (options_.max_page_bytes != 0 && page.size() > options_.max_page_bytes) {
@@ -499,84 +590,78 @@ AdmitResult PageStore::Admit(const PageStoreCaller& c, const BlockKey& key,
         PageStoreReason::kKeySpaceMismatch);
   }
   const std::string& ns = o.shared_namespace ? SharedNs() : c.ns();
+  // The parent's copy this page chains from: the page's own namespace's, else (for a tenant
+  // page) the shared one's. A shared page never continues a tenant's chain.
+  BlockKey sparent = BlockKey::Zero();
   if (!h.parent.IsZero()) {
-    const std::optional<TieredStore::BlockInfo> p = store_->Describe(h.parent);
-    const bool may_chain =
-        p.has_value() && (p->ns == SharedNs() || (p->ns == c.ns() && ns == c.ns()));
-    if (!may_chain) {
+    bool found = false;
+    for (const std::string* pns : {&ns, &SharedNs()}) {
+      sparent = StorageKey(*pns, h.parent);
+      if ((found = store_->Describe(sparent).has_value())) break;
+    }
+    if (!found) {
       return Rejected(absl::FailedPreconditionError(StrCat("parent block ", h.parent.Hex(),
                                                            " is not cached on ", options_.node_id)),
                       PageStoreReason::kParentMissing);
     }
   }
-  return Publish(c, ns, h, page, o);
+  return Publish(ns, sparent, h, page, o);
 }
 
-std::optional<std::string> PageStore::HolderLocked(const PageStoreCaller& c, const std::string& ns,
-                                                   const BlockKey& key, bool* timed_out) {
+bool PageStore::HeldLocked(const BlockKey& skey, bool* timed_out) {
   *timed_out = false;
-  const absl::Time give_up = absl::Now() + kAwaitAdmission;
-  for (auto it = admitting_.find(key); it != admitting_.end(); it = admitting_.find(key)) {
-    if (it->second != ns && !c.CanRead(it->second)) return it->second;  // a conflict: no wait
-    auto done = [&]() { return !admitting_.contains(key); };
-    if (!mu_.AwaitWithDeadline(Condition(&done), give_up)) {
+  if (admitting_.contains(skey)) {
+    auto done = [&]() { return !admitting_.contains(skey); };
+    if (!mu_.AwaitWithDeadline(Condition(&done), absl::Now() + kAwaitAdmission)) {
       *timed_out = true;
-      return admitting_.contains(key) ? std::optional(admitting_[key]) : std::nullopt;
+      return false;
     }
   }
-  std::optional<TieredStore::BlockInfo> info = store_->Describe(key);
-  if (!info.has_value()) return std::nullopt;
-  return std::move(info->ns);
+  return store_->Describe(skey).has_value();
 }
 
-AdmitResult PageStore::Publish(const PageStoreCaller& c, const std::string& ns, const PageHeader& h,
+AdmitResult PageStore::Publish(const std::string& ns, const BlockKey& sparent, const PageHeader& h,
                                std::span<const uint8_t> page, const AdmitOptions& o) {
-  const BlockKey& key = h.key;
-  auto held = [&](const std::string& holder) -> AdmitResult {
-    if (holder != ns && !c.CanRead(holder)) {
-      return Rejected(absl::FailedPreconditionError(
-                          "this key is held under another namespace; keys must be derived in "
-                          "the caller's namespace (or shared)"),
-                      PageStoreReason::kNamespaceConflict);
-    }
-    if (o.retention.has_value()) store_->Retain({&key, 1}, *o.retention);
+  // Each namespace's copy of a key is its own page: a copy is only ever "already present" to
+  // a writer of the same namespace, whoever else holds the key.
+  const BlockKey skey = StorageKey(ns, h.key);
+  auto present = [&]() -> AdmitResult {
+    if (o.retention.has_value()) store_->Retain({&skey, 1}, *o.retention);
     return {AdmitOutcome::kAlreadyPresent, {}};
   };
   {
     kv::MutexLock l(&mu_);
     bool timed_out = false;
-    std::optional<std::string> holder = HolderLocked(c, ns, key, &timed_out);
+    const bool held = HeldLocked(skey, &timed_out);
     if (timed_out) {
       return Rejected(MarkRetryable(absl::UnavailableError(
                           "another writer's admission of this key did not finish in time")),
                       PageStoreReason::kStoreError);
     }
-    if (holder.has_value()) return held(*holder);
-    admitting_[key] = ns;
+    if (held) return present();
+    admitting_.insert(skey);
   }
-  const PageMeta meta{.key = key,
-                      .parent = h.parent,
+  const PageMeta meta{.key = skey,
+                      .parent = sparent,
                       .ns = ns,
                       .layout = std::string(h.layout.name),
                       .size = page.size(),
                       .resume_role = o.resume_role,
-                      .engine_hash = o.engine_block_hash};
+                      .engine_hash = o.engine_block_hash,
+                      .page_key = h.key,
+                      .page_parent = h.parent};
   absl::Status s = store_->Publish(meta, page, o.retention);
   {
     kv::MutexLock l(&mu_);
-    admitting_.erase(key);
+    admitting_.erase(skey);
   }
   if (s.ok()) return {AdmitOutcome::kStored, {}};
-  if (absl::IsAlreadyExists(s)) {  // a writer outside this PageStore got there first
-    std::optional<TieredStore::BlockInfo> info = store_->Describe(key);
-    if (info.has_value()) return held(info->ns);
-    return Rejected(absl::FailedPreconditionError("this key is held under another namespace"),
-                    PageStoreReason::kNamespaceConflict);
-  }
+  // A writer outside this PageStore (another PageStore over the same store) got there first.
+  if (absl::IsAlreadyExists(s)) return present();
   if (absl::IsResourceExhausted(s)) return Rejected(s, PageStoreReason::kStoreFull);
   if (absl::IsFailedPrecondition(s)) return Rejected(s, PageStoreReason::kParentMissing);
   if (absl::IsDataLoss(s)) return Rejected(s, PageStoreReason::kPageChecksumMismatch);
-  log::Warn("pagestore_publish_failed", "key", key.Hex(), "error", s.ToString());
+  log::Warn("pagestore_publish_failed", "key", h.key.Hex(), "error", s.ToString());
   return Rejected(s, PageStoreReason::kStoreError);
 }
 

@@ -1,33 +1,39 @@
 // PageStore: the page store's policy over a TieredStore (DESIGN.md "Trust"): tenancy, leases
 // and publish admission, in plain C++. The gRPC PageStoreService (cluster/
 // page_store_service.h) authenticates its callers and asks this class; the in-process
-// LocalPagePool (kvstore/local_page_pool.h) looks up, pins and reads as a trusted caller and
-// admits a tenant's pages as that tenant, so the embedded node admits and leases pages by the
+// LocalPagePool (kvstore/local_page_pool.h) looks up, pins, reads and admits as a trusted
+// caller acting for the request's tenant, so the embedded node admits and leases pages by the
 // same rules as a store node.
 //
-// Tenancy. A caller is a tenant or trusted (PageStoreCaller). A page's namespace is the one it
-// was admitted under, kept by the TieredStore's index. A page is visible to a tenant iff its
-// namespace is the tenant's or the shared one; a trusted caller (an in-process router that
-// authenticated its own callers) sees every page. An invisible page is reported exactly like
-// an absent one: Lookup stops there, Pin leaves it unpinned, Read fails with the miss error
-// (NotFound, reason kNotCached, "block <key> is not cached on <node_id>").
+// Tenancy. A caller is a tenant, or trusted (PageStoreCaller): acting for one tenant
+// (TrustedFor) or for none (Trusted). A page belongs to the namespace it was admitted under
+// and is indexed, in the TieredStore, by a storage key derived from that namespace and its
+// key (StorageKey()); the page bytes keep the key the writer named, which the store checks
+// on every read (PageMeta::page_key). So every namespace has its own copy of a key: a tenant
+// sees its own namespace's copies and the shared one's, and nothing else exists for it. A
+// key another tenant holds behaves exactly like a key nobody holds, in every call: Lookup
+// stops there, Pin leaves it unpinned, Read fails with the miss error (NotFound, reason
+// kNotCached, "block <key> is not cached on <node_id>"), and Admit stores the writer's page
+// as its own copy (kStored; then visible to the writer only) and leaves the other copy
+// untouched. No tenant can shadow, evict by name, or keep out another tenant's page by
+// writing its key first (issue #18 item 3; docs/design-notes.md item 26). Where a tenant and
+// the shared namespace both hold a key, the tenant sees its own copy. What a tenant can still
+// observe is shared capacity: pages of all namespaces compete for the same tiers (quotas
+// bound that per namespace), and timing.
 //
 // Admission. Admit() fully verifies a page (at most options.max_page_bytes, page_format
 // checksums, a known layout, the header naming the key it is written under, layout and
 // page_tokens matching the writer's key space) and publishes it (TieredStore Write + Seal)
-// under the caller's tenant namespace, or the shared one when asked. A key cached (or being
-// admitted) under another namespace is refused (kNamespaceConflict) unless the caller can read
-// that copy (then kAlreadyPresent, and a retention hint refreshes that copy's retention). A
-// readable copy another caller is admitting at the same moment is waited for (at most 2 s of
-// real time), so that the caller's next page finds its parent sealed. The parent
-// must be cached in a namespace the page's may chain from (a tenant page continues its own
-// tenant's or a shared chain, a shared page only a shared chain); otherwise kParentMissing,
-// exactly like a missing parent. The page header holds no namespace and no model
-// fingerprint, and a key cannot be checked against its namespace without its tokens: a tenant
-// that knows another tenant's exact key can store a page under it while that key is not
-// cached (the owner then sees a miss and a conflict), and a conflict tells a writer that a
-// key it derived for another namespace is cached there (one bit, to a caller that already
-// knows the other tenant's tokens).
+// under the caller's tenant namespace, or the shared one when asked. A key the same namespace
+// already holds (or is admitting) is kAlreadyPresent, and a retention hint refreshes that
+// copy's retention; an admission of the same copy by another caller at the same moment is
+// waited for (at most 2 s of real time), so that the caller's next page finds its parent
+// sealed. The parent must be cached in a namespace the page may chain from (a tenant page
+// continues its own tenant's chain, else a shared one; a shared page only a shared chain);
+// otherwise kParentMissing, exactly like a missing parent. The page header holds no
+// namespace and no model fingerprint, and a key cannot be checked against its namespace
+// without its tokens: a tenant may store pages under any key, but only ever in its own
+// namespace, so a wrong key harms nobody else.
 //
 // Leases. Pin() pins the longest visible cached prefix under a lease: a random 128-bit hex id
 // owned by the caller, mapped to TieredStore pin handles, its deadline clamped to
@@ -54,6 +60,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/clock.h"
@@ -79,7 +86,6 @@ enum class PageStoreReason : uint8_t {
   kPageChecksumMismatch,  // a header or section checksum fails
   kKeyMismatch,           // its header names another key
   kKeySpaceMismatch,      // its layout or token count is not the writer's key space's
-  kNamespaceConflict,     // the key is held under a namespace the caller may not read
   kParentMissing,         // the parent is absent or in a namespace the page may not chain from
   kStoreFull,             // no room can be made (pins, quotas); retryable
   kStoreError,            // the store failed otherwise (Unavailable, retryable: a concurrent
@@ -100,20 +106,40 @@ class PageStoreCaller {
   // A tenant: sees its namespace and the shared one, owns its leases, writes under its
   // namespace. InvalidArgument for a name KeyNamespace::Tenant refuses.
   static absl::StatusOr<PageStoreCaller> Tenant(std::string_view tenant);
-  // A trusted in-process caller: sees every namespace, holds unlimited leases, and writes
-  // only shared pages (admit a tenant's pages as that tenant).
+  // A trusted in-process caller acting for `tenant` (an in-process pool whose caller
+  // authenticated the tenant): sees and writes what the tenant does, and holds unlimited
+  // leases, shared by every trusted caller. InvalidArgument as Tenant().
+  static absl::StatusOr<PageStoreCaller> TrustedFor(std::string_view tenant);
+  // A trusted in-process caller acting for no tenant: sees and writes only the shared
+  // namespace, and holds unlimited leases.
   static PageStoreCaller Trusted() { return PageStoreCaller(); }
 
-  bool trusted() const { return ns_.empty(); }
-  const std::string& tenant() const { return tenant_; }  // empty when trusted
-  const std::string& ns() const { return ns_; }          // KeyNamespace::ToString(); "" trusted
+  bool trusted() const { return trusted_; }
+  const std::string& tenant() const { return tenant_; }  // empty for Trusted()
+  const std::string& ns() const { return ns_; }          // KeyNamespace::ToString(); "" none
+  // Who owns the caller's leases: the tenant, or "" for every trusted caller.
+  const std::string& lease_owner() const;
   // Whether a page under namespace `ns` is visible to this caller.
   bool CanRead(std::string_view ns) const;
 
  private:
   PageStoreCaller() = default;
+  bool trusted_ = true;
   std::string tenant_, ns_;
 };
+
+// The key a PageStore indexes `key` by in namespace `ns` (KeyNamespace::ToString()):
+// SHA-256 of F("kvstrata/store-key/v1") F(ns) F(key), F framing as in block_key.h; the zero
+// key stays zero. Distinct (namespace, key) pairs never share a storage key, so a key one
+// namespace holds is invisible to, and cannot be taken by, another.
+BlockKey StorageKey(std::string_view ns, const BlockKey& key);
+// StorageKey of each of `keys`.
+std::vector<BlockKey> StorageKeys(std::string_view ns, std::span<const BlockKey> keys);
+// The storage key of the copy of `key` in `store` that a caller of namespace `ns` sees (its
+// own copy first, then the shared one; `ns` empty: the shared one only), or nullopt. For
+// tools and tests that reach the TieredStore itself.
+std::optional<BlockKey> VisibleStorageKey(TieredStore& store, std::string_view ns,
+                                          const BlockKey& key);
 
 struct PageStoreOptions {
   std::string node_id = "store-0";  // named in miss messages
@@ -210,10 +236,10 @@ class PageStore {
   // OK when `lease_id` is a live lease of `c`; NotFound (kLeaseNotFound) otherwise.
   absl::Status CheckLease(const PageStoreCaller& c, std::string_view lease_id);
 
-  // The verified bytes of `key`, read under `lease_id` when it covers the key, else under a
-  // short private pin. NotFound (kNotCached) when absent or invisible to `c`; NotFound
-  // (kLeaseNotFound) when `lease_id` is given and unknown, foreign or expired (also when it
-  // expires during the read); the store's other errors.
+  // The verified bytes of `key`, read under `lease_id` when it covers the key (the copy the
+  // lease pinned), else under a short private pin (the copy `c` sees now). NotFound (kNotCached)
+  // when absent or invisible to `c`; NotFound (kLeaseNotFound) when `lease_id` is given and
+  // unknown, foreign or expired (also when it expires during the read); the store's other errors.
   absl::StatusOr<std::vector<uint8_t>> Read(const PageStoreCaller& c, const BlockKey& key,
                                             std::string_view lease_id = {});
 
@@ -249,28 +275,47 @@ class PageStore {
  private:
   struct LeasePins {
     TieredStore::PinHandle handle;
-    std::vector<BlockKey> keys;
+    std::vector<BlockKey> keys;     // as the caller named them
+    std::vector<BlockKey> storage;  // the storage keys of the copies pinned, one per key
+  };
+  // A key of a lease: the handle pinning it (0: the lease does not) and its storage key.
+  struct LeasedKey {
+    TieredStore::PinHandle handle = 0;
+    BlockKey storage;
   };
   struct Lease {
-    std::string owner;  // PageStoreCaller::tenant(); "" for trusted callers
+    std::string owner;  // PageStoreCaller::lease_owner(); "" for trusted callers
     absl::Time deadline;
     std::vector<LeasePins> pins;
     std::optional<Beacon> beacon;  // raised by LeaseBeacon(); lowered before pins drop
   };
 
   absl::Status Miss(const BlockKey& key) const;
+  // The storage keys of the copies of `chain` visible to `c`: the shared copies up to the
+  // first block of which `c`'s tenant holds a copy (or the shared namespace none), the
+  // tenant's from there on (a tenant chain may continue a shared one, never the reverse).
+  std::vector<BlockKey> ResolveChain(const PageStoreCaller& c, std::span<const BlockKey> chain);
+  // The storage key of the copy of `key` visible to `c`, the tenant's first; nullopt if none.
+  std::optional<BlockKey> Resolve(const PageStoreCaller& c, const BlockKey& key);
+  // Lookup, also returning the storage key of each block (`storage`, the whole chain's).
+  std::vector<VisibleBlock> LookupResolved(const PageStoreCaller& c,
+                                           std::span<const BlockKey> chain,
+                                           const PageLookupOptions& o,
+                                           std::vector<BlockKey>* storage);
   absl::StatusOr<PageGeometry> LearnGeometry(const BlockKey& key, uint64_t size);
   // The lease `id` if it is live and `c`'s; nullptr otherwise.
   Lease* FindLeaseLocked(const PageStoreCaller& c, std::string_view id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The lease's handle covering `key` (0 when it does not cover it). NotFound
-  // (kLeaseNotFound) for an unknown, foreign or expired lease.
-  absl::StatusOr<TieredStore::PinHandle> LeaseHandle(const PageStoreCaller& c, std::string_view id,
-                                                     const BlockKey& key);
-  // Records a pin (handle may be 0: nothing pinned) into the lease `id` or a new one.
+  // The lease's handle covering `key` (0 when it does not cover it) and the key's storage key.
+  // NotFound (kLeaseNotFound) for an unknown, foreign or expired lease.
+  absl::StatusOr<LeasedKey> LeaseHandle(const PageStoreCaller& c, std::string_view id,
+                                        const BlockKey& key);
+  // Records a pin (handle may be 0: nothing pinned) of `pinned` (storage keys `storage`)
+  // into the lease `id` or a new one.
   absl::StatusOr<PinResult> AddToLease(const PageStoreCaller& c, std::string_view id,
                                        absl::Time deadline, TieredStore::PinHandle handle,
-                                       std::span<const BlockKey> pinned);
+                                       std::span<const BlockKey> pinned,
+                                       std::span<const BlockKey> storage);
   uint32_t UnpinSomeLocked(Lease& lease, std::span<const BlockKey> keys)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReapLeasesLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -278,12 +323,10 @@ class PageStore {
   void LowerBeaconLocked(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EraseLeaseLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status TooManyLeases() const;
-  // The namespace `key` is held or being admitted under, if any. Waits (bounded) for an
-  // admission of the key in a namespace `c` can read to finish; *timed_out when it did not.
-  std::optional<std::string> HolderLocked(const PageStoreCaller& c, const std::string& ns,
-                                          const BlockKey& key, bool* timed_out)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  AdmitResult Publish(const PageStoreCaller& c, const std::string& ns, const PageHeader& h,
+  // Whether the storage key `skey` is cached, after waiting (bounded) for another caller's
+  // admission of it to finish; *timed_out when that did not finish in time.
+  bool HeldLocked(const BlockKey& skey, bool* timed_out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  AdmitResult Publish(const std::string& ns, const BlockKey& sparent, const PageHeader& h,
                       std::span<const uint8_t> page, const AdmitOptions& o);
 
   TieredStore* const store_;
@@ -296,9 +339,9 @@ class PageStore {
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<absl::Time, std::string>> lease_deadlines_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, int> leases_per_tenant_ ABSL_GUARDED_BY(mu_);
-  // Keys being admitted (between the namespace check and the end of their publish) and the
-  // namespace each goes under, so concurrent writers of one key agree on its namespace.
-  absl::flat_hash_map<BlockKey, std::string> admitting_ ABSL_GUARDED_BY(mu_);
+  // Storage keys being admitted (between the check that the key is absent and the end of
+  // their publish), so that concurrent writers of one copy wait for each other.
+  absl::flat_hash_set<BlockKey> admitting_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kv

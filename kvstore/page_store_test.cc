@@ -13,6 +13,7 @@
 
 #include "core/hash.h"
 #include "core/status_macros.h"
+#include "core/strings.h"
 #include "kvstore/fake_tiers.h"
 #include "kvstore/nvme_tier.h"
 #include "kvstore/test_pages.h"
@@ -153,31 +154,150 @@ TEST_F(PageStoreTest, TenantsAreIsolatedAndSharedPagesVisibleToAll) {
   // Same message shape for a foreign page and an absent one ("block <64 hex> is not ...").
   EXPECT_EQ(foreign.status().message().substr(70), missing.status().message().substr(70));
   // Shared pages are visible to both; acme's tail after the shared prefix only to acme; a
-  // trusted caller sees everything.
+  // trusted caller sees what the tenant it acts for sees (the shared namespace for none).
   std::vector<BlockKey> conv = Keys(shared);
   conv.push_back(a_tail[0].meta.key);
   EXPECT_EQ(Visible(b, conv), 2u);
   EXPECT_EQ(Visible(As("acme"), conv), 3u);
-  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), conv), 3u);
-  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), Keys(a_chain)), 2u);
+  EXPECT_EQ(Visible(*PageStoreCaller::TrustedFor("acme"), conv), 3u);
+  EXPECT_EQ(Visible(*PageStoreCaller::TrustedFor("acme"), Keys(a_chain)), 2u);
+  EXPECT_EQ(Visible(*PageStoreCaller::TrustedFor("globex"), conv), 2u);
+  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), conv), 2u);
+  EXPECT_EQ(Visible(PageStoreCaller::Trusted(), Keys(a_chain)), 0u);
   auto got = pages_->Read(b, shared[1].meta.key);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, shared[1].bytes);
 
-  // globex cannot write into acme's namespace: not its exact page (the key is acme's) ...
-  EXPECT_EQ(Refusal(b, a_chain[0].meta.key, a_chain[0].bytes), PageStoreReason::kNamespaceConflict);
+  // globex cannot write into acme's namespace: its copy of acme's exact page is its own (a
+  // write of a key another tenant holds is stored for the writer, like any new key) ...
+  EXPECT_EQ(Admit(b, {a_chain[0]}), Stored(1));
+  EXPECT_EQ(Visible(b, Keys(a_chain)), 1u);
   // ... nor a page continuing acme's chain, in its own or the shared namespace.
   auto b_after_a = Chain(12, Tenant("globex"), 1, a_chain.back().meta.key);
   EXPECT_EQ(Refusal(b, b_after_a[0].meta.key, b_after_a[0].bytes), PageStoreReason::kParentMissing);
   auto s_after_a = Chain(13, KeyNamespace::Shared(), 1, a_chain.back().meta.key);
   EXPECT_EQ(Refusal(As("acme"), s_after_a[0].meta.key, s_after_a[0].bytes, Mla(true)),
             PageStoreReason::kParentMissing);
-  // acme may write a shared page it can read: already present.
-  EXPECT_EQ(Admit(As("acme"), {shared[0]}), std::vector{AdmitOutcome::kAlreadyPresent});
+  // A key written into acme's namespace is acme's own copy even when the shared namespace
+  // holds it (acme then sees its own first); as a shared write it is already present.
+  EXPECT_EQ(Admit(As("acme"), {shared[0]}), Stored(1));
+  EXPECT_EQ(Admit(As("acme"), {shared[0]}, Mla(true)), std::vector{AdmitOutcome::kAlreadyPresent});
   // acme's page is untouched.
   got = pages_->Read(As("acme"), a_chain[0].meta.key);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, a_chain[0].bytes);
+}
+
+// Another tenant's page under the very key `key` (its header names `key` and `parent`), with
+// valid checksums and KV bytes of its own (from `seed`).
+std::vector<uint8_t> ForeignPage(const BlockKey& key, const BlockKey& parent, uint64_t seed) {
+  PageSpec spec{.key = key, .parent = parent, .token_count = kTokens, .layer_count = kLayers};
+  std::vector<uint8_t> kv(*KvSectionBytes(spec));
+  std::mt19937_64 rng(seed);
+  for (uint8_t& b : kv) b = static_cast<uint8_t>(rng());
+  return *EncodePage(spec, kv);
+}
+
+// A status with every hex key in its message replaced by "<key>": two answers that differ only
+// in the key they name compare equal.
+std::string Shape(const absl::Status& s, std::span<const BlockKey> keys) {
+  std::string msg(s.message());
+  for (const BlockKey& k : keys) {
+    for (size_t at = msg.find(k.Hex()); at != std::string::npos; at = msg.find(k.Hex())) {
+      msg.replace(at, 64, "<key>");
+    }
+  }
+  return StrCat(static_cast<int>(s.code()), "|", msg, "|", ReasonName(ReasonOf(s)));
+}
+
+// Issue #18 item 3: a key another tenant holds is exactly a miss for every call, a write of
+// it is stored in the writer's own namespace, and each tenant then reads its own bytes.
+TEST_F(PageStoreTest, AKeyAnotherTenantHoldsBehavesExactlyLikeAMiss) {
+  const std::vector<TestPage> a = Chain(30, Tenant("acme"), 2);
+  ASSERT_EQ(Admit(As("acme"), a), Stored(2));
+  const PageStoreCaller b = As("globex");
+  // The same situation for a key nobody holds: globex's answers must not differ.
+  const std::vector<TestPage> n = Chain(31, Tenant("acme"), 2);
+  const std::vector<BlockKey> held = Keys(a), never = Keys(n);
+  const std::vector<BlockKey> all = {held[0], held[1], never[0], never[1]};
+
+  EXPECT_TRUE(pages_->Lookup(b, held).empty());
+  EXPECT_TRUE(pages_->Lookup(b, never).empty());
+  auto pin_held = pages_->Pin(b, held, std::nullopt);
+  auto pin_never = pages_->Pin(b, never, std::nullopt);
+  ASSERT_EQ(Shape(pin_held.status(), all), Shape(pin_never.status(), all));
+  ASSERT_TRUE(pin_held.ok());
+  EXPECT_EQ(pin_held->lease_id, pin_never->lease_id);
+  EXPECT_EQ(pin_held->tiers, pin_never->tiers);
+  auto read_held = pages_->Read(b, held[0]);
+  auto read_never = pages_->Read(b, never[0]);
+  EXPECT_FALSE(read_held.ok());
+  EXPECT_EQ(Shape(read_held.status(), all), Shape(read_never.status(), all));
+
+  // globex writes under acme's keys, with KV bytes of its own: stored, for globex only.
+  const std::vector<uint8_t> b0 = ForeignPage(held[0], BlockKey::Zero(), 32);
+  const std::vector<uint8_t> b1 = ForeignPage(held[1], held[0], 33);
+  const std::vector<uint8_t> n0 = ForeignPage(never[0], BlockKey::Zero(), 34);
+  for (const auto& [key, page] : {std::pair{held[0], b0}, {never[0], n0}, {held[1], b1}}) {
+    AdmitResult r = pages_->Admit(b, key, page, Mla());
+    EXPECT_EQ(r.outcome, AdmitOutcome::kStored) << key.Hex() << " " << r.error;
+    EXPECT_TRUE(r.error.ok()) << r.error;
+  }
+  EXPECT_EQ(Visible(b, held), 2u);
+  auto got = pages_->Read(b, held[0]);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, b0);
+  got = pages_->Read(b, held[1]);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, b1);
+  // acme's pages are untouched and still acme's.
+  EXPECT_EQ(Visible(As("acme"), held), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    got = pages_->Read(As("acme"), held[i]);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, a[i].bytes);
+  }
+  // A third tenant still sees a miss; acme writing again finds its own copy.
+  EXPECT_EQ(Visible(As("initech"), held), 0u);
+  EXPECT_EQ(Admit(As("acme"), a), std::vector(2, AdmitOutcome::kAlreadyPresent));
+  // Leases are per copy: globex's pin reads globex's bytes, acme's acme's.
+  auto bp = pages_->Pin(b, held, std::nullopt);
+  auto ap = pages_->Pin(As("acme"), held, std::nullopt);
+  ASSERT_TRUE(bp.ok() && ap.ok());
+  EXPECT_EQ(*pages_->Read(b, held[1], bp->lease_id), b1);
+  EXPECT_EQ(*pages_->Read(As("acme"), held[1], ap->lease_id), a[1].bytes);
+  EXPECT_EQ(pages_->Unpin(b, bp->lease_id, {&held[1], 1}), 1u);
+  EXPECT_EQ(*pages_->Read(As("acme"), held[1], ap->lease_id), a[1].bytes);
+  EXPECT_TRUE(store_->CheckInvariants().ok());
+}
+
+// Cache denial: a tenant that writes first under another tenant's root key (computable from
+// the prompt and the tenant's name) does not keep that tenant's prompt out of the cache.
+TEST_F(PageStoreTest, WritingFirstUnderAnotherTenantsKeyDeniesNothing) {
+  const std::vector<TestPage> a = Chain(40, Tenant("acme"), 3);
+  const std::vector<BlockKey> keys = Keys(a);
+  const std::vector<uint8_t> squat = ForeignPage(keys[0], BlockKey::Zero(), 41);
+  ASSERT_EQ(pages_->Admit(As("globex"), keys[0], squat, Mla()).outcome, AdmitOutcome::kStored);
+  EXPECT_EQ(Admit(As("acme"), a), Stored(3));
+  EXPECT_EQ(Visible(As("acme"), keys), 3u);
+  auto pin = pages_->Pin(As("acme"), keys, std::nullopt);
+  ASSERT_TRUE(pin.ok()) << pin.status();
+  EXPECT_EQ(pin->tiers.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    auto got = pages_->Read(As("acme"), keys[i], pin->lease_id);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(*got, a[i].bytes);
+  }
+  EXPECT_EQ(*pages_->Read(As("globex"), keys[0]), squat);
+  EXPECT_EQ(Visible(As("globex"), keys), 1u);
+  // The same through a shared write of the key: acme's own chain still wins for acme.
+  const std::vector<TestPage> c = Chain(42, Tenant("acme"), 1);
+  const BlockKey c0 = c[0].meta.key;
+  ASSERT_EQ(
+      pages_->Admit(As("globex"), c0, ForeignPage(c0, BlockKey::Zero(), 43), Mla(true)).outcome,
+      AdmitOutcome::kStored);
+  EXPECT_EQ(Admit(As("acme"), c), Stored(1));
+  EXPECT_EQ(*pages_->Read(As("acme"), c0), c[0].bytes);
 }
 
 TEST_F(PageStoreTest, LeasesAreTheirTenants) {
@@ -360,7 +480,9 @@ TEST_F(PageStoreTest, LeasesUnpinPartlyAndAreBoundedPerTenant) {
   EXPECT_TRUE(pages_->Pin(As("globex"), {}, std::nullopt, ids[0]).status().code() ==
               absl::StatusCode::kNotFound);
   for (int i = 0; i < 6; ++i) {
-    EXPECT_TRUE(pages_->Pin(PageStoreCaller::Trusted(), Keys(chain), std::nullopt).ok());
+    auto t = pages_->Pin(*PageStoreCaller::TrustedFor("acme"), Keys(chain), std::nullopt);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_FALSE(t->lease_id.empty());
   }
   EXPECT_EQ(pages_->Unpin(a, ids[0]), 1u);
   EXPECT_TRUE(pages_->Pin(a, {&chain[0].meta.key, 1}, std::nullopt).ok());

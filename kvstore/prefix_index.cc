@@ -76,6 +76,8 @@ absl::Status PrefixIndex::Insert(const PageMeta& meta, TierKind tier, absl::Time
   s.e.resume_bytes = meta.resume_bytes;
   s.e.geometry = meta.geometry;
   s.e.engine_hash = meta.engine_hash;
+  s.e.page_key = meta.page_key;
+  s.e.page_parent = meta.page_parent;
   s.seq = next_seq_++;
   if (s.e.resume_bytes != 0) resume_keys_.insert(meta.key);
   if (parent != nullptr) {

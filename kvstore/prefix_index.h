@@ -57,6 +57,10 @@ struct IndexEntry {
   // Tokens and layers of the page; unknown for pages recovered from nvme until first read.
   PageGeometry geometry;
   std::string engine_hash;  // PageMeta::engine_hash
+  BlockKey page_key;        // PageMeta::page_key: the key the page names (zero: `key`)
+  BlockKey page_parent;     // PageMeta::page_parent
+  // The key the page itself names, as callers of the store know it.
+  const BlockKey& client_key() const { return page_key.IsZero() ? key : page_key; }
 
   bool resident(TierKind t) const { return residency & (1u << static_cast<int>(t)); }
   int residency_count() const { return __builtin_popcount(residency); }

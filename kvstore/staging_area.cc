@@ -88,7 +88,7 @@ std::optional<StagingArea::Lease> StagingArea::TakeLocked(const PageStoreCaller&
                                                           std::string_view id) {
   ReapLocked(clock_->Now());
   auto it = leases_.find(std::string(id));
-  if (it == leases_.end() || it->second.owner != c.tenant()) return std::nullopt;
+  if (it == leases_.end() || it->second.owner != c.lease_owner()) return std::nullopt;
   Lease lease = std::move(it->second);
   deadlines_.erase({lease.deadline, it->first});
   leases_.erase(it);
@@ -128,7 +128,7 @@ absl::StatusOr<StagingLease> StagingArea::Reserve(const PageStoreCaller& c,
     pages[i].offset = *off;
   }
   StagingLease out{NewLeaseId(), now + std::min(len, options_.max_lease), pages};
-  leases_[out.lease_id] = Lease{c.tenant(), out.deadline, std::move(pages)};
+  leases_[out.lease_id] = Lease{c.lease_owner(), out.deadline, std::move(pages)};
   deadlines_.insert({out.deadline, out.lease_id});
   return out;
 }

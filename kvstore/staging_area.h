@@ -100,7 +100,7 @@ class StagingArea {
 
  private:
   struct Lease {
-    std::string owner;  // PageStoreCaller::tenant(); "" for trusted callers
+    std::string owner;  // PageStoreCaller::lease_owner(); "" for trusted callers
     absl::Time deadline;
     std::vector<StagedSlot> slots;
   };

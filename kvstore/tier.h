@@ -70,6 +70,15 @@ struct PageMeta {
   // opaque bytes; empty when the writer gave none. Reported in KV events
   // (kvstore/kv_events.h), never used for lookup.
   std::string engine_hash;
+  // The key and parent the page's own header names, when the store indexes the page under
+  // other keys: a PageStore keeps each page under a storage key derived from its namespace
+  // and its key (kvstore/page_store.h StorageKey), so two namespaces can hold one key. Zero
+  // page_key: the header names `key` and `parent` themselves (page_parent is then unused).
+  BlockKey page_key;
+  BlockKey page_parent;
+  // The key and parent the header must name.
+  const BlockKey& header_key() const { return page_key.IsZero() ? key : page_key; }
+  const BlockKey& header_parent() const { return page_key.IsZero() ? parent : page_parent; }
 };
 inline constexpr uint64_t kResumeBytesUnknown = ~uint64_t{0};
 

@@ -16,13 +16,13 @@ absl::Status VerifyPage(std::span<const uint8_t> page, const PageMeta& meta) {
     return absl::DataLossError(StrCat("page ", meta.key.Hex(), ": ", view.status().message()));
   }
   const PageHeader& h = view->header();
-  if (h.key != meta.key) {
-    return absl::DataLossError(
-        StrCat("page stored as ", meta.key.Hex(), " names key ", h.key.Hex()));
+  if (h.key != meta.header_key()) {
+    return absl::DataLossError(StrCat("page stored as ", meta.key.Hex(), " names key ", h.key.Hex(),
+                                      ", not ", meta.header_key().Hex()));
   }
-  if (h.parent != meta.parent) {
+  if (h.parent != meta.header_parent()) {
     return absl::DataLossError(StrCat("page ", meta.key.Hex(), ": parent ", h.parent.Hex(),
-                                      " != expected ", meta.parent.Hex()));
+                                      " != expected ", meta.header_parent().Hex()));
   }
   if (h.layout.name != meta.layout) {
     return absl::DataLossError(
@@ -129,6 +129,8 @@ PageMeta TieredStore::MetaOf(const IndexEntry& e) const {
   m.resume_bytes = e.resume_bytes;
   m.geometry = e.geometry;
   m.engine_hash = e.engine_hash;
+  m.page_key = e.page_key;
+  m.page_parent = e.page_parent;
   return m;
 }
 

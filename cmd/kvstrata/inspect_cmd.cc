@@ -2,7 +2,7 @@
 // section table (docs/formats.md §2).
 //
 //   kvstrata inspect FILE [FILE...] [--json]
-//   kvstrata inspect --nvme=DIR --key=HEX[,HEX...] [--json]   (a page out of the nvme tier)
+//   kvstrata inspect --nvme=DIR --key=HEX[,HEX...] [--namespace=NS] [--json]   (nvme tier)
 //
 // Exit status: 0 when every page verifies; 1 when any page is corrupt or malformed (the
 // message names the part: "header checksum mismatch", "section 0 (kv) checksum mismatch",
@@ -22,6 +22,7 @@
 #include "kvstore/block_key.h"
 #include "kvstore/nvme_tier.h"
 #include "kvstore/page_format.h"
+#include "kvstore/page_store.h"
 #include "nlohmann/json.hpp"
 
 namespace kv::cmd {
@@ -122,9 +123,16 @@ absl::Status InspectBytes(std::span<const uint8_t> bytes, std::string_view label
   return absl::OkStatus();
 }
 
-// Reads one page out of the nvme tier (RocksDB, opened read-only) and inspects it.
-absl::Status InspectNvmeKey(const std::string& dir, const std::string& hex, bool json) {
+// Reads one page out of the nvme tier (RocksDB, opened read-only) and inspects it: the copy
+// of namespace `ns` (kvstore/page_store.h StorageKey), or, with `ns` empty, the record keyed
+// by `hex` itself.
+absl::Status InspectNvmeKey(const std::string& dir, const std::string& hex, const std::string& ns,
+                            bool json) {
   ASSIGN_OR_RETURN(BlockKey key, BlockKey::FromHex(hex));
+  if (!ns.empty()) {
+    ASSIGN_OR_RETURN(KeyNamespace parsed, KeyNamespace::Parse(ns));
+    key = StorageKey(parsed.ToString(), key);
+  }
   auto bytes = ReadPageFromNvme(dir, key);
   if (!bytes.ok()) return Annotate(bytes.status(), kv::StrCat("nvme ", dir, " key ", hex));
   return InspectBytes(*bytes, kv::StrCat("nvme:", hex), json);
@@ -138,6 +146,10 @@ int RunInspect(int argc, char** argv) {
   flags.Bool("json", &json, "print each page as a JSON object");
   flags.String("nvme", &nvme_dir, "read pages out of the nvme tier at this path (with --key)");
   flags.StringList("key", &keys, "block keys (hex) to read from --nvme");
+  std::string ns;
+  flags.String("namespace", &ns,
+               "the keys' namespace (\"shared\" or \"tenant:NAME\"): read that namespace's "
+               "copy, as a PageStore indexes it; unset: records keyed by --key itself");
   std::vector<std::string> files;
   absl::Status s = flags.Parse(argc, argv, &files);
   if (s.ok() && flags.help_requested()) {
@@ -166,7 +178,7 @@ int RunInspect(int argc, char** argv) {
     auto bytes = ReadFile(path);
     report(bytes.ok() ? InspectBytes(*bytes, path, json) : bytes.status());
   }
-  for (const std::string& hex : keys) report(InspectNvmeKey(nvme_dir, hex, json));
+  for (const std::string& hex : keys) report(InspectNvmeKey(nvme_dir, hex, ns, json));
   return rc;
 }
 
