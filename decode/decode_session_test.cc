@@ -283,7 +283,7 @@ TEST_F(DecodeSessionTest, CachedRunIsLoadedWhenTheSessionComputesThePrompt) {
   auto keys = DeriveRequestKeys(kp, second.prompt, "acme", 0, nullptr);
   ASSERT_TRUE(keys.ok());
   int64_t pinned = 0;
-  auto lease = pool_->Pin("local", *keys, absl::Seconds(30), "acme", "", &pinned);
+  auto lease = pool_->Pin("local", *keys, absl::Seconds(30), "acme", &pinned);
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_EQ(pinned, 3);
   second.cached = CachedRun{.address = "local", .keys = *keys, .lease_id = *lease};

@@ -135,7 +135,7 @@ TEST_F(DecodeSessionV4Test, VerifiedHandoffMatchesLocalTokensAndPages) {
   const std::vector<BlockKey> keys = Keys(convo);
   ASSERT_EQ(keys.size(), 2u);
   int64_t pinned = 0;
-  auto lease = pool_->Pin("local", keys, absl::Seconds(30), "acme", "", &pinned);
+  auto lease = pool_->Pin("local", keys, absl::Seconds(30), "acme", &pinned);
   ASSERT_TRUE(lease.ok()) << lease.status();
   ASSERT_EQ(pinned, 2);
   auto pages = pool_->Read("local", keys, *lease, "", absl::Now() + absl::Seconds(10));
@@ -168,7 +168,7 @@ TEST_F(DecodeSessionV4Test, PromptResumingMidChainFromACheckpointMatchesLocal) {
   DecodeRequest r = Req(second, 8);
   const std::vector<BlockKey> keys = Keys(second);
   int64_t pinned = 0;
-  auto lease = pool_->Pin("local", keys, absl::Seconds(30), "acme", "", &pinned);
+  auto lease = pool_->Pin("local", keys, absl::Seconds(30), "acme", &pinned);
   ASSERT_TRUE(lease.ok()) << lease.status();
   EXPECT_EQ(pinned, 5);  // blocks 0..4 are shared with the first prompt
   r.cached = CachedRun{

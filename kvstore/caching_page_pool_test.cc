@@ -21,26 +21,20 @@ const absl::Time kFar = absl::InfiniteFuture();
 
 KeyNamespace Tenant(const std::string& t) { return *KeyNamespace::Tenant(t); }
 
-absl::StatusOr<std::string> TenantOf(const std::string& authorization) {
-  if (authorization == "Bearer a") return std::string("acme");
-  if (authorization == "Bearer b") return std::string("globex");
-  return absl::UnauthenticatedError("unknown token");
-}
-
 // Reads and publishes go to a LocalPagePool; reads are counted (in keys) and can fail. A read
-// is made as the tenant of its credential, as a store node makes it (the pool's own Read
+// is made as the tenant the call names, as a store node acting for it makes it (the pool's own Read
 // reads what a lease pinned, and these reads have none).
 class FakeRemote final : public PagePool {
  public:
   explicit FakeRemote(TieredStore* store) : pool_(store, {.node_id = "home-0"}) {}
-  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain, const std::string& t,
-                                    const std::string& a) override {
-    return pool_.Lookup(chain, t, a);
+  absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
+                                    const std::string& tenant) override {
+    return pool_.Lookup(chain, tenant);
   }
   absl::StatusOr<std::string> Pin(const std::string& addr, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& t, const std::string& a,
+                                  absl::Duration lease, const std::string& tenant,
                                   int64_t* pinned) override {
-    return pool_.Pin(addr, keys, lease, t, a, pinned);
+    return pool_.Pin(addr, keys, lease, tenant, pinned);
   }
   void Unpin(const std::string& addr, const std::string& id, const std::string& a) override {
     pool_.Unpin(addr, id, a);
@@ -52,8 +46,7 @@ class FakeRemote final : public PagePool {
                                                          std::string* path) override {
     read_keys += static_cast<int64_t>(keys.size());
     if (fail_reads) return absl::UnavailableError("home down");
-    ASSIGN_OR_RETURN(std::string tenant, TenantOf(a));
-    ASSIGN_OR_RETURN(PageStoreCaller caller, PageStoreCaller::Tenant(tenant));
+    ASSIGN_OR_RETURN(PageStoreCaller caller, PageStoreCaller::Tenant(a));
     std::vector<std::vector<uint8_t>> out;
     for (const BlockKey& key : keys) {
       absl::StatusOr<std::vector<uint8_t>> page = pool_.page_store().Read(caller, key, lease);

@@ -24,7 +24,7 @@ absl::StatusOr<PageStoreCaller> ActingFor(const std::string& tenant) {
 }  // namespace
 
 absl::StatusOr<PoolPrefix> LocalPagePool::Lookup(std::span<const BlockKey> chain,
-                                                 const std::string& tenant, const std::string&) {
+                                                 const std::string& tenant) {
   if (chain.empty()) return absl::InvalidArgumentError("pool lookup: empty chain");
   ASSIGN_OR_RETURN(PageStoreCaller caller, ActingFor(tenant));
   const std::vector<VisibleBlock> blocks = pages_.Lookup(caller, chain, {.geometry = false});
@@ -41,7 +41,7 @@ absl::StatusOr<PoolPrefix> LocalPagePool::Lookup(std::span<const BlockKey> chain
 
 absl::StatusOr<std::string> LocalPagePool::Pin(const std::string&, std::span<const BlockKey> keys,
                                                absl::Duration lease, const std::string& tenant,
-                                               const std::string&, int64_t* pinned) {
+                                               int64_t* pinned) {
   ASSIGN_OR_RETURN(PageStoreCaller caller, ActingFor(tenant));
   ASSIGN_OR_RETURN(PinResult r, pages_.Pin(caller, keys, lease));
   if (r.lease_id.empty()) return absl::NotFoundError("local pool: no key of the run is cached");
