@@ -39,6 +39,7 @@
 #include "model/tokenizer.h"
 #include "proto/kvstrata/v1/page_store.grpc.pb.h"
 #include "proto/kvstrata/v1/worker.grpc.pb.h"
+#include "tests/integration/binary_test_main.h"
 
 namespace kv {
 namespace {
@@ -49,8 +50,6 @@ using cluster::testing::ChildProcess;
 using cluster::testing::EtcdProcess;
 
 constexpr char kServiceToken[] = "svc-cluster-test";
-
-std::string g_binary;  // argv[1]
 
 constexpr absl::Duration kStartTimeout = absl::Seconds(60);
 constexpr absl::Duration kCallTimeout = absl::Seconds(60);
@@ -521,13 +520,3 @@ TEST_F(ClusterTest, DecodeWorkersComputeWhenEveryPrefillWorkerIsDead) {
 
 }  // namespace
 }  // namespace kv
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s KVSTRATA_BINARY\n", argv[0]);
-    return 2;
-  }
-  kv::g_binary = argv[1];
-  return RUN_ALL_TESTS();
-}

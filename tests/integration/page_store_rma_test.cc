@@ -36,6 +36,7 @@
 #include "cluster/testing/child_process.h"
 #include "core/strings.h"
 #include "kvstore/test_pages.h"
+#include "tests/integration/binary_test_main.h"
 #include "transport/fault_transport.h"
 #include "transport/ucx_transport.h"
 
@@ -51,8 +52,6 @@ using cluster::RegisteredBuffer;
 using cluster::RmaPageToWrite;
 using cluster::testing::ChildProcess;
 using testing::TestPage;
-
-std::string g_binary;  // argv[1]
 
 constexpr uint32_t kTokens = 64;
 constexpr uint32_t kLayers = 8;  // 336 KB pages
@@ -452,13 +451,3 @@ INSTANTIATE_TEST_SUITE_P(Tls, PageStoreRmaTest,
 
 }  // namespace
 }  // namespace kv
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s KVSTRATA_BINARY\n", argv[0]);
-    return 2;
-  }
-  kv::g_binary = argv[1];
-  return RUN_ALL_TESTS();
-}

@@ -15,7 +15,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -38,6 +37,7 @@
 #include "cluster/testing/child_process.h"
 #include "cluster/transport_security.h"
 #include "core/strings.h"
+#include "tests/integration/binary_test_main.h"
 
 namespace kv {
 namespace {
@@ -47,8 +47,7 @@ namespace gx = ::grpc::experimental;
 using cluster::testing::ChildProcess;
 using HealthStatus = grpc::health::v1::HealthCheckResponse;
 
-std::string g_binary;  // argv[1]
-std::string g_work;    // the suite's work directory
+std::string g_work;  // the suite's work directory
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -279,13 +278,3 @@ TEST_F(ServeTlsTest, SighupReloadsTheFiles) {
 
 }  // namespace
 }  // namespace kv
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s KVSTRATA_BINARY\n", argv[0]);
-    return 2;
-  }
-  kv::g_binary = argv[1];
-  return RUN_ALL_TESTS();
-}
