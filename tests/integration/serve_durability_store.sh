@@ -8,14 +8,8 @@
 # Usage: serve_durability_store.sh KVSTRATA_BINARY TMP_BASE
 set -euo pipefail
 bin=$1
-work=$(mktemp -d "${2:-/tmp}/serve-durability-store.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-export OPENBLAS_NUM_THREADS=1
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh" serve-durability-store "${2:-/tmp}"
 fail=0
 check() { if [ "$2" != "$3" ]; then echo "FAIL: $1: got '$2', want '$3'"; fail=1; else echo "ok: $1 = $2"; fi; }
 

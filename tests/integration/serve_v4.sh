@@ -16,14 +16,8 @@
 # Usage: serve_v4.sh KVSTRATA_BINARY TMP_BASE
 set -euo pipefail
 bin=$1
-work=$(mktemp -d "${2:-/tmp}/serve-v4.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-export OPENBLAS_NUM_THREADS=1
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh" serve-v4 "${2:-/tmp}"
 
 "$bin" model init --preset=tiny-v4 --out="$work/model" --seed=3 >/dev/null
 # start NAME FLAGS...: starts a serve process on a free loopback port; sets $addr.
