@@ -47,6 +47,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -461,6 +462,12 @@ void AddPythonRow(double gbps, const std::vector<Figures>& figs, BenchReport& r)
          .limit = cpp});
 }
 
+// Whether --paths names `path`.
+bool Selected(const Flags& f, std::string_view path) {
+  const std::vector<std::string> paths = absl::StrSplit(f.paths, ',');
+  return absl::c_linear_search(paths, path);
+}
+
 // `pts` has one point per kvstrata path (same sizes, distinct keys: each path's PUTs store
 // new pages) and the last for Redis.
 absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis,
@@ -472,6 +479,7 @@ absl::Status RunPoint(const Flags& f, const Store& s, const Redis* redis,
     ASSIGN_OR_RETURN(x.perftest,
                      Perftest(f, op == Op::kGet ? "ucp_get" : "ucp_put_bw", pt.page_bytes));
     for (size_t i = 0; i < std::size(kKvstrataPaths); ++i) {
+      if (!Selected(f, kKvstrataPaths[i])) continue;
       ASSIGN_OR_RETURN(std::optional<OpStats> st,
                        MeasureKvstrataPath(kKvstrataPaths[i], f, s, op, pts[i]));
       if (st) x.paths.emplace_back(kKvstrataPaths[i], *st);
@@ -535,6 +543,12 @@ absl::Status WritePlot(const Flags& f, const std::vector<Figures>& figs) {
 
 absl::Status Run(const Flags& f) {
   ASSIGN_OR_RETURN(std::vector<int64_t> layers, ParseList(f.layers, "layers"));
+  for (absl::string_view p : absl::StrSplit(f.paths, ',')) {
+    if (!absl::c_linear_search(kKvstrataPaths, p)) {
+      return absl::InvalidArgumentError(
+          StrCat("--paths: '", p, "' is not one of ucx, ucx-chain, grpc"));
+    }
+  }
   ASSIGN_OR_RETURN(std::vector<int64_t> clients, ParseList(f.clients, "clients"));
   if (f.pages < 1 || f.rounds < 1) return absl::InvalidArgumentError("need pages, rounds >= 1");
   if (access(f.perftest.c_str(), X_OK) != 0) {
@@ -561,7 +575,7 @@ absl::Status Run(const Flags& f) {
       }
       RETURN_IF_ERROR(
           RunPoint(f, store, redis_error.ok() ? &redis : nullptr, pts, figs, redis_error));
-      if (l == 61 && c == 1) {  // the ucx path's pages, stored by its PUT
+      if (l == 61 && c == 1 && Selected(f, "ucx")) {  // the ucx path's pages, stored by its PUT
         ASSIGN_OR_RETURN(stages, MeasureUcxGetStages(f, store, pts[0].chains[0]));
       }
     }
@@ -602,6 +616,7 @@ int RunStoreBench(int argc, char** argv) {
   flags.String("clients", &f.clients, "client threads per point, comma-separated");
   flags.Int("pages", &f.pages, "pages per client and point (PUT requests)");
   flags.Int("rounds", &f.rounds, "timed GET passes over each client's pages");
+  flags.String("paths", &f.paths, "kvstrata's paths to measure (ucx, ucx-chain, grpc)");
   flags.String("redis-server", &f.redis_server, "path of redis-server (Redis 7)");
   flags.String("perftest", &f.perftest, "path of ucx_perftest");
   flags.String("python-bench", &f.python_bench,

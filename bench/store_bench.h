@@ -34,6 +34,9 @@ struct Flags {
   std::string python_bench;
   std::string python_path = "build/client/python";
   std::string dir;  // scratch directory (made and removed by the run)
+  // kvstrata's paths to measure, comma-separated (ucx, ucx-chain, grpc): one path alone is
+  // what a profiler is pointed at.
+  std::string paths = "ucx,ucx-chain,grpc";
 };
 
 enum class Op { kGet, kPut };
