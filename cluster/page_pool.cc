@@ -11,6 +11,7 @@
 
 #include "cluster/page_store_client.h"
 #include "cluster/page_store_rma.h"
+#include "cluster/page_store_wire.h"
 #include "cluster/placement.h"
 #include "cluster/proto_convert.h"
 #include "cluster/transport_security.h"
@@ -78,12 +79,28 @@ class GrpcPagePool final : public PagePool {
   }
 
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& tenant,
-                                  int64_t* pinned) override {
+                                  absl::Duration lease, const std::string& tenant, int64_t* pinned,
+                                  std::string* lent) override {
     PageStoreClient client(Channel(address), options_.service_token, options_.rpc_timeout, tenant);
-    ASSIGN_OR_RETURN(PageStoreClient::PinResult r, client.Pin(keys, lease));
-    *pinned = static_cast<int64_t>(r.pinned.size());
-    return r.lease_id;
+    if (lent == nullptr) {
+      ASSIGN_OR_RETURN(PageStoreClient::PinResult r, client.Pin(keys, lease));
+      *pinned = static_cast<int64_t>(r.pinned.size());
+      return r.lease_id;
+    }
+    // Pinned where the store can lend the pages (its host tier), and lent: the worker that
+    // loads the run reads them one-sided without a PinBlocks of its own (PageRmaClient::Borrow).
+    pb::PinBlocksRequest req;
+    for (const BlockKey& k : keys) req.add_keys(wire::KeyBytes(k));
+    SetDuration(lease, req.mutable_lease());
+    req.set_promote_to(pb::TIER_HOST);
+    ASSIGN_OR_RETURN(pb::PinBlocksResponse r, client.PinBlocks(req));
+    *pinned = r.pinned_size();
+    lent->clear();
+    if (r.pinned_size() > 0 && r.pinned(0).has_region() && r.has_beacon()) {
+      lent->reserve(r.ByteSizeLong());
+      r.SerializeToString(lent);
+    }
+    return r.lease_id();
   }
 
   void Unpin(const std::string& address, const std::string& lease_id,
@@ -94,14 +111,25 @@ class GrpcPagePool final : public PagePool {
     if (!r.ok()) log::Info("pool_unpin_failed", "lease", lease_id, "error", r.status().ToString());
   }
 
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
-      const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& tenant, absl::Time deadline, std::string* path) override {
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
+                                                         std::span<const BlockKey> keys,
+                                                         const std::string& lease_id,
+                                                         const std::string& tenant,
+                                                         absl::Time deadline, std::string* path,
+                                                         const std::string& lent) override {
     std::vector<std::vector<uint8_t>> out;
     if (keys.empty()) return out;
     const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - clock()->Now());
     if (timeout <= absl::ZeroDuration()) {
       return MarkRetryable(absl::DeadlineExceededError("pool read: no time left"));
+    }
+    if (options_.transport != nullptr && !lent.empty()) {
+      std::optional<std::vector<std::vector<uint8_t>>> read =
+          ReadLent(address, keys, tenant, lent, deadline);
+      if (read.has_value()) {
+        if (path != nullptr) *path = "ucx";
+        return *std::move(read);
+      }
     }
     if (options_.transport != nullptr) {
       absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> read =
@@ -216,9 +244,8 @@ class GrpcPagePool final : public PagePool {
 
   // Reads `keys` with RMA gets into a registered buffer of this process (reused across
   // reads), verified in place (PageRmaClient), then copies each page out (PagePool returns
-  // owned pages). nullopt when
-  // UCX cannot reach the store or the store lends no region: the caller falls back to gRPC.
-  // A buffer the transport still holds after a failed get is kept alive, never reused.
+  // owned pages). nullopt when UCX cannot reach the store or the store lends no region: the
+  // caller falls back to gRPC.
   absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> ReadOverUcx(
       const std::string& address, std::span<const BlockKey> keys, const std::string& tenant,
       absl::Time deadline) {
@@ -230,20 +257,71 @@ class GrpcPagePool final : public PagePool {
     }
     const absl::Time t1 = clock()->Now();
     ASSIGN_OR_RETURN(PinnedPages pinned, rma.PinForRead(keys, deadline));
-    std::vector<std::vector<uint8_t>> out;
-    uint64_t total = 0;
-    for (const PinnedPages::Page& p : pinned.pages) total += p.size;
-    if (pinned.pages.empty() || !pinned.rma() || total == 0) {
+    if (pinned.pages.empty() || !pinned.rma()) {
       rma.Unpin(pinned).IgnoreError();  // expires on its own otherwise
-      if (pinned.pages.empty()) return out;
+      if (pinned.pages.empty()) return std::vector<std::vector<uint8_t>>{};
       return std::nullopt;
     }
-    const absl::Time t2 = clock()->Now();
-    ASSIGN_OR_RETURN(ReadBuffer buf, TakeBuffer(total));
-    const absl::Time t3 = clock()->Now();
+    log::Debug("pool_read_ucx_pin", "node", address, "connect_us",
+               absl::ToInt64Microseconds(t1 - t0), "pin_us",
+               absl::ToInt64Microseconds(clock()->Now() - t1));
+    return GetInto(rma, pinned, keys, deadline, address);
+  }
+
+  // Reads `keys` from the pages the router's pin lent (CachedRun::lent) without pinning them
+  // again: the lease is the router's, confirmed by its beacon (PageRmaClient::Borrow). nullopt
+  // when they cannot be used (unparsable, not these keys, no UCX endpoint, the lease ended, a
+  // failed get, no page verified): the caller then reads the usual way.
+  std::optional<std::vector<std::vector<uint8_t>>> ReadLent(const std::string& address,
+                                                            std::span<const BlockKey> keys,
+                                                            const std::string& tenant,
+                                                            const std::string& lent,
+                                                            absl::Time deadline) {
+    pb::PinBlocksResponse resp;
+    if (!resp.ParseFromString(lent)) {
+      log::Warn("pool_lent_unparsable", "node", address, "bytes", lent.size());
+      return std::nullopt;
+    }
+    PageRmaClient& rma = RmaFor(address, tenant);
+    absl::StatusOr<PinnedPages> pinned = rma.Borrow(resp, deadline);
+    if (!pinned.ok()) {
+      log::Info("pool_lent_unusable", "node", address, "error", pinned.status().ToString());
+      return std::nullopt;
+    }
+    // The keys are a run of the pinned chain: its start, or after pages a local tier served.
+    auto first = std::find_if(pinned->pages.begin(), pinned->pages.end(),
+                              [&](const PinnedPages::Page& p) { return p.key == keys[0]; });
+    if (first == pinned->pages.end()) return std::nullopt;
+    pinned->pages.erase(pinned->pages.begin(), first);
+    absl::StatusOr<std::vector<std::vector<uint8_t>>> r =
+        GetInto(rma, *pinned, keys, deadline, address);
+    if (!r.ok() || r->empty()) {
+      log::Info("pool_lent_read_failed", "node", address, "error",
+                r.ok() ? "no page verified" : r.status().ToString());
+      return std::nullopt;
+    }
+    return *std::move(r);
+  }
+
+  // One batch of gets of `pinned` (the pages of `keys` it holds, in order) into a registered
+  // buffer, then each verified page copied out. A buffer the transport still holds after a
+  // failed get is kept alive, never reused.
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> GetInto(PageRmaClient& rma,
+                                                            const PinnedPages& pinned,
+                                                            std::span<const BlockKey> keys,
+                                                            absl::Time deadline,
+                                                            const std::string& address) {
+    uint64_t total = 0;
+    for (size_t i = 0; i < pinned.pages.size() && i < keys.size(); ++i) {
+      total += pinned.pages[i].size;
+    }
+    const absl::Time t0 = clock()->Now();
+    ASSIGN_OR_RETURN(ReadBuffer buf, TakeBuffer(std::max<uint64_t>(total, 1)));
+    const absl::Time t1 = clock()->Now();
     absl::StatusOr<RmaReadResult> r =
         rma.GetPinned(pinned, keys, {buf.region, std::span(buf.mem->data(), total)}, deadline);
-    const absl::Time t4 = clock()->Now();
+    const absl::Time t2 = clock()->Now();
+    std::vector<std::vector<uint8_t>> out;
     if (r.ok()) {
       for (size_t i = 0; i < r->prefix(); ++i) {
         const uint8_t* p = buf.mem->data() + r->pages[i]->offset;
@@ -252,9 +330,9 @@ class GrpcPagePool final : public PagePool {
     }
     GiveBack(std::move(buf), r.ok());
     const auto us = [](absl::Duration d) { return absl::ToInt64Microseconds(d); };
-    log::Debug("pool_read_ucx", "node", address, "pages", pinned.pages.size(), "bytes", total,
-               "connect_us", us(t1 - t0), "pin_us", us(t2 - t1), "buffer_us", us(t3 - t2), "get_us",
-               us(t4 - t3), "copy_us", us(clock()->Now() - t4));
+    log::Debug("pool_read_ucx", "node", address, "lease", pinned.borrowed ? "lent" : "own", "pages",
+               out.size(), "bytes", total, "buffer_us", us(t1 - t0), "get_us", us(t2 - t1),
+               "copy_us", us(clock()->Now() - t2));
     if (!r.ok()) return r.status();
     return out;
   }

@@ -127,6 +127,25 @@ absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> 
   SetDuration(options_.lease, req.mutable_lease());
   req.set_promote_to(pb::TIER_HOST);
   ASSIGN_OR_RETURN(pb::PinBlocksResponse resp, rpc_->PinBlocks(req));
+  absl::StatusOr<PinnedPages> out = FromPinned(resp, peer);
+  if (!out.ok() && !resp.lease_id().empty()) rpc_->Unpin(resp.lease_id()).IgnoreError();
+  return out;
+}
+
+absl::StatusOr<PinnedPages> PageRmaClient::Borrow(const pb::PinBlocksResponse& lent,
+                                                  absl::Time deadline) {
+  ASSIGN_OR_RETURN(transport::PeerId peer, Peer(deadline));
+  ASSIGN_OR_RETURN(PinnedPages out, FromPinned(lent, peer));
+  out.borrowed = true;
+  if (out.lease_id.empty() || out.pages.empty() || out.beacon == 0 || !out.rma()) {
+    return absl::FailedPreconditionError(
+        "the lent pages cannot be read one-sided (no lease, region or beacon)");
+  }
+  return out;
+}
+
+absl::StatusOr<PinnedPages> PageRmaClient::FromPinned(const pb::PinBlocksResponse& resp,
+                                                      transport::PeerId peer) {
   PinnedPages out;
   out.lease_id = resp.lease_id();
   out.deadline = FromTimestamp(resp.deadline());
@@ -163,10 +182,7 @@ absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> 
       out.beacon_nonce = resp.beacon_nonce();
     }  // else confirmed through UnpinBlocks
   }
-  if (!bad.ok()) {
-    if (!out.lease_id.empty()) rpc_->Unpin(out.lease_id).IgnoreError();
-    return bad;
-  }
+  if (!bad.ok()) return bad;
   return out;
 }
 
@@ -202,7 +218,7 @@ absl::StatusOr<RmaReadResult> PageRmaClient::GetPinned(const PinnedPages& pinned
   const absl::Time by = std::min(deadline, pinned.deadline);
   absl::Status moved = Transfer(pinned.peer, transport::OpKind::kRead, std::move(ops), by);
   if (!moved.ok()) {
-    if (!pinned.lease_id.empty()) rpc_->UnpinAsync(pinned.lease_id);
+    if (!pinned.lease_id.empty() && !pinned.borrowed) rpc_->UnpinAsync(pinned.lease_id);
     return Unusable(moved);
   }
   // The bytes count only if the lease was still live after the get.
@@ -266,6 +282,14 @@ absl::Status PageRmaClient::ConfirmAndRelease(const PinnedPages& pinned, absl::T
     return MarkRetryable(
         absl::AbortedError(StrCat("lease ", pinned.lease_id, " ended during the get (", how, ")")));
   };
+  if (pinned.borrowed) {  // the owner's lease: proven by its beacon alone, never released
+    if (pinned.beacon == 0) return ended("a borrowed lease without a beacon");
+    ASSIGN_OR_RETURN(uint64_t word, ReadBeacon(pinned, deadline));
+    if (word != pinned.beacon_nonce) return ended("its beacon was lowered");
+    if (clock_->Now() >= pinned.deadline) return ended("its deadline passed");
+    *by_beacon = true;
+    return absl::OkStatus();
+  }
   if (pinned.beacon != 0) {
     absl::StatusOr<uint64_t> word = ReadBeacon(pinned, deadline);
     if (word.ok() || !absl::IsResourceExhausted(word.status())) {

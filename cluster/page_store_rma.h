@@ -90,6 +90,8 @@ struct PinnedPages {
   transport::RemoteRegionId beacon = 0;
   uint64_t beacon_offset = 0;  // of the beacon's word in its remote region
   uint64_t beacon_nonce = 0;
+  // The lease is another node's (Borrow): confirmed by its beacon, never released here.
+  bool borrowed = false;
 };
 
 struct RmaReadResult {
@@ -142,8 +144,15 @@ class PageRmaClient {
                                               RegisteredBuffer buffer, absl::Time deadline);
   // Steps 1 and 2-4 of a read, for callers that hold pins across steps. PinForRead fails
   // with Unavailable when the store cannot be reached over the transport (nothing pinned);
-  // GetPinned always releases the lease.
+  // GetPinned always releases the lease (a borrowed one is left to its owner).
   absl::StatusOr<PinnedPages> PinForRead(std::span<const BlockKey> keys, absl::Time deadline);
+  // Pages another node pinned, as the store lent them to it (`lent`: its PinBlocksResponse
+  // with promote_to TIER_HOST; a router passes it to the worker that loads the run), read with
+  // GetPinned without a PinBlocks of this client's own. The lease stays its owner's: GetPinned
+  // confirms it by its beacon and never releases it. FailedPrecondition when `lent` has no
+  // beacon or a page without a region (then PinForRead); Unavailable as for PinForRead.
+  absl::StatusOr<PinnedPages> Borrow(const kvstrata::v1::PinBlocksResponse& lent,
+                                     absl::Time deadline);
   // Releases a PinForRead lease without reading (0 when nothing was pinned or it expired).
   absl::StatusOr<uint32_t> Unpin(const PinnedPages& pinned);
   absl::StatusOr<RmaReadResult> GetPinned(const PinnedPages& pinned, std::span<const BlockKey> keys,
@@ -172,6 +181,9 @@ class PageRmaClient {
  private:
   absl::StatusOr<transport::RemoteRegionId> Import(transport::PeerId peer,
                                                    const std::string& packed_key);
+  // The pages, regions and beacon of a PinBlocks answer, their keys imported for `peer`.
+  absl::StatusOr<PinnedPages> FromPinned(const kvstrata::v1::PinBlocksResponse& resp,
+                                         transport::PeerId peer);
   absl::StatusOr<RmaReadResult> ReadOverGrpc(std::span<const BlockKey> keys,
                                              RegisteredBuffer buffer);
   absl::StatusOr<RmaWriteResult> WriteOverGrpc(const kvstrata::v1::WriteOptions& options,

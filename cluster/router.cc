@@ -339,9 +339,10 @@ absl::StatusOr<RouterBackend::Placement> RouterBackend::Place(Plan& plan, Route*
 std::optional<CachedRun> RouterBackend::PinPrefix(const GenerateRequest& req, const Plan& plan) {
   if (plan.cost.load_blocks <= 0) return std::nullopt;
   int64_t pinned = 0;
+  std::string lent;  // the pinned pages' memory, for the worker to read without pinning again
   absl::StatusOr<std::string> l = pool_->Pin(
       plan.prefix.address, std::span<const BlockKey>(plan.keys).subspan(0, plan.cost.load_blocks),
-      options_.lease, req.tenant, &pinned);
+      options_.lease, req.tenant, &pinned, &lent);
   if (!l.ok()) {
     log::Warn("router_pin_failed", "node", plan.prefix.node_id, "error", l.status().ToString());
     return std::nullopt;
@@ -350,7 +351,8 @@ std::optional<CachedRun> RouterBackend::PinPrefix(const GenerateRequest& req, co
   return CachedRun{.node_id = plan.prefix.node_id,
                    .address = plan.prefix.address,
                    .keys = {plan.keys.begin(), plan.keys.begin() + pinned},
-                   .lease_id = *l};
+                   .lease_id = *l,
+                   .lent = std::move(lent)};
 }
 
 absl::StatusOr<prefill::PrefillDone> RouterBackend::RunPrefill(

@@ -179,11 +179,12 @@ class FakePool final : public PagePool {
     return p;
   }
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& tenant,
-                                  int64_t* pinned) override {
+                                  absl::Duration lease, const std::string& tenant, int64_t* pinned,
+                                  std::string* lent) override {
     kv::MutexLock l(&w_->mu);
     w_->pins.push_back(keys.size());
     *pinned = static_cast<int64_t>(keys.size());
+    if (lent != nullptr) *lent = "lent-1";  // what the store lent, passed on to the workers
     return std::string("lease-1");
   }
   void Unpin(const std::string& address, const std::string& lease_id,
@@ -195,7 +196,8 @@ class FakePool final : public PagePool {
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string&,
                                                          std::span<const BlockKey>,
                                                          const std::string&, const std::string&,
-                                                         absl::Time, std::string*) override {
+                                                         absl::Time, std::string*,
+                                                         const std::string&) override {
     ADD_FAILURE() << "the router read pages";
     return absl::InternalError("unexpected");
   }
@@ -316,6 +318,8 @@ TEST_F(RouterTest, PinsTheLoadedPrefixHandsItToBothWorkersAndUnpinsIt) {
   ASSERT_TRUE(world_.decode_requests[0].cached.has_value());
   ASSERT_TRUE(world_.prefill_requests[0].cached.has_value());
   EXPECT_EQ(world_.prefill_requests[0].cached->lease_id, "lease-1");
+  EXPECT_EQ(world_.prefill_requests[0].cached->lent, "lent-1");
+  EXPECT_EQ(world_.decode_requests[0].cached->lent, "lent-1");
   EXPECT_EQ(world_.prefill_requests[0].cached->keys.size(), 2u);
   EXPECT_EQ(world_.decode_requests[0].cached->keys, world_.prefill_requests[0].cached->keys);
   EXPECT_EQ(world_.unpins, (std::vector<std::string>{"lease-1"}));

@@ -92,6 +92,8 @@ void ToProto(const CachedRun& run, pb::CachedRun* out) {
   out->set_first_block(0);
   for (const BlockKey& k : run.keys) out->add_keys(std::string(k.bytes.begin(), k.bytes.end()));
   out->set_lease_id(run.lease_id);
+  // Opaque above cluster/: the pool's serialized PinBlocksResponse (cluster/page_pool.cc).
+  if (!run.lent.empty() && !out->mutable_lent()->ParseFromString(run.lent)) out->clear_lent();
 }
 
 absl::StatusOr<CachedRun> FromProto(const pb::CachedRun& run) {
@@ -99,6 +101,7 @@ absl::StatusOr<CachedRun> FromProto(const pb::CachedRun& run) {
     return absl::InvalidArgumentError("cached run must start at block 0");
   }
   CachedRun r{.node_id = run.node_id(), .address = run.grpc_address(), .lease_id = run.lease_id()};
+  if (run.has_lent()) r.lent = run.lent().SerializeAsString();
   for (const std::string& k : run.keys()) {
     if (k.size() != 32) {
       return absl::InvalidArgumentError(StrCat("cached run key of ", k.size(), " bytes"));

@@ -172,8 +172,9 @@ int64_t DecodeSession::LoadCached(int64_t usable, DecodeOutcome* out) {
   }
   if (want.empty()) return 0;
   const absl::Time step = std::min(deadline_, clock()->Now() + ctx_->options.handoff_timeout);
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> pages = ctx_->pool->Read(
-      req_.cached->address, want, req_.cached->lease_id, req_.tenant, step, &out->pool_transport);
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
+      ctx_->pool->Read(req_.cached->address, want, req_.cached->lease_id, req_.tenant, step,
+                       &out->pool_transport, req_.cached->lent);
   if (!pages.ok()) {
     log::Warn("decode_cache_read_failed", "node", req_.cached->node_id, "error",
               pages.status().ToString());

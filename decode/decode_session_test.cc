@@ -117,20 +117,18 @@ class RefusingPool final : public PagePool {
     return inner_->Lookup(chain, auth);
   }
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& auth,
-                                  int64_t* pinned) override {
-    return inner_->Pin(address, keys, lease, auth, pinned);
+                                  absl::Duration lease, const std::string& auth, int64_t* pinned,
+                                  std::string* lent) override {
+    return inner_->Pin(address, keys, lease, auth, pinned, lent);
   }
   void Unpin(const std::string& address, const std::string& lease,
              const std::string& auth) override {
     inner_->Unpin(address, lease, auth);
   }
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::string& address,
-                                                         std::span<const BlockKey> keys,
-                                                         const std::string& lease,
-                                                         const std::string& auth, absl::Time by,
-                                                         std::string* path) override {
-    return inner_->Read(address, keys, lease, auth, by, path);
+  absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
+      const std::string& address, std::span<const BlockKey> keys, const std::string& lease,
+      const std::string& auth, absl::Time by, std::string* path, const std::string& lent) override {
+    return inner_->Read(address, keys, lease, auth, by, path, lent);
   }
   absl::StatusOr<int64_t> Publish(const BlockKey&, std::span<const PoolPage>,
                                   const PoolWriteOptions&, const std::string&) override {

@@ -29,8 +29,8 @@ absl::StatusOr<PoolPrefix> CachingPagePool::Lookup(std::span<const BlockKey> cha
 absl::StatusOr<std::string> CachingPagePool::Pin(const std::string& address,
                                                  std::span<const BlockKey> keys,
                                                  absl::Duration lease, const std::string& tenant,
-                                                 int64_t* pinned) {
-  return remote_->Pin(address, keys, lease, tenant, pinned);
+                                                 int64_t* pinned, std::string* lent) {
+  return remote_->Pin(address, keys, lease, tenant, pinned, lent);
 }
 
 void CachingPagePool::Unpin(const std::string& address, const std::string& lease_id,
@@ -70,12 +70,12 @@ void CachingPagePool::Keep(const PageStoreCaller& caller, std::span<const BlockK
 
 absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
     const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-    const std::string& tenant, absl::Time deadline, std::string* path) {
+    const std::string& tenant, absl::Time deadline, std::string* path, const std::string& lent) {
   absl::StatusOr<PageStoreCaller> caller = absl::UnavailableError("no local tier");
   if (local_ != nullptr) {
     caller = PageStoreCaller::Tenant(tenant);
   }
-  if (!caller.ok()) return remote_->Read(address, keys, lease_id, tenant, deadline, path);
+  if (!caller.ok()) return remote_->Read(address, keys, lease_id, tenant, deadline, path, lent);
 
   std::vector<std::vector<uint8_t>> out = ReadLocal(*caller, keys, deadline);
   const size_t hits = out.size();
@@ -88,7 +88,7 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
   const std::span<const BlockKey> rest = keys.subspan(hits);
   std::string remote_path;
   absl::StatusOr<std::vector<std::vector<uint8_t>>> remote =
-      remote_->Read(address, rest, lease_id, tenant, deadline, &remote_path);
+      remote_->Read(address, rest, lease_id, tenant, deadline, &remote_path, lent);
   if (!remote.ok()) {
     if (hits == 0) return remote.status();
     log::Warn("pool_read_failed_after_local_hits", "local_pages", hits, "error",

@@ -32,9 +32,9 @@ class FakeRemote final : public PagePool {
     return pool_.Lookup(chain, tenant);
   }
   absl::StatusOr<std::string> Pin(const std::string& addr, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& tenant,
-                                  int64_t* pinned) override {
-    return pool_.Pin(addr, keys, lease, tenant, pinned);
+                                  absl::Duration lease, const std::string& tenant, int64_t* pinned,
+                                  std::string* lent) override {
+    return pool_.Pin(addr, keys, lease, tenant, pinned, lent);
   }
   void Unpin(const std::string& addr, const std::string& id, const std::string& a) override {
     pool_.Unpin(addr, id, a);
@@ -43,8 +43,10 @@ class FakeRemote final : public PagePool {
                                                          std::span<const BlockKey> keys,
                                                          const std::string& lease,
                                                          const std::string& a, absl::Time deadline,
-                                                         std::string* path) override {
+                                                         std::string* path,
+                                                         const std::string& lent) override {
     read_keys += static_cast<int64_t>(keys.size());
+    read_lent = lent;
     if (fail_reads) return absl::UnavailableError("home down");
     ASSIGN_OR_RETURN(PageStoreCaller caller, PageStoreCaller::Tenant(a));
     std::vector<std::vector<uint8_t>> out;
@@ -62,6 +64,7 @@ class FakeRemote final : public PagePool {
   }
 
   int64_t read_keys = 0;
+  std::string read_lent;  // the `lent` of the last Read
   bool fail_reads = false;
 
  private:
@@ -111,9 +114,10 @@ class CachingPagePoolTest : public ::testing::Test {
               static_cast<int64_t>(chain.size()));
   }
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(const std::vector<BlockKey>& keys,
-                                                         const std::string& auth) {
+                                                         const std::string& auth,
+                                                         const std::string& lent = {}) {
     path_.clear();
-    return pool_->Read("home-0", keys, "", auth, kFar, &path_);
+    return pool_->Read("home-0", keys, "", auth, kFar, &path_, lent);
   }
   double Counter(const std::string& name) {
     return metrics_.GetCounter(StrCatName(name), "")->Value();
@@ -161,9 +165,10 @@ TEST_F(CachingPagePoolTest, PartialPrefixReadsOnlyTheRestRemotely) {
   auto keys = testing::KeysOf(chain);
   ExpectPages(Read({keys[0], keys[1]}, "acme"), {chain[0], chain[1]});
   EXPECT_EQ(remote_->read_keys, 2);
-  ExpectPages(Read(keys, "acme"), chain);
+  ExpectPages(Read(keys, "acme", "lent-by-the-home"), chain);
   EXPECT_EQ(path_, "local+ucx");
-  EXPECT_EQ(remote_->read_keys, 5);  // only keys 2..4 went to the home
+  EXPECT_EQ(remote_->read_keys, 5);                   // only keys 2..4 went to the home
+  EXPECT_EQ(remote_->read_lent, "lent-by-the-home");  // with what the router's pin lent
   EXPECT_EQ(Counter("hits"), 2.0);
   EXPECT_EQ(Counter("misses"), 5.0);
   // The rest was kept too: all five are local now.

@@ -41,7 +41,8 @@ absl::StatusOr<PoolPrefix> LocalPagePool::Lookup(std::span<const BlockKey> chain
 
 absl::StatusOr<std::string> LocalPagePool::Pin(const std::string&, std::span<const BlockKey> keys,
                                                absl::Duration lease, const std::string& tenant,
-                                               int64_t* pinned) {
+                                               int64_t* pinned, std::string* lent) {
+  if (lent != nullptr) lent->clear();  // in-process reads need no lending
   ASSIGN_OR_RETURN(PageStoreCaller caller, ActingFor(tenant));
   ASSIGN_OR_RETURN(PinResult r, pages_.Pin(caller, keys, lease));
   if (r.lease_id.empty()) return absl::NotFoundError("local pool: no key of the run is cached");
@@ -58,7 +59,7 @@ void LocalPagePool::Unpin(const std::string&, const std::string& lease_id, const
 
 absl::StatusOr<std::vector<std::vector<uint8_t>>> LocalPagePool::Read(
     const std::string&, std::span<const BlockKey> keys, const std::string& lease_id,
-    const std::string&, absl::Time deadline, std::string* path) {
+    const std::string&, absl::Time deadline, std::string* path, const std::string&) {
   if (path != nullptr) *path = "inproc";
   std::vector<std::vector<uint8_t>> out;
   for (const BlockKey& key : keys) {

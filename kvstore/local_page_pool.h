@@ -34,13 +34,14 @@ class LocalPagePool final : public PagePool {
   absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
                                     const std::string& tenant) override;
   absl::StatusOr<std::string> Pin(const std::string& address, std::span<const BlockKey> keys,
-                                  absl::Duration lease, const std::string& tenant,
-                                  int64_t* pinned) override;
+                                  absl::Duration lease, const std::string& tenant, int64_t* pinned,
+                                  std::string* lent = nullptr) override;
   void Unpin(const std::string& address, const std::string& lease_id,
              const std::string& tenant) override;
   absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& tenant, absl::Time deadline, std::string* path = nullptr) override;
+      const std::string& tenant, absl::Time deadline, std::string* path = nullptr,
+      const std::string& lent = {}) override;
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& options,
                                   const std::string& tenant) override;

@@ -43,6 +43,10 @@ struct CachedRun {
   std::string address;
   std::vector<BlockKey> keys;
   std::string lease_id;
+  // What the store lent with the router's pin: where the pinned pages lie in its registered
+  // memory and the lease's beacon (a remote pool's own encoding, opaque here). A worker's pool
+  // reads those pages one-sided without pinning again; empty: it pins them itself.
+  std::string lent;
 };
 
 // A page to publish: the encoded page and its index metadata.
@@ -72,10 +76,13 @@ class PagePool {
   virtual absl::StatusOr<PoolPrefix> Lookup(std::span<const BlockKey> chain,
                                             const std::string& tenant) = 0;
   // Pins the longest present prefix of `keys` on `address` for `lease` and returns the lease
-  // id; that prefix's length in `*pinned`. Errors of the store (Unavailable when it is down).
+  // id; that prefix's length in `*pinned`. When `lent` is given, a pool that can lends the
+  // pinned pages' memory too (CachedRun::lent; cleared when it does not). Errors of the store
+  // (Unavailable when it is down).
   virtual absl::StatusOr<std::string> Pin(const std::string& address,
                                           std::span<const BlockKey> keys, absl::Duration lease,
-                                          const std::string& tenant, int64_t* pinned) = 0;
+                                          const std::string& tenant, int64_t* pinned,
+                                          std::string* lent = nullptr) = 0;
   // Releases a lease; errors are logged, not returned (leases expire on their own).
   virtual void Unpin(const std::string& address, const std::string& lease_id,
                      const std::string& tenant) = 0;
@@ -84,10 +91,12 @@ class PagePool {
   // prefix (possibly empty). Unavailable/DeadlineExceeded when the store cannot be read by
   // `deadline`. On success `*path`, when given, names the data path that moved the bytes:
   // "ucx" (RMA from the store's registered memory), "grpc" (the ReadPages fallback) or
-  // "inproc" (this process's own store).
+  // "inproc" (this process's own store). `lent` is the run's CachedRun::lent (empty: none):
+  // a pool that can reads the lent pages without pinning them again.
   virtual absl::StatusOr<std::vector<std::vector<uint8_t>>> Read(
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
-      const std::string& tenant, absl::Time deadline, std::string* path = nullptr) = 0;
+      const std::string& tenant, absl::Time deadline, std::string* path = nullptr,
+      const std::string& lent = {}) = 0;
   // Writes `pages` (one chain segment, in chain order, `root` the chain's first key) to every
   // home of the chain. Returns pages stored or already present on at least one home.
   virtual absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,

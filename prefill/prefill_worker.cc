@@ -77,9 +77,10 @@ int64_t PrefillWorker::LoadCached(const PrefillRequest& req, std::span<const Blo
           ? RunKeys(*req.cached, keys, handed / ctx_->model->page_tokens())
           : std::vector<BlockKey>{};
   if (!want.empty()) {
-    absl::StatusOr<std::vector<std::vector<uint8_t>>> pages = ctx_->pool->Read(
-        req.cached->address, want, req.cached->lease_id, req.tenant,
-        std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout), &done.pool_transport);
+    absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
+        ctx_->pool->Read(req.cached->address, want, req.cached->lease_id, req.tenant,
+                         std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout),
+                         &done.pool_transport, req.cached->lent);
     if (!pages.ok()) {
       log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
                 pages.status().ToString());

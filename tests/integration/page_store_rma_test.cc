@@ -13,6 +13,8 @@
 //     and the restarted store shows no half-written page;
 //   - a page corrupted in the store's memory (a put into its region between pin and get) is
 //     caught by the reader's verification: that page is a miss, the others are served;
+//   - pages a router pinned and the store lent are read by another client (the worker) from
+//     that answer without pinning again, confirmed by the beacon and never released by it;
 //   - tenant isolation: another tenant's pin lends nothing and its read is all misses;
 //   - with no UCX endpoint reachable (a client without a transport) the gRPC fallback serves
 //     the same bytes and says so.
@@ -325,6 +327,52 @@ TEST_P(PageStoreRmaTest, LeaseReleasedBeforeItsBeaconIsReadIsAnError) {
   EXPECT_TRUE(absl::IsAborted(r.status())) << r.status();
   EXPECT_NE(r.status().message().find("not valid"), std::string::npos) << r.status();
   EXPECT_NE(r.status().message().find("beacon"), std::string::npos) << r.status();
+}
+
+// A router pins and passes the store's answer on; the worker reads the lent pages without a
+// PinBlocks of its own, confirms the lease by its beacon and leaves it to its owner. Once the
+// owner releases it, the same lent answer reads nothing.
+TEST_P(PageStoreRmaTest, LentPagesAreReadWithoutPinningAndLeftToTheOwner) {
+  const auto chain = Chain(37, "acme", 5);
+  Buffer src(transport_.get(), Bytes(chain));
+  auto acme = Rpc("tok-acme");
+  PageRmaClient acme_writer(acme.get(), transport_.get());
+  ASSERT_TRUE(Write(acme_writer, src, chain).ok());
+  const std::vector<BlockKey> keys = testing::KeysOf(chain);
+  pb::PinBlocksRequest req;  // as the router's pool pins: promote_to TIER_HOST
+  for (const BlockKey& k : keys) req.add_keys(std::string(k.bytes.begin(), k.bytes.end()));
+  req.set_promote_to(pb::TIER_HOST);
+  auto lent = acme->PinBlocks(req);
+  ASSERT_TRUE(lent.ok()) << lent.status();
+  ASSERT_EQ(lent->pinned_size(), 5);
+  // The worker: its own connection and PageRmaClient.
+  auto worker_rpc = Rpc("tok-acme");
+  PageRmaClient worker(worker_rpc.get(), transport_.get());
+  auto borrowed = worker.Borrow(*lent, absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(borrowed.ok()) << borrowed.status();
+  EXPECT_TRUE(borrowed->borrowed);
+  Buffer dst(transport_.get(), Bytes(chain));
+  auto r = worker.GetPinned(*borrowed, keys, dst.view(), absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->path, PagePath::kUcx);
+  EXPECT_TRUE(r->beacon_confirmed);
+  ExpectRead(*r, dst, chain);
+  // Reading left the lease alone: its owner releases all five pins.
+  absl::SleepFor(absl::Milliseconds(200));  // an unpin sent by mistake would have landed
+  auto released = acme->Unpin(lent->lease_id());
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(*released, keys.size());
+  // The lease is gone: the lent answer is now an error, though the bytes may be intact.
+  borrowed = worker.Borrow(*lent, absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(borrowed.ok()) << borrowed.status();
+  r = worker.GetPinned(*borrowed, keys, dst.view(), absl::Now() + absl::Seconds(10));
+  EXPECT_TRUE(absl::IsAborted(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("beacon"), std::string::npos) << r.status();
+  // An answer without its beacon cannot be borrowed.
+  pb::PinBlocksResponse no_beacon = *lent;
+  no_beacon.clear_beacon();
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      worker.Borrow(no_beacon, absl::Now() + absl::Seconds(10)).status()));
 }
 
 TEST_P(PageStoreRmaTest, StoreKilledMidGetIsAnErrorInTime) {
