@@ -117,23 +117,31 @@ class GrpcPagePool final : public PagePool {
                                                          const std::string& tenant,
                                                          absl::Time deadline, std::string* path,
                                                          const std::string& lent) override {
+    ASSIGN_OR_RETURN(PoolPages view,
+                     ReadView(address, keys, lease_id, tenant, deadline, path, lent));
     std::vector<std::vector<uint8_t>> out;
-    if (keys.empty()) return out;
+    for (std::span<const uint8_t> p : view.pages) out.emplace_back(p.begin(), p.end());
+    return out;
+  }
+
+  absl::StatusOr<PoolPages> ReadView(const std::string& address, std::span<const BlockKey> keys,
+                                     const std::string& lease_id, const std::string& tenant,
+                                     absl::Time deadline, std::string* path,
+                                     const std::string& lent) override {
+    if (keys.empty()) return PoolPages{};
     const absl::Duration timeout = std::min(options_.rpc_timeout, deadline - clock()->Now());
     if (timeout <= absl::ZeroDuration()) {
       return MarkRetryable(absl::DeadlineExceededError("pool read: no time left"));
     }
     if (options_.transport != nullptr && !lent.empty()) {
-      std::optional<std::vector<std::vector<uint8_t>>> read =
-          ReadLent(address, keys, tenant, lent, deadline);
+      std::optional<PoolPages> read = ReadLent(address, keys, tenant, lent, deadline);
       if (read.has_value()) {
         if (path != nullptr) *path = "ucx";
         return *std::move(read);
       }
     }
     if (options_.transport != nullptr) {
-      absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> read =
-          ReadOverUcx(address, keys, tenant, deadline);
+      absl::StatusOr<std::optional<PoolPages>> read = ReadOverUcx(address, keys, tenant, deadline);
       if (absl::IsUnavailable(read.status()) && clock()->Now() < deadline) {
         // A store that restarted leaves this process a stale endpoint: the first transfer on
         // it fails and the transport forgets the peer (PageRmaClient::Transfer), so one retry
@@ -141,7 +149,7 @@ class GrpcPagePool final : public PagePool {
         log::Info("pool_read_retry", "node", address, "error", read.status().ToString());
         read = ReadOverUcx(address, keys, tenant, deadline);
       }
-      ASSIGN_OR_RETURN(std::optional<std::vector<std::vector<uint8_t>>> rma, std::move(read));
+      ASSIGN_OR_RETURN(std::optional<PoolPages> rma, std::move(read));
       if (rma.has_value()) {
         if (path != nullptr) *path = "ucx";
         return *std::move(rma);
@@ -151,13 +159,16 @@ class GrpcPagePool final : public PagePool {
     PageStoreClient client(Channel(address), options_.service_token, timeout, tenant);
     ASSIGN_OR_RETURN(std::vector<PageStoreClient::PageRead> pages,
                      client.ReadPages(keys, lease_id));
-    for (PageStoreClient::PageRead& p : pages) {
+    auto held = std::make_shared<std::vector<PageStoreClient::PageRead>>(std::move(pages));
+    PoolPages out;
+    for (PageStoreClient::PageRead& p : *held) {
       if (!p.page.ok()) {
         log::Warn("pool_page_unreadable", "key", p.key.Hex(), "error", p.page.status().ToString());
         break;  // the verified prefix is what the caller may use
       }
-      out.emplace_back(p.page->begin(), p.page->end());
+      out.pages.emplace_back(reinterpret_cast<const uint8_t*>(p.page->data()), p.page->size());
     }
+    out.hold = std::move(held);
     return out;
   }
 
@@ -246,9 +257,10 @@ class GrpcPagePool final : public PagePool {
   // reads), verified in place (PageRmaClient), then copies each page out (PagePool returns
   // owned pages). nullopt when UCX cannot reach the store or the store lends no region: the
   // caller falls back to gRPC.
-  absl::StatusOr<std::optional<std::vector<std::vector<uint8_t>>>> ReadOverUcx(
-      const std::string& address, std::span<const BlockKey> keys, const std::string& tenant,
-      absl::Time deadline) {
+  absl::StatusOr<std::optional<PoolPages>> ReadOverUcx(const std::string& address,
+                                                       std::span<const BlockKey> keys,
+                                                       const std::string& tenant,
+                                                       absl::Time deadline) {
     const absl::Time t0 = clock()->Now();
     PageRmaClient& rma = RmaFor(address, tenant);
     if (absl::StatusOr<transport::PeerId> peer = rma.Peer(deadline); !peer.ok()) {
@@ -259,7 +271,7 @@ class GrpcPagePool final : public PagePool {
     ASSIGN_OR_RETURN(PinnedPages pinned, rma.PinForRead(keys, deadline));
     if (pinned.pages.empty() || !pinned.rma()) {
       rma.Unpin(pinned).IgnoreError();  // expires on its own otherwise
-      if (pinned.pages.empty()) return std::vector<std::vector<uint8_t>>{};
+      if (pinned.pages.empty()) return PoolPages{};
       return std::nullopt;
     }
     log::Debug("pool_read_ucx_pin", "node", address, "connect_us",
@@ -272,11 +284,9 @@ class GrpcPagePool final : public PagePool {
   // again: the lease is the router's, confirmed by its beacon (PageRmaClient::Borrow). nullopt
   // when they cannot be used (unparsable, not these keys, no UCX endpoint, the lease ended, a
   // failed get, no page verified): the caller then reads the usual way.
-  std::optional<std::vector<std::vector<uint8_t>>> ReadLent(const std::string& address,
-                                                            std::span<const BlockKey> keys,
-                                                            const std::string& tenant,
-                                                            const std::string& lent,
-                                                            absl::Time deadline) {
+  std::optional<PoolPages> ReadLent(const std::string& address, std::span<const BlockKey> keys,
+                                    const std::string& tenant, const std::string& lent,
+                                    absl::Time deadline) {
     pb::PinBlocksResponse resp;
     if (!resp.ParseFromString(lent)) {
       log::Warn("pool_lent_unparsable", "node", address, "bytes", lent.size());
@@ -293,9 +303,8 @@ class GrpcPagePool final : public PagePool {
                               [&](const PinnedPages::Page& p) { return p.key == keys[0]; });
     if (first == pinned->pages.end()) return std::nullopt;
     pinned->pages.erase(pinned->pages.begin(), first);
-    absl::StatusOr<std::vector<std::vector<uint8_t>>> r =
-        GetInto(rma, *pinned, keys, deadline, address);
-    if (!r.ok() || r->empty()) {
+    absl::StatusOr<PoolPages> r = GetInto(rma, *pinned, keys, deadline, address);
+    if (!r.ok() || r->pages.empty()) {
       log::Info("pool_lent_read_failed", "node", address, "error",
                 r.ok() ? "no page verified" : r.status().ToString());
       return std::nullopt;
@@ -304,13 +313,12 @@ class GrpcPagePool final : public PagePool {
   }
 
   // One batch of gets of `pinned` (the pages of `keys` it holds, in order) into a registered
-  // buffer, then each verified page copied out. A buffer the transport still holds after a
-  // failed get is kept alive, never reused.
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> GetInto(PageRmaClient& rma,
-                                                            const PinnedPages& pinned,
-                                                            std::span<const BlockKey> keys,
-                                                            absl::Time deadline,
-                                                            const std::string& address) {
+  // buffer; the verified pages are returned as views into it, and the buffer goes back to the
+  // pool when the caller drops them. A buffer the transport still holds after a failed get is
+  // kept alive, never reused.
+  absl::StatusOr<PoolPages> GetInto(PageRmaClient& rma, const PinnedPages& pinned,
+                                    std::span<const BlockKey> keys, absl::Time deadline,
+                                    const std::string& address) {
     uint64_t total = 0;
     for (size_t i = 0; i < pinned.pages.size() && i < keys.size(); ++i) {
       total += pinned.pages[i].size;
@@ -320,20 +328,23 @@ class GrpcPagePool final : public PagePool {
     const absl::Time t1 = clock()->Now();
     absl::StatusOr<RmaReadResult> r =
         rma.GetPinned(pinned, keys, {buf.region, std::span(buf.mem->data(), total)}, deadline);
-    const absl::Time t2 = clock()->Now();
-    std::vector<std::vector<uint8_t>> out;
-    if (r.ok()) {
-      for (size_t i = 0; i < r->prefix(); ++i) {
-        const uint8_t* p = buf.mem->data() + r->pages[i]->offset;
-        out.emplace_back(p, p + r->pages[i]->size);
-      }
-    }
-    GiveBack(std::move(buf), r.ok());
     const auto us = [](absl::Duration d) { return absl::ToInt64Microseconds(d); };
     log::Debug("pool_read_ucx", "node", address, "lease", pinned.borrowed ? "lent" : "own", "pages",
-               out.size(), "bytes", total, "buffer_us", us(t1 - t0), "get_us", us(t2 - t1),
-               "copy_us", us(clock()->Now() - t2));
-    if (!r.ok()) return r.status();
+               r.ok() ? r->prefix() : 0, "bytes", total, "buffer_us", us(t1 - t0), "get_us",
+               us(clock()->Now() - t1));
+    if (!r.ok()) {
+      GiveBack(std::move(buf), false);
+      return r.status();
+    }
+    PoolPages out;
+    for (size_t i = 0; i < r->prefix(); ++i) {
+      out.pages.emplace_back(buf.mem->data() + r->pages[i]->offset, r->pages[i]->size);
+    }
+    std::shared_ptr<ReadBuffer> held(new ReadBuffer(std::move(buf)), [this](ReadBuffer* b) {
+      GiveBack(std::move(*b), true);
+      delete b;
+    });
+    out.hold = std::move(held);
     return out;
   }
 

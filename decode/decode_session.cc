@@ -172,20 +172,19 @@ int64_t DecodeSession::LoadCached(int64_t usable, DecodeOutcome* out) {
   }
   if (want.empty()) return 0;
   const absl::Time step = std::min(deadline_, clock()->Now() + ctx_->options.handoff_timeout);
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
-      ctx_->pool->Read(req_.cached->address, want, req_.cached->lease_id, req_.tenant, step,
-                       &out->pool_transport, req_.cached->lent);
+  absl::StatusOr<PoolPages> pages =
+      ctx_->pool->ReadView(req_.cached->address, want, req_.cached->lease_id, req_.tenant, step,
+                           &out->pool_transport, req_.cached->lent);
   if (!pages.ok()) {
     log::Warn("decode_cache_read_failed", "node", req_.cached->node_id, "error",
               pages.status().ToString());
     return 0;
   }
-  for (const auto& p : *pages) out->bytes_read += p.size();
-  const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
+  for (std::span<const uint8_t> p : pages->pages) out->bytes_read += p.size();
   absl::StatusOr<int64_t> n =
-      model::ImportResumable(*ctx_->model, seq_.get(), spans, want, BlockKey::Zero());
+      model::ImportResumable(*ctx_->model, seq_.get(), pages->pages, want, BlockKey::Zero());
   if (!n.ok()) return 0;  // the caller sees !seq_->can_continue()
-  for (int64_t i = 0; i < *n; ++i) out->bytes_loaded += (*pages)[i].size();
+  for (int64_t i = 0; i < *n; ++i) out->bytes_loaded += pages->pages[i].size();
   return *n;
 }
 

@@ -1,9 +1,11 @@
 #include "kvstore/caching_page_pool.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "core/logging.h"
+#include "core/status_macros.h"
 #include "core/strings.h"
 
 namespace kv {
@@ -54,7 +56,7 @@ std::vector<std::vector<uint8_t>> CachingPagePool::ReadLocal(const PageStoreCall
 }
 
 void CachingPagePool::Keep(const PageStoreCaller& caller, std::span<const BlockKey> keys,
-                           std::span<const std::vector<uint8_t>> pages) {
+                           std::span<const std::span<const uint8_t>> pages) {
   const AdmitOptions admit{.layout = options_.layout, .page_tokens = options_.page_tokens};
   for (size_t i = 0; i < pages.size(); ++i) {
     const AdmitResult r = local_->page_store().Admit(caller, keys[i], pages[i], admit);
@@ -71,33 +73,50 @@ void CachingPagePool::Keep(const PageStoreCaller& caller, std::span<const BlockK
 absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
     const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
     const std::string& tenant, absl::Time deadline, std::string* path, const std::string& lent) {
+  ASSIGN_OR_RETURN(PoolPages view, ReadView(address, keys, lease_id, tenant, deadline, path, lent));
+  std::vector<std::vector<uint8_t>> out;
+  for (std::span<const uint8_t> p : view.pages) out.emplace_back(p.begin(), p.end());
+  return out;
+}
+
+absl::StatusOr<PoolPages> CachingPagePool::ReadView(const std::string& address,
+                                                    std::span<const BlockKey> keys,
+                                                    const std::string& lease_id,
+                                                    const std::string& tenant, absl::Time deadline,
+                                                    std::string* path, const std::string& lent) {
   absl::StatusOr<PageStoreCaller> caller = absl::UnavailableError("no local tier");
   if (local_ != nullptr) {
     caller = PageStoreCaller::Tenant(tenant);
   }
-  if (!caller.ok()) return remote_->Read(address, keys, lease_id, tenant, deadline, path, lent);
+  if (!caller.ok()) return remote_->ReadView(address, keys, lease_id, tenant, deadline, path, lent);
 
-  std::vector<std::vector<uint8_t>> out = ReadLocal(*caller, keys, deadline);
-  const size_t hits = out.size();
+  auto local =
+      std::make_shared<std::vector<std::vector<uint8_t>>>(ReadLocal(*caller, keys, deadline));
+  const size_t hits = local->size();
   hits_->Inc(static_cast<double>(hits));
+  PoolPages out{.pages = {local->begin(), local->end()}};
   if (hits == keys.size()) {
     if (path != nullptr) *path = "local";
+    out.hold = std::move(local);
     return out;
   }
   misses_->Inc(static_cast<double>(keys.size() - hits));
   const std::span<const BlockKey> rest = keys.subspan(hits);
   std::string remote_path;
-  absl::StatusOr<std::vector<std::vector<uint8_t>>> remote =
-      remote_->Read(address, rest, lease_id, tenant, deadline, &remote_path, lent);
+  absl::StatusOr<PoolPages> remote =
+      remote_->ReadView(address, rest, lease_id, tenant, deadline, &remote_path, lent);
   if (!remote.ok()) {
     if (hits == 0) return remote.status();
     log::Warn("pool_read_failed_after_local_hits", "local_pages", hits, "error",
               remote.status().ToString());
     if (path != nullptr) *path = "local";
+    out.hold = std::move(local);
     return out;
   }
-  Keep(*caller, rest, *remote);
-  for (std::vector<uint8_t>& page : *remote) out.push_back(std::move(page));
+  Keep(*caller, rest, remote->pages);
+  out.pages.insert(out.pages.end(), remote->pages.begin(), remote->pages.end());
+  out.hold = std::make_shared<std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(
+      std::move(local), std::move(remote->hold));
   if (path != nullptr) *path = hits == 0 ? remote_path : StrCat("local+", remote_path);
   return out;
 }

@@ -73,6 +73,10 @@ class CachingPagePool final : public PagePool {
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
       const std::string& tenant, absl::Time deadline, std::string* path = nullptr,
       const std::string& lent = {}) override;
+  absl::StatusOr<PoolPages> ReadView(const std::string& address, std::span<const BlockKey> keys,
+                                     const std::string& lease_id, const std::string& tenant,
+                                     absl::Time deadline, std::string* path = nullptr,
+                                     const std::string& lent = {}) override;
   absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,
                                   const PoolWriteOptions& options,
                                   const std::string& tenant) override;
@@ -83,7 +87,7 @@ class CachingPagePool final : public PagePool {
                                               std::span<const BlockKey> keys, absl::Time deadline);
   // Admits remote `pages` (keys[i] for pages[i]) into the local tier as `caller`'s.
   void Keep(const PageStoreCaller& caller, std::span<const BlockKey> keys,
-            std::span<const std::vector<uint8_t>> pages);
+            std::span<const std::span<const uint8_t>> pages);
 
   PagePool* const remote_;
   const CachingPagePoolOptions options_;

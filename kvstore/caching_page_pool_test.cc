@@ -159,6 +159,29 @@ TEST_F(CachingPagePoolTest, RemoteReadIsKeptThenServedLocally) {
   EXPECT_EQ(Counter("hits"), 3.0);
 }
 
+// ReadView serves what Read serves, as views: the local prefix and the remote rest, which is
+// kept; the views stay valid after later reads.
+TEST_F(CachingPagePoolTest, ReadViewServesTheLocalPrefixAndTheRemoteRest) {
+  auto chain = testing::MakeChain(5, Tenant("acme"), 4, kTokens, kLayers);
+  OnHome(chain, "acme");
+  auto keys = testing::KeysOf(chain);
+  ExpectPages(Read({keys[0]}, "acme"), {chain[0]});
+  std::string path;
+  auto view = pool_->ReadView("home-0", keys, "", "acme", kFar, &path, "lent");
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(path, "local+ucx");
+  EXPECT_EQ(remote_->read_keys, 4);  // key 0, then keys 1..3
+  EXPECT_EQ(remote_->read_lent, "lent");
+  ExpectPages(Read(keys, "acme"), chain);  // all kept: local now
+  EXPECT_EQ(path_, "local");
+  ASSERT_EQ(view->size(), chain.size());
+  for (size_t i = 0; i < chain.size(); ++i) {
+    EXPECT_TRUE(std::equal(view->pages[i].begin(), view->pages[i].end(), chain[i].bytes.begin(),
+                           chain[i].bytes.end()))
+        << i;
+  }
+}
+
 TEST_F(CachingPagePoolTest, PartialPrefixReadsOnlyTheRestRemotely) {
   auto chain = testing::MakeChain(2, Tenant("acme"), 5, kTokens, kLayers);
   OnHome(chain, "acme");

@@ -1,8 +1,25 @@
 #include "kvstore/page_pool.h"
 
+#include <memory>
+#include <utility>
+
 #include "core/logging.h"
+#include "core/status_macros.h"
 
 namespace kv {
+
+absl::StatusOr<PoolPages> PagePool::ReadView(const std::string& address,
+                                             std::span<const BlockKey> keys,
+                                             const std::string& lease_id, const std::string& tenant,
+                                             absl::Time deadline, std::string* path,
+                                             const std::string& lent) {
+  ASSIGN_OR_RETURN(std::vector<std::vector<uint8_t>> read,
+                   Read(address, keys, lease_id, tenant, deadline, path, lent));
+  auto owned = std::make_shared<std::vector<std::vector<uint8_t>>>(std::move(read));
+  PoolPages out{.pages = {owned->begin(), owned->end()}};
+  out.hold = std::move(owned);
+  return out;
+}
 
 int64_t PublishChain(PagePool& pool, std::span<const BlockKey> keys,
                      std::span<const std::string> ns, int64_t from, std::span<const PoolPage> pages,

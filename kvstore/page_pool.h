@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -66,6 +67,16 @@ struct PoolWriteOptions {
   absl::Duration retention = absl::ZeroDuration();  // zero: no hint
 };
 
+// The pages of a ReadView, in key order: views into memory the pool lends to the caller
+// until the last copy of `hold` is destroyed (a registered read buffer goes back to the pool
+// then; so they must not outlive the pool). Reads without the copy out of that memory that
+// Read makes.
+struct PoolPages {
+  std::vector<std::span<const uint8_t>> pages;
+  std::shared_ptr<const void> hold;
+  size_t size() const { return pages.size(); }
+};
+
 class PagePool {
  public:
   virtual ~PagePool() = default;
@@ -97,6 +108,13 @@ class PagePool {
       const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
       const std::string& tenant, absl::Time deadline, std::string* path = nullptr,
       const std::string& lent = {}) = 0;
+  // Read, as views (PoolPages): the same pages, checks and errors. The default holds Read's
+  // vectors; a pool that reads into memory of its own lends that memory instead.
+  virtual absl::StatusOr<PoolPages> ReadView(const std::string& address,
+                                             std::span<const BlockKey> keys,
+                                             const std::string& lease_id, const std::string& tenant,
+                                             absl::Time deadline, std::string* path = nullptr,
+                                             const std::string& lent = {});
   // Writes `pages` (one chain segment, in chain order, `root` the chain's first key) to every
   // home of the chain. Returns pages stored or already present on at least one home.
   virtual absl::StatusOr<int64_t> Publish(const BlockKey& root, std::span<const PoolPage> pages,

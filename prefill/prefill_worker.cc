@@ -77,19 +77,18 @@ int64_t PrefillWorker::LoadCached(const PrefillRequest& req, std::span<const Blo
           ? RunKeys(*req.cached, keys, handed / ctx_->model->page_tokens())
           : std::vector<BlockKey>{};
   if (!want.empty()) {
-    absl::StatusOr<std::vector<std::vector<uint8_t>>> pages =
-        ctx_->pool->Read(req.cached->address, want, req.cached->lease_id, req.tenant,
-                         std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout),
-                         &done.pool_transport, req.cached->lent);
+    absl::StatusOr<PoolPages> pages =
+        ctx_->pool->ReadView(req.cached->address, want, req.cached->lease_id, req.tenant,
+                             std::min(deadline, clock()->Now() + ctx_->options.handoff_timeout),
+                             &done.pool_transport, req.cached->lent);
     if (!pages.ok()) {
       log::Warn("prefill_cache_read_failed", "node", req.cached->node_id, "error",
                 pages.status().ToString());
     } else {
-      const std::vector<std::span<const uint8_t>> spans(pages->begin(), pages->end());
       absl::StatusOr<int64_t> imported =
-          model::ImportResumable(*ctx_->model, seq, spans, want, BlockKey::Zero());
+          model::ImportResumable(*ctx_->model, seq, pages->pages, want, BlockKey::Zero());
       if (imported.ok()) loaded = *imported;
-      for (int64_t i = 0; i < loaded; ++i) done.bytes_loaded += (*pages)[i].size();
+      for (int64_t i = 0; i < loaded; ++i) done.bytes_loaded += pages->pages[i].size();
     }
   }
   done.load_time = clock()->Now() - load_start;

@@ -15,6 +15,8 @@
 //     caught by the reader's verification: that page is a miss, the others are served;
 //   - pages a router pinned and the store lent are read by another client (the worker) from
 //     that answer without pinning again, confirmed by the beacon and never released by it;
+//   - the worker's pool (GrpcPagePool) reads lent pages into its registered buffer and hands
+//     out views that keep the buffer theirs until dropped;
 //   - tenant isolation: another tenant's pin lends nothing and its read is all misses;
 //   - with no UCX endpoint reachable (a client without a transport) the gRPC fallback serves
 //     the same bytes and says so.
@@ -33,6 +35,8 @@
 
 #include <gtest/gtest.h>
 
+#include "cluster/membership.h"
+#include "cluster/page_pool.h"
 #include "cluster/page_store_client.h"
 #include "cluster/page_store_rma.h"
 #include "cluster/testing/child_process.h"
@@ -53,6 +57,7 @@ using cluster::PageStoreClient;
 using cluster::RegisteredBuffer;
 using cluster::RmaPageToWrite;
 using cluster::testing::ChildProcess;
+using kv::PoolPages;
 using testing::TestPage;
 
 constexpr uint32_t kTokens = 64;
@@ -373,6 +378,65 @@ TEST_P(PageStoreRmaTest, LentPagesAreReadWithoutPinningAndLeftToTheOwner) {
   no_beacon.clear_beacon();
   EXPECT_TRUE(absl::IsFailedPrecondition(
       worker.Borrow(no_beacon, absl::Now() + absl::Seconds(10)).status()));
+}
+
+// The worker's pool (GrpcPagePool) over the same store: the router's Pin lends, ReadView
+// reads the lent pages into a registered buffer of the pool and returns views into it; the
+// buffer stays the caller's while it holds the views (a second read meanwhile uses another),
+// and a lent answer that does not parse only costs the worker its own pin.
+TEST_P(PageStoreRmaTest, PoolViewsOfLentPagesHoldTheirBuffer) {
+  auto acme = Rpc("tok-acme");
+  PageRmaClient writer(acme.get(), transport_.get());
+  const auto one = Chain(38, "acme", 6), two = Chain(39, "acme", 6);
+  Buffer src(transport_.get(), Bytes(one));
+  ASSERT_TRUE(Write(writer, src, one).ok());
+  ASSERT_TRUE(Write(writer, src, two).ok());
+  pb::NodeInfo store;
+  store.set_node_id("store-0");
+  store.set_grpc_address(address_);
+  store.add_roles(pb::ROLE_STORE);
+  auto members = cluster::StaticMembership::Create({store});
+  ASSERT_TRUE(members.ok()) << members.status();
+  auto pool = cluster::NewGrpcPagePool(
+      members->get(), {.service_token = "svc-rma-test", .transport = transport_.get()});
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  const absl::Time by = absl::Now() + absl::Seconds(20);
+  const auto read = [&](const std::vector<TestPage>& chain, const std::string& lent,
+                        std::string* path) {
+    return (*pool)->ReadView(address_, testing::KeysOf(chain), "", "acme", by, path, lent);
+  };
+  const auto same = [](const PoolPages& v, const std::vector<TestPage>& chain) {
+    if (v.size() != chain.size()) return false;
+    for (size_t i = 0; i < chain.size(); ++i) {
+      if (!std::equal(v.pages[i].begin(), v.pages[i].end(), chain[i].bytes.begin(),
+                      chain[i].bytes.end())) {
+        return false;
+      }
+    }
+    return true;
+  };
+  int64_t pinned = 0;
+  std::string lent;
+  auto lease =
+      (*pool)->Pin(address_, testing::KeysOf(one), absl::Seconds(10), "acme", &pinned, &lent);
+  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_EQ(pinned, 6);
+  ASSERT_FALSE(lent.empty()) << "the store lends a pin made for a worker";
+  std::string path;
+  auto first = read(one, lent, &path);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(path, "ucx");
+  EXPECT_TRUE(same(*first, one));
+  auto second = read(two, "not a PinBlocksResponse", &path);  // its own pin
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(path, "ucx");
+  EXPECT_TRUE(same(*second, two));
+  EXPECT_TRUE(same(*first, one)) << "the second read reused the buffer the first still holds";
+  *first = PoolPages{};                 // the buffer goes back to the pool ...
+  auto third = read(one, lent, &path);  // ... and serves the next read
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(same(*third, one));
+  (*pool)->Unpin(address_, *lease, "acme");
 }
 
 TEST_P(PageStoreRmaTest, StoreKilledMidGetIsAnErrorInTime) {
