@@ -1,9 +1,12 @@
 #include "cluster/page_pool.h"
 
 #include <algorithm>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
+#include <thread>
 #include <utility>
 
 #include <grpcpp/create_channel.h>
@@ -30,6 +33,14 @@ class GrpcPagePool final : public PagePool {
   GrpcPagePool(Membership* membership, GrpcPagePoolOptions options)
       : membership_(membership), options_(options) {}
   ~GrpcPagePool() override {
+    if (warmer_.joinable()) {
+      membership_->Unwatch(watch_);
+      {
+        kv::MutexLock l(&mu_);
+        stopping_ = true;
+      }
+      warmer_.join();
+    }
     rma_.clear();  // their scratch words are registered with the transport too
     for (ReadBuffer& b : idle_) options_.transport->Deregister(b.region).IgnoreError();
   }
@@ -247,10 +258,90 @@ class GrpcPagePool final : public PagePool {
     if (c.rma == nullptr) {
       c.rpc = std::make_unique<PageStoreClient>(std::move(channel), options_.service_token,
                                                 options_.rpc_timeout, tenant);
-      c.rma = std::make_unique<PageRmaClient>(c.rpc.get(), options_.transport,
-                                              PageRmaOptions{.clock = clock()});
+      c.rma = std::make_unique<PageRmaClient>(
+          c.rpc.get(), options_.transport,
+          PageRmaOptions{.clock = clock(),
+                         .connect = [this](const std::string& ucx,
+                                           absl::Time by) { return SharedPeer(ucx, by); },
+                         .peer_failed = [this](transport::PeerId p) { ForgetPeer(p); }});
     }
     return *c.rma;
+  }
+
+  // One UCX endpoint per store (its UCX address), shared by the clients of every tenant: a
+  // tenant's first read does not pay for a connection, nor for a cold endpoint (Warm).
+  absl::StatusOr<transport::PeerId> SharedPeer(const std::string& ucx, absl::Time by) {
+    {
+      kv::MutexLock l(&mu_);
+      if (auto it = peers_.find(ucx); it != peers_.end()) return it->second;
+    }
+    ASSIGN_OR_RETURN(transport::PeerId peer, options_.transport->Connect(ucx, by));
+    kv::MutexLock l(&mu_);
+    auto [it, added] = peers_.emplace(ucx, peer);
+    if (!added) {  // another client connected first: use its endpoint
+      options_.transport->Disconnect(peer).IgnoreError();
+    }
+    return it->second;
+  }
+  void ForgetPeer(transport::PeerId peer) {
+    kv::MutexLock l(&mu_);
+    std::erase_if(peers_, [&](const auto& e) { return e.second == peer; });
+  }
+
+ public:
+  // Connects to and warms (PageRmaClient::Warm) every store the membership names, on a
+  // thread of the pool's own, so that a worker's first remote hit finds a warm endpoint.
+  void StartWarming() {
+    warmer_ = std::thread([this] { WarmLoop(); });
+    watch_ = membership_->Watch([this](const MembershipView& v) { QueueStores(v); });
+    QueueStores(membership_->Members());
+  }
+
+ private:
+  void QueueStores(const MembershipView& view) {
+    kv::MutexLock l(&mu_);
+    for (const pb::NodeInfo& n : view.members) {
+      const bool store =
+          std::find(n.roles().begin(), n.roles().end(), pb::ROLE_STORE) != n.roles().end();
+      if (store && warmed_.insert(n.grpc_address()).second) to_warm_.push_back(n.grpc_address());
+    }
+  }
+  void WarmLoop() {
+    while (true) {
+      std::string address;
+      {
+        kv::MutexLock l(&mu_);
+        const auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || !to_warm_.empty();
+        };
+        mu_.Await(kv::Condition(&ready));
+        if (stopping_) return;
+        address = std::move(to_warm_.front());
+        to_warm_.pop_front();
+      }
+      WarmStore(address);
+    }
+  }
+  // 64 gets of 128 KiB: the rendezvous state of a batch of pages (31 gets of 168 KB took
+  // 8.5 ms cold, 1.4 ms warm). A store that cannot be warmed is connected on first use.
+  void WarmStore(const std::string& address) {
+    constexpr uint64_t kWarmBytes = 8ull << 20;
+    const absl::Time t0 = clock()->Now();
+    absl::StatusOr<ReadBuffer> buf = TakeBuffer(kWarmBytes);
+    if (!buf.ok()) {
+      log::Info("pool_warm_failed", "node", address, "error", buf.status().ToString());
+      return;
+    }
+    absl::Status s = RmaFor(address, "")
+                         .Warm({buf->region, std::span(buf->mem->data(), kWarmBytes)}, 64,
+                               t0 + absl::Seconds(5));
+    GiveBack(*std::move(buf), s.ok());
+    if (!s.ok()) {
+      log::Info("pool_warm_failed", "node", address, "error", s.ToString());
+      return;
+    }
+    log::Info("pool_store_warmed", "node", address, "us",
+              absl::ToInt64Microseconds(clock()->Now() - t0));
   }
 
   // Reads `keys` with RMA gets into a registered buffer of this process (reused across
@@ -412,6 +503,12 @@ class GrpcPagePool final : public PagePool {
   std::map<std::pair<std::string, std::string>, RmaClients> rma_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<std::vector<uint8_t>>> graveyard_ ABSL_GUARDED_BY(mu_);
   std::vector<ReadBuffer> idle_ ABSL_GUARDED_BY(mu_);  // registered, ready for the next read
+  std::map<std::string, transport::PeerId> peers_ ABSL_GUARDED_BY(mu_);  // by UCX address
+  std::set<std::string> warmed_ ABSL_GUARDED_BY(mu_);     // stores queued for warming once
+  std::deque<std::string> to_warm_ ABSL_GUARDED_BY(mu_);  // their gRPC addresses
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t watch_ = 0;
+  std::thread warmer_;
 };
 
 }  // namespace
@@ -424,7 +521,10 @@ absl::StatusOr<std::unique_ptr<PagePool>> NewGrpcPagePool(Membership* membership
         StrCat("page pool: replication must be >= 1, got ", options.replication));
   }
   auto pool = std::make_unique<GrpcPagePool>(membership, options);
-  if (options.transport != nullptr) pool->Prewarm();
+  if (options.transport != nullptr) {
+    pool->Prewarm();
+    pool->StartWarming();
+  }
   return pool;
 }
 

@@ -84,7 +84,8 @@ absl::StatusOr<transport::PeerId> PageRmaClient::Peer(absl::Time deadline) {
     return absl::UnavailableError(StrCat("store ", info.node_id(), " offers no UCX endpoint"));
   }
   const absl::Time by = std::min(deadline, clock_->Now() + options_.connect_timeout);
-  ASSIGN_OR_RETURN(transport::PeerId peer, transport_->Connect(address, by));
+  ASSIGN_OR_RETURN(transport::PeerId peer, options_.connect ? options_.connect(address, by)
+                                                            : transport_->Connect(address, by));
   absl::MutexLock l(&mu_);
   peer_address_ = address;
   peer_ = peer;
@@ -113,10 +114,33 @@ absl::Status PageRmaClient::Transfer(transport::PeerId peer, transport::OpKind k
   if (s.ok()) s = transport_->Wait(id, deadline + kWaitGrace);
   transport_->Release(id).IgnoreError();  // cancels a transfer still running
   if (absl::IsUnavailable(s)) {
-    absl::MutexLock l(&mu_);  // the endpoint is dead: connect afresh next time
-    if (peer_ == peer) peer_ = 0;
+    {
+      absl::MutexLock l(&mu_);  // the endpoint is dead: connect afresh next time
+      if (peer_ == peer) peer_ = 0;
+    }
+    if (options_.peer_failed) options_.peer_failed(peer);
   }
   return s;
+}
+
+absl::Status PageRmaClient::Warm(RegisteredBuffer buffer, int ops, absl::Time deadline) {
+  if (ops <= 0 || buffer.bytes.size() < static_cast<size_t>(ops)) {
+    return absl::InvalidArgumentError("warm: need at least one byte per get");
+  }
+  ASSIGN_OR_RETURN(transport::PeerId peer, Peer(deadline));
+  ASSIGN_OR_RETURN(pb::GetTransportInfoResponse info, rpc_->GetTransportInfo());
+  for (const pb::RegisteredRegion& r : info.regions()) {
+    if (r.tier() != pb::TIER_HOST || r.transport() != pb::TRANSPORT_KIND_UCX) continue;
+    const uint64_t each = std::min<uint64_t>(buffer.bytes.size() / ops, r.length() / ops);
+    if (each == 0) break;
+    ASSIGN_OR_RETURN(transport::RemoteRegionId remote, Import(peer, r.remote_key()));
+    std::vector<transport::TransferOp> batch;
+    for (int i = 0; i < ops; ++i)
+      batch.push_back({buffer.region, i * each, remote, i * each, each});
+    return Transfer(peer, transport::OpKind::kRead, std::move(batch), deadline);
+  }
+  return absl::FailedPreconditionError(
+      StrCat("store ", info.node_id(), " registers no host tier to warm the path with"));
 }
 
 absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> keys,

@@ -17,6 +17,7 @@
 //     that answer without pinning again, confirmed by the beacon and never released by it;
 //   - the worker's pool (GrpcPagePool) reads lent pages into its registered buffer and hands
 //     out views that keep the buffer theirs until dropped;
+//   - Warm reads a batch from the store's host tier over a connection the caller shares;
 //   - tenant isolation: another tenant's pin lends nothing and its read is all misses;
 //   - with no UCX endpoint reachable (a client without a transport) the gRPC fallback serves
 //     the same bytes and says so.
@@ -40,6 +41,7 @@
 #include "cluster/page_store_client.h"
 #include "cluster/page_store_rma.h"
 #include "cluster/testing/child_process.h"
+#include "core/status_macros.h"
 #include "core/strings.h"
 #include "kvstore/test_pages.h"
 #include "tests/integration/binary_test_main.h"
@@ -437,6 +439,36 @@ TEST_P(PageStoreRmaTest, PoolViewsOfLentPagesHoldTheirBuffer) {
   ASSERT_TRUE(third.ok()) << third.status();
   EXPECT_TRUE(same(*third, one));
   (*pool)->Unpin(address_, *lease, "acme");
+}
+
+// Warm: one batch of gets from the store's host tier through a connection the caller shares
+// (PageRmaOptions::connect, as the pool shares one endpoint per store among tenants).
+TEST_P(PageStoreRmaTest, WarmUsesTheSharedConnection) {
+  auto rpc = Rpc("tok-acme");
+  int connects = 0;
+  transport::PeerId shared = 0;
+  PageRmaClient client(
+      rpc.get(), transport_.get(),
+      {.connect = [&](const std::string& ucx, absl::Time by) -> absl::StatusOr<transport::PeerId> {
+        ++connects;
+        if (shared == 0) {
+          ASSIGN_OR_RETURN(shared, transport_->Connect(ucx, by));
+        }
+        return shared;
+      }});
+  Buffer buf(transport_.get(), 1 << 20);
+  ASSERT_TRUE(client.Warm(buf.view(), 16, absl::Now() + absl::Seconds(10)).ok());
+  EXPECT_EQ(connects, 1);
+  auto peer = client.Peer(absl::Now() + absl::Seconds(5));
+  ASSERT_TRUE(peer.ok()) << peer.status();
+  EXPECT_EQ(*peer, shared);
+  EXPECT_EQ(connects, 1) << "the connection is kept";
+  EXPECT_TRUE(absl::IsInvalidArgument(client.Warm(buf.view(), 0, absl::Now())));
+  // A second client of another tenant reads over the same endpoint.
+  auto globex = Rpc("tok-globex");
+  PageRmaClient other(globex.get(), transport_.get(),
+                      {.connect = [&](const std::string&, absl::Time) { return shared; }});
+  EXPECT_TRUE(other.Warm(buf.view(), 4, absl::Now() + absl::Seconds(10)).ok());
 }
 
 TEST_P(PageStoreRmaTest, StoreKilledMidGetIsAnErrorInTime) {
