@@ -276,12 +276,15 @@ class GrpcPagePool final : public PagePool {
       if (auto it = peers_.find(ucx); it != peers_.end()) return it->second;
     }
     ASSIGN_OR_RETURN(transport::PeerId peer, options_.transport->Connect(ucx, by));
-    kv::MutexLock l(&mu_);
-    auto [it, added] = peers_.emplace(ucx, peer);
-    if (!added) {  // another client connected first: use its endpoint
+    transport::PeerId shared = 0;
+    {
+      kv::MutexLock l(&mu_);
+      shared = peers_.emplace(ucx, peer).first->second;
+    }
+    if (shared != peer) {  // another client connected first: use its endpoint
       options_.transport->Disconnect(peer).IgnoreError();
     }
-    return it->second;
+    return shared;
   }
   void ForgetPeer(transport::PeerId peer) {
     kv::MutexLock l(&mu_);
