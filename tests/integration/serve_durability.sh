@@ -71,11 +71,15 @@ gen() {  # session prompt out
 }
 cached() { grep -o 'tokens: [0-9]* cached' "$1" | awk '{print $2}'; }
 # Pages a request published or queued for the prefill write-back ("published P pages (+Q
-# queued for write-back)"): every one must be on the store once the write-back is done.
+# queued for write-back)"): every one must be on the store once the write-back is done. The
+# queued pages count only when the decode worker used the handoff (a "handoff:" line): one
+# that did not (a handoff late on a loaded machine) computed the prompt and published its
+# pages itself, so the prefill's queued pages are the same pages.
 published() {
   local line q
   line=$(grep -o 'published [0-9]* pages[^,]*' "$1")
   q=$(echo "$line" | grep -o '+[0-9]*' | tr -d +)
+  grep -q '^handoff: ' "$1" || q=0
   echo $(($(echo "$line" | awk '{print $2}') + ${q:-0}))
 }
 text() { sed -n '/^---$/q;p' "$1"; }
