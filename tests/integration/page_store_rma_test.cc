@@ -487,11 +487,25 @@ TEST_P(PageStoreRmaTest, StoreKilledMidGetIsAnErrorInTime) {
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not valid"), std::string::npos) << r.status();
   EXPECT_LT(absl::Now() - start, absl::Seconds(5 + 2 + 6));  // deadline, wait grace, unpin RPC
-  StartStore();  // nothing survives in host memory, and nothing half-read is published
+  // The restarted store holds only whole pages: none, or those its background write-back
+  // had persisted to nvme before the kill (#18 durability; more of them on a loaded machine),
+  // each equal to what was written.
+  StartStore();
   auto rpc2 = Rpc("tok-acme");
   auto l = rpc2->Lookup(keys);
   ASSERT_TRUE(l.ok()) << l.status();
-  EXPECT_EQ(l->prefix_blocks(), 0u);
+  const size_t kept = l->prefix_blocks();
+  if (kept > 0) {
+    auto read = rpc2->ReadPages(std::span(keys).first(kept));
+    ASSERT_TRUE(read.ok()) << read.status();
+    ASSERT_EQ(read->size(), kept);
+    for (size_t i = 0; i < kept; ++i) {
+      ASSERT_TRUE((*read)[i].page.ok()) << i << ": " << (*read)[i].page.status();
+      EXPECT_TRUE(std::equal((*read)[i].page->begin(), (*read)[i].page->end(),
+                             chain[i].bytes.begin(), chain[i].bytes.end()))
+          << "page " << i << " survived the kill changed";
+    }
+  }
 }
 
 TEST_P(PageStoreRmaTest, StoreKilledWhileAGetIsInFlightIsAnErrorInTime) {
