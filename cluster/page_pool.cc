@@ -335,7 +335,10 @@ class GrpcPagePool final : public PagePool {
       log::Info("pool_warm_failed", "node", address, "error", buf.status().ToString());
       return;
     }
-    absl::Status s = RmaFor(address, "")
+    // The warm-up's calls (GetTransportInfo) read no tenant's pages, but the node credential
+    // must name a tenant it acts for; a cluster without tokens takes none.
+    const std::string tenant = options_.service_token.empty() ? "" : "kvstrata-pool-warm";
+    absl::Status s = RmaFor(address, tenant)
                          .Warm({buf->region, std::span(buf->mem->data(), kWarmBytes)}, 64,
                                t0 + absl::Seconds(5));
     GiveBack(*std::move(buf), s.ok());
