@@ -14,7 +14,6 @@
 
 #include "cluster/page_store_client.h"
 #include "cluster/page_store_rma.h"
-#include "cluster/page_store_wire.h"
 #include "cluster/placement.h"
 #include "cluster/proto_convert.h"
 #include "cluster/transport_security.h"
@@ -100,11 +99,7 @@ class GrpcPagePool final : public PagePool {
     }
     // Pinned where the store can lend the pages (its host tier), and lent: the worker that
     // loads the run reads them one-sided without a PinBlocks of its own (PageRmaClient::Borrow).
-    pb::PinBlocksRequest req;
-    for (const BlockKey& k : keys) req.add_keys(wire::KeyBytes(k));
-    SetDuration(lease, req.mutable_lease());
-    req.set_promote_to(pb::TIER_HOST);
-    ASSIGN_OR_RETURN(pb::PinBlocksResponse r, client.PinBlocks(req));
+    ASSIGN_OR_RETURN(pb::PinBlocksResponse r, client.PinToLend(keys, lease));
     *pinned = r.pinned_size();
     lent->clear();
     if (r.pinned_size() > 0 && r.pinned(0).has_region() && r.has_beacon()) {
@@ -130,9 +125,7 @@ class GrpcPagePool final : public PagePool {
                                                          const std::string& lent) override {
     ASSIGN_OR_RETURN(PoolPages view,
                      ReadView(address, keys, lease_id, tenant, deadline, path, lent));
-    std::vector<std::vector<uint8_t>> out;
-    for (std::span<const uint8_t> p : view.pages) out.emplace_back(p.begin(), p.end());
-    return out;
+    return view.Copy();
   }
 
   absl::StatusOr<PoolPages> ReadView(const std::string& address, std::span<const BlockKey> keys,
@@ -350,10 +343,9 @@ class GrpcPagePool final : public PagePool {
               absl::ToInt64Microseconds(clock()->Now() - t0));
   }
 
-  // Reads `keys` with RMA gets into a registered buffer of this process (reused across
-  // reads), verified in place (PageRmaClient), then copies each page out (PagePool returns
-  // owned pages). nullopt when UCX cannot reach the store or the store lends no region: the
-  // caller falls back to gRPC.
+  // Pins `keys` for this process and reads them with RMA gets into a registered buffer of
+  // its own (GetInto). nullopt when UCX cannot reach the store or the store lends no region:
+  // the caller falls back to gRPC.
   absl::StatusOr<std::optional<PoolPages>> ReadOverUcx(const std::string& address,
                                                        std::span<const BlockKey> keys,
                                                        const std::string& tenant,

@@ -379,6 +379,15 @@ absl::StatusOr<pb::PinBlocksResponse> PageStoreClient::PinBlocks(const pb::PinBl
   return resp;
 }
 
+absl::StatusOr<pb::PinBlocksResponse> PageStoreClient::PinToLend(std::span<const BlockKey> keys,
+                                                                 absl::Duration lease) {
+  pb::PinBlocksRequest req;
+  for (const BlockKey& k : keys) req.add_keys(KeyBytes(k));
+  SetDuration(lease, req.mutable_lease());
+  req.set_promote_to(pb::TIER_HOST);
+  return PinBlocks(req);
+}
+
 absl::StatusOr<pb::ReserveStagingResponse> PageStoreClient::ReserveStaging(
     const pb::ReserveStagingRequest& req) {
   grpc::ClientContext ctx;

@@ -117,6 +117,10 @@ class PageStoreClient {
   // PinBlocks with promote_to and regions, and the two-phase staged write. Errors as above.
   absl::StatusOr<kvstrata::v1::PinBlocksResponse> PinBlocks(
       const kvstrata::v1::PinBlocksRequest& request);
+  // PinBlocks of `keys` under a new lease of `lease`, promote_to TIER_HOST: the store pins
+  // them where it can lend them and answers their regions and the lease's beacon.
+  absl::StatusOr<kvstrata::v1::PinBlocksResponse> PinToLend(std::span<const BlockKey> keys,
+                                                            absl::Duration lease);
   absl::StatusOr<kvstrata::v1::ReserveStagingResponse> ReserveStaging(
       const kvstrata::v1::ReserveStagingRequest& request);
   absl::StatusOr<kvstrata::v1::SealStagedResponse> SealStaged(

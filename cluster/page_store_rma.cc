@@ -146,11 +146,7 @@ absl::Status PageRmaClient::Warm(RegisteredBuffer buffer, int ops, absl::Time de
 absl::StatusOr<PinnedPages> PageRmaClient::PinForRead(std::span<const BlockKey> keys,
                                                       absl::Time deadline) {
   ASSIGN_OR_RETURN(transport::PeerId peer, Peer(deadline));
-  pb::PinBlocksRequest req;
-  for (const BlockKey& k : keys) req.add_keys(KeyBytes(k));
-  SetDuration(options_.lease, req.mutable_lease());
-  req.set_promote_to(pb::TIER_HOST);
-  ASSIGN_OR_RETURN(pb::PinBlocksResponse resp, rpc_->PinBlocks(req));
+  ASSIGN_OR_RETURN(pb::PinBlocksResponse resp, rpc_->PinToLend(keys, options_.lease));
   absl::StatusOr<PinnedPages> out = FromPinned(resp, peer);
   if (!out.ok() && !resp.lease_id().empty()) rpc_->Unpin(resp.lease_id()).IgnoreError();
   return out;

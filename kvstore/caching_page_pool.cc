@@ -74,9 +74,7 @@ absl::StatusOr<std::vector<std::vector<uint8_t>>> CachingPagePool::Read(
     const std::string& address, std::span<const BlockKey> keys, const std::string& lease_id,
     const std::string& tenant, absl::Time deadline, std::string* path, const std::string& lent) {
   ASSIGN_OR_RETURN(PoolPages view, ReadView(address, keys, lease_id, tenant, deadline, path, lent));
-  std::vector<std::vector<uint8_t>> out;
-  for (std::span<const uint8_t> p : view.pages) out.emplace_back(p.begin(), p.end());
-  return out;
+  return view.Copy();
 }
 
 absl::StatusOr<PoolPages> CachingPagePool::ReadView(const std::string& address,

@@ -8,6 +8,13 @@
 
 namespace kv {
 
+std::vector<std::vector<uint8_t>> PoolPages::Copy() const {
+  std::vector<std::vector<uint8_t>> out;
+  out.reserve(pages.size());
+  for (std::span<const uint8_t> p : pages) out.emplace_back(p.begin(), p.end());
+  return out;
+}
+
 absl::StatusOr<PoolPages> PagePool::ReadView(const std::string& address,
                                              std::span<const BlockKey> keys,
                                              const std::string& lease_id, const std::string& tenant,

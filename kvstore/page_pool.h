@@ -75,6 +75,7 @@ struct PoolPages {
   std::vector<std::span<const uint8_t>> pages;
   std::shared_ptr<const void> hold;
   size_t size() const { return pages.size(); }
+  std::vector<std::vector<uint8_t>> Copy() const;  // the pages as owned vectors (Read's)
 };
 
 class PagePool {

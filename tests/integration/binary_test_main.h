@@ -6,8 +6,14 @@
 
 #include <string>
 
+#include "absl/status/status.h"
+
 namespace kv {
 
 extern std::string g_binary;  // argv[1]: the kvstrata binary under test
+
+// `kvstrata model init --preset=tiny-v3 --seed=1 --out=DIR`, its output in `log`; waits up to
+// 60 s for it. An error (with the log's tail) unless it exits 0.
+absl::Status InitTinyModel(const std::string& dir, const std::string& log);
 
 }  // namespace kv

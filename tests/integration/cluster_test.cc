@@ -71,13 +71,8 @@ class ClusterTest : public ::testing::Test {
       std::ofstream(work_ + "/service-token") << kServiceToken << "\n";
     }
     model_dir_ = work_ + "/model";
-    ChildProcess init;
-    ASSERT_TRUE(init.Spawn({g_binary, "model", "init", "--preset=tiny-v3", "--out=" + model_dir_,
-                            "--seed=1"},
-                           work_ + "/model-init.log")
-                    .ok());
-    absl::StatusOr<int> rc = init.Stop(0, absl::Seconds(60));  // signal 0: just wait
-    ASSERT_TRUE(rc.ok() && WIFEXITED(*rc) && WEXITSTATUS(*rc) == 0) << init.LogTail();
+    absl::Status init = InitTinyModel(model_dir_, work_ + "/model-init.log");
+    ASSERT_TRUE(init.ok()) << init;
     auto etcd = EtcdProcess::Start();
     ASSERT_TRUE(etcd.ok()) << etcd.status();
     etcd_ = etcd->release();

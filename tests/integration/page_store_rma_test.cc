@@ -103,12 +103,8 @@ class PageStoreRmaTest : public ::testing::TestWithParam<TlsCase> {
     fs::create_directories(work_);
     std::ofstream(work_ + "/tokens.yaml") << "tok-acme: acme\ntok-globex: globex\n";
     std::ofstream(work_ + "/service-token") << "svc-rma-test\n";
-    ChildProcess init;
-    ASSERT_TRUE(init.Spawn({g_binary, "model", "init", "--preset=tiny-v3",
-                            "--out=" + work_ + "/model", "--seed=1"},
-                           work_ + "/model-init.log")
-                    .ok());
-    for (int i = 0; i < 600 && init.Running(); ++i) absl::SleepFor(absl::Milliseconds(100));
+    absl::Status init = InitTinyModel(work_ + "/model", work_ + "/model-init.log");
+    ASSERT_TRUE(init.ok()) << init;
     StartStore();
     auto t = transport::UcxTransport::Create();
     ASSERT_TRUE(t.ok()) << t.status();

@@ -167,12 +167,8 @@ class ServeTlsTest : public ::testing::Test {
     MakeCa("ca-c");
     MakeCert("node-c", "ca-c");
     MakeCert("client-c", "ca-c");
-    ChildProcess init;
-    ASSERT_TRUE(init.Spawn({g_binary, "model", "init", "--preset=tiny-v3",
-                            "--out=" + g_work + "/model", "--seed=1"},
-                           g_work + "/model-init.log")
-                    .ok());
-    for (int i = 0; i < 600 && init.Running(); ++i) absl::SleepFor(absl::Milliseconds(100));
+    absl::Status init = InitTinyModel(g_work + "/model", g_work + "/model-init.log");
+    ASSERT_TRUE(init.ok()) << init;
     store_ = new Node(StartNode("store", "node-a", "ca-a", {"--role=store"}));
     router_ =
         new Node(StartNode("router", "node-a", "ca-a",
